@@ -1,0 +1,213 @@
+// Package api is spawnd's HTTP contract: the versioned request and response
+// types, the closed set of error codes, and a Go client. It imports neither the
+// Docker engine client nor the daemon, so a caller (the CLI, a test, another
+// tool) can speak to spawnd without pulling in the daemon. The server side lives
+// in api/server; the same contract is described for other languages in
+// openapi.yaml.
+package api
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Version is the API version prefix of every path.
+const Version = "v1"
+
+// State is the lifecycle state of one user server.
+type State string
+
+// The states a server can be in. They map onto JupyterHub's Spawner.poll():
+// pending and running are "still alive" (poll returns None), stopped and
+// failed are "gone" (poll returns the exit code).
+const (
+	StatePending State = "pending"
+	StateRunning State = "running"
+	StateStopped State = "stopped"
+	StateFailed  State = "failed"
+)
+
+// StartRequest is the body of a start call. It names an env and a resource
+// profile that the daemon's config defines; it can never carry an image, a
+// mount, a capability or any other engine option: the decoder rejects unknown
+// fields.
+type StartRequest struct {
+	// Env is the name of a team environment from the daemon's config; empty
+	// means the default.
+	Env string `json:"env,omitempty"`
+	// Profile is the name of a resource profile; empty means the default.
+	Profile string `json:"profile,omitempty"`
+	// Environment is passed to the container. Values are never logged.
+	Environment map[string]string `json:"environment,omitempty"`
+	// Cmd overrides the env's command (JupyterHub's Spawner.cmd + args).
+	Cmd []string `json:"cmd,omitempty"`
+	// Groups are the user's JupyterHub groups; reserved for team policies.
+	Groups []string `json:"groups,omitempty"`
+}
+
+// Server is what the daemon knows about one user server.
+type Server struct {
+	User   string `json:"user"`
+	Server string `json:"server"`
+	State  State  `json:"state"`
+	// Ready is true once the single-user port accepts connections.
+	Ready bool `json:"ready"`
+	// ExitCode is set when the server is stopped or failed.
+	ExitCode *int `json:"exit_code,omitempty"`
+	// Reason says why a server stopped or failed ("oom_killed", "exited",
+	// "start_failed: ...").
+	Reason string `json:"reason,omitempty"`
+	// Host and Port are where the hub reaches the single-user server.
+	Host        string    `json:"host,omitempty"`
+	Port        int       `json:"port,omitempty"`
+	Env         string    `json:"env"`
+	Profile     string    `json:"profile,omitempty"`
+	LockDigest  string    `json:"lock_digest,omitempty"`
+	Image       string    `json:"image,omitempty"`
+	ImageID     string    `json:"image_id,omitempty"`
+	ContainerID string    `json:"container_id,omitempty"`
+	StartedAt   time.Time `json:"started_at,omitzero"`
+	// Outdated is true when the server's lock digest is no longer its env's.
+	Outdated bool `json:"outdated,omitempty"`
+}
+
+// ServerList is the answer of the list call.
+type ServerList struct {
+	Servers []Server `json:"servers"`
+}
+
+// ProgressEvent is one step of a start, in JupyterHub's Spawner.progress()
+// shape plus a machine-readable step and terminal flags.
+type ProgressEvent struct {
+	Progress int    `json:"progress"`
+	Message  string `json:"message"`
+	Step     string `json:"step"`
+	Ready    bool   `json:"ready,omitempty"`
+	Failed   bool   `json:"failed,omitempty"`
+}
+
+// Progress steps, in order.
+const (
+	StepAccepted  = "accepted"
+	StepImage     = "image"
+	StepHome      = "home"
+	StepCreated   = "created"
+	StepStarted   = "started"
+	StepListening = "listening"
+	StepFailed    = "failed"
+)
+
+// EnvInfo describes one env a hub may offer.
+type EnvInfo struct {
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	Image       string `json:"image"`
+	LockDigest  string `json:"lock_digest,omitempty"`
+	Default     bool   `json:"default,omitempty"`
+}
+
+// ProfileInfo describes one resource profile.
+type ProfileInfo struct {
+	Name     string  `json:"name"`
+	MemoryMB int64   `json:"memory_mb,omitempty"`
+	CPUs     float64 `json:"cpus,omitempty"`
+	Pids     int64   `json:"pids,omitempty"`
+	Default  bool    `json:"default,omitempty"`
+}
+
+// Options is the answer of the options call: what a hub may offer.
+type Options struct {
+	Envs     []EnvInfo     `json:"envs"`
+	Profiles []ProfileInfo `json:"profiles"`
+}
+
+// VersionInfo is the answer of the version call.
+type VersionInfo struct {
+	Version       string `json:"version"`
+	APIVersion    string `json:"api_version"`
+	EngineVersion string `json:"engine_version,omitempty"`
+	EngineAPI     string `json:"engine_api_version,omitempty"`
+}
+
+// Health is the answer of the health call (no token needed).
+type Health struct {
+	Status string `json:"status"`
+	Engine string `json:"engine"`
+}
+
+// Code is the closed set of error codes a caller can branch on.
+type Code string
+
+// Error codes and the HTTP status each maps to.
+const (
+	CodeInvalid      Code = "invalid"      // 400: the request is wrong; the message says what to fix
+	CodeUnauthorized Code = "unauthorized" // 401: missing or wrong token
+	CodeNotFound     Code = "not_found"    // 404
+	CodeConflict     Code = "conflict"     // 409: the request contradicts current state
+	CodeTooLarge     Code = "too_large"    // 413
+	CodeUnavailable  Code = "unavailable"  // 503: the engine is not reachable
+	CodeInternal     Code = "internal"     // 500
+)
+
+// HTTPStatus maps a code to its HTTP status.
+func (c Code) HTTPStatus() int {
+	switch c {
+	case CodeInvalid:
+		return 400
+	case CodeUnauthorized:
+		return 401
+	case CodeNotFound:
+		return 404
+	case CodeConflict:
+		return 409
+	case CodeTooLarge:
+		return 413
+	case CodeUnavailable:
+		return 503
+	default:
+		return 500
+	}
+}
+
+// Error is both the JSON error body ({"error": {"code": ..., "message": ...}})
+// and a Go error that callers can inspect with ErrorCode.
+type Error struct {
+	Code    Code   `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }
+
+// ErrorBody is the envelope of every error answer.
+type ErrorBody struct {
+	Error *Error `json:"error"`
+}
+
+// Errorf makes an *Error with a formatted message.
+func Errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrorCode returns the code of the first *Error in err's chain, CodeInternal
+// for any other non-nil error, and "" for nil.
+func ErrorCode(err error) Code {
+	if err == nil {
+		return ""
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return CodeInternal
+}
+
+// ErrorMessage returns the message of the first *Error in err's chain, or a
+// generic text for other errors (their details are for logs, not callers).
+func ErrorMessage(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return "internal error; see the daemon's log"
+}

@@ -1,0 +1,264 @@
+package spawnd
+
+import (
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"time"
+
+	units "github.com/docker/go-units"
+)
+
+// Config is the daemon's lifecycle configuration: where homes live, how user
+// containers are networked and limited, and the envs and resource profiles a
+// hub may choose among by name. The CLI loads it (file, SPAWND_* env, flags);
+// Validate fills defaults and names the key of every mistake.
+type Config struct {
+	// Instance tells this daemon's containers apart from another daemon's on
+	// the same engine ([a-z0-9], at most 32). Default "default".
+	Instance string `mapstructure:"instance"`
+	// HomesRoot is the absolute host path that holds every user's home.
+	HomesRoot string `mapstructure:"homes_root"`
+	// Network is how user containers are networked.
+	Network NetworkConfig `mapstructure:"network"`
+	// MaxConcurrentStarts caps engine create+start operations running at once
+	// (admission limit for class starts). Default: 2 × CPU cores.
+	MaxConcurrentStarts int `mapstructure:"max_concurrent_starts"`
+	// StartTimeout bounds a start until the single-user port answers. Default 120s.
+	StartTimeout time.Duration `mapstructure:"start_timeout"`
+	// StopGrace is how long a stop waits after SIGTERM before SIGKILL. Default 3s.
+	StopGrace time.Duration `mapstructure:"stop_grace"`
+	// ReapGrace is how old a container that was created but never started must
+	// be before the reaper removes it. Default 2m.
+	ReapGrace time.Duration `mapstructure:"reap_grace"`
+	// DefaultEnv and DefaultProfile are used when a start names none.
+	DefaultEnv     string `mapstructure:"default_env"`
+	DefaultProfile string `mapstructure:"default_profile"`
+	// Envs are the team environments, by name.
+	Envs map[string]EnvConfig `mapstructure:"envs"`
+	// Profiles are the resource profiles, by name.
+	Profiles map[string]ProfileConfig `mapstructure:"profiles"`
+}
+
+// NetworkConfig says how user containers are reached.
+type NetworkConfig struct {
+	// Name of the user network; created by the daemon if missing. Default "spawnd-users".
+	Name string `mapstructure:"name"`
+	// Mode "publish" publishes the single-user port on PublishIP (a hub on the
+	// host); "network" reports the container's address on the network (a hub in
+	// a container on the same network). Default "publish".
+	Mode string `mapstructure:"mode"`
+	// PublishIP is the host address ports are published on. Default 127.0.0.1.
+	PublishIP string `mapstructure:"publish_ip"`
+	// ICC allows user containers to reach each other. Default false.
+	ICC bool `mapstructure:"icc"`
+}
+
+// EnvConfig is one team environment as the daemon runs it.
+type EnvConfig struct {
+	Description string `mapstructure:"description"`
+	// Image is the pinned image of the env (set by the admin, or resolved from
+	// the env's lock).
+	Image string `mapstructure:"image"`
+	// LockDigest is the digest of the env's lock, reported on every server.
+	LockDigest string `mapstructure:"lock_digest"`
+	// User is the non-root user the container runs as and who owns the home.
+	User EnvUser `mapstructure:"user"`
+	// Home is where the home is mounted in the container. Default /home/<user.name>.
+	Home string `mapstructure:"home"`
+	// Port is the single-user server's port in the container. Default 8888.
+	Port int `mapstructure:"port"`
+	// Cmd is the default command (a hub's start request may override it).
+	Cmd []string `mapstructure:"cmd"`
+	// Environment is set in every container of the env, under the request's.
+	Environment map[string]string `mapstructure:"environment"`
+}
+
+// EnvUser is the user inside an env's containers.
+type EnvUser struct {
+	Name string `mapstructure:"name"`
+	UID  int    `mapstructure:"uid"`
+	GID  int    `mapstructure:"gid"`
+}
+
+// ProfileConfig is one resource profile.
+type ProfileConfig struct {
+	// Memory limit, e.g. "2g", "512m". Empty = unlimited.
+	Memory string `mapstructure:"memory"`
+	// CPUs limit, e.g. 1.5. 0 = unlimited.
+	CPUs float64 `mapstructure:"cpus"`
+	// Pids limit. Default 1024; 0 is not allowed (unlimited forks).
+	Pids int64 `mapstructure:"pids"`
+
+	memoryBytes int64
+}
+
+// MemoryBytes is the parsed memory limit.
+func (p ProfileConfig) MemoryBytes() int64 { return p.memoryBytes }
+
+var (
+	instanceRE = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
+	envNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+	unixUserRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+)
+
+// Validate fills defaults and checks every field, naming the key of the first
+// mistake and what to do about it.
+func (c *Config) Validate() error {
+	if c.Instance == "" {
+		c.Instance = "default"
+	}
+	if !instanceRE.MatchString(c.Instance) {
+		return fmt.Errorf("instance: %q must be 1-32 characters of a-z and 0-9", c.Instance)
+	}
+	if c.HomesRoot == "" {
+		return fmt.Errorf("homes_root: not set; give the absolute host path that holds users' homes (e.g. /srv/spawnd/homes)")
+	}
+	if !filepath.IsAbs(c.HomesRoot) {
+		return fmt.Errorf("homes_root: %q is not an absolute path", c.HomesRoot)
+	}
+	c.HomesRoot = filepath.Clean(c.HomesRoot)
+	if c.Network.Name == "" {
+		c.Network.Name = "spawnd-users"
+	}
+	if c.Network.Mode == "" {
+		c.Network.Mode = "publish"
+	}
+	if c.Network.Mode != "publish" && c.Network.Mode != "network" {
+		return fmt.Errorf("network.mode: %q is not one of publish, network", c.Network.Mode)
+	}
+	if c.Network.PublishIP == "" {
+		c.Network.PublishIP = "127.0.0.1"
+	}
+	if c.MaxConcurrentStarts == 0 {
+		c.MaxConcurrentStarts = 2 * runtime.NumCPU()
+	}
+	if c.MaxConcurrentStarts < 0 {
+		return fmt.Errorf("max_concurrent_starts: %d must be positive", c.MaxConcurrentStarts)
+	}
+	if c.StartTimeout == 0 {
+		c.StartTimeout = 120 * time.Second
+	}
+	if c.StopGrace == 0 {
+		c.StopGrace = 3 * time.Second
+	}
+	if c.ReapGrace == 0 {
+		c.ReapGrace = 2 * time.Minute
+	}
+	for name, d := range map[string]time.Duration{"start_timeout": c.StartTimeout, "stop_grace": c.StopGrace, "reap_grace": c.ReapGrace} {
+		if d < 0 {
+			return fmt.Errorf("%s: %s must not be negative", name, d)
+		}
+	}
+	if len(c.Envs) == 0 {
+		return fmt.Errorf("envs: no env configured; add at least one (envs.<name>.image)")
+	}
+	for _, name := range sortedKeys(c.Envs) {
+		e := c.Envs[name]
+		key := "envs." + name
+		if !envNameRE.MatchString(name) {
+			return fmt.Errorf("%s: the name must be lower case letters, digits, '.', '_' or '-'", key)
+		}
+		if e.Image == "" {
+			return fmt.Errorf("%s.image: not set; name the env's pinned image (spawnd build prints it)", key)
+		}
+		if e.User.Name == "" {
+			e.User.Name = "jovyan"
+		}
+		if !unixUserRE.MatchString(e.User.Name) {
+			return fmt.Errorf("%s.user.name: %q is not a valid user name", key, e.User.Name)
+		}
+		if e.User.UID == 0 && e.User.GID == 0 {
+			e.User.UID, e.User.GID = 1000, 100
+		}
+		if e.User.UID <= 0 {
+			return fmt.Errorf("%s.user.uid: %d; user containers never run as root, use a uid above 0", key, e.User.UID)
+		}
+		if e.User.GID < 0 {
+			return fmt.Errorf("%s.user.gid: %d must not be negative", key, e.User.GID)
+		}
+		if e.Home == "" {
+			e.Home = "/home/" + e.User.Name
+		}
+		if !filepath.IsAbs(e.Home) || filepath.Clean(e.Home) == "/" {
+			return fmt.Errorf("%s.home: %q must be an absolute path below /", key, e.Home)
+		}
+		if e.Port == 0 {
+			e.Port = 8888
+		}
+		if e.Port < 1 || e.Port > 65535 {
+			return fmt.Errorf("%s.port: %d is not a TCP port", key, e.Port)
+		}
+		for k := range e.Environment {
+			if !envVarRE.MatchString(k) {
+				return fmt.Errorf("%s.environment.%s: not a valid variable name", key, k)
+			}
+		}
+		c.Envs[name] = e
+	}
+	if c.DefaultEnv == "" {
+		if len(c.Envs) == 1 {
+			c.DefaultEnv = sortedKeys(c.Envs)[0]
+		} else if _, ok := c.Envs["team"]; ok {
+			c.DefaultEnv = "team"
+		} else {
+			return fmt.Errorf("default_env: not set and there are %d envs; name one of %v", len(c.Envs), sortedKeys(c.Envs))
+		}
+	}
+	if _, ok := c.Envs[c.DefaultEnv]; !ok {
+		return fmt.Errorf("default_env: %q is not one of the envs %v", c.DefaultEnv, sortedKeys(c.Envs))
+	}
+	if len(c.Profiles) == 0 {
+		c.Profiles = map[string]ProfileConfig{"default": {Memory: "2g", CPUs: 1, Pids: 1024}}
+	}
+	for _, name := range sortedKeys(c.Profiles) {
+		p := c.Profiles[name]
+		key := "profiles." + name
+		if !envNameRE.MatchString(name) {
+			return fmt.Errorf("%s: the name must be lower case letters, digits, '.', '_' or '-'", key)
+		}
+		if p.Memory != "" {
+			b, err := units.RAMInBytes(p.Memory)
+			if err != nil || b < 6*1024*1024 {
+				return fmt.Errorf("%s.memory: %q is not a memory size of at least 6m (e.g. 512m, 2g)", key, p.Memory)
+			}
+			p.memoryBytes = b
+		}
+		if p.CPUs < 0 || p.CPUs > 1024 {
+			return fmt.Errorf("%s.cpus: %v must be between 0 (unlimited) and 1024", key, p.CPUs)
+		}
+		if p.Pids == 0 {
+			p.Pids = 1024
+		}
+		if p.Pids < 16 {
+			return fmt.Errorf("%s.pids: %d is too low for a Jupyter server; use at least 16", key, p.Pids)
+		}
+		c.Profiles[name] = p
+	}
+	if c.DefaultProfile == "" {
+		if len(c.Profiles) == 1 {
+			c.DefaultProfile = sortedKeys(c.Profiles)[0]
+		} else if _, ok := c.Profiles["default"]; ok {
+			c.DefaultProfile = "default"
+		} else {
+			return fmt.Errorf("default_profile: not set and there are %d profiles; name one of %v", len(c.Profiles), sortedKeys(c.Profiles))
+		}
+	}
+	if _, ok := c.Profiles[c.DefaultProfile]; !ok {
+		return fmt.Errorf("default_profile: %q is not one of the profiles %v", c.DefaultProfile, sortedKeys(c.Profiles))
+	}
+	return nil
+}
+
+var envVarRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

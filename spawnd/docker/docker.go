@@ -1,0 +1,309 @@
+// Package docker is the Docker Engine backend of spawnd's Runtime: the only
+// package that imports the engine client (github.com/moby/moby/client). It
+// translates a ContainerSpec into an engine create request with the hardening
+// that is never optional, and engine answers back into spawnd's Container.
+package docker
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/events"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/client"
+
+	"github.com/spawnd/spawnd/spawnd"
+)
+
+// Engine is a spawnd.Runtime on one Docker engine.
+type Engine struct {
+	cli *client.Client
+}
+
+var _ spawnd.Runtime = (*Engine)(nil)
+
+// New connects to the engine at host ("" = DOCKER_HOST or the default socket)
+// with API version negotiation, so the client speaks the engine's version
+// (1.41 on Debian's 20.10) or the newest both know.
+func New(host string) (*Engine, error) {
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if host != "" {
+		opts = append(opts, client.WithHost(host))
+	}
+	cli, err := client.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("creating the engine client: %w", err)
+	}
+	return &Engine{cli: cli}, nil
+}
+
+// Client exposes the engine client to other engine-side packages (tests, doctor).
+func (e *Engine) Client() *client.Client { return e.cli }
+
+// Close releases the client's connections.
+func (e *Engine) Close() error { return e.cli.Close() }
+
+// Version returns the engine's version and negotiated API version.
+func (e *Engine) Version(ctx context.Context) (version, apiVersion string, err error) {
+	v, err := e.cli.ServerVersion(ctx, client.ServerVersionOptions{})
+	if err != nil {
+		return "", "", fmt.Errorf("asking the engine for its version: %w", err)
+	}
+	return v.Version, e.cli.ClientVersion(), nil
+}
+
+// Ping checks that the engine answers.
+func (e *Engine) Ping(ctx context.Context) error {
+	_, err := e.cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true})
+	return err
+}
+
+// ImageID implements spawnd.Runtime.
+func (e *Engine) ImageID(ctx context.Context, ref string) (string, error) {
+	img, err := e.cli.ImageInspect(ctx, ref)
+	if err != nil {
+		return "", fmt.Errorf("inspecting image %s: %w", ref, err)
+	}
+	return img.ID, nil
+}
+
+// EnsureNetwork implements spawnd.Runtime.
+func (e *Engine) EnsureNetwork(ctx context.Context, n spawnd.NetworkSpec) error {
+	if _, err := e.cli.NetworkInspect(ctx, n.Name, client.NetworkInspectOptions{}); err == nil {
+		return nil
+	} else if !errdefs.IsNotFound(err) {
+		return fmt.Errorf("inspecting network %s: %w", n.Name, err)
+	}
+	_, err := e.cli.NetworkCreate(ctx, n.Name, client.NetworkCreateOptions{
+		Driver:  "bridge",
+		Options: map[string]string{"com.docker.network.bridge.enable_icc": strconv.FormatBool(n.ICC)},
+		Labels:  n.Labels,
+	})
+	if err != nil && !errdefs.IsConflict(err) {
+		return fmt.Errorf("creating network %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// Create implements spawnd.Runtime. Every container gets: all capabilities
+// dropped, no-new-privileges, an init as PID 1 (signals and zombies handled,
+// fast stops), memory without extra swap, and the pids limit.
+func (e *Engine) Create(ctx context.Context, s spawnd.ContainerSpec) (string, error) {
+	port, ok := network.PortFrom(uint16(s.Port), network.TCP)
+	if !ok {
+		return "", fmt.Errorf("invalid port %d", s.Port)
+	}
+	cfg := &container.Config{
+		Image:        s.Image,
+		Labels:       s.Labels,
+		Env:          s.Env,
+		Cmd:          s.Cmd,
+		User:         s.User,
+		WorkingDir:   s.WorkingDir,
+		ExposedPorts: network.PortSet{port: {}},
+	}
+	init := true
+	pids := s.PidsLimit
+	hc := &container.HostConfig{
+		NetworkMode: container.NetworkMode(s.Network),
+		CapDrop:     []string{"ALL"},
+		SecurityOpt: []string{"no-new-privileges:true"},
+		Init:        &init,
+		Resources: container.Resources{
+			Memory:    s.Memory,
+			NanoCPUs:  s.NanoCPUs,
+			PidsLimit: &pids,
+		},
+		LogConfig: container.LogConfig{Type: "json-file", Config: map[string]string{"max-size": "10m", "max-file": "2"}},
+	}
+	if s.Memory > 0 {
+		hc.MemorySwap = s.Memory
+	}
+	for _, m := range s.Mounts {
+		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+	}
+	if s.PublishIP != "" {
+		ip, err := netip.ParseAddr(s.PublishIP)
+		if err != nil {
+			return "", fmt.Errorf("invalid publish address %q: %w", s.PublishIP, err)
+		}
+		hc.PortBindings = network.PortMap{port: {{HostIP: ip, HostPort: ""}}}
+	}
+	res, err := e.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Name: s.Name, Config: cfg, HostConfig: hc})
+	if err != nil {
+		return "", fmt.Errorf("creating container %s: %w", s.Name, err)
+	}
+	return res.ID, nil
+}
+
+// Start implements spawnd.Runtime.
+func (e *Engine) Start(ctx context.Context, id string) error {
+	if _, err := e.cli.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
+		return fmt.Errorf("starting container %s: %w", id, err)
+	}
+	return nil
+}
+
+// Inspect implements spawnd.Runtime.
+func (e *Engine) Inspect(ctx context.Context, idOrName string) (spawnd.Container, error) {
+	res, err := e.cli.ContainerInspect(ctx, idOrName, client.ContainerInspectOptions{})
+	if err != nil {
+		return spawnd.Container{}, fmt.Errorf("inspecting container %s: %w", idOrName, err)
+	}
+	return fromInspect(res.Container), nil
+}
+
+func fromInspect(in container.InspectResponse) spawnd.Container {
+	c := spawnd.Container{ID: in.ID, Name: trimSlash(in.Name), ImageID: in.Image}
+	c.Created, _ = time.Parse(time.RFC3339Nano, in.Created)
+	if in.Config != nil {
+		c.Labels = in.Config.Labels
+		c.Image = in.Config.Image
+	}
+	if st := in.State; st != nil {
+		c.State = string(st.Status)
+		c.ExitCode = st.ExitCode
+		c.OOMKilled = st.OOMKilled
+		c.Error = st.Error
+		c.StartedAt = parseEngineTime(st.StartedAt)
+		c.FinishedAt = parseEngineTime(st.FinishedAt)
+	}
+	if ns := in.NetworkSettings; ns != nil {
+		portLabel, _ := strconv.Atoi(c.Labels[spawnd.LabelPort])
+		for p, bindings := range ns.Ports {
+			if int(p.Num()) != portLabel || p.Proto() != network.TCP {
+				continue
+			}
+			for _, b := range bindings {
+				if n, err := strconv.Atoi(b.HostPort); err == nil && n > 0 {
+					c.HostPort = n
+					break
+				}
+			}
+		}
+		for _, ep := range ns.Networks {
+			if ep != nil && ep.IPAddress.IsValid() {
+				c.IP = ep.IPAddress.String()
+				break
+			}
+		}
+	}
+	return c
+}
+
+func parseEngineTime(s string) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil || t.Year() < 1970 {
+		return time.Time{}
+	}
+	return t
+}
+
+func trimSlash(s string) string {
+	if len(s) > 0 && s[0] == '/' {
+		return s[1:]
+	}
+	return s
+}
+
+// Remove implements spawnd.Runtime.
+func (e *Engine) Remove(ctx context.Context, id string, grace time.Duration) error {
+	if grace > 0 {
+		secs := int((grace + time.Second - 1) / time.Second)
+		_, err := e.cli.ContainerStop(ctx, id, client.ContainerStopOptions{Timeout: &secs})
+		if err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("stopping container %s: %w", id, err)
+		}
+	}
+	_, err := e.cli.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true})
+	if err != nil && !errdefs.IsNotFound(err) {
+		if errdefs.IsConflict(err) { // removal already in progress
+			return nil
+		}
+		return fmt.Errorf("removing container %s: %w", id, err)
+	}
+	return nil
+}
+
+// List implements spawnd.Runtime: one listing, then an inspect per container
+// (in parallel, bounded) for the fields a listing lacks (start time, exit
+// code, OOM).
+func (e *Engine) List(ctx context.Context, labels map[string]string) ([]spawnd.Container, error) {
+	f := client.Filters{}
+	for k, v := range labels {
+		f.Add("label", k+"="+v)
+	}
+	res, err := e.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("listing containers: %w", err)
+	}
+	out := make([]spawnd.Container, len(res.Items))
+	errs := make([]error, len(res.Items))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for i, item := range res.Items {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, err := e.Inspect(ctx, item.ID)
+			out[i], errs[i] = c, err
+		}()
+	}
+	wg.Wait()
+	kept := out[:0]
+	for i, c := range out {
+		if errs[i] != nil {
+			if errdefs.IsNotFound(errs[i]) {
+				continue // removed between list and inspect
+			}
+			return nil, errs[i]
+		}
+		kept = append(kept, c)
+	}
+	return kept, nil
+}
+
+// Events implements spawnd.Runtime.
+func (e *Engine) Events(ctx context.Context, labels map[string]string) (<-chan spawnd.Event, <-chan error) {
+	f := client.Filters{}
+	f.Add("type", string(events.ContainerEventType))
+	for k, v := range labels {
+		f.Add("label", k+"="+v)
+	}
+	f.Add("event", "create", "start", "die", "destroy", "pause", "unpause", "restart")
+	res := e.cli.Events(ctx, client.EventsListOptions{Filters: f})
+	out := make(chan spawnd.Event, 64)
+	errc := make(chan error, 1)
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case err := <-res.Err:
+				if err == nil {
+					err = fmt.Errorf("the engine closed the event stream")
+				}
+				errc <- err
+				return
+			case msg := <-res.Messages:
+				ev := spawnd.Event{ID: msg.Actor.ID, Action: string(msg.Action), Labels: msg.Actor.Attributes}
+				select {
+				case out <- ev:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, errc
+}

@@ -1,0 +1,117 @@
+package spawnd
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spawnd/spawnd/api"
+)
+
+// Homes owns the users' home directories under one root on the host:
+// <root>/<Escape(user)>. Every access goes through an os.Root, so no name and
+// no symlink planted inside the root can reach a path outside it.
+type Homes struct {
+	root string
+}
+
+// NewHomes returns the homes under root, which must be an absolute path.
+func NewHomes(root string) (*Homes, error) {
+	if !filepath.IsAbs(root) {
+		return nil, fmt.Errorf("homes_root %q is not an absolute path", root)
+	}
+	return &Homes{root: filepath.Clean(root)}, nil
+}
+
+// Root is the directory that holds every home.
+func (h *Homes) Root() string { return h.root }
+
+// Path is the host path of user's home. It does not touch the file system.
+func (h *Homes) Path(user string) string {
+	return filepath.Join(h.root, Escape(user))
+}
+
+// Ensure makes sure user's home exists and returns its host path. A new home
+// is created with mode 0700 and owned by uid:gid; an existing directory is left
+// as it is. A symlink or a non-directory in its place is refused, never
+// followed or replaced.
+func (h *Homes) Ensure(user string, uid, gid int) (string, error) {
+	name := Escape(user)
+	root, err := os.OpenRoot(h.root)
+	if err != nil {
+		return "", homeErr("opening homes_root %s: %v; create it (mode 0755, owned by root) or fix homes_root in the config", h.root, err)
+	}
+	defer root.Close()
+
+	if fi, err := root.Lstat(name); err == nil {
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			return "", api.Errorf(api.CodeConflict, "the home of this user is a symlink (%s); an admin must replace it with a directory", filepath.Join(h.root, name))
+		}
+		if !fi.IsDir() {
+			return "", api.Errorf(api.CodeConflict, "the home of this user is not a directory (%s); an admin must move it away", filepath.Join(h.root, name))
+		}
+		return filepath.Join(h.root, name), nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", homeErr("checking home %s: %v", filepath.Join(h.root, name), err)
+	}
+
+	if err := root.Mkdir(name, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return "", homeErr("creating home %s: %v; check that homes_root is writable, has free space and is owned by the daemon's user", filepath.Join(h.root, name), err)
+	} else if errors.Is(err, fs.ErrExist) {
+		// Lost a race with another start of the same user: recheck.
+		return h.Ensure(user, uid, gid)
+	}
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return "", homeErr("opening new home %s: %v", filepath.Join(h.root, name), err)
+	}
+	defer f.Close()
+	if err := f.Chown(uid, gid); err != nil {
+		_ = root.Remove(name)
+		return "", homeErr("setting the owner of home %s to %d:%d: %v; the daemon must run as root to give homes to users", filepath.Join(h.root, name), uid, gid, err)
+	}
+	if err := f.Chmod(0o700); err != nil {
+		_ = root.Remove(name)
+		return "", homeErr("setting the mode of home %s: %v", filepath.Join(h.root, name), err)
+	}
+	return filepath.Join(h.root, name), nil
+}
+
+// Exists reports whether user's home exists.
+func (h *Homes) Exists(user string) (bool, error) {
+	root, err := os.OpenRoot(h.root)
+	if err != nil {
+		return false, homeErr("opening homes_root %s: %v", h.root, err)
+	}
+	defer root.Close()
+	_, err = root.Lstat(Escape(user))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Delete removes user's home and everything in it. It is the only code that
+// deletes a home, and only the explicit admin call reaches it.
+func (h *Homes) Delete(user string) error {
+	root, err := os.OpenRoot(h.root)
+	if err != nil {
+		return homeErr("opening homes_root %s: %v", h.root, err)
+	}
+	defer root.Close()
+	name := Escape(user)
+	if _, err := root.Lstat(name); errors.Is(err, fs.ErrNotExist) {
+		return api.Errorf(api.CodeNotFound, "user has no home")
+	}
+	if err := root.RemoveAll(name); err != nil {
+		return homeErr("deleting home %s: %v", filepath.Join(h.root, name), err)
+	}
+	return nil
+}
+
+func homeErr(format string, args ...any) error {
+	return api.Errorf(api.CodeInternal, format, args...)
+}

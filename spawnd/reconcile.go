@@ -1,0 +1,236 @@
+package spawnd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/containerd/errdefs"
+)
+
+// Run keeps the in-memory view in step with the engine until ctx ends: it
+// subscribes to container events, reconciles with a full listing, then applies
+// events as they come. When the engine goes away it retries with backoff and
+// reconciles again once it is back, so an engine restart heals by itself. The
+// reaper runs alongside.
+func (m *Manager) Run(ctx context.Context) error {
+	go m.reapLoop(ctx)
+	backoff := 100 * time.Millisecond
+	var down time.Time
+	for {
+		evCtx, cancel := context.WithCancel(ctx)
+		events, errs := m.rt.Events(evCtx, m.selector())
+		err := m.ensureNetwork(ctx)
+		if err == nil {
+			err = m.Reconcile(ctx)
+		}
+		if err == nil {
+			if !down.IsZero() {
+				m.log.Info("engine reachable again; view reconciled", "down_for", time.Since(down).Round(time.Millisecond))
+				down = time.Time{}
+			}
+			m.engineUp.Store(true)
+			m.syncOnce.Do(func() { close(m.synced) })
+			backoff = 100 * time.Millisecond
+			err = m.consume(ctx, events, errs)
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		m.engineUp.Store(false)
+		if down.IsZero() {
+			down = time.Now()
+			m.log.Warn("lost the engine; retrying", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+func (m *Manager) ensureNetwork(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := m.rt.EnsureNetwork(ctx, NetworkSpec{
+		Name:   m.cfg.Network.Name,
+		ICC:    m.cfg.Network.ICC,
+		Labels: map[string]string{LabelManaged: "true", LabelInstance: m.cfg.Instance},
+	})
+	if err != nil {
+		return fmt.Errorf("ensuring network %s: %w", m.cfg.Network.Name, err)
+	}
+	return nil
+}
+
+func (m *Manager) consume(ctx context.Context, events <-chan Event, errs <-chan error) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errs:
+			if err == nil {
+				err = errors.New("event stream ended")
+			}
+			return err
+		case ev, ok := <-events:
+			if !ok {
+				return errors.New("event stream closed")
+			}
+			m.applyEvent(ctx, ev)
+		}
+	}
+}
+
+func (m *Manager) applyEvent(ctx context.Context, ev Event) {
+	if ev.Action == "destroy" {
+		m.gone(ev.ID)
+		return
+	}
+	ictx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := m.rt.Inspect(ictx, ev.ID)
+	if errdefs.IsNotFound(err) {
+		m.gone(ev.ID)
+		return
+	}
+	if err != nil {
+		m.log.Warn("inspecting a container after an event", "container_id", short(ev.ID), "action", ev.Action, "err", err)
+		return
+	}
+	m.mu.Lock()
+	m.adoptLocked(c)
+	m.mu.Unlock()
+}
+
+// adoptLocked applies an observed container to the view. m.mu must be held.
+func (m *Manager) adoptLocked(c Container) {
+	if c.Labels[LabelManaged] != "true" || c.Labels[LabelInstance] != m.cfg.Instance {
+		return
+	}
+	user := c.Labels[LabelUser]
+	if ValidateUser(user) != nil {
+		return
+	}
+	k := key{user, c.Labels[LabelServer]}
+	rec := m.servers[k]
+	switch {
+	case rec == nil:
+		rec = &record{}
+		m.servers[k] = rec
+	case rec.containerID == c.ID:
+	case rec.flight != nil:
+		return // the operation in flight owns the key; this is a container it replaced or is replacing
+	case rec.containerID != "" && !c.Created.After(rec.created):
+		return // an older container than the one we know
+	}
+	m.observeLocked(rec, c)
+}
+
+// gone forgets a container that the engine no longer has.
+func (m *Manager) gone(id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, rec := range m.servers {
+		if rec.containerID != id {
+			continue
+		}
+		if rec.probeCancel != nil {
+			rec.probeCancel()
+			rec.probeCancel = nil
+		}
+		if rec.flight != nil {
+			rec.containerID = "" // the operation in flight decides what happens
+			continue
+		}
+		if rec.progress != nil {
+			rec.progress.add(progressGone)
+		}
+		delete(m.servers, k)
+	}
+}
+
+// Reconcile rebuilds the view from a full listing of the engine's labelled
+// containers: it adopts what it did not know and forgets what is gone.
+func (m *Manager) Reconcile(ctx context.Context) error {
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cs, err := m.rt.List(lctx, m.selector())
+	if err != nil {
+		return fmt.Errorf("listing containers: %w", err)
+	}
+	seen := make(map[string]bool, len(cs))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range cs {
+		seen[c.ID] = true
+		m.adoptLocked(c)
+	}
+	for k, rec := range m.servers {
+		if rec.flight != nil || rec.containerID == "" || seen[rec.containerID] {
+			continue
+		}
+		if rec.probeCancel != nil {
+			rec.probeCancel()
+		}
+		if rec.progress != nil {
+			rec.progress.add(progressGone)
+		}
+		delete(m.servers, k)
+	}
+	m.metrics.reconciles.Inc()
+	return nil
+}
+
+// reapLoop removes containers of ours that were created but never started
+// (a start cut off by a crash), once they are older than reap_grace.
+func (m *Manager) reapLoop(ctx context.Context) {
+	interval := min(m.cfg.ReapGrace/2, 30*time.Second)
+	interval = max(interval, 100*time.Millisecond)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			m.Reap(ctx)
+		}
+	}
+}
+
+// Reap removes half-made containers (created, never started, older than
+// reap_grace, no operation in flight) and returns how many it removed.
+func (m *Manager) Reap(ctx context.Context) int {
+	type victim struct {
+		k  key
+		id string
+	}
+	var victims []victim
+	m.mu.Lock()
+	for k, rec := range m.servers {
+		if rec.flight == nil && rec.engineState == EngineCreated && rec.containerID != "" && time.Since(rec.created) > m.cfg.ReapGrace {
+			victims = append(victims, victim{k, rec.containerID})
+		}
+	}
+	m.mu.Unlock()
+	n := 0
+	for _, v := range victims {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := m.rt.Remove(rctx, v.id, 0)
+		cancel()
+		if err != nil {
+			m.log.Warn("reaping a half-made container", "container_id", short(v.id), "err", err)
+			continue
+		}
+		m.log.Info("reaped a container that was created but never started", "user", bound(v.k.user), "server", bound(v.k.server), "container_id", short(v.id))
+		m.metrics.reaped.Inc()
+		m.gone(v.id)
+		n++
+	}
+	return n
+}
