@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"runtime"
 	"sort"
+	"strings"
 	"time"
 
 	units "github.com/docker/go-units"
@@ -72,8 +73,9 @@ type EnvConfig struct {
 	Port int `mapstructure:"port"`
 	// Cmd is the default command (a hub's start request may override it).
 	Cmd []string `mapstructure:"cmd"`
-	// Environment is set in every container of the env, under the request's.
-	Environment map[string]string `mapstructure:"environment"`
+	// Environment is set in every container of the env ("KEY=VALUE" each; a
+	// start request's variables win over these).
+	Environment []string `mapstructure:"environment"`
 }
 
 // EnvUser is the user inside an env's containers.
@@ -191,9 +193,10 @@ func (c *Config) Validate() error {
 		if e.Port < 1 || e.Port > 65535 {
 			return fmt.Errorf("%s.port: %d is not a TCP port", key, e.Port)
 		}
-		for k := range e.Environment {
-			if !envVarRE.MatchString(k) {
-				return fmt.Errorf("%s.environment.%s: not a valid variable name", key, k)
+		for i, kv := range e.Environment {
+			k, _, ok := strings.Cut(kv, "=")
+			if !ok || !envVarRE.MatchString(k) {
+				return fmt.Errorf("%s.environment[%d]: %q is not KEY=VALUE with a valid variable name", key, i, kv)
 			}
 		}
 		c.Envs[name] = e

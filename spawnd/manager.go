@@ -8,6 +8,7 @@ import (
 	"net"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -188,7 +189,8 @@ func (m *Manager) makePlan(user, server string, req api.StartRequest) (plan, err
 		return plan{}, api.Errorf(api.CodeInvalid, "groups has %d entries; at most %d are allowed", len(req.Groups), maxGroups)
 	}
 	vars := map[string]string{"HOME": env.Home, "USER": env.User.Name}
-	for k, v := range env.Environment {
+	for _, kv := range env.Environment {
+		k, v, _ := strings.Cut(kv, "=")
 		vars[k] = v
 	}
 	size := 0

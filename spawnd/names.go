@@ -60,7 +60,7 @@ func validateName(what, name string) error {
 //   - every other byte becomes '-' and two lower-case hex digits ("A" -> "-41",
 //     "-" -> "-2d"), so upper and lower case never meet, even on a
 //     case-insensitive file system;
-//   - a result longer than 120 bytes is cut at an escape boundary near 55
+//   - a result longer than 120 bytes is cut at an escape boundary near 54
 //     bytes and followed by "--" and the SHA-256 of the whole name.
 //
 // The map is injective: a plain result never holds "--" (every '-' starts an
@@ -86,7 +86,7 @@ func Escape(name string) string {
 	if len(s) <= maxEscaped {
 		return s
 	}
-	cut := 55
+	cut := 54
 	// Do not cut inside an escape: back up to the '-' that starts it.
 	for k := cut - 1; k >= cut-2 && k >= 0; k-- {
 		if s[k] == '-' {

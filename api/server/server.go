@@ -1,0 +1,349 @@
+// Package server is the daemon side of spawnd's HTTP API: routing, bearer
+// token auth, strict request decoding, error mapping, Server-Sent Events for
+// progress, request metrics and the listener (TCP, unix socket, TLS). It calls
+// the lifecycle core through the small Core interface and owns no state.
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/spawnd/spawnd/api"
+)
+
+// Core is what the handlers need from the lifecycle core (spawnd.Manager).
+type Core interface {
+	Start(ctx context.Context, user, server string, req api.StartRequest) (api.Server, error)
+	Status(user, server string) (api.Server, error)
+	Stop(ctx context.Context, user, server string) (api.Server, error)
+	List() []api.Server
+	Progress(ctx context.Context, user, server string, fn func(api.ProgressEvent) error) error
+	DeleteHome(ctx context.Context, user string) error
+	Options() api.Options
+	EngineUp() bool
+}
+
+// MaxBodyBytes bounds every request body.
+const MaxBodyBytes = 1 << 20
+
+// Options configure a Handler.
+type Options struct {
+	// Token is the bearer token every endpoint but health requires. Required.
+	Token string
+	// Version is reported by the version endpoint.
+	Version api.VersionInfo
+	// Registry gathers the metrics served on /metrics; request metrics are
+	// registered on it too. Nil: a new registry.
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+}
+
+type handler struct {
+	core      Core
+	tokenHash [32]byte
+	opts      Options
+	log       *slog.Logger
+	requests  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+}
+
+// New returns the API's http.Handler.
+func New(core Core, opts Options) (http.Handler, error) {
+	if len(opts.Token) < 16 {
+		return nil, errors.New("the API token must be at least 16 characters; generate one with: openssl rand -hex 32")
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	h := &handler{
+		core:      core,
+		tokenHash: sha256.Sum256([]byte(opts.Token)),
+		opts:      opts,
+		log:       opts.Logger,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "spawnd_http_requests_total", Help: "API requests by route and status code.",
+		}, []string{"route", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "spawnd_http_request_duration_seconds", Help: "API request latency by route.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"route"}),
+	}
+	if err := opts.Registry.Register(h.requests); err != nil {
+		return nil, fmt.Errorf("registering request metrics: %w", err)
+	}
+	if err := opts.Registry.Register(h.latency); err != nil {
+		return nil, fmt.Errorf("registering request metrics: %w", err)
+	}
+
+	mux := http.NewServeMux()
+	route := func(pattern string, auth bool, fn func(http.ResponseWriter, *http.Request) error) {
+		mux.Handle(pattern, h.wrap(pattern, auth, fn))
+	}
+	route("GET /v1/health", false, h.health)
+	route("GET /v1/version", true, h.version)
+	route("GET /v1/options", true, h.options)
+	route("GET /v1/servers", true, h.list)
+	for _, p := range []string{"/v1/users/{user}/server", "/v1/users/{user}/servers/{server}"} {
+		route("POST "+p, true, h.start)
+		route("GET "+p, true, h.status)
+		route("DELETE "+p, true, h.stop)
+		route("GET "+p+"/progress", true, h.progress)
+	}
+	route("DELETE /v1/users/{user}/home", true, h.deleteHome)
+	metrics := promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{})
+	route("GET /metrics", true, func(w http.ResponseWriter, r *http.Request) error {
+		metrics.ServeHTTP(w, r)
+		return nil
+	})
+	route("/", true, func(w http.ResponseWriter, r *http.Request) error {
+		return api.Errorf(api.CodeNotFound, "no such endpoint; see api/openapi.yaml")
+	})
+	return mux, nil
+}
+
+// statusWriter records the status code a handler wrote.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// wrap adapts a handler that returns an error: it checks the token, bounds
+// the body, maps errors to the JSON error body, and logs and counts each
+// request by its route pattern (never its raw path, headers or body).
+func (h *handler) wrap(pattern string, auth bool, fn func(http.ResponseWriter, *http.Request) error) http.Handler {
+	routeName := pattern
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		began := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		r.Body = http.MaxBytesReader(sw, r.Body, MaxBodyBytes)
+		var err error
+		if auth && !h.authorized(r) {
+			sw.Header().Set("WWW-Authenticate", `Bearer realm="spawnd"`)
+			err = api.Errorf(api.CodeUnauthorized, "missing or wrong token; send Authorization: Bearer <token>")
+		} else {
+			err = fn(sw, r)
+		}
+		if err != nil {
+			h.writeError(sw, r, err)
+		}
+		code := sw.code
+		if code == 0 {
+			code = http.StatusOK
+		}
+		elapsed := time.Since(began)
+		h.requests.WithLabelValues(routeName, strconv.Itoa(code)).Inc()
+		h.latency.WithLabelValues(routeName).Observe(elapsed.Seconds())
+		level := slog.LevelDebug
+		if code >= 500 {
+			level = slog.LevelWarn
+		}
+		h.log.Log(r.Context(), level, "request", "method", r.Method, "route", routeName, "status", code, "duration", elapsed)
+	})
+}
+
+func (h *handler) authorized(r *http.Request) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return false
+	}
+	sum := sha256.Sum256([]byte(got))
+	return subtle.ConstantTimeCompare(sum[:], h.tokenHash[:]) == 1
+}
+
+func (h *handler) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		err = api.Errorf(api.CodeTooLarge, "the request body is larger than %d bytes", MaxBodyBytes)
+	}
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		return // the client went away
+	}
+	code := api.ErrorCode(err)
+	if code == api.CodeInternal {
+		h.log.Error("internal error", "route", r.Pattern, "err", err)
+	}
+	writeJSON(w, code.HTTPStatus(), api.ErrorBody{Error: &api.Error{Code: code, Message: api.ErrorMessage(err)}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
+}
+
+// decode reads a JSON body strictly: unknown fields, trailing data and
+// bodies over MaxBodyBytes are errors that say what to fix. An empty body is
+// the zero request.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.Is(err, io.EOF):
+			return nil
+		case errors.As(err, &mbe):
+			return err
+		case errors.As(err, &se):
+			return api.Errorf(api.CodeInvalid, "malformed JSON at byte %d: %v", se.Offset, se)
+		case errors.As(err, &te):
+			return api.Errorf(api.CodeInvalid, "field %q must be %s, not %s", te.Field, te.Type, te.Value)
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			field := strings.TrimPrefix(err.Error(), "json: unknown field ")
+			if len(field) > 66 {
+				field = field[:66] + "…"
+			}
+			return api.Errorf(api.CodeInvalid, "unknown field %s; a start request may only carry env, profile, environment, cmd and groups", field)
+		default:
+			return api.Errorf(api.CodeInvalid, "malformed JSON: %v", err)
+		}
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return api.Errorf(api.CodeInvalid, "unexpected data after the JSON object")
+	}
+	return nil
+}
+
+func names(r *http.Request) (string, string) {
+	return r.PathValue("user"), r.PathValue("server")
+}
+
+func (h *handler) health(w http.ResponseWriter, r *http.Request) error {
+	if h.core.EngineUp() {
+		return writeJSON(w, http.StatusOK, api.Health{Status: "ok", Engine: "up"})
+	}
+	return writeJSON(w, http.StatusServiceUnavailable, api.Health{Status: "degraded", Engine: "down"})
+}
+
+func (h *handler) version(w http.ResponseWriter, r *http.Request) error {
+	return writeJSON(w, http.StatusOK, h.opts.Version)
+}
+
+func (h *handler) options(w http.ResponseWriter, r *http.Request) error {
+	return writeJSON(w, http.StatusOK, h.core.Options())
+}
+
+func (h *handler) list(w http.ResponseWriter, r *http.Request) error {
+	return writeJSON(w, http.StatusOK, api.ServerList{Servers: h.core.List()})
+}
+
+func (h *handler) start(w http.ResponseWriter, r *http.Request) error {
+	var req api.StartRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	user, server := names(r)
+	srv, err := h.core.Start(r.Context(), user, server, req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, srv)
+}
+
+func (h *handler) status(w http.ResponseWriter, r *http.Request) error {
+	user, server := names(r)
+	srv, err := h.core.Status(user, server)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, srv)
+}
+
+func (h *handler) stop(w http.ResponseWriter, r *http.Request) error {
+	user, server := names(r)
+	srv, err := h.core.Stop(r.Context(), user, server)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, srv)
+}
+
+func (h *handler) deleteHome(w http.ResponseWriter, r *http.Request) error {
+	user, _ := names(r)
+	if r.URL.Query().Get("confirm") != "yes" {
+		return api.Errorf(api.CodeInvalid, "deleting a home destroys the user's files; repeat the call with ?confirm=yes")
+	}
+	if err := h.core.DeleteHome(r.Context(), user); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// progress streams the server's progress events as Server-Sent Events: one
+// "data: {json}" frame per event, ending after the ready or failed event.
+func (h *handler) progress(w http.ResponseWriter, r *http.Request) error {
+	user, server := names(r)
+	if _, err := h.core.Status(user, server); err != nil {
+		return err
+	}
+	flusher, _ := w.(http.Flusher)
+	started := false
+	err := h.core.Progress(r.Context(), user, server, func(ev api.ProgressEvent) error {
+		if !started {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.Header().Set("Cache-Control", "no-store")
+			w.Header().Set("X-Accel-Buffering", "no")
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
+			return err
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		return nil
+	})
+	if started {
+		return nil // errors after the header can't change the answer
+	}
+	return err
+}

@@ -1,0 +1,197 @@
+// Package daemon wires `spawnd serve`: the daemon's whole configuration, the
+// engine client, the lifecycle core, the HTTP API and its listener. A Daemon
+// is a struct with Run and Close, so tests start the real daemon in-process.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/api/server"
+	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/spawnd/docker"
+)
+
+// Version is the daemon's version, set at build time with
+// -ldflags "-X github.com/spawnd/spawnd/daemon.Version=...".
+var Version = "dev"
+
+// Config is everything `spawnd serve` reads from spawnd.yaml, SPAWND_* env
+// and flags.
+type Config struct {
+	// Listen is the API address: host:port, or unix:///path/to.sock. Default 127.0.0.1:8765.
+	Listen string `mapstructure:"listen"`
+	// TokenFile holds the API bearer token (one line). SPAWND_TOKEN may give it instead.
+	TokenFile string `mapstructure:"token_file"`
+	// Token is the API bearer token itself; prefer token_file or SPAWND_TOKEN.
+	Token string `mapstructure:"token"`
+	// TLS serves the API over HTTPS when both files are set.
+	TLS TLSConfig `mapstructure:"tls"`
+	// Engine is the Docker engine to drive.
+	Engine EngineConfig `mapstructure:"engine"`
+	// LogLevel is debug, info, warn or error. Default info.
+	LogLevel string `mapstructure:"log_level"`
+	// LogFormat is text or json. Default text.
+	LogFormat string `mapstructure:"log_format"`
+
+	spawnd.Config `mapstructure:",squash"`
+}
+
+// TLSConfig names a certificate and key in PEM files.
+type TLSConfig struct {
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+}
+
+// EngineConfig says where the engine is.
+type EngineConfig struct {
+	// Host is the engine address (unix:///var/run/docker.sock, tcp://...). Default: DOCKER_HOST or the local socket.
+	Host string `mapstructure:"host"`
+}
+
+// Validate fills defaults, reads the token file, and checks everything,
+// naming the key of the first mistake.
+func (c *Config) Validate() error {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8765"
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		return errors.New("tls: set both tls.cert_file and tls.key_file, or neither")
+	}
+	if c.Token == "" && c.TokenFile != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return fmt.Errorf("token_file: %w", err)
+		}
+		c.Token = strings.TrimSpace(string(b))
+	}
+	if c.Token == "" {
+		return errors.New("token_file: no API token; set token_file (or SPAWND_TOKEN) to a secret of at least 16 characters, e.g. from: openssl rand -hex 32")
+	}
+	if len(c.Token) < 16 {
+		return errors.New("token_file: the API token is shorter than 16 characters; generate one with: openssl rand -hex 32")
+	}
+	switch c.LogLevel {
+	case "":
+		c.LogLevel = "info"
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log_level: %q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "":
+		c.LogFormat = "text"
+	case "text", "json":
+	default:
+		return fmt.Errorf("log_format: %q is not one of text, json", c.LogFormat)
+	}
+	return c.Config.Validate()
+}
+
+// Logger makes the logger the config asks for, writing to stderr.
+func (c *Config) Logger() *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.LogLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// Daemon is one running spawnd.
+type Daemon struct {
+	cfg     Config
+	log     *slog.Logger
+	engine  *docker.Engine
+	manager *spawnd.Manager
+	ln      net.Listener
+	reg     *prometheus.Registry
+}
+
+// New connects to the engine, builds the core and opens the listener. It does
+// not wait for the engine: a daemon started while the engine is down serves
+// health (engine down) and catches up when the engine comes.
+func New(cfg Config, log *slog.Logger) (*Daemon, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = cfg.Logger()
+	}
+	eng, err := docker.New(cfg.Engine.Host)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mgr, err := spawnd.NewManager(cfg.Config, eng, log, reg)
+	if err != nil {
+		eng.Close()
+		return nil, err
+	}
+	ln, err := server.Listen(cfg.Listen)
+	if err != nil {
+		eng.Close()
+		return nil, err
+	}
+	return &Daemon{cfg: cfg, log: log, engine: eng, manager: mgr, ln: ln, reg: reg}, nil
+}
+
+// Addr is the address the API listens on.
+func (d *Daemon) Addr() net.Addr { return d.ln.Addr() }
+
+// Manager is the lifecycle core (for in-process tests).
+func (d *Daemon) Manager() *spawnd.Manager { return d.manager }
+
+// Run serves until ctx ends. It reconciles with the engine first (waiting at
+// most 5 s for it) so that the first answers already include every running
+// server, then serves the API while following the engine's events.
+func (d *Daemon) Run(ctx context.Context) error {
+	mgr, reg := d.manager, d.reg
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- mgr.Run(ctx) }()
+
+	select {
+	case <-mgr.Synced():
+	case <-time.After(5 * time.Second):
+		d.log.Warn("the engine did not answer within 5 s; serving anyway, health reports engine down until it does")
+	case <-ctx.Done():
+	}
+	info := api.VersionInfo{Version: Version, APIVersion: api.Version}
+	vctx, vcancel := context.WithTimeout(ctx, 2*time.Second)
+	if v, apiv, err := d.engine.Version(vctx); err == nil {
+		info.EngineVersion, info.EngineAPI = v, apiv
+	}
+	vcancel()
+	h, err := server.New(mgr, server.Options{Token: d.cfg.Token, Version: info, Registry: reg, Logger: d.log})
+	if err != nil {
+		return err
+	}
+	d.log.Info("spawnd serving", "listen", d.ln.Addr().String(), "tls", d.cfg.TLS.CertFile != "", "engine_api", info.EngineAPI,
+		"homes_root", d.cfg.HomesRoot, "instance", d.cfg.Instance, "servers", len(mgr.List()))
+	err = server.Serve(ctx, d.ln, h, d.cfg.TLS.CertFile, d.cfg.TLS.KeyFile)
+	cancel()
+	<-runErr
+	return err
+}
+
+// Close releases the listener, background work and the engine client. User
+// containers keep running.
+func (d *Daemon) Close() error {
+	d.ln.Close()
+	d.manager.Close()
+	return d.engine.Close()
+}

@@ -1,0 +1,141 @@
+// Package testenv gives integration tests a real Docker engine and the small
+// images they run. Without an engine a test is skipped on a developer's
+// machine and fails in CI (CI=true): a missing engine is never a silent pass.
+// Everything it creates carries the label io.spawnd.test=1.
+package testenv
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/moby/moby/client"
+
+	"github.com/spawnd/spawnd/spawnd/docker"
+)
+
+// TestLabel marks everything tests create.
+const TestLabel = "io.spawnd.test"
+
+// BusyboxImage is a tiny image made from Debian's busybox-static: a user
+// jovyan (1000:100), a shell, and busybox's httpd as a stand-in single-user
+// server.
+const BusyboxImage = "spawnd-test/busybox:1"
+
+// Engine returns a connected engine. Without one the test is skipped, or
+// fails when CI=true.
+func Engine(t testing.TB) *docker.Engine {
+	t.Helper()
+	eng, err := docker.New("")
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = eng.Ping(ctx)
+		cancel()
+	}
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("no Docker engine (CI=true, so this is a failure, not a skip): %v", err)
+		}
+		t.Skipf("no Docker engine: %v (run scripts/engine-up)", err)
+	}
+	t.Cleanup(func() { eng.Close() })
+	return eng
+}
+
+// Instance returns a fresh spawnd instance name, so that tests never touch
+// each other's containers, and removes its containers and network at the end.
+func Instance(t testing.TB, eng *docker.Engine) string {
+	t.Helper()
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	inst := "t" + hex.EncodeToString(b)
+	t.Cleanup(func() { RemoveInstance(eng, inst) })
+	return inst
+}
+
+// RemoveInstance removes every container and network of a spawnd instance.
+func RemoveInstance(eng *docker.Engine, inst string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cli := eng.Client()
+	f := client.Filters{}
+	f.Add("label", "io.spawnd.instance="+inst)
+	res, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+	if err == nil {
+		for _, c := range res.Items {
+			_, _ = cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
+		}
+	}
+	nets, err := cli.NetworkList(ctx, client.NetworkListOptions{Filters: f})
+	if err == nil {
+		for _, n := range nets.Items {
+			_, _ = cli.NetworkRemove(ctx, n.ID, client.NetworkRemoveOptions{})
+		}
+	}
+}
+
+var buildOnce sync.Mutex
+
+// EnsureBusybox builds BusyboxImage if the engine lacks it.
+func EnsureBusybox(t testing.TB, eng *docker.Engine) string {
+	t.Helper()
+	buildOnce.Lock()
+	defer buildOnce.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := eng.ImageID(ctx, BusyboxImage); err == nil {
+		return BusyboxImage
+	} else if !errdefs.IsNotFound(err) {
+		t.Fatalf("inspecting %s: %v", BusyboxImage, err)
+	}
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatalf("reading /bin/busybox (install Debian's busybox-static): %v", err)
+	}
+	files := map[string][]byte{
+		"busybox": bb,
+		"passwd":  []byte("root:x:0:0:root:/root:/bin/sh\njovyan:x:1000:100:jovyan:/home/jovyan:/bin/sh\nother:x:1001:100:other:/home/other:/bin/sh\n"),
+		"group":   []byte("root:x:0:\nusers:x:100:\n"),
+		"Dockerfile": []byte(`FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+COPY passwd group /etc/
+RUN mkdir -p /tmp /home/jovyan && chmod 1777 /tmp
+USER 1000:100
+CMD ["/bin/sh", "-c", "exec httpd -f -p 8888 -h \"$HOME\""]
+`),
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for name, data := range files {
+		mode := int64(0o644)
+		if name == "busybox" {
+			mode = 0o755
+		}
+		_ = tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: int64(len(data)), ModTime: time.Unix(0, 0)})
+		_, _ = tw.Write(data)
+	}
+	_ = tw.Close()
+	res, err := eng.Client().ImageBuild(ctx, &buf, client.ImageBuildOptions{
+		Tags: []string{BusyboxImage}, Remove: true, ForceRemove: true,
+		Labels: map[string]string{TestLabel: "1"},
+	})
+	if err != nil {
+		t.Fatalf("building %s: %v", BusyboxImage, err)
+	}
+	out, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if strings.Contains(string(out), `"error"`) {
+		t.Fatalf("building %s: %s", BusyboxImage, out)
+	}
+	return BusyboxImage
+}

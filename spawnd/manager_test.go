@@ -1,0 +1,414 @@
+package spawnd
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/spawnd/spawnd/api"
+)
+
+func testConfig(t *testing.T) Config {
+	t.Helper()
+	return Config{
+		Instance:  "unit",
+		HomesRoot: t.TempDir(),
+		Envs: map[string]EnvConfig{
+			"team":  {Image: "img:1", LockDigest: "sha256:lock1", User: EnvUser{Name: "jovyan", UID: testUID(), GID: 100}},
+			"other": {Image: "img:missing"},
+		},
+		ReapGrace: time.Hour,
+	}
+}
+
+// newTestManager returns a running manager on a fake engine; the readiness
+// probe always succeeds.
+func newTestManager(t *testing.T, cfg Config, rt *fakeRuntime) *Manager {
+	t.Helper()
+	m, err := NewManager(cfg, rt, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Dial = func(context.Context, string) error { return nil }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; m.Close() })
+	select {
+	case <-m.Synced():
+	case <-time.After(5 * time.Second):
+		t.Fatal("manager did not sync")
+	}
+	return m
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestStartIsIdempotent(t *testing.T) {
+	rt := newFake()
+	m := newTestManager(t, testConfig(t), rt)
+	ctx := context.Background()
+	s1, err := m.Start(ctx, "alice", "", api.StartRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s1.State != api.StateRunning || s1.Host != "127.0.0.1" || s1.Port == 0 || s1.Env != "team" || s1.LockDigest != "sha256:lock1" {
+		t.Fatalf("unexpected first start: %+v", s1)
+	}
+	s2, err := m.Start(ctx, "alice", "", api.StartRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2.ContainerID != s1.ContainerID || rt.creates.Load() != 1 {
+		t.Fatalf("second start made a new container: %s vs %s, %d creates", s2.ContainerID, s1.ContainerID, rt.creates.Load())
+	}
+}
+
+func TestConcurrentStartsShareOneContainer(t *testing.T) {
+	rt := newFake()
+	gate := make(chan struct{})
+	rt.createHook = func() { <-gate }
+	m := newTestManager(t, testConfig(t), rt)
+	const n = 50
+	var wg sync.WaitGroup
+	ids := make([]string, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := m.Start(context.Background(), "bob", "lab", api.StartRequest{})
+			ids[i], errs[i] = s.ContainerID, err
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // let every caller arrive while the create is held
+	close(gate)
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil || ids[i] != ids[0] {
+			t.Fatalf("start %d: id %q err %v; want %q", i, ids[i], errs[i], ids[0])
+		}
+	}
+	if got := rt.creates.Load(); got != 1 {
+		t.Fatalf("%d concurrent starts created %d containers, want 1", n, got)
+	}
+}
+
+func TestBadStartChangesNothing(t *testing.T) {
+	cases := []struct {
+		name   string
+		user   string
+		server string
+		req    api.StartRequest
+		code   api.Code
+	}{
+		{"unknown env", "alice", "", api.StartRequest{Env: "nope"}, api.CodeInvalid},
+		{"unknown profile", "alice", "", api.StartRequest{Profile: "huge"}, api.CodeInvalid},
+		{"empty user", "", "", api.StartRequest{}, api.CodeInvalid},
+		{"NUL in user", "al\x00ice", "", api.StartRequest{}, api.CodeInvalid},
+		{"newline in user", "al\nice", "", api.StartRequest{}, api.CodeInvalid},
+		{"user too long", string(make([]byte, 256)), "", api.StartRequest{}, api.CodeInvalid},
+		{"control in server", "alice", "a\x1b", api.StartRequest{}, api.CodeInvalid},
+		{"bad env var name", "alice", "", api.StartRequest{Environment: map[string]string{"A-B": "x"}}, api.CodeInvalid},
+		{"NUL in env value", "alice", "", api.StartRequest{Environment: map[string]string{"A": "x\x00"}}, api.CodeInvalid},
+		{"NUL in cmd", "alice", "", api.StartRequest{Cmd: []string{"a\x00"}}, api.CodeInvalid},
+		{"image missing", "alice", "", api.StartRequest{Env: "other"}, api.CodeConflict},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rt := newFake()
+			cfg := testConfig(t)
+			m := newTestManager(t, cfg, rt)
+			_, err := m.Start(context.Background(), tc.user, tc.server, tc.req)
+			if got := api.ErrorCode(err); got != tc.code {
+				t.Fatalf("code %q (err %v), want %q", got, err, tc.code)
+			}
+			if api.ErrorMessage(err) == "" {
+				t.Fatal("error without a message")
+			}
+			if rt.creates.Load() != 0 || rt.count() != 0 {
+				t.Fatalf("a bad start touched the engine: %d creates", rt.creates.Load())
+			}
+			entries, _ := os.ReadDir(cfg.HomesRoot)
+			if len(entries) != 0 {
+				t.Fatalf("a bad start made a home: %v", entries)
+			}
+		})
+	}
+}
+
+func TestStopRemovesContainerKeepsHome(t *testing.T) {
+	rt := newFake()
+	cfg := testConfig(t)
+	m := newTestManager(t, cfg, rt)
+	ctx := context.Background()
+	user := "Alice.Smith@example.org"
+	if _, err := m.Start(ctx, user, "", api.StartRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	home := filepath.Join(cfg.HomesRoot, Escape(user))
+	fi, err := os.Stat(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o700 {
+		t.Fatalf("home mode %v, want 0700", fi.Mode().Perm())
+	}
+	if err := os.WriteFile(filepath.Join(home, "work.ipynb"), []byte("data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Stop(ctx, user, ""); err != nil {
+		t.Fatal(err)
+	}
+	if rt.count() != 0 {
+		t.Fatal("stop left the container")
+	}
+	if _, err := m.Status(user, ""); api.ErrorCode(err) != api.CodeNotFound {
+		t.Fatalf("status after stop: %v, want not_found", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(home, "work.ipynb")); err != nil || string(b) != "data" {
+		t.Fatalf("home lost after stop: %q %v", b, err)
+	}
+	if _, err := m.Stop(ctx, user, ""); api.ErrorCode(err) != api.CodeNotFound {
+		t.Fatalf("second stop: %v, want not_found", err)
+	}
+}
+
+func TestDeleteHomeRefusedWhileServerExists(t *testing.T) {
+	rt := newFake()
+	cfg := testConfig(t)
+	m := newTestManager(t, cfg, rt)
+	ctx := context.Background()
+	if _, err := m.Start(ctx, "carol", "named", api.StartRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.DeleteHome(ctx, "carol"); api.ErrorCode(err) != api.CodeConflict {
+		t.Fatalf("delete while running: %v, want conflict", err)
+	}
+	if ok, _ := m.Homes().Exists("carol"); !ok {
+		t.Fatal("home gone after a refused delete")
+	}
+	if _, err := m.Stop(ctx, "carol", "named"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.DeleteHome(ctx, "carol"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := m.Homes().Exists("carol"); ok {
+		t.Fatal("home still there after delete")
+	}
+	if err := m.DeleteHome(ctx, "carol"); api.ErrorCode(err) != api.CodeNotFound {
+		t.Fatalf("second delete: %v, want not_found", err)
+	}
+}
+
+func TestExitReportedFromEvents(t *testing.T) {
+	cases := []struct {
+		name   string
+		code   int
+		oom    bool
+		state  api.State
+		reason string
+	}{
+		{"clean exit", 0, false, api.StateStopped, "exited"},
+		{"crash", 3, false, api.StateFailed, "exited with code 3"},
+		{"oom", 137, true, api.StateFailed, "oom_killed"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rt := newFake()
+			m := newTestManager(t, testConfig(t), rt)
+			s, err := m.Start(context.Background(), "dave", "", api.StartRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt.exit(s.ContainerID, tc.code, tc.oom)
+			eventually(t, "the exit to be seen", func() bool {
+				st, _ := m.Status("dave", "")
+				return st.State != api.StateRunning
+			})
+			st, _ := m.Status("dave", "")
+			if st.State != tc.state || st.Reason != tc.reason || st.ExitCode == nil || *st.ExitCode != tc.code {
+				t.Fatalf("got %s %q %v, want %s %q %d", st.State, st.Reason, st.ExitCode, tc.state, tc.reason, tc.code)
+			}
+			// A start after an exit replaces the container with a new one.
+			s2, err := m.Start(context.Background(), "dave", "", api.StartRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s2.ContainerID == s.ContainerID || s2.State != api.StateRunning || rt.count() != 1 {
+				t.Fatalf("restart after exit: %+v, %d containers", s2, rt.count())
+			}
+		})
+	}
+}
+
+func TestAdoptsContainersOnStartup(t *testing.T) {
+	rt := newFake()
+	cfg := testConfig(t)
+	labels := func(user, server, inst string) map[string]string {
+		return map[string]string{LabelManaged: "true", LabelInstance: inst, LabelUser: user, LabelServer: server,
+			LabelEnv: "team", LabelLockDigest: "sha256:old", LabelPort: "8888"}
+	}
+	started := time.Now().Add(-time.Hour).Truncate(time.Second)
+	rt.add(Container{ID: "run1", Name: "a", Labels: labels("erin", "", "unit"), State: EngineRunning, StartedAt: started, HostPort: 41000})
+	rt.add(Container{ID: "exit1", Name: "b", Labels: labels("frank", "x", "unit"), State: EngineExited, ExitCode: 2})
+	rt.add(Container{ID: "other", Name: "c", Labels: labels("gina", "", "otherinstance"), State: EngineRunning})
+	rt.add(Container{ID: "plain", Name: "d", State: EngineCreated, Created: time.Now().Add(-time.Hour)})
+	m := newTestManager(t, cfg, rt)
+
+	s, err := m.Status("erin", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.State != api.StateRunning || s.Port != 41000 || !s.StartedAt.Equal(started) || !s.Outdated {
+		t.Fatalf("adopted server: %+v", s)
+	}
+	f, _ := m.Status("frank", "x")
+	if f.State != api.StateFailed || f.ExitCode == nil || *f.ExitCode != 2 {
+		t.Fatalf("adopted exited server: %+v", f)
+	}
+	if _, err := m.Status("gina", ""); api.ErrorCode(err) != api.CodeNotFound {
+		t.Fatal("adopted another instance's container")
+	}
+	if n := m.Reap(context.Background()); n != 0 {
+		t.Fatalf("reaped %d containers it did not label", n)
+	}
+	if rt.count() != 4 {
+		t.Fatal("a container was removed")
+	}
+}
+
+func TestReaperRemovesOnlyOldHalfMadeContainers(t *testing.T) {
+	rt := newFake()
+	cfg := testConfig(t)
+	cfg.ReapGrace = time.Minute
+	l := map[string]string{LabelManaged: "true", LabelInstance: "unit", LabelUser: "hank", LabelServer: ""}
+	l2 := map[string]string{LabelManaged: "true", LabelInstance: "unit", LabelUser: "ivy", LabelServer: ""}
+	rt.add(Container{ID: "old", Labels: l, State: EngineCreated, Created: time.Now().Add(-time.Hour)})
+	rt.add(Container{ID: "young", Labels: l2, State: EngineCreated, Created: time.Now()})
+	m := newTestManager(t, cfg, rt)
+	if n := m.Reap(context.Background()); n != 1 {
+		t.Fatalf("reaped %d, want 1", n)
+	}
+	if _, err := rt.Inspect(context.Background(), "old"); !errdefs.IsNotFound(err) {
+		t.Fatal("the old half-made container is still there")
+	}
+	if _, err := rt.Inspect(context.Background(), "young"); err != nil {
+		t.Fatal("the young container was reaped")
+	}
+}
+
+func TestForeignContainerWithOurNameIsAConflict(t *testing.T) {
+	rt := newFake()
+	cfg := testConfig(t)
+	rt.add(Container{ID: "foreign", Name: ContainerName("unit", "judy", ""), State: EngineRunning})
+	m := newTestManager(t, cfg, rt)
+	_, err := m.Start(context.Background(), "judy", "", api.StartRequest{})
+	if api.ErrorCode(err) != api.CodeConflict {
+		t.Fatalf("got %v, want conflict", err)
+	}
+	if _, err := rt.Inspect(context.Background(), "foreign"); err != nil {
+		t.Fatal("spawnd removed a container it did not create")
+	}
+	st, _ := m.Status("judy", "")
+	if st.State != api.StateFailed {
+		t.Fatalf("state %s, want failed", st.State)
+	}
+}
+
+func TestFailedStartLeavesNoContainer(t *testing.T) {
+	rt := newFake()
+	rt.startErr = errors.New("runc: exec failed")
+	m := newTestManager(t, testConfig(t), rt)
+	_, err := m.Start(context.Background(), "kim", "", api.StartRequest{})
+	if err == nil {
+		t.Fatal("start succeeded")
+	}
+	if rt.count() != 0 {
+		t.Fatalf("a failed start left %d containers", rt.count())
+	}
+	var events []api.ProgressEvent
+	_ = m.Progress(context.Background(), "kim", "", func(ev api.ProgressEvent) error {
+		events = append(events, ev)
+		return nil
+	})
+	if len(events) == 0 || !events[len(events)-1].Failed {
+		t.Fatalf("progress does not end in failure: %+v", events)
+	}
+}
+
+func TestProgressInOrder(t *testing.T) {
+	rt := newFake()
+	m := newTestManager(t, testConfig(t), rt)
+	if _, err := m.Start(context.Background(), "leo", "", api.StartRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	var steps []string
+	last := -1
+	err := m.Progress(context.Background(), "leo", "", func(ev api.ProgressEvent) error {
+		if ev.Progress < last {
+			t.Errorf("progress went back from %d to %d", last, ev.Progress)
+		}
+		last = ev.Progress
+		steps = append(steps, ev.Step)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{api.StepAccepted, api.StepImage, api.StepHome, api.StepCreated, api.StepStarted, api.StepListening}
+	if len(steps) != len(want) {
+		t.Fatalf("steps %v, want %v", steps, want)
+	}
+	for i := range want {
+		if steps[i] != want[i] {
+			t.Fatalf("steps %v, want %v", steps, want)
+		}
+	}
+}
+
+func TestEngineLossAndReconcile(t *testing.T) {
+	rt := newFake()
+	m := newTestManager(t, testConfig(t), rt)
+	s, err := m.Start(context.Background(), "mia", "", api.StartRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The container vanishes while the event stream is broken; the
+	// reconcile after the reconnect must notice.
+	rt.mu.Lock()
+	delete(rt.containers, s.ContainerID)
+	rt.mu.Unlock()
+	rt.eventsErr <- errors.New("connection reset")
+	eventually(t, "the vanished server to be forgotten", func() bool {
+		_, err := m.Status("mia", "")
+		return api.ErrorCode(err) == api.CodeNotFound
+	})
+	if !m.EngineUp() {
+		eventually(t, "the engine to be up again", m.EngineUp)
+	}
+}
+
+// testUID is a uid a home can be given: 1000 as root, else our own.
+func testUID() int {
+	if os.Getuid() == 0 {
+		return 1000
+	}
+	return os.Getuid()
+}
