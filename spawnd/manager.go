@@ -410,6 +410,7 @@ func (m *Manager) doStart(ctx context.Context, p plan, rec *record, oldID string
 			return api.Server{}, m.engineErr("starting the container", err)
 		}
 	}
+	prog.add(api.ProgressEvent{Progress: 70, Step: api.StepStarted, Message: "Container started; waiting for the server to listen"})
 	c, err := m.rt.Inspect(ctx, id)
 	if err != nil {
 		cleanup()
@@ -419,7 +420,6 @@ func (m *Manager) doStart(ctx context.Context, p plan, rec *record, oldID string
 	m.observeLocked(rec, c)
 	srv := rec.srv
 	m.mu.Unlock()
-	prog.add(api.ProgressEvent{Progress: 70, Step: api.StepStarted, Message: "Container started; waiting for the server to listen"})
 	return srv, nil
 }
 

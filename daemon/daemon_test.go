@@ -1,0 +1,348 @@
+package daemon_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+
+	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/daemon"
+	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/spawnd/docker"
+)
+
+// harness is one in-process daemon on the real engine.
+type harness struct {
+	t      *testing.T
+	eng    *docker.Engine
+	cfg    daemon.Config
+	client *api.Client
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func token() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func testConfig(t *testing.T, eng *docker.Engine) daemon.Config {
+	inst := testenv.Instance(t, eng)
+	img := testenv.EnsureBusybox(t, eng)
+	homes := t.TempDir()
+	if err := os.Chmod(homes, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return daemon.Config{
+		Listen: "127.0.0.1:0",
+		Token:  token(),
+		Config: spawnd.Config{
+			Instance:  inst,
+			HomesRoot: homes,
+			Network:   spawnd.NetworkConfig{Name: "spawnd-" + inst},
+			Envs: map[string]spawnd.EnvConfig{
+				"team": {Image: img, LockDigest: "sha256:test", User: spawnd.EnvUser{Name: "jovyan", UID: 1000, GID: 100}},
+			},
+			Profiles: map[string]spawnd.ProfileConfig{
+				"default": {Memory: "256m", CPUs: 1, Pids: 128},
+			},
+			StartTimeout: 30 * time.Second,
+			StopGrace:    time.Second,
+		},
+	}
+}
+
+func startDaemon(t *testing.T, eng *docker.Engine, cfg daemon.Config) *harness {
+	t.Helper()
+	d, err := daemon.New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &harness{t: t, eng: eng, cfg: cfg, cancel: cancel, done: make(chan error, 1)}
+	go func() { h.done <- d.Run(ctx); d.Close() }()
+	h.client, err = api.NewClient(d.Addr().String(), cfg.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.stop)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if hl, err := h.client.Health(context.Background()); err == nil && hl.Engine == "up" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("daemon not healthy")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return h
+}
+
+func (h *harness) stop() {
+	if h.cancel != nil {
+		h.cancel()
+		<-h.done
+		h.cancel = nil
+	}
+}
+
+func httpGet(t *testing.T, s api.Server, path string) string {
+	t.Helper()
+	url := fmt.Sprintf("http://%s:%d/%s", s.Host, s.Port, path)
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	return string(b)
+}
+
+func TestStartWriteStopStartKeepsHome(t *testing.T) {
+	eng := testenv.Engine(t)
+	cfg := testConfig(t, eng)
+	h := startDaemon(t, eng, cfg)
+	ctx := context.Background()
+	user := "Alice.Smith@example.org"
+
+	// The command records who it runs as, then serves $HOME over HTTP.
+	probe := `id -u > $HOME/uid; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status > $HOME/status; echo hello > $HOME/note; exec httpd -f -p 8888 -h $HOME`
+	s, err := h.client.Start(ctx, user, "", api.StartRequest{Cmd: []string{"/bin/sh", "-c", probe}, Environment: map[string]string{"SECRET_TOKEN": "s3cret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.State != api.StateRunning || s.Host != "127.0.0.1" || s.Port == 0 || s.Env != "team" || s.ImageID == "" || s.StartedAt.IsZero() {
+		t.Fatalf("start answer: %+v", s)
+	}
+	s, err = h.client.WaitReady(ctx, user, "")
+	if err != nil || !s.Ready {
+		t.Fatalf("not ready: %+v %v", s, err)
+	}
+	if got := httpGet(t, s, "note"); got != "hello\n" {
+		t.Fatalf("note = %q", got)
+	}
+	if got := strings.TrimSpace(httpGet(t, s, "uid")); got != "1000" {
+		t.Fatalf("container runs as uid %s, want 1000", got)
+	}
+	status := httpGet(t, s, "status")
+	if !strings.Contains(status, "CapEff:\t0000000000000000") || !strings.Contains(status, "NoNewPrivs:\t1") {
+		t.Fatalf("hardening missing:\n%s", status)
+	}
+
+	home := filepath.Join(cfg.HomesRoot, spawnd.Escape(user))
+	fi, err := os.Stat(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o700 {
+		t.Fatalf("home mode %v", fi.Mode())
+	}
+	// Inspect the container the way an admin would.
+	ins, err := eng.Client().ContainerInspect(ctx, s.ContainerID, client.ContainerInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := ins.Container.HostConfig
+	if hc.Privileged || len(hc.CapAdd) != 0 || hc.PidsLimit == nil || *hc.PidsLimit != 128 || hc.Memory != 256<<20 || hc.Init == nil || !*hc.Init {
+		t.Fatalf("host config not hardened: privileged=%v capadd=%v pids=%v mem=%d init=%v", hc.Privileged, hc.CapAdd, hc.PidsLimit, hc.Memory, hc.Init)
+	}
+	if ins.Container.Config.Labels[spawnd.LabelUser] != user {
+		t.Fatalf("labels: %v", ins.Container.Config.Labels)
+	}
+
+	if _, err := h.client.Stop(ctx, user, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eng.Client().ContainerInspect(ctx, s.ContainerID, client.ContainerInspectOptions{}); err == nil {
+		t.Fatal("the container is still there after stop")
+	}
+	if b, err := os.ReadFile(filepath.Join(home, "note")); err != nil || string(b) != "hello\n" {
+		t.Fatalf("home lost after stop: %q %v", b, err)
+	}
+
+	// Start again with the env's default command: the file is still there.
+	s2, err := h.client.Start(ctx, user, "", api.StartRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2.ContainerID == s.ContainerID {
+		t.Fatal("start after stop reused the old container")
+	}
+	s2, err = h.client.WaitReady(ctx, user, "")
+	if err != nil || !s2.Ready {
+		t.Fatalf("not ready: %+v %v", s2, err)
+	}
+	if got := httpGet(t, s2, "note"); got != "hello\n" {
+		t.Fatalf("note after restart = %q", got)
+	}
+}
+
+func TestNamedServersAndConcurrentStarts(t *testing.T) {
+	eng := testenv.Engine(t)
+	cfg := testConfig(t, eng)
+	h := startDaemon(t, eng, cfg)
+	ctx := context.Background()
+
+	const n = 10
+	var wg sync.WaitGroup
+	ids := make([]string, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := h.client.Start(ctx, "bob", "lab", api.StartRequest{})
+			ids[i], errs[i] = s.ContainerID, err
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil || ids[i] != ids[0] {
+			t.Fatalf("start %d: %q %v (want %q)", i, ids[i], errs[i], ids[0])
+		}
+	}
+	// A second user and bob's default server run beside it.
+	if _, err := h.client.Start(ctx, "bob", "", api.StartRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.client.Start(ctx, "Bob", "", api.StartRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	f := client.Filters{}
+	f.Add("label", spawnd.LabelInstance+"="+cfg.Instance)
+	res, err := eng.Client().ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Items) != 3 {
+		t.Fatalf("%d containers, want 3", len(res.Items))
+	}
+	list, err := h.client.List(ctx)
+	if err != nil || len(list) != 3 {
+		t.Fatalf("list: %d %v", len(list), err)
+	}
+	homes, _ := os.ReadDir(cfg.HomesRoot)
+	if len(homes) != 2 {
+		t.Fatalf("%d homes for bob and Bob, want 2", len(homes))
+	}
+}
+
+func TestProgressStream(t *testing.T) {
+	eng := testenv.Engine(t)
+	cfg := testConfig(t, eng)
+	h := startDaemon(t, eng, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := h.client.Start(ctx, "carol", "", api.StartRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	var steps []string
+	err := h.client.Progress(ctx, "carol", "", func(ev api.ProgressEvent) error {
+		steps = append(steps, ev.Step)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "accepted,image,home,created,started,listening"
+	if got := strings.Join(steps, ","); got != want {
+		t.Fatalf("steps %s, want %s", got, want)
+	}
+}
+
+func TestExitAndOOMReported(t *testing.T) {
+	eng := testenv.Engine(t)
+	cfg := testConfig(t, eng)
+	cfg.Profiles["tiny"] = spawnd.ProfileConfig{Memory: "16m", Pids: 64}
+	h := startDaemon(t, eng, cfg)
+	ctx := context.Background()
+
+	if _, err := h.client.Start(ctx, "dora", "", api.StartRequest{Cmd: []string{"/bin/sh", "-c", "exit 7"}}); err != nil {
+		t.Fatal(err)
+	}
+	s := waitState(t, h, "dora", "", api.StateFailed)
+	if s.ExitCode == nil || *s.ExitCode != 7 || s.Reason != "exited with code 7" {
+		t.Fatalf("exit: %+v", s)
+	}
+
+	// Fill a tmpfs-less /dev/shm-free memory: a shell variable that doubles.
+	hog := `x=0123456789abcdef; while true; do x="$x$x"; done`
+	if _, err := h.client.Start(ctx, "ed", "", api.StartRequest{Profile: "tiny", Cmd: []string{"/bin/sh", "-c", hog}}); err != nil {
+		t.Fatal(err)
+	}
+	s = waitState(t, h, "ed", "", api.StateFailed)
+	if s.Reason != "oom_killed" || s.ExitCode == nil || *s.ExitCode != 137 {
+		t.Fatalf("oom: %+v", s)
+	}
+}
+
+func waitState(t *testing.T, h *harness, user, server string, want api.State) api.Server {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		s, err := h.client.Status(context.Background(), user, server)
+		if err == nil && s.State == want {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s/%s: state %s (%v), want %s", user, server, s.State, err, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestReaperAndForeignContainers(t *testing.T) {
+	eng := testenv.Engine(t)
+	cfg := testConfig(t, eng)
+	cfg.ReapGrace = 200 * time.Millisecond
+	ctx := context.Background()
+	cli := eng.Client()
+	img := testenv.BusyboxImage
+	// A half-made container of ours (created, never started) and one that is
+	// not ours at all.
+	ours := map[string]string{spawnd.LabelManaged: "true", spawnd.LabelInstance: cfg.Instance, spawnd.LabelUser: "fay", spawnd.LabelServer: ""}
+	halfMade, err := cli.ContainerCreate(ctx, client.ContainerCreateOptions{Name: spawnd.ContainerName(cfg.Instance, "fay", ""), Image: img,
+		Config: &container.Config{Labels: ours}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := cli.ContainerCreate(ctx, client.ContainerCreateOptions{Name: "spawnd-test-foreign-" + cfg.Instance, Image: img,
+		Config: &container.Config{Labels: map[string]string{spawnd.LabelInstance: cfg.Instance + "x", testenv.TestLabel: "1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = cli.ContainerRemove(context.Background(), foreign.ID, client.ContainerRemoveOptions{Force: true}) })
+
+	startDaemon(t, eng, cfg)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := cli.ContainerInspect(ctx, halfMade.ID, client.ContainerInspectOptions{}); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the half-made container was not reaped")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := cli.ContainerInspect(ctx, foreign.ID, client.ContainerInspectOptions{}); err != nil {
+		t.Fatalf("the daemon touched a container it did not label: %v", err)
+	}
+}
