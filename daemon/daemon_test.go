@@ -329,7 +329,9 @@ func TestReaperAndForeignContainers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _, _ = cli.ContainerRemove(context.Background(), foreign.ID, client.ContainerRemoveOptions{Force: true}) })
+	t.Cleanup(func() {
+		_, _ = cli.ContainerRemove(context.Background(), foreign.ID, client.ContainerRemoveOptions{Force: true})
+	})
 
 	startDaemon(t, eng, cfg)
 	deadline := time.Now().Add(10 * time.Second)

@@ -1,0 +1,252 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/spawnd/spawnd/api"
+)
+
+const testToken = "0123456789abcdef0123456789abcdef"
+
+// recordingCore records the calls that reach the core.
+type recordingCore struct {
+	mu    sync.Mutex
+	calls []string
+	reqs  []api.StartRequest
+}
+
+func (c *recordingCore) record(s string) {
+	c.mu.Lock()
+	c.calls = append(c.calls, s)
+	c.mu.Unlock()
+}
+
+func (c *recordingCore) Start(_ context.Context, user, server string, req api.StartRequest) (api.Server, error) {
+	c.record("start " + user + "|" + server)
+	c.mu.Lock()
+	c.reqs = append(c.reqs, req)
+	c.mu.Unlock()
+	return api.Server{User: user, Server: server, State: api.StateRunning}, nil
+}
+
+func (c *recordingCore) Status(user, server string) (api.Server, error) {
+	c.record("status " + user + "|" + server)
+	if user == "ghost" {
+		return api.Server{}, api.Errorf(api.CodeNotFound, "no such server")
+	}
+	return api.Server{User: user, Server: server, State: api.StateRunning}, nil
+}
+
+func (c *recordingCore) Stop(_ context.Context, user, server string) (api.Server, error) {
+	c.record("stop " + user + "|" + server)
+	return api.Server{User: user, Server: server, State: api.StateStopped}, nil
+}
+
+func (c *recordingCore) List() []api.Server { c.record("list"); return nil }
+
+func (c *recordingCore) Progress(_ context.Context, user, server string, fn func(api.ProgressEvent) error) error {
+	c.record("progress " + user + "|" + server)
+	for _, ev := range []api.ProgressEvent{{Progress: 0, Step: "accepted"}, {Progress: 100, Step: "listening", Ready: true}} {
+		if err := fn(ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *recordingCore) DeleteHome(_ context.Context, user string) error {
+	c.record("deletehome " + user)
+	return nil
+}
+
+func (c *recordingCore) Options() api.Options { return api.Options{} }
+func (c *recordingCore) EngineUp() bool       { return true }
+
+func newTestServer(t *testing.T, logs io.Writer) (*httptest.Server, *recordingCore) {
+	t.Helper()
+	core := &recordingCore{}
+	if logs == nil {
+		logs = io.Discard
+	}
+	h, err := New(core, Options{Token: testToken, Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(h)
+	t.Cleanup(ts.Close)
+	return ts, core
+}
+
+func do(t *testing.T, ts *httptest.Server, method, path, token string, body io.Reader) (*http.Response, api.ErrorBody) {
+	t.Helper()
+	req, _ := http.NewRequest(method, ts.URL+path, body)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var eb api.ErrorBody
+	b, _ := io.ReadAll(resp.Body)
+	_ = json.Unmarshal(b, &eb)
+	return resp, eb
+}
+
+func TestEveryEndpointButHealthNeedsTheToken(t *testing.T) {
+	var logs bytes.Buffer
+	ts, core := newTestServer(t, &logs)
+	endpoints := []struct{ method, path string }{
+		{"GET", "/v1/version"}, {"GET", "/v1/options"}, {"GET", "/v1/servers"},
+		{"POST", "/v1/users/alice/server"}, {"GET", "/v1/users/alice/server"}, {"DELETE", "/v1/users/alice/server"},
+		{"POST", "/v1/users/alice/servers/x"}, {"GET", "/v1/users/alice/servers/x/progress"},
+		{"DELETE", "/v1/users/alice/home?confirm=yes"}, {"GET", "/metrics"}, {"GET", "/nope"},
+	}
+	for _, ep := range endpoints {
+		for _, tok := range []string{"", "wrong", testToken + "x", strings.ToUpper(testToken)} {
+			resp, eb := do(t, ts, ep.method, ep.path, tok, nil)
+			if resp.StatusCode != 401 || eb.Error == nil || eb.Error.Code != api.CodeUnauthorized {
+				t.Errorf("%s %s with token %q: %d %+v", ep.method, ep.path, tok, resp.StatusCode, eb.Error)
+			}
+			if resp.Header.Get("WWW-Authenticate") == "" {
+				t.Errorf("%s %s: no WWW-Authenticate header", ep.method, ep.path)
+			}
+		}
+	}
+	if len(core.calls) != 0 {
+		t.Fatalf("unauthenticated requests reached the core: %v", core.calls)
+	}
+	if resp, _ := do(t, ts, "GET", "/v1/health", "", nil); resp.StatusCode != 200 {
+		t.Fatalf("health without token: %d", resp.StatusCode)
+	}
+	if strings.Contains(logs.String(), testToken) || strings.Contains(logs.String(), "wrong") {
+		t.Fatal("a token reached the log")
+	}
+}
+
+func TestBadStartBodies(t *testing.T) {
+	ts, core := newTestServer(t, nil)
+	cases := []struct {
+		name string
+		body string
+		code int
+		want string
+	}{
+		{"malformed", `{"env":`, 400, "malformed JSON"},
+		{"not an object", `[1,2]`, 400, "must be"},
+		{"image", `{"image":"evil/root:latest"}`, 400, "unknown field \"image\""},
+		{"mount", `{"mounts":[{"source":"/","target":"/host"}]}`, 400, "unknown field"},
+		{"privileged", `{"privileged":true}`, 400, "unknown field"},
+		{"host network", `{"network_mode":"host"}`, 400, "unknown field"},
+		{"pid", `{"pid_mode":"host"}`, 400, "unknown field"},
+		{"cap add", `{"cap_add":["SYS_ADMIN"]}`, 400, "unknown field"},
+		{"devices", `{"devices":["/dev/sda"]}`, 400, "unknown field"},
+		{"nested host config", `{"env":"team","HostConfig":{"Privileged":true}}`, 400, "unknown field"},
+		{"trailing data", `{"env":"team"} {"image":"x"}`, 400, "after the JSON"},
+		{"wrong type", `{"cmd":"sh"}`, 400, "cmd"},
+		{"too large", `{"cmd":["` + strings.Repeat("a", 10<<20) + `"]}`, 413, "larger than"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, eb := do(t, ts, "POST", "/v1/users/alice/server", testToken, strings.NewReader(tc.body))
+			if resp.StatusCode != tc.code || eb.Error == nil || !strings.Contains(eb.Error.Message, tc.want) {
+				t.Fatalf("got %d %+v, want %d with %q", resp.StatusCode, eb.Error, tc.code, tc.want)
+			}
+		})
+	}
+	if len(core.calls) != 0 {
+		t.Fatalf("bad requests reached the core: %v", core.calls)
+	}
+}
+
+func TestNamesInPathsAreUnescaped(t *testing.T) {
+	ts, core := newTestServer(t, nil)
+	cases := []struct{ user, server string }{
+		{"alice", ""},
+		{"Alice.Smith@example.org", ""},
+		{"a/b", "c d"},
+		{"ünï", "lab"},
+		{"x%2Fy", ""},
+	}
+	for _, tc := range cases {
+		resp, eb := do(t, ts, "POST", api.ServerPath(tc.user, tc.server), testToken, strings.NewReader(`{"env":"team"}`))
+		if resp.StatusCode != 200 {
+			t.Fatalf("%q/%q: %d %+v", tc.user, tc.server, resp.StatusCode, eb.Error)
+		}
+		want := "start " + tc.user + "|" + tc.server
+		if got := core.calls[len(core.calls)-1]; got != want {
+			t.Fatalf("core saw %q, want %q", got, want)
+		}
+	}
+}
+
+func TestProgressIsServerSentEvents(t *testing.T) {
+	ts, _ := newTestServer(t, nil)
+	req, _ := http.NewRequest("GET", ts.URL+"/v1/users/alice/server/progress", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("content type %q", ct)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	want := "data: {\"progress\":0,\"message\":\"\",\"step\":\"accepted\"}\n\ndata: {\"progress\":100,\"message\":\"\",\"step\":\"listening\",\"ready\":true}\n\n"
+	if string(b) != want {
+		t.Fatalf("stream:\n%s\nwant:\n%s", b, want)
+	}
+	// A server the core does not know: a JSON 404, not an empty stream.
+	resp2, eb := do(t, ts, "GET", "/v1/users/ghost/server/progress", testToken, nil)
+	if resp2.StatusCode != 404 || eb.Error.Code != api.CodeNotFound {
+		t.Fatalf("unknown server: %d %+v", resp2.StatusCode, eb.Error)
+	}
+}
+
+func TestDeleteHomeNeedsConfirmation(t *testing.T) {
+	ts, core := newTestServer(t, nil)
+	resp, eb := do(t, ts, "DELETE", "/v1/users/alice/home", testToken, nil)
+	if resp.StatusCode != 400 || !strings.Contains(eb.Error.Message, "confirm=yes") {
+		t.Fatalf("got %d %+v", resp.StatusCode, eb.Error)
+	}
+	if len(core.calls) != 0 {
+		t.Fatal("an unconfirmed delete reached the core")
+	}
+	if resp, _ := do(t, ts, "DELETE", "/v1/users/alice/home?confirm=yes", testToken, nil); resp.StatusCode != 204 {
+		t.Fatalf("confirmed delete: %d", resp.StatusCode)
+	}
+}
+
+func TestShortTokenRefused(t *testing.T) {
+	if _, err := New(&recordingCore{}, Options{Token: "short"}); err == nil {
+		t.Fatal("a 5-character token was accepted")
+	}
+}
+
+func FuzzDecodeStartRequest(f *testing.F) {
+	for _, s := range []string{`{}`, `{"env":"team","profile":"p","environment":{"A":"b"},"cmd":["x"]}`, `{"image":"x"}`, `[`, ``, `{"env":1}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r := httptest.NewRequest("POST", "/", bytes.NewReader(body))
+		var req api.StartRequest
+		err := decode(r, &req)
+		if err == nil {
+			return
+		}
+		if api.ErrorCode(err) != api.CodeInvalid {
+			t.Fatalf("decode error %v has code %s, want invalid", err, api.ErrorCode(err))
+		}
+	})
+}
