@@ -1,0 +1,121 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "spawnd.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const goodConfig = `
+listen: 127.0.0.1:9999
+token: 0123456789abcdef0123456789abcdef
+homes_root: /srv/spawnd/homes
+start_timeout: 45s
+envs:
+  team:
+    image: spawnd/team:abc
+    environment: ["JUPYTER_ENABLE_LAB=yes"]
+profiles:
+  small: {memory: 1g, cpus: 0.5, pids: 256}
+`
+
+func TestLoadConfig(t *testing.T) {
+	cfg, err := loadConfig(writeConfig(t, goodConfig), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != "127.0.0.1:9999" || cfg.StartTimeout != 45*time.Second || cfg.DefaultEnv != "team" || cfg.DefaultProfile != "small" {
+		t.Fatalf("loaded %+v", cfg)
+	}
+	if got := cfg.Envs["team"].Environment[0]; got != "JUPYTER_ENABLE_LAB=yes" {
+		t.Fatalf("environment lost its case: %q", got)
+	}
+	if cfg.Profiles["small"].MemoryBytes() != 1<<30 {
+		t.Fatalf("memory %d", cfg.Profiles["small"].MemoryBytes())
+	}
+	if u := cfg.Envs["team"].User; u.UID != 1000 || u.GID != 100 || cfg.Envs["team"].Home != "/home/jovyan" {
+		t.Fatalf("env defaults: %+v", cfg.Envs["team"])
+	}
+}
+
+func TestEnvOverridesFile(t *testing.T) {
+	t.Setenv("SPAWND_HOMES_ROOT", "/data/homes")
+	t.Setenv("SPAWND_NETWORK_MODE", "network")
+	cfg, err := loadConfig(writeConfig(t, goodConfig), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HomesRoot != "/data/homes" || cfg.Network.Mode != "network" {
+		t.Fatalf("env not applied: %s %s", cfg.HomesRoot, cfg.Network.Mode)
+	}
+}
+
+func TestFlagsOverrideEnv(t *testing.T) {
+	t.Setenv("SPAWND_LISTEN", "127.0.0.1:1111")
+	cmd := newServe()
+	if err := cmd.Flags().Parse([]string{"--listen", "127.0.0.1:2222"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(writeConfig(t, goodConfig), cmd.Flags())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != "127.0.0.1:2222" {
+		t.Fatalf("listen %s", cfg.Listen)
+	}
+}
+
+func TestConfigErrorsNameTheKey(t *testing.T) {
+	cases := []struct{ name, body, want string }{
+		{"unknown top key", goodConfig + "homes_rot: /x\n", "homes_rot"},
+		{"unknown nested key", strings.Replace(goodConfig, "image: spawnd/team:abc", "image: spawnd/team:abc\n    privileged: true", 1), "privileged"},
+		{"bad duration", strings.Replace(goodConfig, "45s", "soon", 1), "start_timeout"},
+		{"relative homes", strings.Replace(goodConfig, "/srv/spawnd/homes", "homes", 1), "homes_root"},
+		{"root uid", strings.Replace(goodConfig, "image: spawnd/team:abc", "image: spawnd/team:abc\n    user: {name: root, uid: 0, gid: 5}", 1), "envs.team.user.uid"},
+		{"bad memory", strings.Replace(goodConfig, "memory: 1g", "memory: lots", 1), "profiles.small.memory"},
+		{"no image", strings.Replace(goodConfig, "image: spawnd/team:abc", "description: x", 1), "envs.team.image"},
+		{"bad env var", strings.Replace(goodConfig, "JUPYTER_ENABLE_LAB=yes", "NOEQUALS", 1), "envs.team.environment[0]"},
+		{"bad mode", goodConfig + "network: {mode: bridge}\n", "network.mode"},
+		{"short token", strings.Replace(goodConfig, "0123456789abcdef0123456789abcdef", "abc", 1), "token"},
+		{"yaml syntax", goodConfig + "envs: [\n", "line"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := loadConfig(writeConfig(t, tc.body), nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestSplitTarget(t *testing.T) {
+	cases := []struct {
+		arg, flag  string
+		set        bool
+		user, serv string
+	}{
+		{"alice", "", false, "alice", ""},
+		{"alice/lab", "", false, "alice", "lab"},
+		{"a/b", "", true, "a/b", ""},
+		{"a/b", "lab", true, "a/b", "lab"},
+	}
+	for _, tc := range cases {
+		u, s := splitTarget(tc.arg, tc.flag, tc.set)
+		if u != tc.user || s != tc.serv {
+			t.Errorf("splitTarget(%q) = %q %q", tc.arg, u, s)
+		}
+	}
+}
