@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -68,7 +69,7 @@ func testConfig(t *testing.T, eng *docker.Engine) daemon.Config {
 
 func startDaemon(t *testing.T, eng *docker.Engine, cfg daemon.Config) *harness {
 	t.Helper()
-	d, err := daemon.New(cfg, nil)
+	d, err := daemon.New(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

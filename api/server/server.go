@@ -92,29 +92,45 @@ func New(core Core, opts Options) (http.Handler, error) {
 	}
 
 	mux := http.NewServeMux()
-	route := func(pattern string, auth bool, fn func(http.ResponseWriter, *http.Request) error) {
-		mux.Handle(pattern, h.wrap(pattern, auth, fn))
+	for _, r := range h.routes() {
+		mux.Handle(r.pattern, h.wrap(r.pattern, r.auth, r.fn))
 	}
-	route("GET /v1/health", false, h.health)
-	route("GET /v1/version", true, h.version)
-	route("GET /v1/options", true, h.options)
-	route("GET /v1/servers", true, h.list)
-	for _, p := range []string{"/v1/users/{user}/server", "/v1/users/{user}/servers/{server}"} {
-		route("POST "+p, true, h.start)
-		route("GET "+p, true, h.status)
-		route("DELETE "+p, true, h.stop)
-		route("GET "+p+"/progress", true, h.progress)
-	}
-	route("DELETE /v1/users/{user}/home", true, h.deleteHome)
-	metrics := promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{})
-	route("GET /metrics", true, func(w http.ResponseWriter, r *http.Request) error {
-		metrics.ServeHTTP(w, r)
-		return nil
-	})
-	route("/", true, func(w http.ResponseWriter, r *http.Request) error {
-		return api.Errorf(api.CodeNotFound, "no such endpoint; see api/openapi.yaml")
-	})
 	return mux, nil
+}
+
+type route struct {
+	pattern string
+	auth    bool
+	fn      func(http.ResponseWriter, *http.Request) error
+}
+
+// routes is the API's route table; api/openapi.yaml describes each entry.
+func (h *handler) routes() []route {
+	rs := []route{
+		{"GET /v1/health", false, h.health},
+		{"GET /v1/version", true, h.version},
+		{"GET /v1/options", true, h.options},
+		{"GET /v1/servers", true, h.list},
+	}
+	for _, p := range []string{"/v1/users/{user}/server", "/v1/users/{user}/servers/{server}"} {
+		rs = append(rs,
+			route{"POST " + p, true, h.start},
+			route{"GET " + p, true, h.status},
+			route{"DELETE " + p, true, h.stop},
+			route{"GET " + p + "/progress", true, h.progress})
+	}
+	rs = append(rs,
+		route{"DELETE /v1/users/{user}/home", true, h.deleteHome},
+		route{"GET /metrics", true, h.metrics},
+		route{"/", true, func(http.ResponseWriter, *http.Request) error {
+			return api.Errorf(api.CodeNotFound, "no such endpoint; see api/openapi.yaml")
+		}})
+	return rs
+}
+
+func (h *handler) metrics(w http.ResponseWriter, r *http.Request) error {
+	promhttp.HandlerFor(h.opts.Registry, promhttp.HandlerOpts{}).ServeHTTP(w, r)
+	return nil
 }
 
 // statusWriter records the status code a handler wrote.

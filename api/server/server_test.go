@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -249,4 +250,32 @@ func FuzzDecodeStartRequest(f *testing.F) {
 			t.Fatalf("decode error %v has code %s, want invalid", err, api.ErrorCode(err))
 		}
 	})
+}
+
+// TestOpenAPIListsEveryRoute keeps api/openapi.yaml in step with the mux.
+func TestOpenAPIListsEveryRoute(t *testing.T) {
+	b, err := os.ReadFile("../openapi.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := string(b)
+	for _, r := range (&handler{}).routes() {
+		method, path, _ := strings.Cut(r.pattern, " ")
+		if path == "" || path == "/" {
+			continue
+		}
+		block := "\n  " + path + ":\n"
+		i := strings.Index(spec, block)
+		if i < 0 {
+			t.Errorf("openapi.yaml lacks the path %s", path)
+			continue
+		}
+		rest := spec[i+len(block)-1:]
+		if j := strings.Index(rest, "\n  /"); j >= 0 {
+			rest = rest[:j]
+		}
+		if !strings.Contains(rest, "\n    "+strings.ToLower(method)+":") {
+			t.Errorf("openapi.yaml lacks %s %s", method, path)
+		}
+	}
 }
