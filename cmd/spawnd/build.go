@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spawnd/spawnd/envs"
+	"github.com/spawnd/spawnd/images"
+	"github.com/spawnd/spawnd/spawnd/docker"
+)
+
+type buildFlags struct {
+	network string
+	asJSON  bool
+	engine  string
+}
+
+func (b *buildFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&b.network, "network", "", `network for lock containers and builds ("host" to reach a package index on 127.0.0.1)`)
+	cmd.Flags().BoolVar(&b.asJSON, "json", false, "progress as JSON lines")
+	cmd.Flags().StringVar(&b.engine, "engine", "", "Docker engine address (default: DOCKER_HOST or the local socket)")
+}
+
+func (b *buildFlags) connect(ctx context.Context) (*docker.Engine, error) {
+	eng, err := docker.New(b.engine)
+	if err != nil {
+		return nil, err
+	}
+	if err := eng.Ping(ctx); err != nil {
+		eng.Close()
+		return nil, fmt.Errorf("the Docker engine does not answer (%v); start it (scripts/engine-up, or systemctl start docker)", err)
+	}
+	return eng, nil
+}
+
+// specPath accepts a spec file or an env name (envs/<name>.yaml).
+func specPath(arg string) (string, error) {
+	if _, err := os.Stat(arg); err == nil {
+		return arg, nil
+	}
+	p := filepath.Join("envs", arg+".yaml")
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("%s: no such spec file (nor %s)", arg, p)
+}
+
+func newLock() *cobra.Command {
+	var bf buildFlags
+	cmd := &cobra.Command{
+		Use:   "lock SPEC",
+		Short: "Resolve an env spec into a lock file (exact versions and hashes)",
+		Long: `Lock an env spec with the real package tools, in containers of its base:
+apt-get for Debian packages, pip's installation report for pip packages.
+Writes SPEC's lock next to it (envs/team.yaml -> envs/team.lock.json):
+indented, sorted JSON with the spec's checksum, the base image digest, and
+every package (dependencies included) pinned by version and SHA-256.`,
+		Example: "  spawnd lock envs/team.yaml",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path, err := specPath(args[0])
+			if err != nil {
+				return err
+			}
+			s, err := envs.Load(path)
+			if err != nil {
+				return err
+			}
+			eng, err := bf.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer eng.Close()
+			l, err := images.Lock(cmd.Context(), eng, s, images.Options{Network: bf.network, Progress: progressSink(cmd.ErrOrStderr(), bf.asJSON)})
+			if err != nil {
+				return err
+			}
+			if err := envs.WriteLock(envs.LockPath(path), l); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", envs.LockPath(path), l.Digest)
+			return nil
+		},
+	}
+	bf.register(cmd)
+	return cmd
+}
+
+func newBuild() *cobra.Command {
+	var bf buildFlags
+	var relock bool
+	cmd := &cobra.Command{
+		Use:   "build SPEC",
+		Short: "Build the pinned image of an env spec (locking first if there is no lock)",
+		Long: `Build the image of an env from its lock. The image tag follows from the lock
+(spawnd/<env>:<12 hex digits of the lock digest>), so the same lock gives the
+same tag everywhere, and an unchanged lock whose image exists builds nothing.
+
+Without a lock, build locks first. A lock made from an older version of the
+spec is refused unless --relock is given; a lock edited by hand is always
+refused. A failed build leaves the previous lock and image in place.
+
+Layers run base -> apt -> conda -> pip -> kernels -> user, so a pip change
+reuses the apt layer.`,
+		Example: `  spawnd build envs/team.yaml
+  spawnd build team --relock
+  spawnd build envs/examples/pip.yaml --network host --json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path, err := specPath(args[0])
+			if err != nil {
+				return err
+			}
+			if _, err := envs.Load(path); err != nil {
+				return err
+			}
+			eng, err := bf.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer eng.Close()
+			res, err := images.Build(cmd.Context(), eng, path, images.Options{Network: bf.network, Relock: relock, Progress: progressSink(cmd.ErrOrStderr(), bf.asJSON)})
+			if err != nil {
+				if errors.Is(err, context.Canceled) {
+					return errors.New("interrupted; the previous lock and image are unchanged")
+				}
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", res.Tag, res.ImageID)
+			return nil
+		},
+	}
+	bf.register(cmd)
+	cmd.Flags().BoolVar(&relock, "relock", false, "make a new lock even if one exists (the new lock is written only if the build succeeds)")
+	return cmd
+}

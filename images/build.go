@@ -1,0 +1,353 @@
+package images
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/spawnd/spawnd/envs"
+)
+
+// Engine is what locking and building need from a container engine. The
+// Docker implementation is spawnd/docker.Engine.
+type Engine interface {
+	// ImageInspect returns an image's id and labels, or an errdefs not-found error.
+	ImageInspect(ctx context.Context, ref string) (ImageInfo, error)
+	// RunCapture runs a throw-away container to completion and returns its
+	// output and exit code; the container is removed in every case.
+	RunCapture(ctx context.Context, spec RunSpec) (RunResult, error)
+	// Build builds a context and tags the result; each line of the engine's
+	// output goes to onLine.
+	Build(ctx context.Context, spec BuildSpec, onLine func(BuildLine)) (imageID string, err error)
+}
+
+// ImageInfo is what the builder needs to know of an image.
+type ImageInfo struct {
+	ID     string
+	Labels map[string]string
+	Size   int64
+}
+
+// RunSpec is a throw-away container for locking.
+type RunSpec struct {
+	Image   string
+	Cmd     []string
+	Network string // "" = default bridge, "host" to reach an index on 127.0.0.1
+	Labels  map[string]string
+}
+
+// RunResult is what a throw-away container printed.
+type RunResult struct {
+	Stdout, Stderr []byte
+	ExitCode       int
+}
+
+// BuildSpec is one engine build.
+type BuildSpec struct {
+	Context io.Reader
+	Tags    []string
+	Labels  map[string]string
+	Network string
+}
+
+// BuildLine is one line of the engine's build output.
+type BuildLine struct {
+	Stream string // a line of output
+	Error  string // the build failed with this message
+	Bytes  int64  // bytes transferred so far, if the line reports progress
+}
+
+// Event is one step of a lock or build, for the progress renderers (a live
+// line on a terminal, plain lines, JSON lines) and for the daemon's API.
+type Event struct {
+	Time    time.Time     `json:"time"`
+	Phase   string        `json:"phase"` // lock, build
+	Step    string        `json:"step"`  // base, apt, conda, pip, layer 3/9, done, ...
+	Message string        `json:"message"`
+	Elapsed time.Duration `json:"elapsed_ns"`
+	Bytes   int64         `json:"bytes,omitempty"`
+	Done    bool          `json:"done,omitempty"`
+	Cached  bool          `json:"cached,omitempty"`
+}
+
+// Options configure locking and building.
+type Options struct {
+	// Network for lock containers and builds ("host" reaches an index on 127.0.0.1).
+	Network string
+	// Progress receives events; nil discards them.
+	Progress func(Event)
+	// Relock makes a new lock even when the lock is current.
+	Relock bool
+	// Now is the clock (for tests); nil is time.Now.
+	Now func() time.Time
+}
+
+func (o *Options) emit(began time.Time, ev Event) {
+	if o.Progress == nil {
+		return
+	}
+	ev.Time = time.Now()
+	ev.Elapsed = time.Since(began)
+	o.Progress(ev)
+}
+
+func (o *Options) now() time.Time {
+	if o.Now != nil {
+		return o.Now()
+	}
+	if v := os.Getenv("SOURCE_DATE_EPOCH"); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			return time.Unix(n, 0).UTC()
+		}
+	}
+	return time.Now().UTC()
+}
+
+// lockLabel marks the throw-away containers and stage images of locking.
+const lockLabel = "io.spawnd.lock"
+
+// Lock resolves a spec with the real tools in containers of its base and
+// returns the lock: the base's digest, apt's exact versions and SHA-256s
+// (apt-get --print-uris), conda's explicit packages (micromamba), and pip's
+// exact versions and SHA-256s (pip's installation report).
+func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lock, error) {
+	began := time.Now()
+	l := &envs.Lock{
+		Env: s.Name, Description: s.Description, SpecChecksum: s.Checksum(), Created: opts.now(),
+		Kernels: s.Jupyter.Kernels, Cmd: s.Jupyter.Cmd, User: *s.User,
+	}
+	opts.emit(began, Event{Phase: "lock", Step: "base", Message: "resolving base image " + s.Base})
+	base, err := eng.ImageInspect(ctx, s.Base)
+	if errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("%s: base image %s does not exist on the engine; load it, or make a Debian base offline with scripts/make-base", s.PosOf("base"), s.Base)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("inspecting base image %s: %w", s.Base, err)
+	}
+	l.Base = envs.Base{Ref: s.Base, Digest: base.ID}
+
+	if len(s.Apt) > 0 {
+		opts.emit(began, Event{Phase: "lock", Step: "apt", Message: fmt.Sprintf("resolving %d apt packages with apt-get", len(s.Apt))})
+		script := aptLockScript
+		res, err := eng.RunCapture(ctx, RunSpec{Image: base.ID, Cmd: append([]string{"/bin/sh", "-c", script, "apt-lock"}, s.Apt...),
+			Network: opts.Network, Labels: map[string]string{lockLabel: s.Name}})
+		if err != nil {
+			return nil, fmt.Errorf("locking apt packages: %w", err)
+		}
+		if res.ExitCode != 0 {
+			return nil, toolError(s, "apt", "apt-get", res, s.Apt, "apt")
+		}
+		if l.Apt, err = parseAptLock(res.Stdout); err != nil {
+			return nil, fmt.Errorf("locking apt packages: %w", err)
+		}
+	}
+
+	if s.Conda != nil {
+		return nil, fmt.Errorf("%s: conda: locking needs micromamba in the base image and a reachable channel; see docs/ENVS.md (conda support is planned and tested only as far as the lock format)", s.PosOf("conda"))
+	}
+
+	if s.Pip != nil {
+		opts.emit(began, Event{Phase: "lock", Step: "pip", Message: "building the apt layer to resolve pip packages in"})
+		stage := NewPlan(l, StageConda)
+		stageTag := "spawnd-lock/" + s.Name + ":stage"
+		stageID, err := eng.Build(ctx, BuildSpec{Context: stage.Tar(), Tags: []string{stageTag}, Network: opts.Network},
+			buildLines(&opts, began, "lock"))
+		if err != nil {
+			return nil, fmt.Errorf("building the apt layer for pip: %w", err)
+		}
+		opts.emit(began, Event{Phase: "lock", Step: "pip", Message: fmt.Sprintf("resolving %d pip packages with pip", len(s.Pip.Packages))})
+		cmd := []string{"python3", "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", "--break-system-packages",
+			"--disable-pip-version-check", "--no-input", "--no-cache-dir", "--retries", "1", "--timeout", "15"}
+		if s.Pip.IndexURL != "" {
+			cmd = append(cmd, "--index-url", s.Pip.IndexURL)
+		}
+		cmd = append(cmd, s.Pip.Packages...)
+		res, err := eng.RunCapture(ctx, RunSpec{Image: stageID, Cmd: cmd, Network: opts.Network, Labels: map[string]string{lockLabel: s.Name}})
+		if err != nil {
+			return nil, fmt.Errorf("locking pip packages: %w", err)
+		}
+		if res.ExitCode != 0 {
+			return nil, toolError(s, "pip", "pip", res, s.Pip.Packages, "pip.packages")
+		}
+		pkgs, err := parsePipReport(res.Stdout)
+		if err != nil {
+			return nil, fmt.Errorf("locking pip packages: %w", err)
+		}
+		l.Pip = &envs.PipLock{IndexURL: s.Pip.IndexURL, Packages: pkgs}
+	}
+	l.Seal()
+	opts.emit(began, Event{Phase: "lock", Step: "done", Message: fmt.Sprintf("locked %s: %d apt, %d pip packages", l.Digest[:19], len(l.Apt), pipCount(l)), Done: true})
+	return l, nil
+}
+
+func pipCount(l *envs.Lock) int {
+	if l.Pip == nil {
+		return 0
+	}
+	return len(l.Pip.Packages)
+}
+
+var toolPkgRE = regexp.MustCompile(`(?i)(?:unable to locate package|has no installation candidate|requirement|distribution found for|package) ['"]?([A-Za-z0-9][A-Za-z0-9._+-]*)`)
+
+// toolError turns a package tool's failure into an error that quotes the
+// tool and names the spec line that asked for the package it complains of.
+func toolError(s *envs.Spec, what, tool string, res RunResult, asked []string, field string) error {
+	msg := strings.TrimSpace(string(res.Stderr))
+	if msg == "" {
+		msg = strings.TrimSpace(string(res.Stdout))
+	}
+	lines := strings.Split(msg, "\n")
+	var keep []string
+	for _, ln := range lines {
+		if strings.Contains(ln, "ERROR") || strings.HasPrefix(ln, "E:") || strings.Contains(ln, "rror") {
+			keep = append(keep, strings.TrimSpace(ln))
+		}
+	}
+	if len(keep) == 0 {
+		keep = lines
+	}
+	if len(keep) > 6 {
+		keep = keep[len(keep)-6:]
+	}
+	quoted := strings.Join(keep, "\n  ")
+	where := s.PosOf(field)
+	for _, m := range toolPkgRE.FindAllStringSubmatch(msg, -1) {
+		for i, a := range asked {
+			name := a
+			if j := strings.IndexAny(a, "<>=!~[; "); j > 0 {
+				name = a[:j]
+			}
+			if strings.EqualFold(normalizePipName(name), normalizePipName(m[1])) {
+				f := fmt.Sprintf("%s[%d]", field, i)
+				return fmt.Errorf("%s: %s: %s could not resolve %q:\n  %s", s.PosOf(f), f, tool, a, quoted)
+			}
+		}
+	}
+	return fmt.Errorf("%s: %s failed (exit %d) resolving the %s packages:\n  %s", where, tool, res.ExitCode, what, quoted)
+}
+
+// LockOrLoad returns the lock of a spec: the existing lock when it matches
+// the spec, a new one otherwise (written atomically next to the spec). A lock
+// whose checksum no longer matches the spec is refused unless relock is set;
+// a lock edited by hand is always refused.
+func LockOrLoad(ctx context.Context, eng Engine, s *envs.Spec, specPath string, opts Options) (*envs.Lock, bool, error) {
+	lockPath := envs.LockPath(specPath)
+	l, err := envs.ReadLock(lockPath)
+	switch {
+	case err == nil && !l.Stale(s) && !opts.Relock:
+		return l, false, nil
+	case err == nil && l.Stale(s) && !opts.Relock:
+		return nil, false, fmt.Errorf("%s was made from another version of %s (spec checksum changed); run spawnd lock %s, or build with --relock", lockPath, specPath, specPath)
+	case err != nil && !errors.Is(err, os.ErrNotExist):
+		return nil, false, err
+	}
+	nl, err := Lock(ctx, eng, s, opts)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := envs.WriteLock(lockPath, nl); err != nil {
+		return nil, false, err
+	}
+	return nl, true, nil
+}
+
+// Result is what a build did.
+type Result struct {
+	Tag     string
+	ImageID string
+	Lock    *envs.Lock
+	// Built is false when the image of the lock already existed: no engine
+	// build ran.
+	Built bool
+	// Locked is true when a new lock was written.
+	Locked bool
+}
+
+// Build makes the image of a spec: it locks first when there is no lock,
+// refuses a stale lock unless opts.Relock, and builds from the lock through
+// the engine. An image that already carries the lock's digest is returned
+// without any build. A failed build leaves the previous image and lock as
+// they were.
+func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Result, error) {
+	began := time.Now()
+	s, err := envs.Load(specPath)
+	if err != nil {
+		return Result{}, err
+	}
+	var l *envs.Lock
+	locked := false
+	if opts.Relock {
+		// Lock into memory first; the file is replaced only after the build succeeds.
+		if l, err = Lock(ctx, eng, s, opts); err != nil {
+			return Result{}, err
+		}
+		locked = true
+	} else if l, locked, err = LockOrLoad(ctx, eng, s, specPath, opts); err != nil {
+		return Result{}, err
+	}
+	res := Result{Tag: l.Tag(), Lock: l, Locked: locked}
+	if img, err := eng.ImageInspect(ctx, res.Tag); err == nil && img.Labels[LabelLockDigest] == l.Digest {
+		res.ImageID = img.ID
+		if opts.Relock {
+			if err := envs.WriteLock(envs.LockPath(specPath), l); err != nil {
+				return Result{}, err
+			}
+		}
+		opts.emit(began, Event{Phase: "build", Step: "done", Message: "image " + res.Tag + " is up to date; nothing to build", Done: true, Cached: true})
+		return res, nil
+	} else if err != nil && !errdefs.IsNotFound(err) {
+		return Result{}, fmt.Errorf("inspecting %s: %w", res.Tag, err)
+	}
+	if _, err := eng.ImageInspect(ctx, l.Base.Digest); errdefs.IsNotFound(err) {
+		return Result{}, fmt.Errorf("the lock's base image %s (%s) is not on the engine; load it, or relock against the base you have (spawnd build --relock)", l.Base.Ref, l.Base.Digest)
+	}
+	plan := NewPlan(l, StageAll)
+	opts.emit(began, Event{Phase: "build", Step: "start", Message: "building " + res.Tag})
+	id, err := eng.Build(ctx, BuildSpec{Context: plan.Tar(), Tags: []string{res.Tag}, Network: opts.Network}, buildLines(&opts, began, "build"))
+	if err != nil {
+		return Result{}, fmt.Errorf("building %s: %w", res.Tag, err)
+	}
+	if opts.Relock {
+		if err := envs.WriteLock(envs.LockPath(specPath), l); err != nil {
+			return Result{}, err
+		}
+	}
+	res.ImageID, res.Built = id, true
+	opts.emit(began, Event{Phase: "build", Step: "done", Message: "built " + res.Tag, Done: true})
+	return res, nil
+}
+
+var stepRE = regexp.MustCompile(`^Step (\d+/\d+) : (.*)`)
+
+// buildLines turns the engine's build output into progress events: one per
+// Dockerfile step, with "Using cache" marking cached layers.
+func buildLines(opts *Options, began time.Time, phase string) func(BuildLine) {
+	step := ""
+	return func(bl BuildLine) {
+		line := strings.TrimSpace(bl.Stream)
+		if m := stepRE.FindStringSubmatch(line); m != nil {
+			step = "layer " + m[1]
+			msg := m[2]
+			if len(msg) > 100 {
+				msg = msg[:100] + "…"
+			}
+			opts.emit(began, Event{Phase: phase, Step: step, Message: msg})
+			return
+		}
+		if line == "---> Using cache" {
+			opts.emit(began, Event{Phase: phase, Step: step, Message: "cached", Cached: true})
+			return
+		}
+		if bl.Bytes > 0 {
+			opts.emit(began, Event{Phase: phase, Step: step, Message: "transferring", Bytes: bl.Bytes})
+		}
+	}
+}

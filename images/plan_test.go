@@ -1,0 +1,152 @@
+package images
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spawnd/spawnd/envs"
+)
+
+func testLock(pipVersion string) *envs.Lock {
+	l := &envs.Lock{
+		Env: "team", SpecChecksum: "sha256:spec", Created: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC),
+		Base:    envs.Base{Ref: "spawnd/debian:bookworm", Digest: "sha256:" + strings.Repeat("0", 64)},
+		Apt:     []envs.AptPackage{{Name: "git", Version: "1:2.39.5-0+deb12u2", Arch: "amd64", SHA256: strings.Repeat("1", 64)}},
+		Pip:     &envs.PipLock{IndexURL: "http://127.0.0.1:9/simple", Packages: []envs.PipPackage{{Name: "requests", Version: pipVersion, SHA256: strings.Repeat("2", 64)}}},
+		Kernels: []envs.Kernel{{Name: "team", DisplayName: "Team (Python 3)", Python: "/usr/bin/python3"}},
+		Cmd:     []string{"jupyterhub-singleuser"},
+		User:    envs.User{Name: "jovyan", UID: 1000, GID: 100},
+	}
+	l.Seal()
+	return l
+}
+
+func TestPlanLayerOrder(t *testing.T) {
+	df := NewPlan(testLock("2.32.3"), StageAll).Dockerfile
+	order := []string{"FROM sha256:", "COPY apt/", "sha256sum --check", "COPY pip/", "--require-hashes", "COPY kernels/", "useradd", "USER 1000:100", `CMD ["jupyterhub-singleuser"]`}
+	last := -1
+	for _, want := range order {
+		i := strings.Index(df, want)
+		if i < 0 || i < last {
+			t.Fatalf("%q missing or out of order in:\n%s", want, df)
+		}
+		last = i
+	}
+}
+
+// TestPipChangeKeepsAptLayer: the Dockerfile and files up to and including
+// the apt layer are byte-identical when only a pip package changes, so the
+// engine's cache reuses the apt layer.
+func TestPipChangeKeepsAptLayer(t *testing.T) {
+	a, b := NewPlan(testLock("2.32.3"), StageAll), NewPlan(testLock("2.32.4"), StageAll)
+	cut := func(df string) string { return df[strings.Index(df, "\n"):strings.Index(df, "COPY pip/")] }
+	if cut(a.Dockerfile) != cut(b.Dockerfile) {
+		t.Fatal("a pip change altered the layers before pip")
+	}
+	if !bytes.Equal(a.Files["apt/packages.txt"], b.Files["apt/packages.txt"]) || !bytes.Equal(a.Files["apt/sha256sums.txt"], b.Files["apt/sha256sums.txt"]) {
+		t.Fatal("a pip change altered the apt files")
+	}
+	if bytes.Equal(a.Files["pip/requirements.txt"], b.Files["pip/requirements.txt"]) {
+		t.Fatal("the pip change is not in the plan")
+	}
+	if a.Labels[LabelLockDigest] == b.Labels[LabelLockDigest] {
+		t.Fatal("both plans carry the same lock digest")
+	}
+}
+
+func TestPlanFiles(t *testing.T) {
+	p := NewPlan(testLock("2.32.3"), StageAll)
+	if got := string(p.Files["apt/sha256sums.txt"]); got != strings.Repeat("1", 64)+"  git_1%3a2.39.5-0+deb12u2_amd64.deb\n" {
+		t.Fatalf("apt sums: %q", got)
+	}
+	if got := string(p.Files["pip/requirements.txt"]); got != "requests==2.32.3 --hash=sha256:"+strings.Repeat("2", 64)+"\n" {
+		t.Fatalf("requirements: %q", got)
+	}
+	if !strings.Contains(string(p.Files["kernels/team/kernel.json"]), `"display_name": "Team (Python 3)"`) {
+		t.Fatalf("kernel.json: %s", p.Files["kernels/team/kernel.json"])
+	}
+	if !strings.Contains(p.Dockerfile, "--index-url http://127.0.0.1:9/simple") {
+		t.Fatal("pip install ignores the locked index")
+	}
+	stage := NewPlan(testLock("2.32.3"), StageConda)
+	if strings.Contains(stage.Dockerfile, "pip") || strings.Contains(stage.Dockerfile, "USER") {
+		t.Fatalf("the lock stage goes past conda:\n%s", stage.Dockerfile)
+	}
+}
+
+func TestPlanTarIsDeterministic(t *testing.T) {
+	a, _ := io.ReadAll(NewPlan(testLock("2.32.3"), StageAll).Tar())
+	b, _ := io.ReadAll(NewPlan(testLock("2.32.3"), StageAll).Tar())
+	if !bytes.Equal(a, b) {
+		t.Fatal("the same plan gave different build contexts")
+	}
+	tr := tar.NewReader(bytes.NewReader(a))
+	var names []string
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		names = append(names, h.Name)
+	}
+	if strings.Join(names, ",") != "Dockerfile,apt/,apt/packages.txt,apt/sha256sums.txt,kernels/,kernels/team/,kernels/team/kernel.json,pip/,pip/requirements.txt" {
+		t.Fatalf("context: %v", names)
+	}
+}
+
+func TestParseAptLock(t *testing.T) {
+	b, _ := os.ReadFile("testdata/apt-lock.txt")
+	pkgs, err := parseAptLock(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pkgs) != 2 || pkgs[0].Name != "git" || pkgs[0].Version != "1:2.39.5-0+deb12u2" || pkgs[0].SHA256 != strings.Repeat("1", 64) || pkgs[0].Size != 7264796 {
+		t.Fatalf("parsed %+v", pkgs)
+	}
+	if AptFile(pkgs[0]) != "git_1%3a2.39.5-0+deb12u2_amd64.deb" {
+		t.Fatalf("apt file %s", AptFile(pkgs[0]))
+	}
+	broken := bytes.Replace(b, []byte("SHA256: 0dd9"), []byte("SHA1: 0dd9"), 1)
+	if _, err := parseAptLock(broken); err == nil {
+		t.Fatal("a package without SHA256 was locked")
+	}
+}
+
+func TestParsePipReport(t *testing.T) {
+	b, _ := os.ReadFile("testdata/pip-report.json")
+	pkgs, err := parsePipReport(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pkgs) != 2 || pkgs[0].Name != "requests" || pkgs[1].Name != "charset-normalizer" || pkgs[1].File != "charset_normalizer-3.3.2-py3-none-any.whl" {
+		t.Fatalf("parsed %+v", pkgs)
+	}
+	if _, err := parsePipReport([]byte(`{"version":"1","install":[{"download_info":{"url":"file:///src","dir_info":{}},"metadata":{"name":"x","version":"1"}}]}`)); err == nil {
+		t.Fatal("a local directory install was locked")
+	}
+}
+
+func TestParseMicromamba(t *testing.T) {
+	b, _ := os.ReadFile("testdata/micromamba-dry-run.json")
+	pkgs, err := parseMicromamba(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pkgs) != 2 || pkgs[1].URL != "https://conda.anaconda.org/conda-forge/noarch/tzdata-2024a-h0c530f3_0.conda" {
+		t.Fatalf("parsed %+v", pkgs)
+	}
+	l := testLock("1")
+	l.Conda = &envs.CondaLock{Channels: []string{"conda-forge"}, Packages: pkgs}
+	p := NewPlan(l, StageAll)
+	if !strings.HasPrefix(string(p.Files["conda/explicit.txt"]), "@EXPLICIT\nhttps://conda.anaconda.org/conda-forge/linux-64/numpy-1.26.4-py311h64a7726_0.conda#a502d7aad449a1206efb366d6a12c52d\n") {
+		t.Fatalf("explicit file: %s", p.Files["conda/explicit.txt"])
+	}
+	if !strings.Contains(p.Dockerfile, "/opt/conda/bin/python -m pip") || strings.Index(p.Dockerfile, "COPY conda/") > strings.Index(p.Dockerfile, "COPY pip/") {
+		t.Fatalf("conda layer missing or after pip:\n%s", p.Dockerfile)
+	}
+}

@@ -1,0 +1,166 @@
+package docker
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/jsonstream"
+	"github.com/moby/moby/client"
+
+	"github.com/spawnd/spawnd/images"
+)
+
+var _ images.Engine = (*Engine)(nil)
+
+// ImageInspect implements images.Engine.
+func (e *Engine) ImageInspect(ctx context.Context, ref string) (images.ImageInfo, error) {
+	img, err := e.cli.ImageInspect(ctx, ref)
+	if err != nil {
+		return images.ImageInfo{}, fmt.Errorf("inspecting image %s: %w", ref, err)
+	}
+	info := images.ImageInfo{ID: img.ID, Size: img.Size}
+	if img.Config != nil {
+		info.Labels = img.Config.Labels
+	}
+	return info, nil
+}
+
+// RunCapture implements images.Engine.
+func (e *Engine) RunCapture(ctx context.Context, spec images.RunSpec) (images.RunResult, error) {
+	cfg := &container.Config{Image: spec.Image, Cmd: spec.Cmd, Labels: spec.Labels, User: "0:0"}
+	hc := &container.HostConfig{NetworkMode: container.NetworkMode(spec.Network)}
+	created, err := e.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: hc})
+	if err != nil {
+		return images.RunResult{}, fmt.Errorf("creating a container of %s: %w", spec.Image, err)
+	}
+	id := created.ID
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		_, _ = e.cli.ContainerRemove(rctx, id, client.ContainerRemoveOptions{Force: true})
+	}()
+	wait := e.cli.ContainerWait(ctx, id, client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})
+	if _, err := e.cli.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
+		return images.RunResult{}, fmt.Errorf("starting a container of %s: %w", spec.Image, err)
+	}
+	var res images.RunResult
+	select {
+	case w := <-wait.Result:
+		res.ExitCode = int(w.StatusCode)
+	case err := <-wait.Error:
+		return images.RunResult{}, fmt.Errorf("waiting for a container of %s: %w", spec.Image, err)
+	case <-ctx.Done():
+		return images.RunResult{}, ctx.Err()
+	}
+	logs, err := e.cli.ContainerLogs(ctx, id, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true})
+	if err != nil {
+		return images.RunResult{}, fmt.Errorf("reading the output of a container of %s: %w", spec.Image, err)
+	}
+	defer logs.Close()
+	var stdout, stderr bytes.Buffer
+	if _, err := stdcopy.StdCopy(&stdout, &stderr, logs); err != nil {
+		return images.RunResult{}, fmt.Errorf("reading the output of a container of %s: %w", spec.Image, err)
+	}
+	res.Stdout, res.Stderr = stdout.Bytes(), stderr.Bytes()
+	return res, nil
+}
+
+// Build implements images.Engine with the engine's build endpoint.
+func (e *Engine) Build(ctx context.Context, spec images.BuildSpec, onLine func(images.BuildLine)) (string, error) {
+	res, err := e.cli.ImageBuild(ctx, spec.Context, client.ImageBuildOptions{
+		Tags: spec.Tags, Labels: spec.Labels, NetworkMode: spec.Network,
+		Remove: true, ForceRemove: true,
+	})
+	if err != nil {
+		return "", fmt.Errorf("starting the build: %w", err)
+	}
+	defer res.Body.Close()
+	var id string
+	var last []string
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var m jsonstream.Message
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			continue
+		}
+		if m.Error != nil {
+			return "", fmt.Errorf("%s\n%s", m.Error.Message, tail(last))
+		}
+		if m.Aux != nil {
+			var aux struct{ ID string }
+			if json.Unmarshal(*m.Aux, &aux) == nil && aux.ID != "" {
+				id = aux.ID
+			}
+		}
+		bl := images.BuildLine{Stream: m.Stream}
+		if m.Progress != nil {
+			bl.Bytes = m.Progress.Current
+		}
+		if m.Stream != "" {
+			last = append(last, m.Stream)
+			if len(last) > 20 {
+				last = last[1:]
+			}
+		}
+		if onLine != nil {
+			onLine(bl)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("reading the build output: %w", err)
+	}
+	if id == "" && len(spec.Tags) > 0 {
+		info, err := e.ImageInspect(ctx, spec.Tags[0])
+		if err != nil {
+			return "", errors.New("the build finished without an image id")
+		}
+		id = info.ID
+	}
+	return id, nil
+}
+
+func tail(lines []string) string {
+	var b bytes.Buffer
+	for _, l := range lines {
+		b.WriteString(l)
+	}
+	if b.Len() > 4000 {
+		return "…" + b.String()[b.Len()-4000:]
+	}
+	return b.String()
+}
+
+// Save implements images.Mover: the engine's docker-archive of refs.
+func (e *Engine) Save(ctx context.Context, refs []string) (io.ReadCloser, error) {
+	r, err := e.cli.ImageSave(ctx, refs)
+	if err != nil {
+		return nil, fmt.Errorf("saving %v: %w", refs, err)
+	}
+	return r, nil
+}
+
+// Load implements images.Mover: loads a docker-archive into the engine.
+func (e *Engine) Load(ctx context.Context, r io.Reader) error {
+	res, err := e.cli.ImageLoad(ctx, r, client.ImageLoadWithQuiet(true))
+	if err != nil {
+		return fmt.Errorf("loading images: %w", err)
+	}
+	defer res.Close()
+	sc := bufio.NewScanner(res)
+	for sc.Scan() {
+		var m jsonstream.Message
+		if json.Unmarshal(sc.Bytes(), &m) == nil && m.Error != nil {
+			return fmt.Errorf("loading images: %s", m.Error.Message)
+		}
+	}
+	return sc.Err()
+}
