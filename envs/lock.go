@@ -30,14 +30,14 @@ type Lock struct {
 	SpecChecksum string `json:"spec_checksum"`
 	// Created is when the lock was made (UTC, seconds); builds take their
 	// timestamps from it unless SOURCE_DATE_EPOCH is set.
-	Created time.Time `json:"created"`
-	Base    Base      `json:"base"`
-	Apt     []AptPackage   `json:"apt,omitempty"`
-	Conda   *CondaLock     `json:"conda,omitempty"`
-	Pip     *PipLock       `json:"pip,omitempty"`
-	Kernels []Kernel       `json:"kernels,omitempty"`
-	Cmd     []string       `json:"cmd"`
-	User    User           `json:"user"`
+	Created time.Time    `json:"created"`
+	Base    Base         `json:"base"`
+	Apt     []AptPackage `json:"apt,omitempty"`
+	Conda   *CondaLock   `json:"conda,omitempty"`
+	Pip     *PipLock     `json:"pip,omitempty"`
+	Kernels []Kernel     `json:"kernels,omitempty"`
+	Cmd     []string     `json:"cmd"`
+	User    User         `json:"user"`
 	// Digest is the SHA-256 of this lock's canonical JSON with Digest empty.
 	// A lock whose content no longer matches its digest was edited by hand.
 	Digest string `json:"digest"`
