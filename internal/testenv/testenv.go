@@ -12,6 +12,8 @@ import (
 	"encoding/hex"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -138,4 +140,61 @@ CMD ["/bin/sh", "-c", "exec httpd -f -p 8888 -h \"$HOME\""]
 		t.Fatalf("building %s: %s", BusyboxImage, out)
 	}
 	return BusyboxImage
+}
+
+// DebianBase is the offline Debian base image that scripts/make-base makes.
+const DebianBase = "spawnd/debian:bookworm"
+
+// EnsureDebianBase makes DebianBase with scripts/make-base if the engine
+// lacks it (about 30 s; needs root, debootstrap and Debian's mirror).
+func EnsureDebianBase(t testing.TB, eng *docker.Engine) string {
+	t.Helper()
+	buildOnce.Lock()
+	defer buildOnce.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := eng.ImageID(ctx, DebianBase); err == nil {
+		return DebianBase
+	}
+	root := RepoRoot(t)
+	cmd := exec.Command(filepath.Join(root, "scripts", "make-base"), DebianBase)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("making %s: %v\n%s", DebianBase, err, out)
+	}
+	return DebianBase
+}
+
+// RepoRoot is the directory holding go.mod.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test's directory")
+		}
+		dir = parent
+	}
+}
+
+// RemoveImages removes the images that carry label=value (and their tags).
+func RemoveImages(eng *docker.Engine, label, value string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	f := client.Filters{}
+	f.Add("label", label+"="+value)
+	res, err := eng.Client().ImageList(ctx, client.ImageListOptions{Filters: f})
+	if err != nil {
+		return
+	}
+	for _, img := range res.Items {
+		_, _ = eng.Client().ImageRemove(ctx, img.ID, client.ImageRemoveOptions{Force: true, PruneChildren: true})
+	}
 }
