@@ -60,8 +60,11 @@ type NetworkConfig struct {
 // EnvConfig is one team environment as the daemon runs it.
 type EnvConfig struct {
 	Description string `mapstructure:"description"`
-	// Image is the pinned image of the env (set by the admin, or resolved from
-	// the env's lock).
+	// Spec is the env spec file (e.g. /etc/spawnd/envs/team.yaml). The env's
+	// image, lock digest, user and command then come from the spec's lock,
+	// re-read whenever `spawnd build` changes it. Give spec or image.
+	Spec string `mapstructure:"spec"`
+	// Image is a pinned image to run, for envs not built by spawnd.
 	Image string `mapstructure:"image"`
 	// LockDigest is the digest of the env's lock, reported on every server.
 	LockDigest string `mapstructure:"lock_digest"`
@@ -163,8 +166,18 @@ func (c *Config) Validate() error {
 		if !envNameRE.MatchString(name) {
 			return fmt.Errorf("%s: the name must be lower case letters, digits, '.', '_' or '-'", key)
 		}
+		if e.Spec != "" && e.Image != "" {
+			return fmt.Errorf("%s: give spec or image, not both", key)
+		}
+		if e.Spec != "" {
+			ne, err := fromLock(e)
+			if err != nil {
+				return fmt.Errorf("%s.spec: %w", key, err)
+			}
+			e = ne
+		}
 		if e.Image == "" {
-			return fmt.Errorf("%s.image: not set; name the env's pinned image (spawnd build prints it)", key)
+			return fmt.Errorf("%s.image: not set; give the env's spec (envs.%s.spec) or a pinned image", key, name)
 		}
 		if e.User.Name == "" {
 			e.User.Name = "jovyan"

@@ -77,6 +77,7 @@ type Manager struct {
 	deleting map[string]bool // users whose home is being deleted
 
 	engineUp atomic.Bool
+	envs     *envTable
 	synced   chan struct{}
 	syncOnce sync.Once
 	metrics  *metrics
@@ -107,6 +108,7 @@ func NewManager(cfg Config, rt Runtime, log *slog.Logger, reg prometheus.Registe
 		servers:    make(map[key]*record),
 		deleting:   make(map[string]bool),
 		synced:     make(chan struct{}),
+		envs:       newEnvTable(cfg.Envs),
 	}
 	m.metrics = newMetrics(m, reg)
 	return m, nil
@@ -166,9 +168,9 @@ func (m *Manager) makePlan(user, server string, req api.StartRequest) (plan, err
 	if p.envName == "" {
 		p.envName = m.cfg.DefaultEnv
 	}
-	env, ok := m.cfg.Envs[p.envName]
+	env, ok := m.envs.get(p.envName)
 	if !ok {
-		return plan{}, api.Errorf(api.CodeInvalid, "env %q is not configured; choose one of %v", bound(p.envName), sortedKeys(m.cfg.Envs))
+		return plan{}, api.Errorf(api.CodeInvalid, "env %q is not configured; choose one of %v", bound(p.envName), m.envs.names())
 	}
 	p.env = env
 	if p.profileName == "" {
@@ -486,10 +488,6 @@ func (m *Manager) observeLocked(rec *record, c Container) {
 	s.Env, s.Profile, s.LockDigest = c.Labels[LabelEnv], c.Labels[LabelProfile], c.Labels[LabelLockDigest]
 	s.Image, s.ImageID, s.ContainerID = c.Image, c.ImageID, c.ID
 	s.StartedAt = c.StartedAt
-	s.Outdated = false
-	if env, ok := m.cfg.Envs[s.Env]; ok && env.LockDigest != s.LockDigest {
-		s.Outdated = true
-	}
 	switch c.State {
 	case EngineRunning, EngineRestarting, EnginePaused:
 		s.State, s.ExitCode, s.Reason = api.StateRunning, nil, ""
@@ -598,7 +596,15 @@ func (m *Manager) Status(user, server string) (api.Server, error) {
 	if rec == nil {
 		return api.Server{}, api.Errorf(api.CodeNotFound, "no such server")
 	}
-	return rec.srv, nil
+	return m.withOutdated(rec.srv), nil
+}
+
+// withOutdated marks a server whose lock digest is not its env's current one.
+func (m *Manager) withOutdated(s api.Server) api.Server {
+	if env, ok := m.envs.get(s.Env); ok && s.LockDigest != env.LockDigest && s.State != api.StateFailed {
+		s.Outdated = true
+	}
+	return s
 }
 
 // List returns every server, sorted by user and server name.
@@ -609,6 +615,9 @@ func (m *Manager) List() []api.Server {
 		out = append(out, rec.srv)
 	}
 	m.mu.Unlock()
+	for i := range out {
+		out[i] = m.withOutdated(out[i])
+	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].User != out[j].User {
 			return out[i].User < out[j].User
@@ -744,8 +753,8 @@ func (m *Manager) DeleteHome(ctx context.Context, user string) error {
 // Envs lists the configured envs and profiles, for a hub's options form.
 func (m *Manager) Options() api.Options {
 	var o api.Options
-	for _, name := range sortedKeys(m.cfg.Envs) {
-		e := m.cfg.Envs[name]
+	for _, name := range m.envs.names() {
+		e, _ := m.envs.get(name)
 		o.Envs = append(o.Envs, api.EnvInfo{Name: name, Description: e.Description, Image: e.Image, LockDigest: e.LockDigest, Default: name == m.cfg.DefaultEnv})
 	}
 	for _, name := range sortedKeys(m.cfg.Profiles) {

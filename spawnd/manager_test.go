@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/envs"
 )
 
 func testConfig(t *testing.T) Config {
@@ -411,4 +412,50 @@ func testUID() int {
 		return 1000
 	}
 	return os.Getuid()
+}
+
+func writeTestLock(t *testing.T, spec string, pipVersion string) *envs.Lock {
+	t.Helper()
+	l := &envs.Lock{Env: "team", SpecChecksum: "sha256:x", Base: envs.Base{Ref: "b", Digest: "sha256:b"},
+		Pip:  &envs.PipLock{Packages: []envs.PipPackage{{Name: "x", Version: pipVersion, SHA256: "s"}}},
+		Cmd:  []string{"jupyterhub-singleuser"},
+		User: envs.User{Name: "jovyan", UID: testUID(), GID: 100}}
+	l.Seal()
+	if err := envs.WriteLock(envs.LockPath(spec), l); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func TestEnvFromLockAndOutdated(t *testing.T) {
+	rt := newFake()
+	cfg := testConfig(t)
+	spec := filepath.Join(t.TempDir(), "team.yaml")
+	l1 := writeTestLock(t, spec, "1")
+	rt.images[l1.Tag()] = "sha256:one"
+	cfg.Envs = map[string]EnvConfig{"team": {Spec: spec}}
+	m := newTestManager(t, cfg, rt)
+	ctx := context.Background()
+	s, err := m.Start(ctx, "olga", "", api.StartRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Image != l1.Tag() || s.LockDigest != l1.Digest || s.Outdated {
+		t.Fatalf("server from lock: %+v", s)
+	}
+	// spawnd build writes a new lock: the running server is outdated, a new
+	// one gets the new image without a daemon restart.
+	time.Sleep(10 * time.Millisecond) // a distinct mtime
+	l2 := writeTestLock(t, spec, "2")
+	rt.images[l2.Tag()] = "sha256:two"
+	if st, _ := m.Status("olga", ""); !st.Outdated {
+		t.Fatalf("old server not marked outdated: %+v", st)
+	}
+	s2, err := m.Start(ctx, "pete", "", api.StartRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2.Image != l2.Tag() || s2.Outdated {
+		t.Fatalf("new server: %+v", s2)
+	}
 }

@@ -1,0 +1,76 @@
+package spawnd
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/spawnd/spawnd/envs"
+)
+
+// envTable holds the configured envs. An env configured by its spec (envs.<name>.spec)
+// takes its image, lock digest, user and command from the spec's lock, and is
+// re-read when the lock file changes, so a `spawnd build` is picked up by the
+// next start without a restart, and running servers of the old lock show as
+// outdated.
+type envTable struct {
+	mu    sync.RWMutex
+	envs  map[string]EnvConfig
+	mtime map[string]time.Time
+}
+
+func newEnvTable(cfg map[string]EnvConfig) *envTable {
+	t := &envTable{envs: map[string]EnvConfig{}, mtime: map[string]time.Time{}}
+	for k, v := range cfg {
+		t.envs[k] = v
+	}
+	return t
+}
+
+// get returns an env, refreshed from its lock if the lock changed.
+func (t *envTable) get(name string) (EnvConfig, bool) {
+	t.mu.RLock()
+	e, ok := t.envs[name]
+	seen := t.mtime[name]
+	t.mu.RUnlock()
+	if !ok || e.Spec == "" {
+		return e, ok
+	}
+	fi, err := os.Stat(envs.LockPath(e.Spec))
+	if err != nil || fi.ModTime().Equal(seen) {
+		return e, ok
+	}
+	ne, err := fromLock(e)
+	if err != nil {
+		return e, ok // keep serving the last good lock; spawnd doctor reports the problem
+	}
+	t.mu.Lock()
+	t.envs[name], t.mtime[name] = ne, fi.ModTime()
+	t.mu.Unlock()
+	return ne, true
+}
+
+func (t *envTable) names() []string {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return sortedKeys(t.envs)
+}
+
+// fromLock fills an env from its spec's lock.
+func fromLock(e EnvConfig) (EnvConfig, error) {
+	l, err := envs.ReadLock(envs.LockPath(e.Spec))
+	if err != nil {
+		return e, fmt.Errorf("reading the lock of %s: %w; build the env first (spawnd build %s)", e.Spec, err, e.Spec)
+	}
+	e.Image, e.LockDigest = l.Tag(), l.Digest
+	if e.Description == "" {
+		e.Description = l.Description
+	}
+	e.User = EnvUser{Name: l.User.Name, UID: l.User.UID, GID: l.User.GID}
+	e.Home = "/home/" + l.User.Name
+	if len(l.Cmd) > 0 {
+		e.Cmd = l.Cmd
+	}
+	return e, nil
+}
