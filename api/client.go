@@ -135,10 +135,11 @@ func (c *Client) List(ctx context.Context) ([]Server, error) {
 	return l.Servers, err
 }
 
-// Options returns the envs and profiles a hub may offer.
-func (c *Client) Options(ctx context.Context) (Options, error) {
+// Options returns the envs and profiles a user with these groups may choose.
+func (c *Client) Options(ctx context.Context, groups ...string) (Options, error) {
 	var o Options
-	err := c.do(ctx, http.MethodGet, "/"+Version+"/options", nil, &o)
+	q := url.Values{"group": groups}
+	err := c.do(ctx, http.MethodGet, "/"+Version+"/options?"+q.Encode(), nil, &o)
 	return o, err
 }
 

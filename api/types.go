@@ -116,10 +116,23 @@ type ProfileInfo struct {
 	Default  bool    `json:"default,omitempty"`
 }
 
-// Options is the answer of the options call: what a hub may offer.
+// Options is the answer of the options call: what a hub may offer a user
+// with the given groups.
 type Options struct {
 	Envs     []EnvInfo     `json:"envs"`
 	Profiles []ProfileInfo `json:"profiles"`
+	// Network tells the hub how user containers reach it.
+	Network NetworkInfo `json:"network"`
+}
+
+// NetworkInfo describes the user containers' network.
+type NetworkInfo struct {
+	Name string `json:"name"`
+	// Mode is publish (ports on the host) or network (a hub on the same network).
+	Mode string `json:"mode"`
+	// Gateway is the host's address on the user network: a hub on the host
+	// must listen there (not on 127.0.0.1) for containers to reach its API.
+	Gateway string `json:"gateway,omitempty"`
 }
 
 // VersionInfo is the answer of the version call.
@@ -143,6 +156,7 @@ type Code string
 const (
 	CodeInvalid      Code = "invalid"      // 400: the request is wrong; the message says what to fix
 	CodeUnauthorized Code = "unauthorized" // 401: missing or wrong token
+	CodeForbidden    Code = "forbidden"    // 403: the user's groups do not allow this env or profile
 	CodeNotFound     Code = "not_found"    // 404
 	CodeConflict     Code = "conflict"     // 409: the request contradicts current state
 	CodeTooLarge     Code = "too_large"    // 413
@@ -157,6 +171,8 @@ func (c Code) HTTPStatus() int {
 		return 400
 	case CodeUnauthorized:
 		return 401
+	case CodeForbidden:
+		return 403
 	case CodeNotFound:
 		return 404
 	case CodeConflict:

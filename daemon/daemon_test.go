@@ -273,6 +273,7 @@ func TestExitAndOOMReported(t *testing.T) {
 	eng := testenv.Engine(t)
 	cfg := testConfig(t, eng)
 	cfg.Profiles["tiny"] = spawnd.ProfileConfig{Memory: "16m", Pids: 64}
+	cfg.Teams = map[string]spawnd.TeamConfig{"tests": {Groups: []string{"testers"}, Profiles: []string{"tiny"}}}
 	h := startDaemon(t, eng, cfg)
 	ctx := context.Background()
 
@@ -286,7 +287,7 @@ func TestExitAndOOMReported(t *testing.T) {
 
 	// Fill a tmpfs-less /dev/shm-free memory: a shell variable that doubles.
 	hog := `x=0123456789abcdef; while true; do x="$x$x"; done`
-	if _, err := h.client.Start(ctx, "ed", "", api.StartRequest{Profile: "tiny", Cmd: []string{"/bin/sh", "-c", hog}}); err != nil {
+	if _, err := h.client.Start(ctx, "ed", "", api.StartRequest{Profile: "tiny", Groups: []string{"testers"}, Cmd: []string{"/bin/sh", "-c", hog}}); err != nil {
 		t.Fatal(err)
 	}
 	s = waitState(t, h, "ed", "", api.StateFailed)

@@ -41,6 +41,32 @@ type Config struct {
 	Envs map[string]EnvConfig `mapstructure:"envs"`
 	// Profiles are the resource profiles, by name.
 	Profiles map[string]ProfileConfig `mapstructure:"profiles"`
+	// Teams map JupyterHub groups to the envs and profiles their members may
+	// choose and the shared folders mounted for them. A user in no team gets
+	// the default env and profile only.
+	Teams map[string]TeamConfig `mapstructure:"teams"`
+}
+
+// TeamConfig is one team: who is in it (JupyterHub groups) and what they get.
+type TeamConfig struct {
+	// Groups are the JupyterHub groups whose members are in the team.
+	Groups []string `mapstructure:"groups"`
+	// Envs the team may choose (the default env is always allowed).
+	Envs []string `mapstructure:"envs"`
+	// Profiles the team may choose (the default profile is always allowed).
+	Profiles []string `mapstructure:"profiles"`
+	// Shared folders mounted into the team's servers.
+	Shared []SharedFolder `mapstructure:"shared"`
+}
+
+// SharedFolder is a host directory mounted into a team's servers.
+type SharedFolder struct {
+	// Source is the absolute host path; it must exist.
+	Source string `mapstructure:"source"`
+	// Target is the absolute path in the container (e.g. /home/jovyan/shared).
+	Target string `mapstructure:"target"`
+	// ReadOnly mounts it read-only.
+	ReadOnly bool `mapstructure:"read_only"`
 }
 
 // NetworkConfig says how user containers are reached.
@@ -264,6 +290,33 @@ func (c *Config) Validate() error {
 	}
 	if _, ok := c.Profiles[c.DefaultProfile]; !ok {
 		return fmt.Errorf("default_profile: %q is not one of the profiles %v", c.DefaultProfile, sortedKeys(c.Profiles))
+	}
+	for _, name := range sortedKeys(c.Teams) {
+		t := c.Teams[name]
+		key := "teams." + name
+		if len(t.Groups) == 0 {
+			return fmt.Errorf("%s.groups: empty; name the JupyterHub groups whose members are in the team", key)
+		}
+		for i, e := range t.Envs {
+			if _, ok := c.Envs[e]; !ok {
+				return fmt.Errorf("%s.envs[%d]: %q is not one of the envs %v", key, i, e, sortedKeys(c.Envs))
+			}
+		}
+		for i, p := range t.Profiles {
+			if _, ok := c.Profiles[p]; !ok {
+				return fmt.Errorf("%s.profiles[%d]: %q is not one of the profiles %v", key, i, p, sortedKeys(c.Profiles))
+			}
+		}
+		for i, sh := range t.Shared {
+			f := fmt.Sprintf("%s.shared[%d]", key, i)
+			if !filepath.IsAbs(sh.Source) || filepath.Clean(sh.Source) == "/" {
+				return fmt.Errorf("%s.source: %q must be an absolute host path below /", f, sh.Source)
+			}
+			if !filepath.IsAbs(sh.Target) || filepath.Clean(sh.Target) == "/" {
+				return fmt.Errorf("%s.target: %q must be an absolute path below / in the container", f, sh.Target)
+			}
+			t.Shared[i].Source, t.Shared[i].Target = filepath.Clean(sh.Source), filepath.Clean(sh.Target)
+		}
 	}
 	return nil
 }

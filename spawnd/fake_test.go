@@ -14,6 +14,7 @@ import (
 type fakeRuntime struct {
 	mu         sync.Mutex
 	containers map[string]*Container
+	specs      map[string]ContainerSpec
 	images     map[string]string
 	seq        int
 	creates    atomic.Int32
@@ -28,6 +29,7 @@ type fakeRuntime struct {
 func newFake() *fakeRuntime {
 	return &fakeRuntime{
 		containers: map[string]*Container{},
+		specs:      map[string]ContainerSpec{},
 		images:     map[string]string{"img:1": "sha256:aaa", "img:2": "sha256:bbb"},
 		events:     make(chan Event, 100),
 		eventsErr:  make(chan error, 1),
@@ -43,7 +45,9 @@ func (f *fakeRuntime) ImageID(_ context.Context, ref string) (string, error) {
 	return "", errdefs.ErrNotFound.WithMessage("no such image " + ref)
 }
 
-func (f *fakeRuntime) EnsureNetwork(context.Context, NetworkSpec) error { return nil }
+func (f *fakeRuntime) EnsureNetwork(context.Context, NetworkSpec) (string, error) {
+	return "172.31.0.1", nil
+}
 
 func (f *fakeRuntime) Create(_ context.Context, s ContainerSpec) (string, error) {
 	f.creates.Add(1)
@@ -59,6 +63,7 @@ func (f *fakeRuntime) Create(_ context.Context, s ContainerSpec) (string, error)
 	}
 	f.seq++
 	id := fmt.Sprintf("c%062d", f.seq)
+	f.specs[id] = s
 	f.containers[id] = &Container{ID: id, Name: s.Name, Labels: s.Labels, State: EngineCreated, Created: time.Now(), Image: s.Image, ImageID: f.images[s.Image]}
 	return id, nil
 }
@@ -138,4 +143,10 @@ func (f *fakeRuntime) add(c Container) {
 	defer f.mu.Unlock()
 	cc := c
 	f.containers[c.ID] = &cc
+}
+
+func (f *fakeRuntime) spec(id string) ContainerSpec {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.specs[id]
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -78,6 +79,7 @@ type Manager struct {
 
 	engineUp atomic.Bool
 	envs     *envTable
+	gateway  atomic.Value // string: the user network's gateway
 	synced   chan struct{}
 	syncOnce sync.Once
 	metrics  *metrics
@@ -147,6 +149,7 @@ type plan struct {
 	profile     ProfileConfig
 	environment []string
 	cmd         []string
+	shared      []SharedFolder
 }
 
 const (
@@ -164,9 +167,18 @@ func (m *Manager) makePlan(user, server string, req api.StartRequest) (plan, err
 	if err := ValidateServerName(server); err != nil {
 		return plan{}, err
 	}
-	p := plan{key: key{user, server}, envName: req.Env, profileName: req.Profile}
+	for i, g := range req.Groups {
+		if err := validateName("group name", g); err != nil || g == "" {
+			return plan{}, api.Errorf(api.CodeInvalid, "groups[%d] is not a valid group name", i)
+		}
+	}
+	pol := m.policyFor(req.Groups)
+	p := plan{key: key{user, server}, envName: req.Env, profileName: req.Profile, shared: pol.shared}
 	if p.envName == "" {
 		p.envName = m.cfg.DefaultEnv
+	}
+	if _, known := m.envs.get(p.envName); known && !pol.envs[p.envName] {
+		return plan{}, api.Errorf(api.CodeForbidden, "env %q is not available to this user's groups; choose one of %v", bound(p.envName), keysOf(pol.envs))
 	}
 	env, ok := m.envs.get(p.envName)
 	if !ok {
@@ -181,6 +193,9 @@ func (m *Manager) makePlan(user, server string, req api.StartRequest) (plan, err
 		return plan{}, api.Errorf(api.CodeInvalid, "profile %q is not configured; choose one of %v", bound(p.profileName), sortedKeys(m.cfg.Profiles))
 	}
 	p.profile = prof
+	if !pol.profiles[p.profileName] {
+		return plan{}, api.Errorf(api.CodeForbidden, "profile %q is not available to this user's groups; choose one of %v", bound(p.profileName), keysOf(pol.profiles))
+	}
 	if len(req.Environment) > maxEnvVars {
 		return plan{}, api.Errorf(api.CodeInvalid, "environment has %d variables; at most %d are allowed", len(req.Environment), maxEnvVars)
 	}
@@ -244,7 +259,7 @@ func (m *Manager) spec(p plan, home string) ContainerSpec {
 		Cmd:        p.cmd,
 		User:       fmt.Sprintf("%d:%d", p.env.User.UID, p.env.User.GID),
 		WorkingDir: p.env.Home,
-		Mounts:     []Mount{{Source: home, Target: p.env.Home}},
+		Mounts:     append([]Mount{{Source: home, Target: p.env.Home}}, sharedMounts(p.shared)...),
 		Port:       p.env.Port,
 		Network:    m.cfg.Network.Name,
 		Memory:     p.profile.MemoryBytes(),
@@ -380,6 +395,11 @@ func (m *Manager) doStart(ctx context.Context, p plan, rec *record, oldID string
 	home, err := m.homes.Ensure(p.key.user, p.env.User.UID, p.env.User.GID)
 	if err != nil {
 		return api.Server{}, err
+	}
+	for _, sh := range p.shared {
+		if fi, err := os.Stat(sh.Source); err != nil || !fi.IsDir() {
+			return api.Server{}, api.Errorf(api.CodeConflict, "the shared folder %s of the user's team does not exist on the host; an admin must create it", sh.Source)
+		}
 	}
 	prog.add(api.ProgressEvent{Progress: 30, Step: api.StepHome, Message: "Home directory ready"})
 
@@ -750,18 +770,12 @@ func (m *Manager) DeleteHome(ctx context.Context, user string) error {
 	return nil
 }
 
-// Envs lists the configured envs and profiles, for a hub's options form.
-func (m *Manager) Options() api.Options {
-	var o api.Options
-	for _, name := range m.envs.names() {
-		e, _ := m.envs.get(name)
-		o.Envs = append(o.Envs, api.EnvInfo{Name: name, Description: e.Description, Image: e.Image, LockDigest: e.LockDigest, Default: name == m.cfg.DefaultEnv})
+func sharedMounts(sh []SharedFolder) []Mount {
+	var out []Mount
+	for _, s := range sh {
+		out = append(out, Mount{Source: s.Source, Target: s.Target, ReadOnly: s.ReadOnly})
 	}
-	for _, name := range sortedKeys(m.cfg.Profiles) {
-		p := m.cfg.Profiles[name]
-		o.Profiles = append(o.Profiles, api.ProfileInfo{Name: name, MemoryMB: p.MemoryBytes() >> 20, CPUs: p.CPUs, Pids: p.Pids, Default: name == m.cfg.DefaultProfile})
-	}
-	return o
+	return out
 }
 
 func containsNUL(s string) bool {

@@ -25,6 +25,9 @@ func testConfig(t *testing.T) Config {
 			"other": {Image: "img:missing"},
 		},
 		ReapGrace: time.Hour,
+		Teams: map[string]TeamConfig{
+			"staff": {Groups: []string{"staff"}, Envs: []string{"other"}},
+		},
 	}
 }
 
@@ -128,7 +131,9 @@ func TestBadStartChangesNothing(t *testing.T) {
 		{"bad env var name", "alice", "", api.StartRequest{Environment: map[string]string{"A-B": "x"}}, api.CodeInvalid},
 		{"NUL in env value", "alice", "", api.StartRequest{Environment: map[string]string{"A": "x\x00"}}, api.CodeInvalid},
 		{"NUL in cmd", "alice", "", api.StartRequest{Cmd: []string{"a\x00"}}, api.CodeInvalid},
-		{"image missing", "alice", "", api.StartRequest{Env: "other"}, api.CodeConflict},
+		{"image missing", "alice", "", api.StartRequest{Env: "other", Groups: []string{"staff"}}, api.CodeConflict},
+		{"env not for this user", "alice", "", api.StartRequest{Env: "other"}, api.CodeForbidden},
+		{"bad group", "alice", "", api.StartRequest{Groups: []string{"a\x00"}}, api.CodeInvalid},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -434,6 +439,7 @@ func TestEnvFromLockAndOutdated(t *testing.T) {
 	l1 := writeTestLock(t, spec, "1")
 	rt.images[l1.Tag()] = "sha256:one"
 	cfg.Envs = map[string]EnvConfig{"team": {Spec: spec}}
+	cfg.Teams = nil
 	m := newTestManager(t, cfg, rt)
 	ctx := context.Background()
 	s, err := m.Start(ctx, "olga", "", api.StartRequest{})
@@ -457,5 +463,43 @@ func TestEnvFromLockAndOutdated(t *testing.T) {
 	}
 	if s2.Image != l2.Tag() || s2.Outdated {
 		t.Fatalf("new server: %+v", s2)
+	}
+}
+
+func TestTeamsDecideEnvsProfilesAndSharedFolders(t *testing.T) {
+	rt := newFake()
+	cfg := testConfig(t)
+	shared := t.TempDir()
+	cfg.Profiles = map[string]ProfileConfig{"default": {}, "large": {Memory: "8g"}}
+	cfg.Teams = map[string]TeamConfig{
+		"physics": {Groups: []string{"physics", "phys-staff"}, Profiles: []string{"large"},
+			Shared: []SharedFolder{{Source: shared, Target: "/home/jovyan/shared", ReadOnly: true}}},
+	}
+	m := newTestManager(t, cfg, rt)
+	ctx := context.Background()
+
+	if _, err := m.Start(ctx, "outsider", "", api.StartRequest{Profile: "large"}); api.ErrorCode(err) != api.CodeForbidden {
+		t.Fatalf("a user in no team got the large profile: %v", err)
+	}
+	if o := m.Options(nil); len(o.Profiles) != 1 || o.Profiles[0].Name != "default" || o.Network.Gateway != "172.31.0.1" {
+		t.Fatalf("options for no groups: %+v", o)
+	}
+	if o := m.Options([]string{"phys-staff"}); len(o.Profiles) != 2 {
+		t.Fatalf("options for physics: %+v", o)
+	}
+	s, err := m.Start(ctx, "quinn", "", api.StartRequest{Profile: "large", Groups: []string{"physics"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := rt.spec(s.ContainerID)
+	if len(spec.Mounts) != 2 || spec.Mounts[1] != (Mount{Source: shared, Target: "/home/jovyan/shared", ReadOnly: true}) || spec.Memory != 8<<30 {
+		t.Fatalf("team member's container: mounts %+v memory %d", spec.Mounts, spec.Memory)
+	}
+	s2, err := m.Start(ctx, "outsider", "", api.StartRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rt.spec(s2.ContainerID).Mounts) != 1 {
+		t.Fatal("a user in no team got a shared folder")
 	}
 }

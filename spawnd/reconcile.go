@@ -56,7 +56,7 @@ func (m *Manager) Run(ctx context.Context) error {
 func (m *Manager) ensureNetwork(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	err := m.rt.EnsureNetwork(ctx, NetworkSpec{
+	gw, err := m.rt.EnsureNetwork(ctx, NetworkSpec{
 		Name:   m.cfg.Network.Name,
 		ICC:    m.cfg.Network.ICC,
 		Labels: map[string]string{LabelManaged: "true", LabelInstance: m.cfg.Instance},
@@ -64,6 +64,7 @@ func (m *Manager) ensureNetwork(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ensuring network %s: %w", m.cfg.Network.Name, err)
 	}
+	m.gateway.Store(gw)
 	return nil
 }
 

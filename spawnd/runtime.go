@@ -12,8 +12,9 @@ import (
 type Runtime interface {
 	// ImageID returns the id of a local image, or an errdefs not-found error.
 	ImageID(ctx context.Context, ref string) (string, error)
-	// EnsureNetwork creates the network if it does not exist.
-	EnsureNetwork(ctx context.Context, n NetworkSpec) error
+	// EnsureNetwork creates the network if it does not exist and returns its
+	// gateway address (the host's address on it).
+	EnsureNetwork(ctx context.Context, n NetworkSpec) (gateway string, err error)
 	// Create creates a container; a name conflict is an errdefs conflict error.
 	Create(ctx context.Context, spec ContainerSpec) (id string, err error)
 	Start(ctx context.Context, id string) error

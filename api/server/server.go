@@ -32,7 +32,7 @@ type Core interface {
 	List() []api.Server
 	Progress(ctx context.Context, user, server string, fn func(api.ProgressEvent) error) error
 	DeleteHome(ctx context.Context, user string) error
-	Options() api.Options
+	Options(groups []string) api.Options
 	EngineUp() bool
 }
 
@@ -279,7 +279,7 @@ func (h *handler) version(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *handler) options(w http.ResponseWriter, r *http.Request) error {
-	return writeJSON(w, http.StatusOK, h.core.Options())
+	return writeJSON(w, http.StatusOK, h.core.Options(r.URL.Query()["group"]))
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) error {

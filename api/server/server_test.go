@@ -69,8 +69,8 @@ func (c *recordingCore) DeleteHome(_ context.Context, user string) error {
 	return nil
 }
 
-func (c *recordingCore) Options() api.Options { return api.Options{} }
-func (c *recordingCore) EngineUp() bool       { return true }
+func (c *recordingCore) Options([]string) api.Options { return api.Options{} }
+func (c *recordingCore) EngineUp() bool               { return true }
 
 func newTestServer(t *testing.T, logs io.Writer) (*httptest.Server, *recordingCore) {
 	t.Helper()

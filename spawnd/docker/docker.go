@@ -75,21 +75,28 @@ func (e *Engine) ImageID(ctx context.Context, ref string) (string, error) {
 }
 
 // EnsureNetwork implements spawnd.Runtime.
-func (e *Engine) EnsureNetwork(ctx context.Context, n spawnd.NetworkSpec) error {
-	if _, err := e.cli.NetworkInspect(ctx, n.Name, client.NetworkInspectOptions{}); err == nil {
-		return nil
-	} else if !errdefs.IsNotFound(err) {
-		return fmt.Errorf("inspecting network %s: %w", n.Name, err)
+func (e *Engine) EnsureNetwork(ctx context.Context, n spawnd.NetworkSpec) (string, error) {
+	res, err := e.cli.NetworkInspect(ctx, n.Name, client.NetworkInspectOptions{})
+	if errdefs.IsNotFound(err) {
+		_, err = e.cli.NetworkCreate(ctx, n.Name, client.NetworkCreateOptions{
+			Driver:  "bridge",
+			Options: map[string]string{"com.docker.network.bridge.enable_icc": strconv.FormatBool(n.ICC)},
+			Labels:  n.Labels,
+		})
+		if err != nil && !errdefs.IsConflict(err) {
+			return "", fmt.Errorf("creating network %s: %w", n.Name, err)
+		}
+		res, err = e.cli.NetworkInspect(ctx, n.Name, client.NetworkInspectOptions{})
 	}
-	_, err := e.cli.NetworkCreate(ctx, n.Name, client.NetworkCreateOptions{
-		Driver:  "bridge",
-		Options: map[string]string{"com.docker.network.bridge.enable_icc": strconv.FormatBool(n.ICC)},
-		Labels:  n.Labels,
-	})
-	if err != nil && !errdefs.IsConflict(err) {
-		return fmt.Errorf("creating network %s: %w", n.Name, err)
+	if err != nil {
+		return "", fmt.Errorf("inspecting network %s: %w", n.Name, err)
 	}
-	return nil
+	for _, c := range res.Network.IPAM.Config {
+		if c.Gateway.IsValid() {
+			return c.Gateway.String(), nil
+		}
+	}
+	return "", nil
 }
 
 // Create implements spawnd.Runtime. Every container gets: all capabilities
