@@ -2,9 +2,11 @@ package spawnd
 
 import (
 	"fmt"
+	"maps"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -138,6 +140,15 @@ var (
 // Validate fills defaults and checks every field, naming the key of the first
 // mistake and what to do about it.
 func (c *Config) Validate() error {
+	// Validate fills defaults into the maps: copy them, so that the caller's
+	// config is never changed under it and Validate can run twice.
+	c.Envs = maps.Clone(c.Envs)
+	c.Profiles = maps.Clone(c.Profiles)
+	c.Teams = maps.Clone(c.Teams)
+	for k, t := range c.Teams {
+		t.Shared = slices.Clone(t.Shared)
+		c.Teams[k] = t
+	}
 	if c.Instance == "" {
 		c.Instance = "default"
 	}
@@ -192,13 +203,13 @@ func (c *Config) Validate() error {
 		if !envNameRE.MatchString(name) {
 			return fmt.Errorf("%s: the name must be lower case letters, digits, '.', '_' or '-'", key)
 		}
-		if e.Spec != "" && e.Image != "" {
-			return fmt.Errorf("%s: give spec or image, not both", key)
-		}
 		if e.Spec != "" {
 			ne, err := fromLock(e)
 			if err != nil {
 				return fmt.Errorf("%s.spec: %w", key, err)
+			}
+			if e.Image != "" && e.Image != ne.Image {
+				return fmt.Errorf("%s: give spec or image, not both (the spec's lock names %s)", key, ne.Image)
 			}
 			e = ne
 		}
