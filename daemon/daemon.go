@@ -49,8 +49,10 @@ type Config struct {
 
 // TLSConfig names a certificate and key in PEM files.
 type TLSConfig struct {
+	// CertFile is the server certificate (PEM, with any intermediates).
 	CertFile string `mapstructure:"cert_file"`
-	KeyFile  string `mapstructure:"key_file"`
+	// KeyFile is the certificate's private key (PEM).
+	KeyFile string `mapstructure:"key_file"`
 }
 
 // EngineConfig says where the engine is.

@@ -36,8 +36,9 @@ type Config struct {
 	// ReapGrace is how old a container that was created but never started must
 	// be before the reaper removes it. Default 2m.
 	ReapGrace time.Duration `mapstructure:"reap_grace"`
-	// DefaultEnv and DefaultProfile are used when a start names none.
-	DefaultEnv     string `mapstructure:"default_env"`
+	// DefaultEnv is used when a start names no env. Default: the only env, or "team".
+	DefaultEnv string `mapstructure:"default_env"`
+	// DefaultProfile is used when a start names no profile. Default: the only profile, or "default".
 	DefaultProfile string `mapstructure:"default_profile"`
 	// Envs are the team environments, by name.
 	Envs map[string]EnvConfig `mapstructure:"envs"`
@@ -87,6 +88,7 @@ type NetworkConfig struct {
 
 // EnvConfig is one team environment as the daemon runs it.
 type EnvConfig struct {
+	// Description is shown in the hub's options form (default: the lock's).
 	Description string `mapstructure:"description"`
 	// Spec is the env spec file (e.g. /etc/spawnd/envs/team.yaml). The env's
 	// image, lock digest, user and command then come from the spec's lock,
@@ -111,9 +113,12 @@ type EnvConfig struct {
 
 // EnvUser is the user inside an env's containers.
 type EnvUser struct {
+	// Name of the user. Default jovyan.
 	Name string `mapstructure:"name"`
-	UID  int    `mapstructure:"uid"`
-	GID  int    `mapstructure:"gid"`
+	// UID of the user; never 0. Default 1000.
+	UID int `mapstructure:"uid"`
+	// GID of the user's group. Default 100.
+	GID int `mapstructure:"gid"`
 }
 
 // ProfileConfig is one resource profile.

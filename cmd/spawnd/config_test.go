@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spawnd/spawnd/envs"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -117,5 +119,29 @@ func TestSplitTarget(t *testing.T) {
 		if u != tc.user || s != tc.serv {
 			t.Errorf("splitTarget(%q) = %q %q", tc.arg, u, s)
 		}
+	}
+}
+
+// TestDeployExampleLoads keeps deploy/spawnd.yaml valid.
+func TestDeployExampleLoads(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/spawnd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := filepath.Join(t.TempDir(), "team.yaml")
+	l := &envs.Lock{Env: "team", SpecChecksum: "sha256:x", Base: envs.Base{Ref: "b", Digest: "sha256:b"},
+		Cmd: []string{"jupyterhub-singleuser"}, User: envs.User{Name: "jovyan", UID: 1000, GID: 100}}
+	l.Seal()
+	if err := envs.WriteLock(envs.LockPath(spec), l); err != nil {
+		t.Fatal(err)
+	}
+	body := strings.NewReplacer("/etc/spawnd/envs/team.yaml", spec,
+		"token_file: /etc/spawnd/token", "token: 0123456789abcdef0123456789abcdef").Replace(string(b))
+	cfg, err := loadConfig(writeConfig(t, body), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Envs["team"].Image != l.Tag() || len(cfg.Teams["physics"].Shared) != 1 || cfg.DefaultProfile != "default" {
+		t.Fatalf("example config: %+v", cfg)
 	}
 }

@@ -95,7 +95,7 @@ envs:
 	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	tok := token(t)
+	tok := newToken(t)
 	c, err := api.NewClient(addr, tok)
 	if err != nil {
 		t.Fatal(err)
@@ -171,7 +171,7 @@ func inspect(t *testing.T, cli *client.Client, id string) containerState {
 	return containerState{Running: res.Container.State.Running, StartedAt: res.Container.State.StartedAt}
 }
 
-func token(t *testing.T) string {
+func newToken(t *testing.T) string {
 	t.Helper()
 	return fmt.Sprintf("%x", time.Now().UnixNano()) + "-test-token-0123456789"
 }

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spawnd/spawnd/daemon"
+)
+
+var updateDocs = flag.Bool("update", false, "rewrite docs/CLI.md and docs/CONFIG.md")
+
+// TestDocsUpToDate regenerates the CLI reference (from the cobra commands)
+// and the configuration reference (from the config structs and their field
+// comments) and fails when the committed files differ: they can't drift.
+func TestDocsUpToDate(t *testing.T) {
+	for name, gen := range map[string]func(*testing.T) []byte{"CLI.md": cliReference, "CONFIG.md": configReference} {
+		got := gen(t)
+		path := filepath.Join("..", "..", "docs", name)
+		if *updateDocs {
+			if err := os.WriteFile(path, got, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("docs/%s is out of date; run: go test ./cmd/spawnd -run Docs -update", name)
+		}
+	}
+}
+
+func cliReference(t *testing.T) []byte {
+	var b bytes.Buffer
+	b.WriteString("# CLI reference\n\nGenerated from the commands by `go test ./cmd/spawnd -run Docs -update`; do not edit.\n\n")
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Hidden || c.Name() == "help" || c.Name() == "completion" {
+			return
+		}
+		if c.Runnable() || c.HasSubCommands() {
+			fmt.Fprintf(&b, "## %s\n\n%s\n\n", c.CommandPath(), c.Short)
+			if c.Long != "" && c.Long != c.Short {
+				fmt.Fprintf(&b, "%s\n\n", strings.TrimSpace(c.Long))
+			}
+			if c.Runnable() {
+				fmt.Fprintf(&b, "```\n%s\n```\n\n", c.UseLine())
+			}
+			if c.Example != "" {
+				fmt.Fprintf(&b, "Examples:\n\n```\n%s\n```\n\n", c.Example)
+			}
+			if fl := c.NonInheritedFlags().FlagUsages(); strings.TrimSpace(fl) != "" {
+				fmt.Fprintf(&b, "Flags:\n\n```\n%s```\n\n", fl)
+			}
+		}
+		cmds := c.Commands()
+		sort.Slice(cmds, func(i, j int) bool { return cmds[i].Name() < cmds[j].Name() })
+		for _, sub := range cmds {
+			walk(sub)
+		}
+	}
+	root := newRoot()
+	root.InitDefaultHelpFlag()
+	walk(root)
+	return b.Bytes()
+}
+
+// fieldComments maps "Type.Field" to the field's doc comment, from sources.
+func fieldComments(t *testing.T, files ...string) map[string]string {
+	docs := map[string]string{}
+	fset := token.NewFileSet()
+	for _, file := range files {
+		f, err := parser.ParseFile(fset, file, nil, parser.ParseComments)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			ts, ok := n.(*ast.TypeSpec)
+			if !ok {
+				return true
+			}
+			st, ok := ts.Type.(*ast.StructType)
+			if !ok {
+				return true
+			}
+			for _, fl := range st.Fields.List {
+				if fl.Doc != nil && len(fl.Names) > 0 {
+					docs[ts.Name.Name+"."+fl.Names[0].Name] = strings.Join(strings.Fields(fl.Doc.Text()), " ")
+				}
+			}
+			return true
+		})
+	}
+	return docs
+}
+
+func configReference(t *testing.T) []byte {
+	docs := fieldComments(t, "../../daemon/daemon.go", "../../spawnd/config.go")
+	var b bytes.Buffer
+	b.WriteString("# Configuration reference\n\nGenerated from the config structs by `go test ./cmd/spawnd -run Docs -update`; do not edit.\n\n")
+	b.WriteString("`spawnd serve` reads `spawnd.yaml` (`--config`, else `./spawnd.yaml`, else `/etc/spawnd/spawnd.yaml`), then `SPAWND_*` variables, then flags. Unknown keys are errors that name the key. Durations are Go durations (`90s`, `2m`).\n\n")
+	b.WriteString("| key | type | env | meaning |\n| --- | --- | --- | --- |\n")
+	var walk func(rt reflect.Type, prefix string, envOK bool)
+	walk = func(rt reflect.Type, prefix string, envOK bool) {
+		for i := 0; i < rt.NumField(); i++ {
+			f := rt.Field(i)
+			name, opts, _ := strings.Cut(f.Tag.Get("mapstructure"), ",")
+			if opts == "squash" {
+				walk(f.Type, prefix, envOK)
+				continue
+			}
+			if name == "" || !f.IsExported() {
+				continue
+			}
+			key := prefix + name
+			doc := docs[rt.Name()+"."+f.Name]
+			typ := f.Type.String()
+			env := ""
+			switch f.Type.Kind() {
+			case reflect.Struct:
+				fmt.Fprintf(&b, "| `%s` | section | | %s |\n", key, doc)
+				walk(f.Type, key+".", envOK)
+				continue
+			case reflect.Map:
+				fmt.Fprintf(&b, "| `%s.<name>` | map | | %s |\n", key, doc)
+				walk(f.Type.Elem(), key+".<name>.", false)
+				continue
+			case reflect.Slice:
+				if f.Type.Elem().Kind() == reflect.Struct {
+					fmt.Fprintf(&b, "| `%s[]` | list | | %s |\n", key, doc)
+					walk(f.Type.Elem(), key+"[].", false)
+					continue
+				}
+				typ = "list of " + f.Type.Elem().String()
+			}
+			if envOK && f.Type.Kind() != reflect.Slice {
+				env = "`SPAWND_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_")) + "`"
+			}
+			typ = strings.ReplaceAll(typ, "time.Duration", "duration")
+			fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", key, typ, env, doc)
+		}
+	}
+	walk(reflect.TypeOf(daemon.Config{}), "", true)
+	b.WriteString("\nAn example: [deploy/spawnd.yaml](../deploy/spawnd.yaml).\n")
+	return b.Bytes()
+}
