@@ -18,6 +18,22 @@ import (
 // (SPAWND_HOMES_ROOT, SPAWND_NETWORK_MODE, ...), then the flags that were set.
 // Decoding is strict: an unknown key is an error that names it.
 func loadConfig(path string, flags *pflag.FlagSet) (daemon.Config, error) {
+	cfg, where, err := decodeConfig(path, flags)
+	if err != nil {
+		return daemon.Config{}, err
+	}
+	if err := cfg.Validate(); err != nil {
+		if where != "" {
+			return daemon.Config{}, fmt.Errorf("%s: %w", where, err)
+		}
+		return daemon.Config{}, err
+	}
+	return cfg, nil
+}
+
+// decodeConfig reads and strictly decodes the config without validating it,
+// and says which file it read ("" when none).
+func decodeConfig(path string, flags *pflag.FlagSet) (daemon.Config, string, error) {
 	v := viper.New()
 	v.SetConfigType("yaml")
 	if path != "" {
@@ -30,14 +46,14 @@ func loadConfig(path string, flags *pflag.FlagSet) (daemon.Config, error) {
 	if err := v.ReadInConfig(); err != nil {
 		var nf viper.ConfigFileNotFoundError
 		if !errors.As(err, &nf) {
-			return daemon.Config{}, fmt.Errorf("reading config: %w", err)
+			return daemon.Config{}, "", fmt.Errorf("reading config: %w", err)
 		}
 	}
 	v.SetEnvPrefix("SPAWND")
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	for _, k := range scalarKeys(reflect.TypeOf(daemon.Config{}), "") {
 		if err := v.BindEnv(k); err != nil {
-			return daemon.Config{}, err
+			return daemon.Config{}, "", err
 		}
 	}
 	if flags != nil {
@@ -48,7 +64,7 @@ func loadConfig(path string, flags *pflag.FlagSet) (daemon.Config, error) {
 			}
 		})
 		if bindErr != nil {
-			return daemon.Config{}, bindErr
+			return daemon.Config{}, "", bindErr
 		}
 	}
 	var cfg daemon.Config
@@ -57,15 +73,9 @@ func loadConfig(path string, flags *pflag.FlagSet) (daemon.Config, error) {
 		if where == "" {
 			where = "config"
 		}
-		return daemon.Config{}, fmt.Errorf("%s: %w", where, err)
+		return daemon.Config{}, v.ConfigFileUsed(), fmt.Errorf("%s: %w", where, err)
 	}
-	if err := cfg.Validate(); err != nil {
-		if f := v.ConfigFileUsed(); f != "" {
-			return daemon.Config{}, fmt.Errorf("%s: %w", f, err)
-		}
-		return daemon.Config{}, err
-	}
-	return cfg, nil
+	return cfg, v.ConfigFileUsed(), nil
 }
 
 // scalarKeys lists the dotted keys of every non-map field, from the

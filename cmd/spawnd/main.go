@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -16,7 +17,12 @@ func main() {
 	err := newRoot().ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "spawnd:", err)
+		if !errors.Is(err, errSilentExit) {
+			fmt.Fprintln(os.Stderr, "spawnd:", err)
+		}
 		os.Exit(1)
 	}
 }
+
+// errSilentExit makes spawnd exit 1 after a command already said why.
+var errSilentExit = errors.New("exit 1")

@@ -15,6 +15,7 @@ import (
 	"github.com/moby/moby/api/types/jsonstream"
 	"github.com/moby/moby/client"
 
+	"github.com/spawnd/spawnd/doctor"
 	"github.com/spawnd/spawnd/images"
 )
 
@@ -163,4 +164,18 @@ func (e *Engine) Load(ctx context.Context, r io.Reader) error {
 		}
 	}
 	return sc.Err()
+}
+
+// Info implements doctor.Engine.
+func (e *Engine) Info(ctx context.Context) (doctor.EngineInfo, error) {
+	res, err := e.cli.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		return doctor.EngineInfo{}, fmt.Errorf("asking the engine for its info: %w", err)
+	}
+	return doctor.EngineInfo{
+		Version:     res.Info.ServerVersion,
+		APIVersion:  e.cli.ClientVersion(),
+		RuncVersion: res.Info.RuncCommit.ID,
+		LiveRestore: res.Info.LiveRestoreEnabled,
+	}, nil
 }

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spawnd/spawnd/doctor"
+	"github.com/spawnd/spawnd/spawnd/docker"
+)
+
+func newDoctor() *cobra.Command {
+	var configPath, hubURL string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check the installation and say how to fix each problem",
+		Long: `Check what spawnd depends on: the config, the API token, the Docker engine
+(reachable, API version, runc against known container-escape advisories,
+live-restore), homes_root (exists, owned by root, not writable by others,
+free space), each env (lock present and current, image present and built
+from that lock), and the hub (with --hub-url). It changes nothing.
+Exits 1 when any check fails; warnings do not fail.`,
+		Example: "  spawnd doctor --config /etc/spawnd/spawnd.yaml --hub-url http://127.0.0.1:8000",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			in := doctor.Input{HubURL: hubURL}
+			cfg, _, err := decodeConfig(configPath, cmd.Flags())
+			if err != nil {
+				in.ConfigErr = err
+			} else {
+				verr := cfg.Validate()
+				in.ConfigErr = verr
+				in.Config, in.Token, in.TokenFile = &cfg.Config, cfg.Token, cfg.TokenFile
+				if in.Token == "" && cfg.TokenFile != "" {
+					if b, err := os.ReadFile(cfg.TokenFile); err == nil {
+						in.Token = strings.TrimSpace(string(b))
+					}
+				}
+				if eng, err := docker.New(cfg.Engine.Host); err != nil {
+					in.EngineErr = err
+				} else {
+					defer eng.Close()
+					in.Engine = eng
+				}
+			}
+			results := doctor.Run(cmd.Context(), in)
+			if asJSON {
+				if err := writeJSONOut(cmd.OutOrStdout(), results); err != nil {
+					return err
+				}
+			} else {
+				printDoctor(cmd.OutOrStdout(), results)
+			}
+			if doctor.Failed(results) {
+				return errSilentExit
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&configPath, "config", "c", "", "config file (default ./spawnd.yaml, then /etc/spawnd/spawnd.yaml)")
+	f.StringVar(&hubURL, "hub-url", "", "the hub's URL to check, e.g. http://127.0.0.1:8000")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printDoctor(w io.Writer, rs []doctor.Result) {
+	marks := map[doctor.Status]string{doctor.OK: "[ ok ]", doctor.Warn: "[warn]", doctor.Fail: "[FAIL]", doctor.Skip: "[skip]"}
+	fails := 0
+	for _, r := range rs {
+		fmt.Fprintf(w, "%s %-14s %s\n", marks[r.Status], r.Check, r.Detail)
+		if r.Fix != "" && (r.Status == doctor.Fail || r.Status == doctor.Warn) {
+			fmt.Fprintf(w, "       %-14s fix: %s\n", "", r.Fix)
+		}
+		if r.Status == doctor.Fail {
+			fails++
+		}
+	}
+	if fails > 0 {
+		fmt.Fprintf(w, "\n%d check(s) failed.\n", fails)
+	} else {
+		fmt.Fprintln(w, "\nAll checks passed.")
+	}
+}

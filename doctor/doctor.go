@@ -1,0 +1,344 @@
+// Package doctor checks a spawnd installation and says how to fix each
+// problem: the engine (reachable, API version, runc against known container
+// escapes, live-restore), homes_root (exists, owner, mode, free space), each
+// env (lock present and current, image present and matching), the token, and
+// the hub. It only reads; it changes nothing.
+package doctor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/spawnd/spawnd/envs"
+	"github.com/spawnd/spawnd/images"
+	"github.com/spawnd/spawnd/spawnd"
+)
+
+// Status of one check.
+type Status string
+
+// Statuses, from good to bad. Only Fail makes doctor exit non-zero.
+const (
+	OK   Status = "ok"
+	Warn Status = "warn"
+	Fail Status = "fail"
+	Skip Status = "skip"
+)
+
+// Result is one check's outcome.
+type Result struct {
+	Check  string `json:"check"`
+	Status Status `json:"status"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// EngineInfo is what doctor reads of the engine.
+type EngineInfo struct {
+	Version     string
+	APIVersion  string
+	RuncVersion string
+	LiveRestore bool
+}
+
+// Engine is what doctor needs of the engine.
+type Engine interface {
+	Ping(ctx context.Context) error
+	Info(ctx context.Context) (EngineInfo, error)
+	ImageInspect(ctx context.Context, ref string) (images.ImageInfo, error)
+}
+
+// Input is what to check. Engine may be nil when no client could be made.
+type Input struct {
+	Config    *spawnd.Config // nil when the config did not load
+	ConfigErr error
+	Token     string
+	TokenFile string
+	Engine    Engine
+	EngineErr error
+	HubURL    string
+	// MinFreeBytes below which homes_root fails (default 1 GiB); below 5×
+	// that it warns.
+	MinFreeBytes uint64
+}
+
+// Run runs every check and returns the results in order.
+func Run(ctx context.Context, in Input) []Result {
+	var rs []Result
+	add := func(r Result) { rs = append(rs, r) }
+	if in.ConfigErr != nil {
+		add(Result{"config", Fail, in.ConfigErr.Error(), "fix the key it names (docs/CONFIG.md)"})
+	} else if in.Config != nil {
+		add(Result{"config", OK, "loaded and valid", ""})
+	}
+	add(checkToken(in))
+	engineOK := false
+	for _, r := range checkEngine(ctx, in) {
+		add(r)
+		if r.Check == "engine" && r.Status == OK {
+			engineOK = true
+		}
+	}
+	if in.Config != nil {
+		add(checkHomes(in.Config.HomesRoot, in.MinFreeBytes))
+		for _, name := range sortedEnvs(in.Config) {
+			add(checkEnv(ctx, name, in.Config.Envs[name], in.Engine, engineOK))
+		}
+	}
+	add(checkHub(ctx, in.HubURL))
+	return rs
+}
+
+// Failed reports whether any result failed.
+func Failed(rs []Result) bool {
+	for _, r := range rs {
+		if r.Status == Fail {
+			return true
+		}
+	}
+	return false
+}
+
+func checkToken(in Input) Result {
+	if in.Token == "" {
+		return Result{"token", Fail, "no API token", "openssl rand -hex 32 > /etc/spawnd/token; chmod 600 /etc/spawnd/token; set token_file"}
+	}
+	if len(in.Token) < 16 {
+		return Result{"token", Fail, "the API token is shorter than 16 characters", "openssl rand -hex 32 > /etc/spawnd/token"}
+	}
+	if in.TokenFile != "" {
+		fi, err := os.Stat(in.TokenFile)
+		if err == nil && fi.Mode().Perm()&0o077 != 0 {
+			return Result{"token", Fail, fmt.Sprintf("%s is readable by others (mode %#o); the token controls the Docker engine", in.TokenFile, fi.Mode().Perm()),
+				"chmod 600 " + in.TokenFile}
+		}
+	}
+	return Result{"token", OK, "set, private", ""}
+}
+
+func checkEngine(ctx context.Context, in Input) []Result {
+	if in.Engine == nil {
+		msg := "no engine client"
+		if in.EngineErr != nil {
+			msg = in.EngineErr.Error()
+		}
+		return []Result{{"engine", Fail, msg, "check engine.host / DOCKER_HOST"}}
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := in.Engine.Ping(pctx); err != nil {
+		return []Result{{"engine", Fail, "the Docker engine does not answer: " + oneLine(err),
+			"start it: systemctl start docker (or scripts/engine-up); check engine.host / DOCKER_HOST"}}
+	}
+	info, err := in.Engine.Info(pctx)
+	if err != nil {
+		return []Result{{"engine", Fail, "asking the engine for its info: " + oneLine(err), "check the engine's log"}}
+	}
+	rs := []Result{{"engine", OK, fmt.Sprintf("Docker %s, API %s", info.Version, info.APIVersion), ""}}
+	rs = append(rs, checkRunc(info.RuncVersion))
+	if info.LiveRestore {
+		rs = append(rs, Result{"live-restore", OK, "on: user servers keep running while dockerd restarts", ""})
+	} else {
+		rs = append(rs, Result{"live-restore", Warn, "off: restarting or upgrading dockerd stops every user server",
+			`add "live-restore": true to /etc/docker/daemon.json, then systemctl reload docker`})
+	}
+	return rs
+}
+
+// advisory is a runc container-escape advisory and the upstream releases that fix it.
+type advisory struct {
+	ids   string
+	fixed []string // the first fixed release of each maintained line, e.g. 1.2.8, 1.3.3
+}
+
+var runcAdvisories = []advisory{
+	{"CVE-2019-5736", []string{"1.0.0"}},
+	{"CVE-2024-21626", []string{"1.1.12"}},
+	{"CVE-2025-31133, CVE-2025-52565, CVE-2025-52881", []string{"1.2.8", "1.3.3", "1.4.0"}},
+}
+
+var runcVersionRE = regexp.MustCompile(`^v?(\d+)\.(\d+)\.(\d+)`)
+
+// checkRunc compares the engine's runc with the releases that fixed known
+// container escapes. A distribution build (Debian's "1.1.5+ds1-1+deb12u1")
+// may carry the fixes as backports, so it is a warning, not a failure.
+func checkRunc(v string) Result {
+	m := runcVersionRE.FindStringSubmatch(v)
+	if m == nil {
+		return Result{"runc", Warn, fmt.Sprintf("cannot read the runc version %q", v), "check runc --version against runc's security advisories"}
+	}
+	have := [3]int{atoi(m[1]), atoi(m[2]), atoi(m[3])}
+	var open []string
+	for _, a := range runcAdvisories {
+		if !fixedIn(have, a.fixed) {
+			open = append(open, a.ids)
+		}
+	}
+	if len(open) == 0 {
+		return Result{"runc", OK, "runc " + v + ": no known container escape", ""}
+	}
+	distro := strings.ContainsAny(v, "+~") && !strings.HasPrefix(v, "v")
+	detail := fmt.Sprintf("runc %s predates the upstream fixes for %s", v, strings.Join(open, "; "))
+	if distro {
+		return Result{"runc", Warn, detail + " (a distribution build; fixes may be backported)",
+			"install your distribution's security updates for runc (apt-get update && apt-get install --only-upgrade runc) and check its changelog"}
+	}
+	return Result{"runc", Fail, detail, "upgrade runc to 1.2.8, 1.3.3 or later (or a Docker release that ships it)"}
+}
+
+// fixedIn reports whether version have contains a fix released as the
+// versions in fixed (one per maintained minor line, oldest first): it is on
+// one of those lines at or past the fix, or on a newer line than all of them.
+func fixedIn(have [3]int, fixed []string) bool {
+	var last [3]int
+	for _, f := range fixed {
+		m := runcVersionRE.FindStringSubmatch(f)
+		want := [3]int{atoi(m[1]), atoi(m[2]), atoi(m[3])}
+		if have[0] == want[0] && have[1] == want[1] {
+			return !less(have, want)
+		}
+		last = want
+	}
+	return less(last, have)
+}
+
+func less(a, b [3]int) bool {
+	for i := range a {
+		if a[i] != b[i] {
+			return a[i] < b[i]
+		}
+	}
+	return false
+}
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
+func checkHomes(root string, minFree uint64) Result {
+	if minFree == 0 {
+		minFree = 1 << 30
+	}
+	fi, err := os.Lstat(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return Result{"homes_root", Fail, root + " does not exist", fmt.Sprintf("mkdir -p %s && chown root:root %s && chmod 755 %s", root, root, root)}
+	}
+	if err != nil {
+		return Result{"homes_root", Fail, oneLine(err), "check homes_root"}
+	}
+	if !fi.IsDir() {
+		return Result{"homes_root", Fail, root + " is not a directory", "point homes_root at a directory"}
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
+		return Result{"homes_root", Fail, fmt.Sprintf("%s is owned by uid %d, not root: that user could swap homes for symlinks", root, st.Uid), "chown root:root " + root}
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return Result{"homes_root", Fail, fmt.Sprintf("%s is writable by group or others (mode %#o)", root, fi.Mode().Perm()), "chmod 755 " + root}
+	}
+	var sfs syscall.Statfs_t
+	if err := syscall.Statfs(root, &sfs); err == nil {
+		free := sfs.Bavail * uint64(sfs.Bsize)
+		switch {
+		case free < minFree:
+			return Result{"homes_root", Fail, fmt.Sprintf("%s has %s free", root, human(free)), "free space or move homes_root (and back up homes first: docs/INSTALL.md)"}
+		case free < 5*minFree:
+			return Result{"homes_root", Warn, fmt.Sprintf("%s has only %s free", root, human(free)), "free space before users run out"}
+		}
+		return Result{"homes_root", OK, fmt.Sprintf("%s: root-owned, mode %#o, %s free", root, fi.Mode().Perm(), human(free)), ""}
+	}
+	return Result{"homes_root", OK, root, ""}
+}
+
+func checkEnv(ctx context.Context, name string, e spawnd.EnvConfig, eng Engine, engineOK bool) Result {
+	check := "env " + name
+	image := e.Image
+	wantDigest := e.LockDigest
+	if e.Spec != "" {
+		s, err := envs.Load(e.Spec)
+		if err != nil {
+			return Result{check, Fail, oneLine(err), "fix the spec"}
+		}
+		l, err := envs.ReadLock(envs.LockPath(e.Spec))
+		if errors.Is(err, os.ErrNotExist) {
+			return Result{check, Fail, "no lock next to " + e.Spec, "spawnd build " + e.Spec}
+		}
+		if err != nil {
+			return Result{check, Fail, oneLine(err), "spawnd lock " + e.Spec + " (then spawnd build)"}
+		}
+		if l.Stale(s) {
+			return Result{check, Fail, envs.LockPath(e.Spec) + " is stale: the spec changed since it was locked", "spawnd build " + e.Spec + " --relock"}
+		}
+		image, wantDigest = l.Tag(), l.Digest
+	}
+	if !engineOK {
+		return Result{check, Skip, "image not checked: the engine is not reachable", ""}
+	}
+	info, err := eng.ImageInspect(ctx, image)
+	if errdefs.IsNotFound(err) {
+		fix := "load or pull " + image
+		if e.Spec != "" {
+			fix = "spawnd build " + e.Spec
+		}
+		return Result{check, Fail, "image " + image + " is not on the engine", fix}
+	}
+	if err != nil {
+		return Result{check, Fail, oneLine(err), "check the engine"}
+	}
+	if wantDigest != "" && info.Labels[images.LabelLockDigest] != "" && info.Labels[images.LabelLockDigest] != wantDigest {
+		return Result{check, Fail, fmt.Sprintf("image %s was built from lock %s, not %s", image, info.Labels[images.LabelLockDigest], wantDigest), "spawnd build " + e.Spec}
+	}
+	return Result{check, OK, "image " + image + " matches its lock", ""}
+}
+
+func checkHub(ctx context.Context, url string) Result {
+	if url == "" {
+		return Result{"hub", Skip, "not checked (pass --hub-url http://127.0.0.1:8000)", ""}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimRight(url, "/")+"/hub/api/", nil)
+	if err != nil {
+		return Result{"hub", Fail, oneLine(err), "pass the hub's public URL"}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return Result{"hub", Fail, "the hub does not answer at " + url + ": " + oneLine(err), "start JupyterHub (systemctl start jupyterhub) or fix --hub-url"}
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	if resp.StatusCode != 200 {
+		return Result{"hub", Fail, fmt.Sprintf("%s/hub/api/ answered %d", url, resp.StatusCode), "check the hub's log"}
+	}
+	return Result{"hub", OK, "JupyterHub answers at " + url, ""}
+}
+
+func sortedEnvs(c *spawnd.Config) []string {
+	return slices.Sorted(maps.Keys(c.Envs))
+}
+
+func oneLine(err error) string {
+	s := err.Error()
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+func human(n uint64) string {
+	const gib = 1 << 30
+	if n >= gib {
+		return fmt.Sprintf("%.1f GiB", float64(n)/gib)
+	}
+	return fmt.Sprintf("%d MiB", n>>20)
+}

@@ -1,0 +1,163 @@
+package doctor
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/spawnd/spawnd/envs"
+	"github.com/spawnd/spawnd/images"
+	"github.com/spawnd/spawnd/spawnd"
+)
+
+type fakeEngine struct {
+	pingErr error
+	info    EngineInfo
+	images  map[string]images.ImageInfo
+}
+
+func (f *fakeEngine) Ping(context.Context) error               { return f.pingErr }
+func (f *fakeEngine) Info(context.Context) (EngineInfo, error) { return f.info, nil }
+func (f *fakeEngine) ImageInspect(_ context.Context, ref string) (images.ImageInfo, error) {
+	if i, ok := f.images[ref]; ok {
+		return i, nil
+	}
+	return images.ImageInfo{}, errdefs.ErrNotFound
+}
+
+func find(t *testing.T, rs []Result, check string) Result {
+	t.Helper()
+	for _, r := range rs {
+		if r.Check == check {
+			return r
+		}
+	}
+	t.Fatalf("no %q check in %+v", check, rs)
+	return Result{}
+}
+
+const spec = "name: team\nbase: spawnd/debian:bookworm\napt: [git]\n"
+
+// setup makes a healthy installation: homes_root, a spec with a current lock,
+// an engine that has the lock's image.
+func setup(t *testing.T) (Input, string) {
+	t.Helper()
+	dir := t.TempDir()
+	homes := filepath.Join(dir, "homes")
+	if err := os.Mkdir(homes, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	specPath := filepath.Join(dir, "team.yaml")
+	if err := os.WriteFile(specPath, []byte(spec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := envs.Load(specPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &envs.Lock{Env: "team", SpecChecksum: s.Checksum(), Base: envs.Base{Ref: "b", Digest: "sha256:b"}, Cmd: []string{"x"}, User: *s.User}
+	l.Seal()
+	if err := envs.WriteLock(envs.LockPath(specPath), l); err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(dir, "token")
+	_ = os.WriteFile(tokenFile, []byte("0123456789abcdef0123"), 0o600)
+	eng := &fakeEngine{
+		info:   EngineInfo{Version: "28.0.0", APIVersion: "1.48", RuncVersion: "1.3.3", LiveRestore: true},
+		images: map[string]images.ImageInfo{l.Tag(): {ID: "sha256:i", Labels: map[string]string{images.LabelLockDigest: l.Digest}}},
+	}
+	cfg := &spawnd.Config{HomesRoot: homes, Envs: map[string]spawnd.EnvConfig{"team": {Spec: specPath}}}
+	return Input{Config: cfg, Token: "0123456789abcdef0123", TokenFile: tokenFile, Engine: eng}, specPath
+}
+
+func TestHealthyInstallPasses(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("homes_root ownership checks need root")
+	}
+	in, _ := setup(t)
+	rs := Run(context.Background(), in)
+	if Failed(rs) {
+		t.Fatalf("a healthy install failed: %+v", rs)
+	}
+	if r := find(t, rs, "env team"); r.Status != OK {
+		t.Fatalf("env: %+v", r)
+	}
+}
+
+func TestBrokenSetups(t *testing.T) {
+	cases := []struct {
+		name   string
+		break_ func(t *testing.T, in *Input, spec string)
+		check  string
+		want   string
+	}{
+		{"engine down", func(t *testing.T, in *Input, _ string) {
+			in.Engine.(*fakeEngine).pingErr = errors.New("connection refused")
+		}, "engine", "start it"},
+		{"homes_root wrong owner", func(t *testing.T, in *Input, _ string) {
+			if err := os.Chown(in.Config.HomesRoot, 1000, 1000); err != nil {
+				t.Skip("chown needs root")
+			}
+		}, "homes_root", "chown root:root"},
+		{"homes_root world-writable", func(t *testing.T, in *Input, _ string) { _ = os.Chmod(in.Config.HomesRoot, 0o777) }, "homes_root", "chmod 755"},
+		{"homes_root missing", func(t *testing.T, in *Input, _ string) { _ = os.Remove(in.Config.HomesRoot) }, "homes_root", "mkdir -p"},
+		{"homes_root full", func(t *testing.T, in *Input, _ string) { in.MinFreeBytes = 1 << 62 }, "homes_root", "free space"},
+		{"stale lock", func(t *testing.T, in *Input, spec string) {
+			_ = os.WriteFile(spec, []byte(strings.Replace(specContent(), "[git]", "[git, curl]", 1)), 0o644)
+		}, "env team", "--relock"},
+		{"edited lock", func(t *testing.T, in *Input, spec string) {
+			b, _ := os.ReadFile(envs.LockPath(spec))
+			_ = os.WriteFile(envs.LockPath(spec), []byte(strings.Replace(string(b), `"x"`, `"y"`, 1)), 0o644)
+		}, "env team", "spawnd lock"},
+		{"no lock", func(t *testing.T, in *Input, spec string) { _ = os.Remove(envs.LockPath(spec)) }, "env team", "spawnd build"},
+		{"image missing", func(t *testing.T, in *Input, _ string) { in.Engine.(*fakeEngine).images = nil }, "env team", "spawnd build"},
+		{"token readable", func(t *testing.T, in *Input, _ string) { _ = os.Chmod(in.TokenFile, 0o644) }, "token", "chmod 600"},
+		{"no token", func(t *testing.T, in *Input, _ string) { in.Token = "" }, "token", "openssl rand"},
+		{"old upstream runc", func(t *testing.T, in *Input, _ string) { in.Engine.(*fakeEngine).info.RuncVersion = "1.1.11" }, "runc", "upgrade runc"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			in, spec := setup(t)
+			tc.break_(t, &in, spec)
+			rs := Run(context.Background(), in)
+			r := find(t, rs, tc.check)
+			if r.Status != Fail || !strings.Contains(r.Fix, tc.want) {
+				t.Fatalf("%s: %+v, want a failure whose fix says %q", tc.check, r, tc.want)
+			}
+			if !Failed(rs) {
+				t.Fatal("doctor did not fail")
+			}
+		})
+	}
+}
+
+func specContent() string { return spec }
+
+func TestRuncAdvisories(t *testing.T) {
+	cases := []struct {
+		v    string
+		want Status
+	}{
+		{"1.3.3", OK}, {"v1.3.3-0-gd842d771", OK}, {"1.2.8", OK}, {"1.4.0", OK}, {"1.5.1", OK},
+		{"1.3.2", Fail}, {"1.2.7", Fail}, {"1.1.12", Fail}, {"v1.1.11-0-g123", Fail},
+		{"1.1.5+ds1-1+deb12u1", Warn}, {"garbage", Warn},
+	}
+	for _, tc := range cases {
+		if got := checkRunc(tc.v); got.Status != tc.want {
+			t.Errorf("runc %s: %s (%s), want %s", tc.v, got.Status, got.Detail, tc.want)
+		}
+	}
+}
+
+func TestLiveRestoreOffWarns(t *testing.T) {
+	in, _ := setup(t)
+	in.Engine.(*fakeEngine).info.LiveRestore = false
+	if r := find(t, Run(context.Background(), in), "live-restore"); r.Status != Warn {
+		t.Fatalf("live-restore: %+v", r)
+	}
+}
