@@ -1,0 +1,119 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spawnd/spawnd/deploy"
+)
+
+// installFile is one file install-systemd puts in place.
+type installFile struct {
+	src, dst string
+	mode     fs.FileMode
+	keep     bool // never overwrite: the admin's own copy
+}
+
+var installFiles = []installFile{
+	{"systemd/spawnd.service", "/etc/systemd/system/spawnd.service", 0o644, false},
+	{"systemd/jupyterhub.service", "/etc/systemd/system/jupyterhub.service", 0o644, false},
+	{"spawnd.yaml", "/etc/spawnd/spawnd.yaml", 0o644, true},
+	{"jupyterhub_config.py", "/etc/jupyterhub/jupyterhub_config.py", 0o644, true},
+}
+
+// installSystemd puts the binary, units, configs and a token under root
+// ("/" for the real thing). Existing configs and tokens are kept.
+func installSystemd(out io.Writer, root, binary string) error {
+	put := func(dst string, data []byte, mode fs.FileMode, keep bool) error {
+		p := filepath.Join(root, dst)
+		if _, err := os.Stat(p); err == nil && keep {
+			fmt.Fprintf(out, "kept       %s (exists)\n", dst)
+			return nil
+		}
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		tmp := p + ".new"
+		if err := os.WriteFile(tmp, data, mode); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, p); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "installed  %s\n", dst)
+		return nil
+	}
+	bin, err := os.ReadFile(binary)
+	if err != nil {
+		return fmt.Errorf("reading this binary: %w", err)
+	}
+	if err := put("/usr/local/bin/spawnd", bin, 0o755, false); err != nil {
+		return err
+	}
+	for _, f := range installFiles {
+		data, err := deploy.Files.ReadFile(f.src)
+		if err != nil {
+			return err
+		}
+		if err := put(f.dst, data, f.mode, f.keep); err != nil {
+			return err
+		}
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return err
+	}
+	tok := []byte(hex.EncodeToString(b) + "\n")
+	if err := put("/etc/spawnd/token", tok, 0o600, true); err != nil {
+		return err
+	}
+	for _, d := range []string{"/srv/spawnd/homes", "/srv/spawnd/shared"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return err
+		}
+	}
+	fmt.Fprint(out, `
+Next:
+  1. put your env spec in /etc/spawnd/envs/team.yaml and run: spawnd build /etc/spawnd/envs/team.yaml
+  2. edit /etc/spawnd/spawnd.yaml (docs/CONFIG.md), then: spawnd doctor
+  3. useradd --system --home /var/lib/jupyterhub jupyterhub
+     install -o jupyterhub -m 600 /etc/spawnd/token /etc/jupyterhub/spawnd-token
+     make SpawndSpawner importable: pip install ./hub (or PYTHONPATH in /etc/jupyterhub/environment)
+  4. systemctl daemon-reload && systemctl enable --now spawnd jupyterhub
+`)
+	return nil
+}
+
+func newInstallSystemd() *cobra.Command {
+	var root string
+	cmd := &cobra.Command{
+		Use:   "install-systemd",
+		Short: "Install spawnd, its systemd units and example configs on this host",
+		Long: `Copy this binary to /usr/local/bin/spawnd, install the systemd units for
+spawnd and JupyterHub (/etc/systemd/system), the example /etc/spawnd/spawnd.yaml
+and /etc/jupyterhub/jupyterhub_config.py, a new API token in /etc/spawnd/token
+(mode 0600), and /srv/spawnd/homes. Existing configs and tokens are kept; units
+and the binary are replaced. It does not start anything: it prints the next steps.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if root == "/" && os.Geteuid() != 0 {
+				return errors.New("run as root (or pass --root DIR to stage the files elsewhere)")
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			return installSystemd(cmd.OutOrStdout(), root, self)
+		},
+	}
+	cmd.Flags().StringVar(&root, "root", "/", "install under this directory instead of / (for packaging and tests)")
+	return cmd
+}

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestInstallSystemdKeepsConfigs(t *testing.T) {
+	root := t.TempDir()
+	self, _ := os.Executable()
+	var out bytes.Buffer
+	if err := installSystemd(&out, root, self); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := os.Stat(filepath.Join(root, "etc/spawnd/token"))
+	if err != nil || tok.Mode().Perm() != 0o600 {
+		t.Fatalf("token: %v %v", tok, err)
+	}
+	for _, f := range []string{"usr/local/bin/spawnd", "etc/systemd/system/spawnd.service", "etc/systemd/system/jupyterhub.service", "etc/spawnd/spawnd.yaml", "etc/jupyterhub/jupyterhub_config.py"} {
+		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
+			t.Fatalf("%s not installed: %v", f, err)
+		}
+	}
+	// A second install keeps the admin's config and token.
+	cfg := filepath.Join(root, "etc/spawnd/spawnd.yaml")
+	_ = os.WriteFile(cfg, []byte("# mine\n"), 0o644)
+	first, _ := os.ReadFile(filepath.Join(root, "etc/spawnd/token"))
+	out.Reset()
+	if err := installSystemd(&out, root, self); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(cfg); string(b) != "# mine\n" {
+		t.Fatal("a second install overwrote the config")
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "etc/spawnd/token")); !bytes.Equal(b, first) {
+		t.Fatal("a second install replaced the token")
+	}
+	if !strings.Contains(out.String(), "kept       /etc/spawnd/spawnd.yaml") {
+		t.Fatalf("output: %s", out.String())
+	}
+}
+
+// TestSystemdUnitsVerify runs systemd-analyze verify on the units, with
+// ExecStart pointing at binaries that exist here.
+func TestSystemdUnitsVerify(t *testing.T) {
+	sa, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("systemd-analyze is missing (CI=true: a failure, not a skip)")
+		}
+		t.Skip("no systemd-analyze")
+	}
+	dir := t.TempDir()
+	self, _ := os.Executable()
+	for _, u := range []string{"spawnd.service", "jupyterhub.service"} {
+		b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "systemd", u))
+		if err != nil {
+			t.Fatal(err)
+		}
+		unit := strings.ReplaceAll(string(b), "/usr/local/bin/spawnd", self)
+		if err := os.WriteFile(filepath.Join(dir, u), []byte(unit), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(sa, "verify", "--man=no", filepath.Join(dir, u)).CombinedOutput()
+		// docker.service may not be installed where tests run; everything else must be clean.
+		var problems []string
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if line != "" && !strings.Contains(line, "docker.service") {
+				problems = append(problems, line)
+			}
+		}
+		if err != nil && len(problems) > 0 || len(problems) > 0 {
+			t.Fatalf("%s: systemd-analyze verify: %v\n%s", u, err, strings.Join(problems, "\n"))
+		}
+	}
+}

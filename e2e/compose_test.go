@@ -1,0 +1,111 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+
+	"github.com/spawnd/spawnd/internal/testenv"
+)
+
+// TestComposeStack brings the docker-compose dev stack up on the local
+// engine (images built locally), logs in through the proxy as a person
+// would, spawns a server, reaches it, and tears everything down.
+func TestComposeStack(t *testing.T) {
+	if _, err := exec.LookPath("docker-compose"); err != nil {
+		if err := exec.Command("docker", "compose", "version").Run(); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatal("no docker-compose (CI=true: a failure, not a skip)")
+			}
+			t.Skip("no docker-compose")
+		}
+	}
+	eng := testenv.Engine(t)
+	root := testenv.RepoRoot(t)
+	project := "spawnde2e" + randHex(3)
+	state := filepath.Join(t.TempDir(), "state")
+	hubPort := freePort(t)
+	env := append(os.Environ(),
+		"SPAWND_STATE="+state, "COMPOSE_PROJECT_NAME="+project,
+		fmt.Sprintf("SPAWND_PORT=%d", freePort(t)), fmt.Sprintf("SPAWND_HUB_PORT=%d", hubPort),
+		fmt.Sprintf("SPAWND_HUB_API_PORT=%d", freePort(t)), fmt.Sprintf("SPAWND_PROXY_API_PORT=%d", freePort(t)))
+	run := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(filepath.Join(root, "scripts", "compose-up"), args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("compose-up %v: %v\n%s", args, err, out)
+		}
+	}
+	t.Cleanup(func() {
+		cmd := exec.Command(filepath.Join(root, "scripts", "compose-up"), "down")
+		cmd.Env = env
+		_ = cmd.Run()
+		testenv.RemoveInstance(eng, project)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = eng.Client().NetworkRemove(ctx, project+"-users", client.NetworkRemoveOptions{})
+	})
+	run()
+
+	password, err := os.ReadFile(filepath.Join(state, "hub", "password"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	jar, _ := cookiejar.New(nil)
+	hc := &http.Client{Jar: jar, Timeout: 90 * time.Second}
+	base := fmt.Sprintf("http://127.0.0.1:%d", hubPort)
+	get := func(path string) (int, string) {
+		resp, err := hc.Get(base + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	get("/hub/login")
+	xsrf := ""
+	u, _ := url.Parse(base)
+	for _, c := range jar.Cookies(u) {
+		if c.Name == "_xsrf" {
+			xsrf = c.Value
+		}
+	}
+	resp, err := hc.PostForm(base+"/hub/login", url.Values{"username": {"dana"}, "password": {strings.TrimSpace(string(password))}, "_xsrf": {xsrf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("login: %d", resp.StatusCode)
+	}
+	get("/hub/spawn")
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		code, body := get("/user/dana/tree")
+		if code == 200 && strings.Contains(body, "<title>Home Page") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never reached dana's server: %d", code)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if code, _ := get("/user/dana/api/contents"); code != 200 {
+		t.Fatalf("contents API through the proxy: %d", code)
+	}
+	run("down")
+}
