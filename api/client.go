@@ -46,13 +46,19 @@ func NewClient(addr, token string) (*Client, error) {
 	return c, nil
 }
 
+// PathEscape escapes a name as one path segment: url.PathEscape, and dots
+// too, so that "." and ".." are names, not path steps.
+func PathEscape(name string) string {
+	return strings.ReplaceAll(url.PathEscape(name), ".", "%2E")
+}
+
 // ServerPath is the API path of a server; server "" is the default server.
 func ServerPath(user, server string) string {
-	p := "/" + Version + "/users/" + url.PathEscape(user)
+	p := "/" + Version + "/users/" + PathEscape(user)
 	if server == "" {
 		return p + "/server"
 	}
-	return p + "/servers/" + url.PathEscape(server)
+	return p + "/servers/" + PathEscape(server)
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
@@ -171,7 +177,7 @@ func (c *Client) Health(ctx context.Context) (Health, error) {
 // DeleteHome deletes a user's home (an admin action; refused while a server
 // of the user exists).
 func (c *Client) DeleteHome(ctx context.Context, user string) error {
-	return c.do(ctx, http.MethodDelete, "/"+Version+"/users/"+url.PathEscape(user)+"/home?confirm=yes", nil, nil)
+	return c.do(ctx, http.MethodDelete, "/"+Version+"/users/"+PathEscape(user)+"/home?confirm=yes", nil, nil)
 }
 
 // Progress calls fn for each progress event of the server's current start,

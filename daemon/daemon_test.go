@@ -33,6 +33,7 @@ type harness struct {
 	client *api.Client
 	cancel context.CancelFunc
 	done   chan error
+	addr   string
 }
 
 func token() string {
@@ -69,12 +70,17 @@ func testConfig(t *testing.T, eng *docker.Engine) daemon.Config {
 
 func startDaemon(t *testing.T, eng *docker.Engine, cfg daemon.Config) *harness {
 	t.Helper()
-	d, err := daemon.New(cfg, slog.New(slog.DiscardHandler))
+	return startDaemonLogger(t, eng, cfg, slog.New(slog.DiscardHandler))
+}
+
+func startDaemonLogger(t *testing.T, eng *docker.Engine, cfg daemon.Config, log *slog.Logger) *harness {
+	t.Helper()
+	d, err := daemon.New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{t: t, eng: eng, cfg: cfg, cancel: cancel, done: make(chan error, 1)}
+	h := &harness{t: t, eng: eng, cfg: cfg, cancel: cancel, done: make(chan error, 1), addr: d.Addr().String()}
 	go func() { h.done <- d.Run(ctx); d.Close() }()
 	h.client, err = api.NewClient(d.Addr().String(), cfg.Token)
 	if err != nil {

@@ -57,6 +57,10 @@ type record struct {
 	flight      *flight
 	progress    *progressLog
 	probeCancel context.CancelFunc
+	// probeAddr is where readiness is checked: the container's own address
+	// and port. A published port is no good: the engine's userland proxy
+	// accepts connections there before the server listens.
+	probeAddr string
 }
 
 // Manager runs the lifecycle of user servers on one Runtime.
@@ -511,11 +515,15 @@ func (m *Manager) observeLocked(rec *record, c Container) {
 	switch c.State {
 	case EngineRunning, EngineRestarting, EnginePaused:
 		s.State, s.ExitCode, s.Reason = api.StateRunning, nil, ""
+		port, _ := strconv.Atoi(c.Labels[LabelPort])
 		if m.cfg.Network.Mode == "publish" {
 			s.Host, s.Port = m.cfg.Network.PublishIP, c.HostPort
 		} else {
-			port, _ := strconv.Atoi(c.Labels[LabelPort])
 			s.Host, s.Port = c.IP, port
+		}
+		rec.probeAddr = ""
+		if c.IP != "" && port != 0 {
+			rec.probeAddr = net.JoinHostPort(c.IP, strconv.Itoa(port))
 		}
 		if !s.Ready && rec.probeCancel == nil {
 			m.probeLocked(rec)
@@ -548,14 +556,17 @@ func (m *Manager) observeLocked(rec *record, c Container) {
 
 // probeLocked starts a readiness probe of rec's server. m.mu must be held.
 func (m *Manager) probeLocked(rec *record) {
-	if rec.srv.Host == "" || rec.srv.Port == 0 {
-		return
+	addr := rec.probeAddr
+	if addr == "" {
+		if rec.srv.Host == "" || rec.srv.Port == 0 {
+			return
+		}
+		host := rec.srv.Host
+		if host == "0.0.0.0" {
+			host = "127.0.0.1"
+		}
+		addr = net.JoinHostPort(host, strconv.Itoa(rec.srv.Port))
 	}
-	host := rec.srv.Host
-	if host == "0.0.0.0" {
-		host = "127.0.0.1"
-	}
-	addr := net.JoinHostPort(host, strconv.Itoa(rec.srv.Port))
 	id := rec.containerID
 	if rec.progress == nil {
 		rec.progress = newProgressLog()

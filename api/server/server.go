@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -95,7 +96,13 @@ func New(core Core, opts Options) (http.Handler, error) {
 	for _, r := range h.routes() {
 		mux.Handle(r.pattern, h.wrap(r.pattern, r.auth, r.fn))
 	}
-	return mux, nil
+	// Route on the escaped path, so that names holding "/", "." or ".."
+	// (valid JupyterHub names, percent-encoded by the client) stay one path
+	// segment and are never "cleaned" away; handlers unescape them.
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.URL.Path, r.URL.RawPath = r.URL.EscapedPath(), ""
+		mux.ServeHTTP(w, r)
+	}), nil
 }
 
 type route struct {
@@ -263,8 +270,17 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
-func names(r *http.Request) (string, string) {
-	return r.PathValue("user"), r.PathValue("server")
+// names returns the user and server names of a request's path, unescaped.
+func names(r *http.Request) (string, string, error) {
+	user, err := url.PathUnescape(r.PathValue("user"))
+	if err != nil {
+		return "", "", api.Errorf(api.CodeInvalid, "the user name in the path is not valid percent-encoding")
+	}
+	server, err := url.PathUnescape(r.PathValue("server"))
+	if err != nil {
+		return "", "", api.Errorf(api.CodeInvalid, "the server name in the path is not valid percent-encoding")
+	}
+	return user, server, nil
 }
 
 func (h *handler) health(w http.ResponseWriter, r *http.Request) error {
@@ -291,7 +307,10 @@ func (h *handler) start(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	user, server := names(r)
+	user, server, err := names(r)
+	if err != nil {
+		return err
+	}
 	srv, err := h.core.Start(r.Context(), user, server, req)
 	if err != nil {
 		return err
@@ -300,7 +319,10 @@ func (h *handler) start(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *handler) status(w http.ResponseWriter, r *http.Request) error {
-	user, server := names(r)
+	user, server, err := names(r)
+	if err != nil {
+		return err
+	}
 	srv, err := h.core.Status(user, server)
 	if err != nil {
 		return err
@@ -309,7 +331,10 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *handler) stop(w http.ResponseWriter, r *http.Request) error {
-	user, server := names(r)
+	user, server, err := names(r)
+	if err != nil {
+		return err
+	}
 	srv, err := h.core.Stop(r.Context(), user, server)
 	if err != nil {
 		return err
@@ -318,7 +343,10 @@ func (h *handler) stop(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *handler) deleteHome(w http.ResponseWriter, r *http.Request) error {
-	user, _ := names(r)
+	user, _, err := names(r)
+	if err != nil {
+		return err
+	}
 	if r.URL.Query().Get("confirm") != "yes" {
 		return api.Errorf(api.CodeInvalid, "deleting a home destroys the user's files; repeat the call with ?confirm=yes")
 	}
@@ -332,13 +360,16 @@ func (h *handler) deleteHome(w http.ResponseWriter, r *http.Request) error {
 // progress streams the server's progress events as Server-Sent Events: one
 // "data: {json}" frame per event, ending after the ready or failed event.
 func (h *handler) progress(w http.ResponseWriter, r *http.Request) error {
-	user, server := names(r)
+	user, server, err := names(r)
+	if err != nil {
+		return err
+	}
 	if _, err := h.core.Status(user, server); err != nil {
 		return err
 	}
 	flusher, _ := w.(http.Flusher)
 	started := false
-	err := h.core.Progress(r.Context(), user, server, func(ev api.ProgressEvent) error {
+	err = h.core.Progress(r.Context(), user, server, func(ev api.ProgressEvent) error {
 		if !started {
 			w.Header().Set("Content-Type", "text/event-stream")
 			w.Header().Set("Cache-Control", "no-store")

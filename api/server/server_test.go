@@ -178,6 +178,10 @@ func TestNamesInPathsAreUnescaped(t *testing.T) {
 		{"a/b", "c d"},
 		{"ünï", "lab"},
 		{"x%2Fy", ""},
+		{"..", ""},
+		{".", ".."},
+		{"../etc", "a/../b"},
+		{"a%00b", ""},
 	}
 	for _, tc := range cases {
 		resp, eb := do(t, ts, "POST", api.ServerPath(tc.user, tc.server), testToken, strings.NewReader(`{"env":"team"}`))

@@ -27,6 +27,12 @@ __version__ = "0.1.0"
 __all__ = ["SpawndSpawner", "SpawndError"]
 
 
+def _segment(name):
+    """Percent-encode a name as one path segment, dots included, so that
+    names like '..' or 'a/b' stay names."""
+    return quote(name, safe="").replace(".", "%2E")
+
+
 class SpawndError(Exception):
     """The daemon refused a request or could not be reached.
 
@@ -137,9 +143,9 @@ class SpawndSpawner(Spawner):
     # --- talking to the daemon -------------------------------------------
 
     def _server_path(self):
-        path = "/v1/users/" + quote(self.user.name, safe="")
+        path = "/v1/users/" + _segment(self.user.name)
         if self.name:
-            return path + "/servers/" + quote(self.name, safe="")
+            return path + "/servers/" + _segment(self.name)
         return path + "/server"
 
     def _groups(self):
