@@ -2,19 +2,26 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/spawnd/docker"
 )
 
 // buildBinary builds spawnd once per test binary run.
@@ -68,14 +75,18 @@ func (p *daemonProc) kill() {
 	}
 }
 
-// TestKill9KeepsServersAndRestartAdopts is the "done when" of the daemon: a
-// server keeps running through kill -9 of the daemon, is never restarted,
-// and the next daemon's first answer already reports it running.
-func TestKill9KeepsServersAndRestartAdopts(t *testing.T) {
+// procWorld is a spawnd process with its config, on the real engine.
+type procWorld struct {
+	bin, config, tok, homes string
+	c                       *api.Client
+	eng                     *docker.Engine
+}
+
+func newProcWorld(t *testing.T, extra string) *procWorld {
+	t.Helper()
 	eng := testenv.Engine(t)
 	inst := testenv.Instance(t, eng)
 	img := testenv.EnsureBusybox(t, eng)
-	bin := buildBinary(t)
 	dir := t.TempDir()
 	homes := filepath.Join(dir, "homes")
 	if err := os.Mkdir(homes, 0o755); err != nil {
@@ -91,7 +102,7 @@ envs:
   team:
     image: %s
     user: {name: jovyan, uid: 1000, gid: 100}
-`, addr, inst, homes, inst, img)
+%s`, addr, inst, homes, inst, img, extra)
 	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -100,42 +111,198 @@ envs:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
+	return &procWorld{bin: buildBinary(t), config: config, tok: tok, homes: homes, c: c, eng: eng}
+}
 
-	p := startProc(t, bin, config, tok)
-	waitAnswer(t, c)
-	user := "Alice.Smith@example.org"
-	s, err := c.Start(ctx, user, "", api.StartRequest{})
+func (w *procWorld) start(t *testing.T) *daemonProc { return startProc(t, w.bin, w.config, w.tok) }
+
+// TestKill9KeepsServersAndRestartAdopts: servers keep running through ten
+// kill -9 of the daemon in a row, none is restarted, lost or duplicated, and
+// each new daemon's first answer already reports them all running.
+func TestKill9KeepsServersAndRestartAdopts(t *testing.T) {
+	w := newProcWorld(t, "")
+	ctx := context.Background()
+	p := w.start(t)
+	waitAnswer(t, w.c)
+	users := []string{"Alice.Smith@example.org", "bob", "carol"}
+	started := map[string]string{} // container id -> StartedAt
+	for _, u := range users {
+		s, err := w.c.Start(ctx, u, "", api.StartRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s, err = w.c.WaitReady(ctx, u, ""); err != nil || !s.Ready {
+			t.Fatalf("not ready: %+v %v", s, err)
+		}
+		if err := os.WriteFile(filepath.Join(w.homes, spawnd.Escape(u), "work.txt"), []byte("work of "+u), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		started[s.ContainerID] = inspect(t, w.eng.Client(), s.ContainerID).StartedAt
+	}
+	homesBefore := treeSum(t, w.homes)
+
+	var worst time.Duration
+	for round := range 10 {
+		p.kill()
+		began := time.Now()
+		p = w.start(t)
+		first := waitAnswer(t, w.c)
+		elapsed := time.Since(began)
+		worst = max(worst, elapsed)
+		list, err := w.c.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first != len(users) || len(list) != len(users) {
+			t.Fatalf("round %d: first answer held %d servers, list %d; want %d", round, first, len(list), len(users))
+		}
+		for _, s := range list {
+			at, ok := started[s.ContainerID]
+			if !ok || s.State != api.StateRunning {
+				t.Fatalf("round %d: unexpected server %+v", round, s)
+			}
+			if now := inspect(t, w.eng.Client(), s.ContainerID); !now.Running || now.StartedAt != at {
+				t.Fatalf("round %d: container of %s restarted (%s -> %s)", round, s.User, at, now.StartedAt)
+			}
+		}
+	}
+	if n := len(listOurs(t, w)); n != len(users) {
+		t.Fatalf("%d containers after 10 kills, want %d", n, len(users))
+	}
+	if treeSum(t, w.homes) != homesBefore {
+		t.Fatal("homes changed across the kills")
+	}
+	t.Logf("10 kill -9 in a row: slowest restart to first answer with every server adopted: %s", worst.Round(time.Millisecond))
+}
+
+// TestKill9DuringConcurrentStarts kills the daemon while 20 starts are in
+// flight: afterwards every server is running or cleanly absent, half-made
+// containers are reaped, nothing is duplicated, homes are intact, and every
+// server can be started again.
+func TestKill9DuringConcurrentStarts(t *testing.T) {
+	w := newProcWorld(t, "reap_grace: 1s\n")
+	ctx := context.Background()
+	p := w.start(t)
+	waitAnswer(t, w.c)
+	const n = 20
+	users := make([]string, n)
+	for i := range users {
+		users[i] = fmt.Sprintf("student%02d", i)
+		// Existing homes with work in them.
+		dir := filepath.Join(w.homes, spawnd.Escape(users[i]))
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "thesis.tex"), []byte("chapter "+users[i]), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []string{dir, filepath.Join(dir, "thesis.tex")} {
+			if err := os.Chown(p, 1000, 100); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	homesBefore := treeSum(t, w.homes)
+	for _, u := range users {
+		go func() { _, _ = w.c.Start(ctx, u, "", api.StartRequest{}) }()
+	}
+	time.Sleep(300 * time.Millisecond) // some starts done, some in flight, some not begun
+	p.kill()
+	mid := len(listOurs(t, w))
+	p = w.start(t)
+	waitAnswer(t, w.c)
+
+	// Half-made containers go within reap_grace (1 s) plus a reaper tick.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		created := 0
+		for _, c := range listOurs(t, w) {
+			if c.State == "created" {
+				created++
+			}
+		}
+		if created == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d half-made containers were not reaped", created)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	list, err := w.c.List(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s, err = c.WaitReady(ctx, user, ""); err != nil || !s.Ready {
-		t.Fatalf("not ready: %+v %v", s, err)
+	seen := map[string]bool{}
+	for _, s := range list {
+		if seen[s.User] {
+			t.Fatalf("duplicate server for %s", s.User)
+		}
+		seen[s.User] = true
+		if s.State != api.StateRunning && s.State != api.StatePending {
+			t.Fatalf("after the kill: %+v", s)
+		}
 	}
-	before := inspect(t, eng.Client(), s.ContainerID)
+	if treeSum(t, w.homes) != homesBefore {
+		t.Fatal("homes changed")
+	}
+	t.Logf("kill -9 with 20 starts in flight: %d containers existed at the kill, %d servers adopted", mid, len(list))
 
-	for round := range 3 {
-		p.kill()
-		after := inspect(t, eng.Client(), s.ContainerID)
-		if !after.Running || after.StartedAt != before.StartedAt {
-			t.Fatalf("round %d: the container did not survive kill -9 untouched: running=%v started %s -> %s", round, after.Running, before.StartedAt, after.StartedAt)
+	// Every server starts now, exactly once.
+	for _, u := range users {
+		if _, err := w.c.Start(ctx, u, "", api.StartRequest{}); err != nil {
+			t.Fatalf("start %s after the kill: %v", u, err)
 		}
-		began := time.Now()
-		p = startProc(t, bin, config, tok)
-		first := waitAnswer(t, c)
-		elapsed := time.Since(began)
-		got, err := c.Status(ctx, user, "")
+	}
+	if got := listOurs(t, w); len(got) != n {
+		t.Fatalf("%d containers for %d users", len(got), n)
+	}
+}
+
+func listOurs(t *testing.T, w *procWorld) []container.Summary {
+	t.Helper()
+	f := client.Filters{}
+	f.Add("label", spawnd.LabelManaged+"=true")
+	cfgb, _ := os.ReadFile(w.config)
+	for _, line := range strings.Split(string(cfgb), "\n") {
+		if v, ok := strings.CutPrefix(line, "instance: "); ok {
+			f.Add("label", spawnd.LabelInstance+"="+v)
+		}
+	}
+	res, err := w.eng.Client().ContainerList(context.Background(), client.ContainerListOptions{All: true, Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Items
+}
+
+// treeSum is a checksum of every path, mode and file content under root.
+func treeSum(t *testing.T, root string) string {
+	t.Helper()
+	h := sha256.New()
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			t.Fatalf("round %d: status after restart: %v", round, err)
+			return err
 		}
-		if first != 1 || got.State != api.StateRunning || got.ContainerID != s.ContainerID {
-			t.Fatalf("round %d: restarted daemon reports %+v (servers in first answer: %d)", round, got, first)
+		fi, err := d.Info()
+		if err != nil {
+			return err
 		}
-		t.Logf("round %d: restarted daemon answered with the server running after %s", round, elapsed.Round(time.Millisecond))
+		rel, _ := filepath.Rel(root, p)
+		fmt.Fprintf(h, "%s %v\n", rel, fi.Mode())
+		if fi.Mode().IsRegular() {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			h.Write(b)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if after := inspect(t, eng.Client(), s.ContainerID); after.StartedAt != before.StartedAt {
-		t.Fatal("the container was restarted")
-	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // waitAnswer polls the daemon's list until it answers and returns how many
