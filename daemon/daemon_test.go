@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -302,16 +303,16 @@ func TestExitAndOOMReported(t *testing.T) {
 	}
 }
 
-func waitState(t *testing.T, h *harness, user, server string, want api.State) api.Server {
+func waitState(t *testing.T, h *harness, user, server string, want ...api.State) api.Server {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		s, err := h.client.Status(context.Background(), user, server)
-		if err == nil && s.State == want {
+		if err == nil && slices.Contains(want, s.State) {
 			return s
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s/%s: state %s (%v), want %s", user, server, s.State, err, want)
+			t.Fatalf("%s/%s: state %s (%v), want %v", user, server, s.State, err, want)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

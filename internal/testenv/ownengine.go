@@ -1,0 +1,131 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spawnd/spawnd/spawnd/docker"
+)
+
+// OwnEngine is a second dockerd that one test owns, so it can stop and
+// restart it without touching the machine's engine. It has its own data
+// root, exec root and socket, no default bridge and no iptables rules.
+type OwnEngine struct {
+	t    testing.TB
+	dir  string
+	Host string
+	cmd  *exec.Cmd
+}
+
+// StartOwnEngine starts a private dockerd (as root; needs dockerd on PATH).
+func StartOwnEngine(t testing.TB) *OwnEngine {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("a private dockerd needs root")
+	}
+	if _, err := exec.LookPath("dockerd"); err != nil {
+		t.Skip("no dockerd")
+	}
+	dir, err := os.MkdirTemp("", "spawnd-dockerd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &OwnEngine{t: t, dir: dir, Host: "unix://" + filepath.Join(dir, "docker.sock")}
+	e.Start(false)
+	t.Cleanup(func() {
+		e.Stop()
+		os.RemoveAll(dir)
+	})
+	return e
+}
+
+// Start starts the dockerd (again), optionally with live-restore.
+func (e *OwnEngine) Start(liveRestore bool) {
+	e.t.Helper()
+	args := []string{"--data-root", filepath.Join(e.dir, "data"), "--exec-root", filepath.Join(e.dir, "exec"),
+		"-H", e.Host, "--pidfile", filepath.Join(e.dir, "docker.pid"),
+		"--bridge=none", "--iptables=false", "--ip-masq=false"}
+	if liveRestore {
+		args = append(args, "--live-restore")
+	}
+	logf, err := os.OpenFile(filepath.Join(e.dir, "dockerd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cmd := exec.Command("dockerd", args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.cmd = cmd
+	eng, err := docker.New(e.Host)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer eng.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := eng.Ping(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(e.dir, "dockerd.log"))
+			e.t.Fatalf("private dockerd did not start: %v\n%s", err, tail(b))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Stop stops the dockerd with SIGTERM, as systemctl stop docker would.
+func (e *OwnEngine) Stop() {
+	if e.cmd == nil {
+		return
+	}
+	_ = e.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = e.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		_ = syscall.Kill(-e.cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+	e.cmd = nil
+}
+
+// LoadImage copies an image from the machine's engine into this one.
+func (e *OwnEngine) LoadImage(t testing.TB, from *docker.Engine, ref string) {
+	t.Helper()
+	to, err := docker.New(e.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer to.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rc, err := from.Save(ctx, []string{ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := to.Load(ctx, rc); err != nil {
+		t.Fatal(fmt.Errorf("loading %s into the private engine: %w", ref, err))
+	}
+}
+
+func tail(b []byte) string {
+	if len(b) > 3000 {
+		b = b[len(b)-3000:]
+	}
+	return string(b)
+}
