@@ -1,6 +1,7 @@
 package spawnd
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -110,4 +111,38 @@ func TestValidateUser(t *testing.T) {
 			t.Errorf("ValidateUser(%q) = %v, want ok=%v", tc.name, err, tc.ok)
 		}
 	}
+}
+
+// FuzzHomePath creates homes for arbitrary names in a scratch homes_root: each
+// is a new directory directly under the root (never outside it, never shared).
+func FuzzHomePath(f *testing.F) {
+	for _, s := range []string{"alice", "..", ".", "../../etc", "/abs/path", "a/b", "x\x00", "Alice", "-2e-2e"} {
+		f.Add(s)
+	}
+	root := f.TempDir()
+	homes, err := NewHomes(root)
+	if err != nil {
+		f.Fatal(err)
+	}
+	seen := map[string]string{}
+	f.Fuzz(func(t *testing.T, name string) {
+		if ValidateUser(name) != nil {
+			return
+		}
+		p, err := homes.Ensure(name, os.Getuid(), os.Getgid())
+		if err != nil {
+			t.Fatalf("Ensure(%q): %v", name, err)
+		}
+		if filepath.Dir(p) != root {
+			t.Fatalf("home of %q at %s is not directly under %s", name, p, root)
+		}
+		fi, err := os.Lstat(p)
+		if err != nil || !fi.IsDir() {
+			t.Fatalf("home of %q is not a directory: %v", name, err)
+		}
+		if other, ok := seen[p]; ok && other != name {
+			t.Fatalf("%q and %q share the home %s", other, name, p)
+		}
+		seen[p] = name
+	})
 }
