@@ -7,9 +7,11 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -156,4 +158,29 @@ func configReference(t *testing.T) []byte {
 	walk(reflect.TypeOf(daemon.Config{}), "", true)
 	b.WriteString("\nAn example: [deploy/spawnd.yaml](../deploy/spawnd.yaml).\n")
 	return b.Bytes()
+}
+
+// TestSecurityClaimsNameRealTests: every test docs/SECURITY.md cites exists.
+func TestSecurityClaimsNameRealTests(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/SECURITY.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sources bytes.Buffer
+	_ = filepath.WalkDir("../..", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, "_test.go") {
+			b, _ := os.ReadFile(p)
+			sources.Write(b)
+		}
+		return nil
+	})
+	cited := regexp.MustCompile("`((Test|Fuzz)[A-Za-z0-9]+)`").FindAllStringSubmatch(string(doc), -1)
+	if len(cited) < 10 {
+		t.Fatalf("SECURITY.md cites only %d tests", len(cited))
+	}
+	for _, m := range cited {
+		if !bytes.Contains(sources.Bytes(), []byte("func "+m[1]+"(")) {
+			t.Errorf("docs/SECURITY.md cites %s, which does not exist", m[1])
+		}
+	}
 }
