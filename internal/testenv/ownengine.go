@@ -15,12 +15,14 @@ import (
 
 // OwnEngine is a second dockerd that one test owns, so it can stop and
 // restart it without touching the machine's engine. It has its own data
-// root, exec root and socket, no default bridge and no iptables rules.
+// root, exec root, socket and default bridge (never docker0: a dockerd
+// started with --bridge=none deletes docker0), and no iptables rules.
 type OwnEngine struct {
-	t    testing.TB
-	dir  string
-	Host string
-	cmd  *exec.Cmd
+	t      testing.TB
+	dir    string
+	Host   string
+	bridge string
+	cmd    *exec.Cmd
 }
 
 // StartOwnEngine starts a private dockerd (as root; needs dockerd on PATH).
@@ -37,11 +39,23 @@ func StartOwnEngine(t testing.TB) *OwnEngine {
 		t.Fatal(err)
 	}
 	e := &OwnEngine{t: t, dir: dir, Host: "unix://" + filepath.Join(dir, "docker.sock")}
-	e.Start(false)
+	// A bridge of its own for the default network.
+	e.bridge = fmt.Sprintf("spbr%d", os.Getpid()%100000)
+	for _, args := range [][]string{
+		{"link", "add", "name", e.bridge, "type", "bridge"},
+		{"addr", "add", fmt.Sprintf("10.213.%d.1/24", os.Getpid()%250), "dev", e.bridge},
+		{"link", "set", e.bridge, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+	}
 	t.Cleanup(func() {
 		e.Stop()
+		_ = exec.Command("ip", "link", "del", e.bridge).Run()
 		os.RemoveAll(dir)
 	})
+	e.Start(false)
 	return e
 }
 
@@ -50,7 +64,7 @@ func (e *OwnEngine) Start(liveRestore bool) {
 	e.t.Helper()
 	args := []string{"--data-root", filepath.Join(e.dir, "data"), "--exec-root", filepath.Join(e.dir, "exec"),
 		"-H", e.Host, "--pidfile", filepath.Join(e.dir, "docker.pid"),
-		"--bridge=none", "--iptables=false", "--ip-masq=false"}
+		"--bridge=" + e.bridge, "--iptables=false", "--ip-masq=false"}
 	if liveRestore {
 		args = append(args, "--live-restore")
 	}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -94,14 +95,24 @@ func EnsureBusybox(t testing.TB, eng *docker.Engine) string {
 	defer buildOnce.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	img, err := BuildBusybox(ctx, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// BuildBusybox builds BusyboxImage from Debian's busybox-static unless the
+// engine has it, and returns its name.
+func BuildBusybox(ctx context.Context, eng *docker.Engine) (string, error) {
 	if _, err := eng.ImageID(ctx, BusyboxImage); err == nil {
-		return BusyboxImage
+		return BusyboxImage, nil
 	} else if !errdefs.IsNotFound(err) {
-		t.Fatalf("inspecting %s: %v", BusyboxImage, err)
+		return "", fmt.Errorf("inspecting %s: %w", BusyboxImage, err)
 	}
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
-		t.Fatalf("reading /bin/busybox (install Debian's busybox-static): %v", err)
+		return "", fmt.Errorf("reading /bin/busybox (install Debian's busybox-static): %w", err)
 	}
 	files := map[string][]byte{
 		"busybox": bb,
@@ -118,7 +129,8 @@ CMD ["/bin/sh", "-c", "exec httpd -f -p 8888 -h \"$HOME\""]
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	for name, data := range files {
+	for _, name := range []string{"Dockerfile", "busybox", "group", "passwd"} {
+		data := files[name]
 		mode := int64(0o644)
 		if name == "busybox" {
 			mode = 0o755
@@ -132,14 +144,14 @@ CMD ["/bin/sh", "-c", "exec httpd -f -p 8888 -h \"$HOME\""]
 		Labels: map[string]string{TestLabel: "1"},
 	})
 	if err != nil {
-		t.Fatalf("building %s: %v", BusyboxImage, err)
+		return "", fmt.Errorf("building %s: %w", BusyboxImage, err)
 	}
 	out, _ := io.ReadAll(res.Body)
 	res.Body.Close()
 	if strings.Contains(string(out), `"error"`) {
-		t.Fatalf("building %s: %s", BusyboxImage, out)
+		return "", fmt.Errorf("building %s: %s", BusyboxImage, out)
 	}
-	return BusyboxImage
+	return BusyboxImage, nil
 }
 
 // DebianBase is the offline Debian base image that scripts/make-base makes.

@@ -1,0 +1,545 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/moby/moby/client"
+
+	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/envs"
+	"github.com/spawnd/spawnd/images"
+	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/spawnd/docker"
+)
+
+func ensureBusybox(ctx context.Context, eng *docker.Engine) string {
+	img, err := testenv.BuildBusybox(ctx, eng)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return img
+}
+
+func removeInstance(ctx context.Context, eng *docker.Engine, inst, network string) {
+	testenv.RemoveInstance(eng, inst+"raw")
+	testenv.RemoveInstance(eng, inst)
+	_, _ = eng.Client().NetworkRemove(ctx, network, client.NetworkRemoveOptions{})
+}
+
+func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
+
+// spawnOverhead: API start -> container running, against the engine's
+// create+start of the same container, interleaved.
+func (b *bench) spawnOverhead() {
+	w := b.newWorld(nil)
+	defer b.closeWorld(w)
+	var sp, raw []time.Duration
+	for i := range b.rounds {
+		doRaw := func() {
+			c, took := b.rawStart(b.rawSpec(w, fmt.Sprintf("s%d", i)))
+			raw = append(raw, took)
+			_ = b.eng.Remove(b.ctx, c.ID, 0)
+		}
+		doSp := func() {
+			user := fmt.Sprintf("user%d", i)
+			began := time.Now()
+			if _, err := w.client.Start(b.ctx, user, "", api.StartRequest{}); err != nil {
+				log.Fatal(err)
+			}
+			sp = append(sp, time.Since(began))
+			_, _ = w.client.Stop(b.ctx, user, "")
+		}
+		if i%2 == 0 {
+			doRaw()
+			doSp()
+		} else {
+			doSp()
+			doRaw()
+		}
+	}
+	sm, s95 := stats(sp)
+	rm, r95 := stats(raw)
+	r := ratio(sm, rm)
+	b.add(row{figure: fmt.Sprintf("spawn: API start → running (median, p95; %d rounds)", b.rounds),
+		spawnd: ms(sm) + ", " + ms(s95), raw: ms(rm) + ", " + ms(r95),
+		ratio: fmt.Sprintf("%.2f×", r), target: "≤ 1.10×", pass: r <= 1.10})
+}
+
+func httpOK(host string, port int) bool {
+	c := http.Client{Timeout: 500 * time.Millisecond}
+	resp, err := c.Get(fmt.Sprintf("http://%s:%d/", host, port))
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode < 500
+}
+
+func waitHTTP(host string, port int) {
+	deadline := time.Now().Add(30 * time.Second)
+	for !httpOK(host, port) {
+		if time.Now().After(deadline) {
+			log.Fatalf("%s:%d never answered", host, port)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// spawnToHTTP: API start -> the server answers HTTP 200, against the
+// engine's create+start -> HTTP 200; both poll the published port alike.
+func (b *bench) spawnToHTTP() {
+	w := b.newWorld(nil)
+	defer b.closeWorld(w)
+	var sp, raw []time.Duration
+	for i := range b.rounds {
+		doRaw := func() {
+			began := time.Now()
+			c, _ := b.rawStart(b.rawSpec(w, fmt.Sprintf("h%d", i)))
+			waitHTTP("127.0.0.1", c.HostPort)
+			raw = append(raw, time.Since(began))
+			_ = b.eng.Remove(b.ctx, c.ID, 0)
+		}
+		doSp := func() {
+			user := fmt.Sprintf("web%d", i)
+			began := time.Now()
+			s, err := w.client.Start(b.ctx, user, "", api.StartRequest{})
+			if err != nil {
+				log.Fatal(err)
+			}
+			waitHTTP(s.Host, s.Port)
+			sp = append(sp, time.Since(began))
+			_, _ = w.client.Stop(b.ctx, user, "")
+		}
+		if i%2 == 0 {
+			doRaw()
+			doSp()
+		} else {
+			doSp()
+			doRaw()
+		}
+	}
+	sm, s95 := stats(sp)
+	rm, r95 := stats(raw)
+	r := ratio(sm, rm)
+	b.add(row{figure: "spawn: API start → HTTP 200 (median, p95)", spawnd: ms(sm) + ", " + ms(s95), raw: ms(rm) + ", " + ms(r95),
+		ratio: fmt.Sprintf("%.2f×", r), target: "≤ 1.05×", pass: r <= 1.05, note: "busybox httpd stand-in"})
+}
+
+// classStart: N different users at once until every container runs, against
+// N raw create+starts in parallel.
+func (b *bench) classStart() {
+	for _, n := range []int{20, 50} {
+		w := b.newWorld(nil)
+		var failures atomic.Int32
+		var wg sync.WaitGroup
+		began := time.Now()
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := w.client.Start(b.ctx, fmt.Sprintf("student%02d", i), "", api.StartRequest{}); err != nil {
+					failures.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		sp := time.Since(began)
+		removeInstance(b.ctx, b.eng, w.cfg.Instance, "")
+
+		specs := make([]spawnd.ContainerSpec, n)
+		for i := range n {
+			specs[i] = b.rawSpec(w, fmt.Sprintf("c%02d", i))
+		}
+		var rawFail atomic.Int32
+		began = time.Now()
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				id, err := b.eng.Create(b.ctx, specs[i])
+				if err == nil {
+					err = b.eng.Start(b.ctx, id)
+				}
+				if err != nil {
+					rawFail.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		raw := time.Since(began)
+		b.closeWorld(w)
+		r := ratio(sp, raw)
+		b.add(row{figure: fmt.Sprintf("class start: %d users at once, all running", n), spawnd: ms(sp), raw: ms(raw),
+			ratio: fmt.Sprintf("%.2f×", r), target: "≤ 1.15×, 0 failures", pass: r <= 1.15 && failures.Load() == 0,
+			note: fmt.Sprintf("%d spawnd failures, %d raw failures", failures.Load(), rawFail.Load())})
+	}
+}
+
+// sameServerBurst: 50 concurrent starts of one server make one container.
+func (b *bench) sameServerBurst() {
+	w := b.newWorld(nil)
+	defer b.closeWorld(w)
+	var wg sync.WaitGroup
+	var errs atomic.Int32
+	began := time.Now()
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := w.client.Start(b.ctx, "burst", "", api.StartRequest{}); err != nil {
+				errs.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(began)
+	f := client.Filters{}
+	f.Add("label", spawnd.LabelInstance+"="+w.cfg.Instance)
+	res, _ := b.eng.Client().ContainerList(b.ctx, client.ContainerListOptions{All: true, Filters: f})
+	n := len(res.Items)
+	b.add(row{figure: "burst: 50 concurrent starts of one server", spawnd: fmt.Sprintf("%d container(s) in %s", n, ms(took)), raw: "-",
+		ratio: "-", target: "exactly 1", pass: n == 1 && errs.Load() == 0})
+}
+
+// statusLatency: status p99 at 500 requests/s with 100 servers running,
+// against an engine inspect per poll (what DockerSpawner does).
+func (b *bench) statusLatency() {
+	w := b.newWorld(nil)
+	defer b.closeWorld(w)
+	var wg sync.WaitGroup
+	ids := make([]string, 100)
+	sem := make(chan struct{}, 8)
+	for i := range 100 {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			s, err := w.client.Start(b.ctx, fmt.Sprintf("s%03d", i), "", api.StartRequest{})
+			if err != nil {
+				log.Fatal(err)
+			}
+			ids[i] = s.ContainerID
+		}()
+	}
+	wg.Wait()
+	load := func(call func(i int) error) []time.Duration {
+		const rate, dur = 500, 4 * time.Second
+		total := int(rate * dur.Seconds())
+		lat := make([]time.Duration, total)
+		tick := time.NewTicker(time.Second / rate)
+		defer tick.Stop()
+		var lwg sync.WaitGroup
+		for i := range total {
+			<-tick.C
+			lwg.Add(1)
+			go func() {
+				defer lwg.Done()
+				began := time.Now()
+				if err := call(i); err != nil {
+					log.Fatal(err)
+				}
+				lat[i] = time.Since(began)
+			}()
+		}
+		lwg.Wait()
+		return lat
+	}
+	sp := load(func(i int) error { _, err := w.client.Status(b.ctx, fmt.Sprintf("s%03d", i%100), ""); return err })
+	raw := load(func(i int) error { _, err := b.eng.Inspect(b.ctx, ids[i%100]); return err })
+	s99, r99 := pct(sp, 0.99), pct(raw, 0.99)
+	b.add(row{figure: "status: p99 at 500 req/s, 100 servers (2,000 requests)", spawnd: ms(s99), raw: ms(r99) + " (inspect)",
+		ratio: fmt.Sprintf("%.2f×", ratio(s99, r99)), target: "≤ 5 ms", pass: s99 <= 5*time.Millisecond})
+}
+
+// reconcile: a full reconcile with 300 labelled containers, against the
+// engine's listing of them.
+func (b *bench) reconcile() {
+	w := b.newWorld(nil)
+	defer b.closeWorld(w)
+	labels := func(i int) map[string]string {
+		return map[string]string{spawnd.LabelManaged: "true", spawnd.LabelInstance: w.cfg.Instance,
+			spawnd.LabelUser: fmt.Sprintf("r%03d", i), spawnd.LabelServer: "", spawnd.LabelPort: "8888"}
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range 300 {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			_, err := b.eng.Create(b.ctx, spawnd.ContainerSpec{Name: fmt.Sprintf("spawnd-%s-r%03d", w.cfg.Instance, i), Image: b.image,
+				Labels: labels(i), Port: 8888, Network: w.cfg.Network.Name, PidsLimit: 64})
+			if err != nil {
+				log.Fatal(err)
+			}
+		}()
+	}
+	wg.Wait()
+	mgr := w.d.Manager()
+	var sp, raw []time.Duration
+	f := client.Filters{}
+	f.Add("label", spawnd.LabelInstance+"="+w.cfg.Instance)
+	for range 5 {
+		began := time.Now()
+		if err := mgr.Reconcile(b.ctx); err != nil {
+			log.Fatal(err)
+		}
+		sp = append(sp, time.Since(began))
+		began = time.Now()
+		if _, err := b.eng.Client().ContainerList(b.ctx, client.ContainerListOptions{All: true, Filters: f}); err != nil {
+			log.Fatal(err)
+		}
+		raw = append(raw, time.Since(began))
+	}
+	sm, _ := stats(sp)
+	rm, _ := stats(raw)
+	if n := len(mgr.List()); n != 300 {
+		log.Printf("  reconcile saw %d servers, want 300", n)
+	}
+	b.add(row{figure: "reconcile: 300 containers, full (median of 5)", spawnd: ms(sm), raw: ms(rm) + " (list only)",
+		ratio: fmt.Sprintf("%.1f×", ratio(sm, rm)), target: "≤ 100 ms", pass: sm <= 100*time.Millisecond})
+}
+
+func (b *bench) binary() string {
+	if b.binPath != "" {
+		return b.binPath
+	}
+	b.binPath = filepath.Join(b.dir, "spawnd")
+	cmd := exec.Command("go", "build", "-o", b.binPath, "./cmd/spawnd")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		log.Fatal(err)
+	}
+	return b.binPath
+}
+
+type proc struct {
+	cmd    *exec.Cmd
+	client *api.Client
+	cfg    string
+	inst   string
+}
+
+func (b *bench) startProc(inst string, port int) *proc {
+	homes := filepath.Join(b.dir, inst)
+	_ = os.MkdirAll(homes, 0o755)
+	cfg := filepath.Join(b.dir, inst+".yaml")
+	yaml := fmt.Sprintf("listen: 127.0.0.1:%d\ntoken: bench-token-0123456789abcdef\ninstance: %s\nhomes_root: %s\nnetwork: {name: spawnd-%s}\nlog_level: warn\nenvs:\n  team:\n    image: %s\n    user: {name: jovyan, uid: 1000, gid: 100}\n",
+		port, inst, homes, inst, b.image)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		log.Fatal(err)
+	}
+	cmd := exec.Command(b.binary(), "serve", "--config", cfg)
+	if err := cmd.Start(); err != nil {
+		log.Fatal(err)
+	}
+	c, _ := api.NewClient(fmt.Sprintf("127.0.0.1:%d", port), "bench-token-0123456789abcdef")
+	return &proc{cmd: cmd, client: c, cfg: cfg, inst: inst}
+}
+
+func (p *proc) kill() { _ = p.cmd.Process.Signal(syscall.SIGKILL); _ = p.cmd.Wait() }
+
+// waitList polls until the daemon answers with want servers.
+func (p *proc) waitList(want int) time.Duration {
+	began := time.Now()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		l, err := p.client.List(ctx)
+		cancel()
+		if err == nil && len(l) == want {
+			return time.Since(began)
+		}
+		if time.Since(began) > 30*time.Second {
+			log.Fatalf("daemon never listed %d servers (%d, %v)", want, len(l), err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func rssKB(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			n, _ := strconv.Atoi(strings.Fields(l)[1])
+			return n
+		}
+	}
+	return 0
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// memory: the daemon's RSS idle and per managed server (50 real containers),
+// and heap per server with 1,000 through an in-memory runtime.
+func (b *bench) memory() {
+	inst := fmt.Sprintf("benchmem%d", time.Now().UnixNano()%1e6)
+	p := b.startProc(inst, freePort())
+	defer func() { p.kill(); removeInstance(b.ctx, b.eng, inst, "spawnd-"+inst) }()
+	p.waitList(0)
+	time.Sleep(500 * time.Millisecond)
+	idle := rssKB(p.cmd.Process.Pid)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range 50 {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if _, err := p.client.Start(b.ctx, fmt.Sprintf("m%02d", i), "", api.StartRequest{}); err != nil {
+				log.Fatal(err)
+			}
+		}()
+	}
+	wg.Wait()
+	time.Sleep(time.Second)
+	with := rssKB(p.cmd.Process.Pid)
+	per := float64(with-idle) / 50
+	b.add(row{figure: "memory: daemon RSS idle", spawnd: fmt.Sprintf("%.1f MB", float64(idle)/1024), raw: "-", ratio: "-",
+		target: "≤ 25 MB", pass: idle <= 25*1024})
+	b.add(row{figure: "memory: RSS per server (50 real containers)", spawnd: fmt.Sprintf("%.1f KB", per), raw: "-", ratio: "-",
+		target: "≤ 50 KB", pass: per <= 50})
+
+	heap := heapPerServer(1000)
+	b.add(row{figure: "memory: heap per server (1,000, in-memory runtime)", spawnd: fmt.Sprintf("%.1f KB", heap), raw: "-", ratio: "-",
+		target: "≤ 50 KB", pass: heap <= 50})
+}
+
+// restart: after kill -9 with 50 servers, time until the new daemon answers
+// with all 50 adopted.
+func (b *bench) restart() {
+	inst := fmt.Sprintf("benchrs%d", time.Now().UnixNano()%1e6)
+	port := freePort()
+	p := b.startProc(inst, port)
+	defer func() { p.kill(); removeInstance(b.ctx, b.eng, inst, "spawnd-"+inst) }()
+	p.waitList(0)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range 50 {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if _, err := p.client.Start(b.ctx, fmt.Sprintf("k%02d", i), "", api.StartRequest{}); err != nil {
+				log.Fatal(err)
+			}
+		}()
+	}
+	wg.Wait()
+	var ds []time.Duration
+	for range 5 {
+		p.kill()
+		began := time.Now()
+		p = b.startProc(inst, port)
+		p.waitList(50)
+		ds = append(ds, time.Since(began))
+	}
+	m, p95 := stats(ds)
+	b.add(row{figure: "restart: kill -9 with 50 servers → all adopted (median, max of 5)", spawnd: ms(m) + ", " + ms(p95), raw: "-", ratio: "-",
+		target: "≤ 1 s", pass: p95 <= time.Second})
+}
+
+// stop: request to container gone, against the engine's stop+remove.
+func (b *bench) stop() {
+	w := b.newWorld(nil)
+	defer b.closeWorld(w)
+	var sp, raw []time.Duration
+	for i := range 20 {
+		user := fmt.Sprintf("st%02d", i)
+		if _, err := w.client.Start(b.ctx, user, "", api.StartRequest{}); err != nil {
+			log.Fatal(err)
+		}
+		c, _ := b.rawStart(b.rawSpec(w, fmt.Sprintf("st%02d", i)))
+		time.Sleep(100 * time.Millisecond)
+		began := time.Now()
+		if _, err := w.client.Stop(b.ctx, user, ""); err != nil {
+			log.Fatal(err)
+		}
+		sp = append(sp, time.Since(began))
+		began = time.Now()
+		if err := b.eng.Remove(b.ctx, c.ID, 3*time.Second); err != nil {
+			log.Fatal(err)
+		}
+		raw = append(raw, time.Since(began))
+	}
+	sm, s95 := stats(sp)
+	rm, r95 := stats(raw)
+	b.add(row{figure: "stop: request → container gone (median, p95)", spawnd: ms(sm) + ", " + ms(s95), raw: ms(rm) + ", " + ms(r95) + " (stop+rm)",
+		ratio: fmt.Sprintf("%.2f×", ratio(sm, rm)), target: "p95 ≤ 1 s", pass: s95 <= time.Second})
+}
+
+// countingEngine counts engine builds.
+type countingEngine struct {
+	images.Engine
+	builds atomic.Int32
+}
+
+func (c *countingEngine) Build(ctx context.Context, s images.BuildSpec, f func(images.BuildLine)) (string, error) {
+	c.builds.Add(1)
+	return c.Engine.Build(ctx, s, f)
+}
+
+// noopBuild: spawnd build of an unchanged lock whose image exists.
+func (b *bench) noopBuild() {
+	spec := filepath.Join(b.dir, "team.yaml")
+	data, err := os.ReadFile(filepath.Join(b.repo, "envs", "team.yaml"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	_ = os.WriteFile(spec, data, 0o644)
+	if _, err := images.Build(b.ctx, b.eng, spec, images.Options{}); err != nil {
+		b.add(row{figure: "build: no-op (unchanged lock, image present)", spawnd: "-", raw: "-", ratio: "-", target: "0 builds, ≤ 50 ms", note: "team env did not build: " + err.Error()})
+		return
+	}
+	ce := &countingEngine{Engine: b.eng}
+	var ds []time.Duration
+	for range 10 {
+		began := time.Now()
+		if _, err := images.Build(b.ctx, ce, spec, images.Options{}); err != nil {
+			log.Fatal(err)
+		}
+		ds = append(ds, time.Since(began))
+	}
+	lk, err := envs.ReadLock(envs.LockPath(spec))
+	if err != nil {
+		log.Fatal(err)
+	}
+	l := lk.Tag()
+	var raw []time.Duration
+	for range 10 {
+		began := time.Now()
+		_, _ = b.eng.ImageInspect(b.ctx, l)
+		raw = append(raw, time.Since(began))
+	}
+	m, _ := stats(ds)
+	rm, _ := stats(raw)
+	b.add(row{figure: "build: no-op (unchanged lock, image present; median of 10)", spawnd: fmt.Sprintf("%s, %d engine builds", ms(m), ce.builds.Load()),
+		raw: ms(rm) + " (image inspect)", ratio: fmt.Sprintf("%.1f×", ratio(m, rm)), target: "0 builds, ≤ 50 ms", pass: ce.builds.Load() == 0 && m <= 50*time.Millisecond})
+}
