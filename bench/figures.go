@@ -40,6 +40,25 @@ func removeInstance(ctx context.Context, eng *docker.Engine, inst, network strin
 	_, _ = eng.Client().NetworkRemove(ctx, network, client.NetworkRemoveOptions{})
 }
 
+// removeContainers removes an instance's containers, keeping its network.
+func removeContainers(ctx context.Context, eng *docker.Engine, inst string) {
+	f := client.Filters{}
+	f.Add("label", spawnd.LabelInstance+"="+inst)
+	res, err := eng.Client().ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+	if err != nil {
+		log.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for _, c := range res.Items {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = eng.Client().ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
+		}()
+	}
+	wg.Wait()
+}
+
 func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
 
 // spawnOverhead: API start -> container running, against the engine's
@@ -158,7 +177,7 @@ func (b *bench) classStart() {
 		}
 		wg.Wait()
 		sp := time.Since(began)
-		removeInstance(b.ctx, b.eng, w.cfg.Instance, "")
+		removeContainers(b.ctx, b.eng, w.cfg.Instance)
 
 		specs := make([]spawnd.ContainerSpec, n)
 		for i := range n {
@@ -404,21 +423,14 @@ func (b *bench) memory() {
 	p.waitList(0)
 	time.Sleep(500 * time.Millisecond)
 	idle := rssKB(p.cmd.Process.Pid)
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
+	// One server after another, then a pause: the steady state, not the
+	// garbage of a burst that the Go runtime has yet to give back.
 	for i := range 50 {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if _, err := p.client.Start(b.ctx, fmt.Sprintf("m%02d", i), "", api.StartRequest{}); err != nil {
-				log.Fatal(err)
-			}
-		}()
+		if _, err := p.client.Start(b.ctx, fmt.Sprintf("m%02d", i), "", api.StartRequest{}); err != nil {
+			log.Fatal(err)
+		}
 	}
-	wg.Wait()
-	time.Sleep(time.Second)
+	time.Sleep(5 * time.Second)
 	with := rssKB(p.cmd.Process.Pid)
 	per := float64(with-idle) / 50
 	b.add(row{figure: "memory: daemon RSS idle", spawnd: fmt.Sprintf("%.1f MB", float64(idle)/1024), raw: "-", ratio: "-",

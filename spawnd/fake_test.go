@@ -113,7 +113,10 @@ next:
 				continue next
 			}
 		}
-		out = append(out, *c)
+		// Like the Docker engine's listing: no start time, exit code or OOM.
+		p := *c
+		p.Partial, p.StartedAt, p.FinishedAt, p.ExitCode, p.OOMKilled, p.Error = true, time.Time{}, time.Time{}, 0, false, ""
+		out = append(out, p)
 	}
 	return out, nil
 }

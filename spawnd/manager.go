@@ -511,7 +511,9 @@ func (m *Manager) observeLocked(rec *record, c Container) {
 	s.User, s.Server = c.Labels[LabelUser], c.Labels[LabelServer]
 	s.Env, s.Profile, s.LockDigest = c.Labels[LabelEnv], c.Labels[LabelProfile], c.Labels[LabelLockDigest]
 	s.Image, s.ImageID, s.ContainerID = c.Image, c.ImageID, c.ID
-	s.StartedAt = c.StartedAt
+	if !c.Partial || !c.StartedAt.IsZero() {
+		s.StartedAt = c.StartedAt
+	}
 	switch c.State {
 	case EngineRunning, EngineRestarting, EnginePaused:
 		s.State, s.ExitCode, s.Reason = api.StateRunning, nil, ""
@@ -531,8 +533,14 @@ func (m *Manager) observeLocked(rec *record, c Container) {
 	case EngineCreated:
 		s.State = api.StatePending
 	default: // exited, dead, removing
+		if c.Partial && rec.engineState == c.State && s.ExitCode != nil {
+			break // a listing adds nothing to what an inspect already said
+		}
 		code := c.ExitCode
 		s.ExitCode, s.Ready = &code, false
+		if c.Partial {
+			s.ExitCode = nil // unknown until the inspect that follows
+		}
 		switch {
 		case c.OOMKilled:
 			s.State, s.Reason = api.StateFailed, "oom_killed"

@@ -278,13 +278,19 @@ func TestAdoptsContainersOnStartup(t *testing.T) {
 	rt.add(Container{ID: "plain", Name: "d", State: EngineCreated, Created: time.Now().Add(-time.Hour)})
 	m := newTestManager(t, cfg, rt)
 
+	// The first answers come from the listing; inspects fill in the rest.
 	s, err := m.Status("erin", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.State != api.StateRunning || s.Port != 41000 || !s.StartedAt.Equal(started) || !s.Outdated {
+	if s.State != api.StateRunning || s.Port != 41000 || !s.Outdated {
 		t.Fatalf("adopted server: %+v", s)
 	}
+	eventually(t, "inspects to complete the listing", func() bool {
+		s, _ := m.Status("erin", "")
+		f, _ := m.Status("frank", "x")
+		return s.StartedAt.Equal(started) && f.ExitCode != nil
+	})
 	f, _ := m.Status("frank", "x")
 	if f.State != api.StateFailed || f.ExitCode == nil || *f.ExitCode != 2 {
 		t.Fatalf("adopted exited server: %+v", f)

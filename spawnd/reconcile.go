@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -165,11 +166,15 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		return fmt.Errorf("listing containers: %w", err)
 	}
 	seen := make(map[string]bool, len(cs))
+	var partial []string
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, c := range cs {
 		seen[c.ID] = true
 		m.adoptLocked(c)
+		if c.Partial {
+			partial = append(partial, c.ID)
+		}
 	}
 	for k, rec := range m.servers {
 		if rec.flight != nil || rec.containerID == "" || seen[rec.containerID] {
@@ -184,7 +189,43 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		delete(m.servers, k)
 	}
 	m.metrics.reconciles.Inc()
+	if len(partial) > 0 {
+		m.bg.Add(1)
+		go func() {
+			defer m.bg.Done()
+			m.complete(partial)
+		}()
+	}
 	return nil
+}
+
+// complete inspects containers that a listing returned partially, to fill
+// in start times, exit codes and OOM kills. Status answers in the meantime
+// carry the listing's state.
+func (m *Manager) complete(ids []string) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for _, id := range ids {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(m.baseCtx, 10*time.Second)
+			defer cancel()
+			c, err := m.rt.Inspect(ctx, id)
+			if err != nil {
+				if errdefs.IsNotFound(err) {
+					m.gone(id)
+				}
+				return
+			}
+			m.mu.Lock()
+			m.adoptLocked(c)
+			m.mu.Unlock()
+		}()
+	}
+	wg.Wait()
 }
 
 // reapLoop removes containers of ours that were created but never started

@@ -23,6 +23,7 @@ type Runtime interface {
 	// Removing a container that is already gone is not an error.
 	Remove(ctx context.Context, id string, grace time.Duration) error
 	// List returns every container (running or not) that carries all labels.
+	// It may return Partial containers (see Container.Partial).
 	List(ctx context.Context, labels map[string]string) ([]Container, error)
 	// Events streams container events of containers that carry all labels
 	// until ctx ends or the stream breaks (then one error is sent).
@@ -90,6 +91,9 @@ type Container struct {
 	ImageID    string
 	HostPort   int    // the published host port of the single-user port, if any
 	IP         string // the container's address on its network
+	// Partial is set when the container came from a listing: StartedAt,
+	// FinishedAt, ExitCode, OOMKilled and Error are unknown until an inspect.
+	Partial bool
 }
 
 // Event is one container event from the engine.

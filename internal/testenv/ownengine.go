@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/moby/client"
+
 	"github.com/spawnd/spawnd/spawnd/docker"
 )
 
@@ -51,6 +53,7 @@ func StartOwnEngine(t testing.TB) *OwnEngine {
 		}
 	}
 	t.Cleanup(func() {
+		e.removeNetworks()
 		e.Stop()
 		_ = exec.Command("ip", "link", "del", e.bridge).Run()
 		os.RemoveAll(dir)
@@ -64,7 +67,10 @@ func (e *OwnEngine) Start(liveRestore bool) {
 	e.t.Helper()
 	args := []string{"--data-root", filepath.Join(e.dir, "data"), "--exec-root", filepath.Join(e.dir, "exec"),
 		"-H", e.Host, "--pidfile", filepath.Join(e.dir, "docker.pid"),
-		"--bridge=" + e.bridge, "--iptables=false", "--ip-masq=false"}
+		"--bridge=" + e.bridge, "--iptables=false", "--ip-masq=false",
+		// Its networks' bridges live in the host's kernel: keep their subnets
+		// away from the machine's engine's pools (172.17-31/16, 192.168/20).
+		"--default-address-pool", "base=10.214.0.0/16,size=24"}
 	if liveRestore {
 		args = append(args, "--live-restore")
 	}
@@ -98,6 +104,28 @@ func (e *OwnEngine) Start(liveRestore bool) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// removeNetworks removes the private engine's networks (and with them their
+// bridges in the host's kernel), starting it if it is stopped.
+func (e *OwnEngine) removeNetworks() {
+	if e.cmd == nil {
+		e.Start(false)
+	}
+	eng, err := docker.New(e.Host)
+	if err != nil {
+		return
+	}
+	defer eng.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := eng.Client().ContainerList(ctx, client.ContainerListOptions{All: true})
+	if err == nil {
+		for _, c := range res.Items {
+			_, _ = eng.Client().ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
+		}
+	}
+	_, _ = eng.Client().NetworkPrune(ctx, client.NetworkPruneOptions{})
 }
 
 // Stop stops the dockerd with SIGTERM, as systemctl stop docker would.

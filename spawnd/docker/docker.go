@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -239,9 +238,10 @@ func (e *Engine) Remove(ctx context.Context, id string, grace time.Duration) err
 	return nil
 }
 
-// List implements spawnd.Runtime: one listing, then an inspect per container
-// (in parallel, bounded) for the fields a listing lacks (start time, exit
-// code, OOM).
+// List implements spawnd.Runtime with one listing and no inspect: the
+// containers come back Partial (no start time, exit code or OOM flag), and
+// the caller inspects the ones it needs. A reconcile of 300 containers is
+// then one engine call.
 func (e *Engine) List(ctx context.Context, labels map[string]string) ([]spawnd.Container, error) {
 	f := client.Filters{}
 	for k, v := range labels {
@@ -251,32 +251,31 @@ func (e *Engine) List(ctx context.Context, labels map[string]string) ([]spawnd.C
 	if err != nil {
 		return nil, fmt.Errorf("listing containers: %w", err)
 	}
-	out := make([]spawnd.Container, len(res.Items))
-	errs := make([]error, len(res.Items))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 16)
-	for i, item := range res.Items {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			c, err := e.Inspect(ctx, item.ID)
-			out[i], errs[i] = c, err
-		}()
-	}
-	wg.Wait()
-	kept := out[:0]
-	for i, c := range out {
-		if errs[i] != nil {
-			if errdefs.IsNotFound(errs[i]) {
-				continue // removed between list and inspect
-			}
-			return nil, errs[i]
+	out := make([]spawnd.Container, 0, len(res.Items))
+	for _, it := range res.Items {
+		c := spawnd.Container{ID: it.ID, Labels: it.Labels, State: string(it.State), Image: it.Image, ImageID: it.ImageID,
+			Created: time.Unix(it.Created, 0), Partial: true}
+		if len(it.Names) > 0 {
+			c.Name = trimSlash(it.Names[0])
 		}
-		kept = append(kept, c)
+		port, _ := strconv.Atoi(it.Labels[spawnd.LabelPort])
+		for _, p := range it.Ports {
+			if int(p.PrivatePort) == port && p.PublicPort != 0 && p.Type == "tcp" {
+				c.HostPort = int(p.PublicPort)
+				break
+			}
+		}
+		if ns := it.NetworkSettings; ns != nil {
+			for _, ep := range ns.Networks {
+				if ep != nil && ep.IPAddress.IsValid() {
+					c.IP = ep.IPAddress.String()
+					break
+				}
+			}
+		}
+		out = append(out, c)
 	}
-	return kept, nil
+	return out, nil
 }
 
 // Events implements spawnd.Runtime.
