@@ -56,6 +56,8 @@ type BuildSpec struct {
 	Tags    []string
 	Labels  map[string]string
 	Network string
+	// NoCache builds every layer afresh.
+	NoCache bool
 }
 
 // BuildLine is one line of the engine's build output.
@@ -86,6 +88,8 @@ type Options struct {
 	Progress func(Event)
 	// Relock makes a new lock even when the lock is current.
 	Relock bool
+	// NoCache rebuilds every layer, ignoring the engine's build cache.
+	NoCache bool
 	// Now is the clock (for tests); nil is time.Now.
 	Now func() time.Time
 }
@@ -311,7 +315,7 @@ func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Resu
 	}
 	plan := NewPlan(l, StageAll)
 	opts.emit(began, Event{Phase: "build", Step: "start", Message: "building " + res.Tag})
-	id, err := eng.Build(ctx, BuildSpec{Context: plan.Tar(), Tags: []string{res.Tag}, Network: opts.Network}, buildLines(&opts, began, "build"))
+	id, err := eng.Build(ctx, BuildSpec{Context: plan.Tar(), Tags: []string{res.Tag}, Network: opts.Network, NoCache: opts.NoCache}, buildLines(&opts, began, "build"))
 	if err != nil {
 		return Result{}, fmt.Errorf("building %s: %w", res.Tag, err)
 	}

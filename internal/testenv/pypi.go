@@ -27,16 +27,25 @@ type Index struct {
 // NewIndex starts an index; it stops when the test ends.
 func NewIndex(t testing.TB) *Index {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ix, stop, err := StartIndex()
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return ix
+}
+
+// StartIndex starts an index on 127.0.0.1 and returns it and its stop.
+func StartIndex() (*Index, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
 	}
 	ix := &Index{files: map[string][]byte{}, links: map[string]map[string]string{}}
 	srv := &http.Server{Handler: ix}
 	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
 	ix.URL = "http://" + ln.Addr().String() + "/simple"
-	return ix
+	return ix, func() { srv.Close() }, nil
 }
 
 // Add publishes a pure-Python wheel of project at version, importable as

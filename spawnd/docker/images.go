@@ -77,7 +77,7 @@ func (e *Engine) RunCapture(ctx context.Context, spec images.RunSpec) (images.Ru
 // Build implements images.Engine with the engine's build endpoint.
 func (e *Engine) Build(ctx context.Context, spec images.BuildSpec, onLine func(images.BuildLine)) (string, error) {
 	res, err := e.cli.ImageBuild(ctx, spec.Context, client.ImageBuildOptions{
-		Tags: spec.Tags, Labels: spec.Labels, NetworkMode: spec.Network,
+		Tags: spec.Tags, Labels: spec.Labels, NetworkMode: spec.Network, NoCache: spec.NoCache,
 		Remove: true, ForceRemove: true,
 	})
 	if err != nil {
