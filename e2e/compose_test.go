@@ -64,9 +64,17 @@ func TestComposeStack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	loginAndSpawn(t, fmt.Sprintf("http://127.0.0.1:%d", hubPort), "dana", strings.TrimSpace(string(password)))
+	run("down")
+}
+
+// loginAndSpawn logs in through the hub's login form as a person would,
+// asks for a server, and waits until its notebook page and contents API
+// answer through the proxy.
+func loginAndSpawn(t *testing.T, base, user, password string) {
+	t.Helper()
 	jar, _ := cookiejar.New(nil)
 	hc := &http.Client{Jar: jar, Timeout: 90 * time.Second}
-	base := fmt.Sprintf("http://127.0.0.1:%d", hubPort)
 	get := func(path string) (int, string) {
 		resp, err := hc.Get(base + path)
 		if err != nil {
@@ -84,7 +92,7 @@ func TestComposeStack(t *testing.T) {
 			xsrf = c.Value
 		}
 	}
-	resp, err := hc.PostForm(base+"/hub/login", url.Values{"username": {"dana"}, "password": {strings.TrimSpace(string(password))}, "_xsrf": {xsrf}})
+	resp, err := hc.PostForm(base+"/hub/login", url.Values{"username": {user}, "password": {password}, "_xsrf": {xsrf}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,17 +103,16 @@ func TestComposeStack(t *testing.T) {
 	get("/hub/spawn")
 	deadline := time.Now().Add(120 * time.Second)
 	for {
-		code, body := get("/user/dana/tree")
+		code, body := get("/user/" + user + "/tree")
 		if code == 200 && strings.Contains(body, "<title>Home Page") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("never reached dana's server: %d", code)
+			t.Fatalf("never reached %s's server: %d", user, code)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	if code, _ := get("/user/dana/api/contents"); code != 200 {
+	if code, _ := get("/user/" + user + "/api/contents"); code != 200 {
 		t.Fatalf("contents API through the proxy: %d", code)
 	}
-	run("down")
 }
