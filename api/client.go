@@ -223,3 +223,6 @@ func (c *Client) WaitReady(ctx context.Context, user, server string) (Server, er
 		}
 	}
 }
+
+// BaseURL is the daemon's address as the client uses it.
+func (c *Client) BaseURL() string { return c.base }

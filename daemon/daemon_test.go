@@ -357,3 +357,36 @@ func TestReaperAndForeignContainers(t *testing.T) {
 		t.Fatalf("the daemon touched a container it did not label: %v", err)
 	}
 }
+
+// TestNetworkMode: with network.mode "network" (a hub in a container on the
+// same network) nothing is published; status gives the container's address.
+func TestNetworkMode(t *testing.T) {
+	eng := testenv.Engine(t)
+	cfg := testConfig(t, eng)
+	cfg.Network.Mode = "network"
+	h := startDaemon(t, eng, cfg)
+	ctx := context.Background()
+	s, err := h.client.Start(ctx, "nina", "", api.StartRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err = h.client.WaitReady(ctx, "nina", ""); err != nil || !s.Ready {
+		t.Fatalf("not ready: %+v %v", s, err)
+	}
+	if s.Host == "127.0.0.1" || s.Port != 8888 {
+		t.Fatalf("network mode answer: %s:%d", s.Host, s.Port)
+	}
+	ins, err := eng.Client().ContainerInspect(ctx, s.ContainerID, client.ContainerInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ins.Container.HostConfig.PortBindings) != 0 {
+		t.Fatalf("network mode published ports: %v", ins.Container.HostConfig.PortBindings)
+	}
+	if err := os.WriteFile(filepath.Join(cfg.HomesRoot, spawnd.Escape("nina"), "hi"), []byte("hello\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := httpGet(t, s, "hi"); got != "hello\n" {
+		t.Fatalf("GET %s:%d/hi = %q", s.Host, s.Port, got)
+	}
+}

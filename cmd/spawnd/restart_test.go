@@ -342,3 +342,63 @@ func newToken(t *testing.T) string {
 	t.Helper()
 	return fmt.Sprintf("%x", time.Now().UnixNano()) + "-test-token-0123456789"
 }
+
+// TestCLIPsStopAndHome drives the client commands against a daemon process.
+func TestCLIPsStopAndHome(t *testing.T) {
+	w := newProcWorld(t, "")
+	w.start(t)
+	waitAnswer(t, w.c)
+	ctx := context.Background()
+	for _, u := range []string{"a/b", "carl"} {
+		if _, err := w.c.Start(ctx, u, "", api.StartRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := w.c.Start(ctx, "carl", "lab", api.StartRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	tokFile := filepath.Join(t.TempDir(), "token")
+	_ = os.WriteFile(tokFile, []byte(w.tok+"\n"), 0o600)
+	addr := strings.TrimPrefix(w.c.BaseURL(), "http://")
+	cli := func(args ...string) (string, error) {
+		cmd := exec.Command(w.bin, append(args, "--addr", addr, "--token-file", tokFile)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := cli("ps")
+	if err != nil {
+		t.Fatalf("ps: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 4 || !strings.HasPrefix(lines[0], "USER") || !strings.Contains(out, "a/b") || !strings.Contains(out, "lab") {
+		t.Fatalf("ps:\n%s", out)
+	}
+	if out, err := cli("stop", "carl/lab"); err != nil || !strings.Contains(out, "stopped carl/lab") {
+		t.Fatalf("stop carl/lab: %v %s", err, out)
+	}
+	if out, err := cli("stop", "a/b", "--server", ""); err != nil {
+		t.Fatalf("stop a/b: %v %s", err, out)
+	}
+	if out, err := cli("home", "delete", "carl", "--yes"); err == nil || !strings.Contains(out, "stop it before") {
+		t.Fatalf("home delete with a server running: %v %s", err, out)
+	}
+	if out, err := cli("stop", "carl"); err != nil {
+		t.Fatalf("stop carl: %v %s", err, out)
+	}
+	if out, err := cli("home", "delete", "carl", "--yes"); err != nil {
+		t.Fatalf("home delete: %v %s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(w.homes, spawnd.Escape("carl"))); !os.IsNotExist(err) {
+		t.Fatal("carl's home is still there")
+	}
+	if _, err := os.Stat(filepath.Join(w.homes, spawnd.Escape("a/b"))); err != nil {
+		t.Fatal("a/b's home was touched")
+	}
+	out, _ = cli("ps")
+	if strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Fatalf("ps after stops:\n%s", out)
+	}
+	if out, err := exec.Command(w.bin, "ps", "--addr", addr).CombinedOutput(); err == nil || !strings.Contains(string(out), "no token") {
+		t.Fatalf("ps without a token: %v %s", err, out)
+	}
+}
