@@ -206,6 +206,36 @@ func (c *Client) Progress(ctx context.Context, user, server string, fn func(Prog
 	return sc.Err()
 }
 
+// BuildEnv asks the daemon to build an env from its spec (relocking if
+// asked) and calls fn with each event until the last (Done).
+func (c *Client) BuildEnv(ctx context.Context, env string, relock bool, fn func(BuildEvent) error) error {
+	path := "/" + Version + "/envs/" + PathEscape(env) + "/build"
+	if relock {
+		path += "?relock=1"
+	}
+	resp, err := c.send(ctx, http.MethodPost, path, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		var ev BuildEvent
+		if err := json.Unmarshal([]byte(data), &ev); err != nil {
+			return fmt.Errorf("decoding a build event: %w", err)
+		}
+		if err := fn(ev); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
 // WaitReady polls a server until it is ready, gone or failed, or ctx ends.
 func (c *Client) WaitReady(ctx context.Context, user, server string) (Server, error) {
 	for {

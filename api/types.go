@@ -98,6 +98,25 @@ const (
 	StepFailed    = "failed"
 )
 
+// BuildEvent is one step of an env build the daemon runs (POST
+// /v1/envs/{env}/build), the same events `spawnd build` shows.
+type BuildEvent struct {
+	Time      time.Time `json:"time"`
+	Phase     string    `json:"phase"`
+	Step      string    `json:"step"`
+	Message   string    `json:"message"`
+	ElapsedMS int64     `json:"elapsed_ms"`
+	Bytes     int64     `json:"bytes,omitempty"`
+	Cached    bool      `json:"cached,omitempty"`
+	// Done is set on the last event; Tag, ImageID and Built report the
+	// result, Error a failure.
+	Done    bool   `json:"done,omitempty"`
+	Tag     string `json:"tag,omitempty"`
+	ImageID string `json:"image_id,omitempty"`
+	Built   bool   `json:"built,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
 // EnvInfo describes one env a hub may offer.
 type EnvInfo struct {
 	Name        string `json:"name"`

@@ -178,7 +178,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		info.EngineVersion, info.EngineAPI = v, apiv
 	}
 	vcancel()
-	h, err := server.New(mgr, server.Options{Token: d.cfg.Token, Version: info, Registry: reg, Logger: d.log})
+	builder := &envBuilder{envs: mgr.Config().Envs, eng: d.engine, log: d.log, running: map[string]bool{}}
+	h, err := server.New(mgr, server.Options{Token: d.cfg.Token, Version: info, Registry: reg, Logger: d.log, Builder: builder})
 	if err != nil {
 		return err
 	}

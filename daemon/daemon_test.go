@@ -21,6 +21,8 @@ import (
 
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/daemon"
+	"github.com/spawnd/spawnd/envs"
+	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/spawnd"
 	"github.com/spawnd/spawnd/spawnd/docker"
@@ -388,5 +390,67 @@ func TestNetworkMode(t *testing.T) {
 	}
 	if got := httpGet(t, s, "hi"); got != "hello\n" {
 		t.Fatalf("GET %s:%d/hi = %q", s.Host, s.Port, got)
+	}
+}
+
+// TestBuildThroughTheAPI: the daemon builds a spec-based env on request,
+// streams the same events as `spawnd build`, and serves the new lock at once.
+func TestBuildThroughTheAPI(t *testing.T) {
+	eng := testenv.Engine(t)
+	base := testenv.EnsureDebianBase(t, eng)
+	cfg := testConfig(t, eng)
+	env := "apibuild" + cfg.Instance
+	spec := filepath.Join(t.TempDir(), env+".yaml")
+	write := func(desc string) {
+		body := fmt.Sprintf("name: %s\ndescription: %s\nbase: %s\n", env, desc, base)
+		if err := os.WriteFile(spec, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("first")
+	t.Cleanup(func() { testenv.RemoveImages(eng, images.LabelEnv, env) })
+	ctx := context.Background()
+	if _, err := images.Build(ctx, eng, spec, images.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Envs[env] = spawnd.EnvConfig{Spec: spec}
+	cfg.DefaultEnv = "team"
+	h := startDaemon(t, eng, cfg)
+
+	write("second") // the spec changed: a relock and a new image
+	var evs []api.BuildEvent
+	err := h.client.BuildEnv(ctx, env, true, func(ev api.BuildEvent) error { evs = append(evs, ev); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := evs[len(evs)-1]
+	if !last.Done || last.Error != "" || !last.Built || last.Tag == "" {
+		t.Fatalf("last event: %+v", last)
+	}
+	steps := map[string]bool{}
+	for _, ev := range evs {
+		steps[ev.Phase+" "+strings.SplitN(ev.Step, " ", 2)[0]] = true
+	}
+	for _, want := range []string{"build accepted", "lock base", "build layer", "build result"} {
+		if !steps[want] {
+			t.Fatalf("no %q event in %+v", want, steps)
+		}
+	}
+	l, err := envs.ReadLock(envs.LockPath(spec))
+	if err != nil || l.Tag() != last.Tag || l.Description != "second" {
+		t.Fatalf("lock after the API build: %+v %v", l, err)
+	}
+	// A stale spec without relock: the build fails and says why, as the last event.
+	write("third")
+	evs = nil
+	_ = h.client.BuildEnv(ctx, env, false, func(ev api.BuildEvent) error { evs = append(evs, ev); return nil })
+	if last := evs[len(evs)-1]; !last.Done || !strings.Contains(last.Error, "spec checksum changed") {
+		t.Fatalf("stale build: %+v", last)
+	}
+	if err := h.client.BuildEnv(ctx, "nope", false, func(api.BuildEvent) error { return nil }); api.ErrorCode(err) != api.CodeNotFound {
+		t.Fatalf("unknown env: %v", err)
+	}
+	if err := h.client.BuildEnv(ctx, "team", false, func(api.BuildEvent) error { return nil }); api.ErrorCode(err) != api.CodeConflict {
+		t.Fatalf("image env: %v", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,6 +38,13 @@ type Core interface {
 	EngineUp() bool
 }
 
+// Builder runs env builds for the build endpoint; optional.
+type Builder interface {
+	// BuildEnv builds an env from its spec (relocking if asked), sending
+	// progress to fn; the last event has Done set.
+	BuildEnv(ctx context.Context, env string, relock bool, fn func(api.BuildEvent)) error
+}
+
 // MaxBodyBytes bounds every request body.
 const MaxBodyBytes = 1 << 20
 
@@ -50,6 +58,8 @@ type Options struct {
 	// registered on it too. Nil: a new registry.
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
+	// Builder enables POST /v1/envs/{env}/build; nil leaves it off.
+	Builder Builder
 }
 
 type handler struct {
@@ -127,6 +137,7 @@ func (h *handler) routes() []route {
 			route{"GET " + p + "/progress", true, h.progress})
 	}
 	rs = append(rs,
+		route{"POST /v1/envs/{env}/build", true, h.build},
 		route{"DELETE /v1/users/{user}/home", true, h.deleteHome},
 		route{"GET /metrics", true, h.metrics},
 		route{"/", true, func(http.ResponseWriter, *http.Request) error {
@@ -354,6 +365,45 @@ func (h *handler) deleteHome(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// build runs an env build and streams its events as Server-Sent Events.
+// Errors before the build begins are JSON answers; the build's own failure
+// is the last event (Done, Error).
+func (h *handler) build(w http.ResponseWriter, r *http.Request) error {
+	if h.opts.Builder == nil {
+		return api.Errorf(api.CodeNotFound, "this daemon does not run builds")
+	}
+	env, err := url.PathUnescape(r.PathValue("env"))
+	if err != nil {
+		return api.Errorf(api.CodeInvalid, "the env name in the path is not valid percent-encoding")
+	}
+	relock := r.URL.Query().Get("relock") == "1" || r.URL.Query().Get("relock") == "true"
+	flusher, _ := w.(http.Flusher)
+	var mu sync.Mutex
+	started := false
+	send := func(ev api.BuildEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !started {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.Header().Set("Cache-Control", "no-store")
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
+		b, _ := json.Marshal(ev)
+		fmt.Fprintf(w, "data: %s\n\n", b)
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	err = h.opts.Builder.BuildEnv(r.Context(), env, relock, send)
+	mu.Lock()
+	defer mu.Unlock()
+	if !started {
+		return err
+	}
 	return nil
 }
 

@@ -283,3 +283,42 @@ func TestOpenAPIListsEveryRoute(t *testing.T) {
 		}
 	}
 }
+
+type fakeBuilder struct{}
+
+func (fakeBuilder) BuildEnv(_ context.Context, env string, relock bool, fn func(api.BuildEvent)) error {
+	if env == "busy" {
+		return api.Errorf(api.CodeConflict, "a build of env %q is already running", env)
+	}
+	fn(api.BuildEvent{Step: "accepted"})
+	fn(api.BuildEvent{Step: "layer 1/2", Cached: true})
+	fn(api.BuildEvent{Step: "result", Done: true, Tag: "spawnd/" + env + ":abc", Built: relock})
+	return nil
+}
+
+func TestBuildEndpoint(t *testing.T) {
+	core := &recordingCore{}
+	h, err := New(core, Options{Token: testToken, Builder: fakeBuilder{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(h)
+	defer ts.Close()
+	c, _ := api.NewClient(ts.URL, testToken)
+	var evs []api.BuildEvent
+	if err := c.BuildEnv(context.Background(), "team", true, func(ev api.BuildEvent) error { evs = append(evs, ev); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 3 || !evs[2].Done || evs[2].Tag != "spawnd/team:abc" || !evs[2].Built {
+		t.Fatalf("events: %+v", evs)
+	}
+	if err := c.BuildEnv(context.Background(), "busy", false, func(api.BuildEvent) error { return nil }); api.ErrorCode(err) != api.CodeConflict {
+		t.Fatalf("busy: %v", err)
+	}
+	// Without a builder the endpoint says so.
+	ts2, _ := newTestServer(t, nil)
+	c2, _ := api.NewClient(ts2.URL, testToken)
+	if err := c2.BuildEnv(context.Background(), "team", false, func(api.BuildEvent) error { return nil }); api.ErrorCode(err) != api.CodeNotFound {
+		t.Fatalf("no builder: %v", err)
+	}
+}

@@ -1,0 +1,71 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/images"
+	"github.com/spawnd/spawnd/spawnd"
+)
+
+// envBuilder runs `spawnd build` for the API (POST /v1/envs/{env}/build),
+// one build per env at a time. The daemon picks the new lock up by itself.
+type envBuilder struct {
+	envs map[string]spawnd.EnvConfig
+	eng  images.Engine
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	running map[string]bool
+}
+
+func (b *envBuilder) BuildEnv(ctx context.Context, env string, relock bool, fn func(api.BuildEvent)) error {
+	e, ok := b.envs[env]
+	if !ok {
+		return api.Errorf(api.CodeNotFound, "no env %q", trim(env))
+	}
+	if e.Spec == "" {
+		return api.Errorf(api.CodeConflict, "env %q runs a fixed image (envs.%s.image), not a spec; there is nothing to build", env, env)
+	}
+	b.mu.Lock()
+	if b.running[env] {
+		b.mu.Unlock()
+		return api.Errorf(api.CodeConflict, "a build of env %q is already running", env)
+	}
+	b.running[env] = true
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.running, env)
+		b.mu.Unlock()
+	}()
+
+	began := time.Now()
+	fn(api.BuildEvent{Time: began, Phase: "build", Step: "accepted", Message: "build of env " + env + " accepted"})
+	res, err := images.Build(ctx, b.eng, e.Spec, images.Options{Relock: relock, Progress: func(ev images.Event) {
+		fn(api.BuildEvent{Time: ev.Time, Phase: ev.Phase, Step: ev.Step, Message: ev.Message,
+			ElapsedMS: ev.Elapsed.Milliseconds(), Bytes: ev.Bytes, Cached: ev.Cached})
+	}})
+	last := api.BuildEvent{Time: time.Now(), Phase: "build", Step: "result", Done: true, ElapsedMS: time.Since(began).Milliseconds()}
+	if err != nil {
+		b.log.Warn("env build failed", "env", env, "err", err)
+		last.Error = err.Error()
+		last.Message = "build failed"
+	} else {
+		b.log.Info("env built", "env", env, "tag", res.Tag, "built", res.Built)
+		last.Tag, last.ImageID, last.Built = res.Tag, res.ImageID, res.Built
+		last.Message = "image " + res.Tag + " ready"
+	}
+	fn(last)
+	return nil
+}
+
+func trim(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
