@@ -29,7 +29,8 @@ RUN go build -trimpath -ldflags "-s -w -X github.com/spawnd/spawnd/daemon.Versio
 
 FROM ${BASE_IMAGE}
 COPY --from=build /out/spawnd /usr/local/bin/spawnd
-LABEL org.opencontainers.image.title="spawnd" \
+LABEL io.spawnd.image="spawnd" \
+      org.opencontainers.image.title="spawnd" \
       org.opencontainers.image.description="One identical Jupyter environment for the whole team" \
       org.opencontainers.image.source="https://github.com/spawnd/spawnd"
 ENTRYPOINT ["/usr/local/bin/spawnd"]
