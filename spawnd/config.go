@@ -92,7 +92,7 @@ type EnvConfig struct {
 	Description string `mapstructure:"description"`
 	// Spec is the env spec file (e.g. /etc/spawnd/envs/team.yaml). The env's
 	// image, lock digest, user and command then come from the spec's lock,
-	// re-read whenever `spawnd build` changes it. Give spec or image.
+	// re-read (within a second) whenever `spawnd build` changes it. Give spec or image.
 	Spec string `mapstructure:"spec"`
 	// Image is a pinned image to run, for envs not built by spawnd.
 	Image string `mapstructure:"image"`

@@ -15,13 +15,18 @@ import (
 // next start without a restart, and running servers of the old lock show as
 // outdated.
 type envTable struct {
-	mu    sync.RWMutex
-	envs  map[string]EnvConfig
-	mtime map[string]time.Time
+	mu      sync.RWMutex
+	envs    map[string]EnvConfig
+	mtime   map[string]time.Time
+	checked map[string]time.Time // when the lock file was last looked at
 }
 
+// lockCheckEvery bounds how often a lock file is looked at: status answers
+// mark outdated servers without a stat per request.
+const lockCheckEvery = time.Second
+
 func newEnvTable(cfg map[string]EnvConfig) *envTable {
-	t := &envTable{envs: map[string]EnvConfig{}, mtime: map[string]time.Time{}}
+	t := &envTable{envs: map[string]EnvConfig{}, mtime: map[string]time.Time{}, checked: map[string]time.Time{}}
 	for k, v := range cfg {
 		t.envs[k] = v
 	}
@@ -32,11 +37,14 @@ func newEnvTable(cfg map[string]EnvConfig) *envTable {
 func (t *envTable) get(name string) (EnvConfig, bool) {
 	t.mu.RLock()
 	e, ok := t.envs[name]
-	seen := t.mtime[name]
+	seen, checked := t.mtime[name], t.checked[name]
 	t.mu.RUnlock()
-	if !ok || e.Spec == "" {
+	if !ok || e.Spec == "" || time.Since(checked) < lockCheckEvery {
 		return e, ok
 	}
+	t.mu.Lock()
+	t.checked[name] = time.Now()
+	t.mu.Unlock()
 	fi, err := os.Stat(envs.LockPath(e.Spec))
 	if err != nil || fi.ModTime().Equal(seen) {
 		return e, ok

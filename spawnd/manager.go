@@ -811,7 +811,7 @@ func bound(s string) string {
 	if len(s) <= maxLoggedName {
 		return s
 	}
-	return s[:maxLoggedName] + "…"
+	return strings.ToValidUTF8(s[:maxLoggedName], "") + "…"
 }
 
 func short(id string) string {

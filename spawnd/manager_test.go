@@ -460,9 +460,10 @@ func TestEnvFromLockAndOutdated(t *testing.T) {
 	time.Sleep(10 * time.Millisecond) // a distinct mtime
 	l2 := writeTestLock(t, spec, "2")
 	rt.images[l2.Tag()] = "sha256:two"
-	if st, _ := m.Status("olga", ""); !st.Outdated {
-		t.Fatalf("old server not marked outdated: %+v", st)
-	}
+	eventually(t, "the old server to be marked outdated (locks are looked at once a second)", func() bool {
+		st, _ := m.Status("olga", "")
+		return st.Outdated
+	})
 	s2, err := m.Start(ctx, "pete", "", api.StartRequest{})
 	if err != nil {
 		t.Fatal(err)
