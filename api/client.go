@@ -183,7 +183,19 @@ func (c *Client) DeleteHome(ctx context.Context, user string) error {
 // Progress calls fn for each progress event of the server's current start,
 // from the first, until the stream ends (ready or failed).
 func (c *Client) Progress(ctx context.Context, user, server string, fn func(ProgressEvent) error) error {
-	resp, err := c.send(ctx, http.MethodGet, ServerPath(user, server)+"/progress", nil)
+	return c.stream(ctx, http.MethodGet, ServerPath(user, server)+"/progress", func(data []byte) error {
+		var ev ProgressEvent
+		if err := json.Unmarshal(data, &ev); err != nil {
+			return fmt.Errorf("decoding a progress event: %w", err)
+		}
+		return fn(ev)
+	})
+}
+
+// stream makes a request whose answer is Server-Sent Events and calls fn
+// with the data of each event.
+func (c *Client) stream(ctx context.Context, method, path string, fn func(data []byte) error) error {
+	resp, err := c.send(ctx, method, path, nil)
 	if err != nil {
 		return err
 	}
@@ -191,15 +203,11 @@ func (c *Client) Progress(ctx context.Context, user, server string, fn func(Prog
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		data, ok := bytes.CutPrefix(sc.Bytes(), []byte("data: "))
 		if !ok {
 			continue
 		}
-		var ev ProgressEvent
-		if err := json.Unmarshal([]byte(data), &ev); err != nil {
-			return fmt.Errorf("decoding a progress event: %w", err)
-		}
-		if err := fn(ev); err != nil {
+		if err := fn(data); err != nil {
 			return err
 		}
 	}
@@ -213,27 +221,13 @@ func (c *Client) BuildEnv(ctx context.Context, env string, relock bool, fn func(
 	if relock {
 		path += "?relock=1"
 	}
-	resp, err := c.send(ctx, http.MethodPost, path, nil)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		data, ok := strings.CutPrefix(sc.Text(), "data: ")
-		if !ok {
-			continue
-		}
+	return c.stream(ctx, http.MethodPost, path, func(data []byte) error {
 		var ev BuildEvent
-		if err := json.Unmarshal([]byte(data), &ev); err != nil {
+		if err := json.Unmarshal(data, &ev); err != nil {
 			return fmt.Errorf("decoding a build event: %w", err)
 		}
-		if err := fn(ev); err != nil {
-			return err
-		}
-	}
-	return sc.Err()
+		return fn(ev)
+	})
 }
 
 // WaitReady polls a server until it is ready, gone or failed, or ctx ends.

@@ -269,6 +269,33 @@ func (b *bench) table() string {
 	return sb.String()
 }
 
+// mergeRows keeps the rows of an earlier run for figures this run did not
+// measure (bench -only), in their place.
+func mergeRows(old []string, table string) string {
+	lines := strings.Split(strings.TrimSpace(table), "\n")
+	fresh := map[string]string{}
+	for _, l := range lines[2:] {
+		fresh[strings.SplitN(l, " | ", 2)[0]] = l
+	}
+	var out []string
+	used := map[string]bool{}
+	for _, l := range old {
+		k := strings.SplitN(l, " | ", 2)[0]
+		if f, ok := fresh[k]; ok {
+			out = append(out, f)
+			used[k] = true
+		} else {
+			out = append(out, l)
+		}
+	}
+	for _, l := range lines[2:] {
+		if !used[strings.SplitN(l, " | ", 2)[0]] {
+			out = append(out, l)
+		}
+	}
+	return lines[0] + "\n" + lines[1] + "\n" + strings.Join(out, "\n") + "\n"
+}
+
 func writeMarkdown(path, table string, eng *docker.Engine) error {
 	ctx := context.Background()
 	info, err := eng.Info(ctx)
@@ -286,15 +313,22 @@ func writeMarkdown(path, table string, eng *docker.Engine) error {
 		}
 	}
 	head, tailPart := "", ""
+	var oldRows []string
 	if old, err := os.ReadFile(path); err == nil {
 		s := string(old)
 		if i := strings.Index(s, "<!-- bench:begin -->"); i >= 0 {
 			head = s[:i]
 			if j := strings.Index(s, "<!-- bench:end -->"); j >= 0 {
 				tailPart = s[j+len("<!-- bench:end -->"):]
+				for _, l := range strings.Split(s[i:j], "\n") {
+					if strings.HasPrefix(l, "| ") && !strings.HasPrefix(l, "| figure") && !strings.HasPrefix(l, "| ---") {
+						oldRows = append(oldRows, l)
+					}
+				}
 			}
 		}
 	}
+	table = mergeRows(oldRows, table)
 	if head == "" {
 		head = "# Performance\n\n"
 	}

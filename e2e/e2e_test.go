@@ -65,6 +65,10 @@ type world struct {
 	proxyPort  int
 	adminToken string
 	spawndAddr string
+	// hubImage, when set, runs the hub in a container of this image with
+	// host networking (another JupyterHub version than the host's).
+	hubImage string
+	hubName  string
 }
 
 func (w *world) startDaemon() {
@@ -136,6 +140,12 @@ c.JupyterHub.load_roles = [{"name": "e2e-admin", "services": ["e2e"],
 	cmd := exec.Command("/usr/bin/python3", "-m", "jupyterhub", "-f", conf)
 	cmd.Dir = w.dir
 	cmd.Env = append(os.Environ(), "PYTHONPATH="+filepath.Join(root, "hub"), "NODE_PATH=/usr/share/nodejs")
+	if w.hubImage != "" {
+		w.hubName = "spawnd-e2e-hub-" + randHex(4)
+		cmd = exec.Command("docker", "run", "--rm", "--name", w.hubName, "--label", testenv.TestLabel+"=1",
+			"--network", "host", "-v", w.dir+":"+w.dir, "-v", filepath.Join(root, "hub")+":/opt/spawnd-hub:ro",
+			"-e", "PYTHONPATH=/opt/spawnd-hub", "-w", w.dir, w.hubImage, "python3", "-m", "jupyterhub", "-f", conf)
+	}
 	cmd.Stdout, cmd.Stderr = w.hubLog, w.hubLog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -162,6 +172,9 @@ c.JupyterHub.load_roles = [{"name": "e2e-admin", "services": ["e2e"],
 func (w *world) stopHub() {
 	if w.hub == nil {
 		return
+	}
+	if w.hubName != "" {
+		_ = exec.Command("docker", "stop", "-t", "20", w.hubName).Run()
 	}
 	_ = syscall.Kill(-w.hub.Process.Pid, syscall.SIGTERM)
 	done := make(chan struct{})
@@ -259,6 +272,8 @@ func (w *world) serverAPI(user, server, token, method, path string, body, out an
 	return w.call(method, fmt.Sprintf("http://127.0.0.1:%d%sapi%s", w.proxyPort, prefix, path), token, body, out)
 }
 
+// TestJupyterHubDrivesSpawnd runs the whole scenario with Debian 12's
+// JupyterHub 3 on the host and the README's team env.
 func TestJupyterHubDrivesSpawnd(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/jupyterhub"); err != nil {
 		if os.Getenv("CI") == "true" {
@@ -269,18 +284,53 @@ func TestJupyterHubDrivesSpawnd(t *testing.T) {
 	eng := testenv.Engine(t)
 	testenv.EnsureDebianBase(t, eng)
 	root := testenv.RepoRoot(t)
-	dir := t.TempDir()
-
 	// The team env, as the README builds it (in a scratch copy, so the
 	// test's lock stays out of the work tree).
-	spec := filepath.Join(dir, "team.yaml")
 	b, err := os.ReadFile(filepath.Join(root, "envs", "team.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(spec, b, 0o644); err != nil {
+	hubScenario(t, eng, string(b), "")
+}
+
+// TestJupyterHub5DrivesSpawnd runs the same scenario with Debian 13's
+// JupyterHub 5, hub and single-user servers both, on a Debian 13 base made
+// offline. (JupyterHub 4 is in no Debian release, so it is not tested here.)
+func TestJupyterHub5DrivesSpawnd(t *testing.T) {
+	eng := testenv.Engine(t)
+	root := testenv.RepoRoot(t)
+	base := "spawnd/debian:trixie"
+	if out, err := exec.Command(filepath.Join(root, "scripts", "make-base"), base, "trixie").CombinedOutput(); err != nil {
+		t.Fatalf("making %s: %v\n%s", base, err, out)
+	}
+	hubImage := "spawnd-test/hub:jupyterhub5"
+	build := exec.Command("docker", "build", "-q", "-t", hubImage, "--label", testenv.TestLabel+"=1",
+		"--build-arg", "BASE_IMAGE="+base, "-f", filepath.Join(root, "deploy", "hub", "Dockerfile"), root)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the JupyterHub 5 image: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("docker", "run", "--rm", hubImage, "jupyterhub", "--version").CombinedOutput(); err != nil || !strings.HasPrefix(strings.TrimSpace(string(out)), "5.") {
+		t.Fatalf("the hub image runs JupyterHub %q (%v), want 5.x", out, err)
+	}
+	spec := fmt.Sprintf(`name: team5
+description: Team env on Debian 13 with JupyterHub 5
+base: %s
+apt: [jupyterhub, python3-jupyter-server, python3-ipykernel, python3-numpy]
+jupyter:
+  kernels: [{name: team, display_name: "Team (Python 3)"}]
+`, base)
+	hubScenario(t, eng, spec, hubImage)
+}
+
+// hubScenario builds the env spec, starts spawnd and a JupyterHub (on the
+// host, or in hubImage), and drives them through the Hub's REST API.
+func hubScenario(t *testing.T, eng *docker.Engine, specText, hubImage string) {
+	dir := t.TempDir()
+	spec := filepath.Join(dir, "team.yaml")
+	if err := os.WriteFile(spec, []byte(specText), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	envName := strings.TrimSpace(strings.TrimPrefix(strings.SplitN(specText, "\n", 2)[0], "name:"))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	res, err := images.Build(ctx, eng, spec, images.Options{})
@@ -310,7 +360,7 @@ func TestJupyterHubDrivesSpawnd(t *testing.T) {
 	}
 	defer logf.Close()
 	inst := testenv.Instance(t, eng)
-	w := &world{t: t, eng: eng, dir: dir, hubLog: logf, adminToken: randHex(16),
+	w := &world{t: t, eng: eng, dir: dir, hubLog: logf, adminToken: randHex(16), hubImage: hubImage,
 		hubPort: freePort(t), proxyPort: freePort(t), spawndAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 	w.cfg = daemon.Config{
 		Token: randHex(16),
@@ -318,7 +368,7 @@ func TestJupyterHubDrivesSpawnd(t *testing.T) {
 			Instance:  inst,
 			HomesRoot: homes,
 			Network:   spawnd.NetworkConfig{Name: "spawnd-" + inst},
-			Envs:      map[string]spawnd.EnvConfig{"team": {Spec: spec}},
+			Envs:      map[string]spawnd.EnvConfig{envName: {Spec: spec}},
 			Teams: map[string]spawnd.TeamConfig{
 				"physics": {Groups: []string{"physics"}, Shared: []spawnd.SharedFolder{{Source: shared, Target: "/home/jovyan/shared", ReadOnly: true}}},
 			},

@@ -2,10 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -139,7 +136,7 @@ func TestKill9KeepsServersAndRestartAdopts(t *testing.T) {
 		}
 		started[s.ContainerID] = inspect(t, w.eng.Client(), s.ContainerID).StartedAt
 	}
-	homesBefore := treeSum(t, w.homes)
+	homesBefore := testenv.TreeSum(t, w.homes)
 
 	var worst time.Duration
 	for round := range 10 {
@@ -169,7 +166,7 @@ func TestKill9KeepsServersAndRestartAdopts(t *testing.T) {
 	if n := len(listOurs(t, w)); n != len(users) {
 		t.Fatalf("%d containers after 10 kills, want %d", n, len(users))
 	}
-	if treeSum(t, w.homes) != homesBefore {
+	if testenv.TreeSum(t, w.homes) != homesBefore {
 		t.Fatal("homes changed across the kills")
 	}
 	t.Logf("10 kill -9 in a row: slowest restart to first answer with every server adopted: %s", worst.Round(time.Millisecond))
@@ -202,7 +199,7 @@ func TestKill9DuringConcurrentStarts(t *testing.T) {
 			}
 		}
 	}
-	homesBefore := treeSum(t, w.homes)
+	homesBefore := testenv.TreeSum(t, w.homes)
 	for _, u := range users {
 		go func() { _, _ = w.c.Start(ctx, u, "", api.StartRequest{}) }()
 	}
@@ -243,7 +240,7 @@ func TestKill9DuringConcurrentStarts(t *testing.T) {
 			t.Fatalf("after the kill: %+v", s)
 		}
 	}
-	if treeSum(t, w.homes) != homesBefore {
+	if testenv.TreeSum(t, w.homes) != homesBefore {
 		t.Fatal("homes changed")
 	}
 	t.Logf("kill -9 with 20 starts in flight: %d containers existed at the kill, %d servers adopted", mid, len(list))
@@ -274,35 +271,6 @@ func listOurs(t *testing.T, w *procWorld) []container.Summary {
 		t.Fatal(err)
 	}
 	return res.Items
-}
-
-// treeSum is a checksum of every path, mode and file content under root.
-func treeSum(t *testing.T, root string) string {
-	t.Helper()
-	h := sha256.New()
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		fmt.Fprintf(h, "%s %v\n", rel, fi.Mode())
-		if fi.Mode().IsRegular() {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			h.Write(b)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // waitAnswer polls the daemon's list until it answers and returns how many
