@@ -2,11 +2,14 @@ package daemon_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/spawnd"
 	"github.com/spawnd/spawnd/spawnd/docker"
 )
 
@@ -35,6 +38,11 @@ func TestEngineRestart(t *testing.T) {
 	if s, err = h.client.WaitReady(ctx, "alice", ""); err != nil || !s.Ready {
 		t.Fatalf("not ready: %+v %v", s, err)
 	}
+
+	if err := os.WriteFile(filepath.Join(cfg.HomesRoot, spawnd.Escape("alice"), "notes.txt"), []byte("keep me"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	homesBefore := testenv.TreeSum(t, cfg.HomesRoot)
 
 	// Without live-restore, stopping dockerd stops the containers.
 	own.Stop()
@@ -67,6 +75,9 @@ func TestEngineRestart(t *testing.T) {
 	after, _ := eng.Inspect(ctx, s2.ContainerID)
 	if got.ContainerID != s2.ContainerID || after.State != "running" || !after.StartedAt.Equal(before.StartedAt) {
 		t.Fatalf("with live-restore: daemon %+v, engine %+v (started %s, before %s)", got, after.State, after.StartedAt, before.StartedAt)
+	}
+	if testenv.TreeSum(t, cfg.HomesRoot) != homesBefore {
+		t.Fatal("homes changed across the engine restarts")
 	}
 }
 

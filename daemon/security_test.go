@@ -289,25 +289,40 @@ func TestHostileNames(t *testing.T) {
 	}
 }
 
-// TestHomeCannotBeCreated: a read-only or full homes_root gives a clear
-// error, and no container and no half-made home.
+// TestHomeCannotBeCreated: a read-only or full homes_root, or one with the
+// wrong owner or mode, gives a clear error, and no container and no
+// half-made home.
 func TestHomeCannotBeCreated(t *testing.T) {
 	eng := testenv.Engine(t)
 	for _, tc := range []struct {
 		name, opts string
+		owner      int
+		mode       os.FileMode
 	}{
-		{"read-only", "ro,size=1m"},
-		{"no inodes left", "size=1m,nr_inodes=1"},
+		{name: "read-only", opts: "ro,size=1m"},
+		{name: "no inodes left", opts: "size=1m,nr_inodes=1"},
+		{name: "wrong owner", owner: 4242},
+		{name: "world-writable", mode: 0o777},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig(t, eng)
-			if out, err := exec.Command("mount", "-t", "tmpfs", "-o", tc.opts+",mode=755", "tmpfs", cfg.HomesRoot).CombinedOutput(); err != nil {
-				if os.Getenv("CI") == "true" {
-					t.Fatalf("mount: %v %s", err, out)
+			if tc.opts != "" {
+				if out, err := exec.Command("mount", "-t", "tmpfs", "-o", tc.opts+",mode=755", "tmpfs", cfg.HomesRoot).CombinedOutput(); err != nil {
+					if os.Getenv("CI") == "true" {
+						t.Fatalf("mount: %v %s", err, out)
+					}
+					t.Skipf("cannot mount a tmpfs here: %s", out)
 				}
-				t.Skipf("cannot mount a tmpfs here: %s", out)
+				t.Cleanup(func() { _ = exec.Command("umount", cfg.HomesRoot).Run() })
 			}
-			t.Cleanup(func() { _ = exec.Command("umount", cfg.HomesRoot).Run() })
+			if tc.owner != 0 {
+				if err := os.Chown(cfg.HomesRoot, tc.owner, tc.owner); err != nil {
+					t.Skipf("chown needs root: %v", err)
+				}
+			}
+			if tc.mode != 0 {
+				_ = os.Chmod(cfg.HomesRoot, tc.mode)
+			}
 			h := startDaemon(t, eng, cfg)
 			_, err := h.client.Start(context.Background(), "alice", "", api.StartRequest{})
 			if err == nil || !strings.Contains(err.Error(), "home") {

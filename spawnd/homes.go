@@ -45,6 +45,9 @@ func (h *Homes) Ensure(user string, uid, gid int) (string, error) {
 		return "", homeErr("opening homes_root %s: %v; create it (mode 0755, owned by root) or fix homes_root in the config", h.root, err)
 	}
 	defer root.Close()
+	if err := checkRootOwner(root, h.root); err != nil {
+		return "", err
+	}
 
 	if fi, err := root.Lstat(name); err == nil {
 		if fi.Mode()&fs.ModeSymlink != 0 {
@@ -108,6 +111,27 @@ func (h *Homes) Delete(user string) error {
 	}
 	if err := root.RemoveAll(name); err != nil {
 		return homeErr("deleting home %s: %v", filepath.Join(h.root, name), err)
+	}
+	return nil
+}
+
+// checkRootOwner refuses a homes_root that someone other than the daemon's
+// user (or root) owns, or that others may write: whoever can write there can
+// swap a home for a symlink between two starts.
+func checkRootOwner(root *os.Root, path string) error {
+	fi, err := root.Stat(".")
+	if err != nil {
+		return homeErr("checking homes_root %s: %v", path, err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	if euid := uint32(os.Geteuid()); st.Uid != euid && st.Uid != 0 {
+		return homeErr("homes_root %s is owned by uid %d, not by root or the daemon's user; fix it: chown root:root %s", path, st.Uid, path)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return homeErr("homes_root %s is writable by group or others (mode %#o); fix it: chmod 755 %s", path, fi.Mode().Perm(), path)
 	}
 	return nil
 }
