@@ -29,6 +29,7 @@ import (
 
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/daemon"
+	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/spawnd"
@@ -330,7 +331,11 @@ func hubScenario(t *testing.T, eng *docker.Engine, specText, hubImage string) {
 	if err := os.WriteFile(spec, []byte(specText), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	envName := strings.TrimSpace(strings.TrimPrefix(strings.SplitN(specText, "\n", 2)[0], "name:"))
+	parsed, err := envs.Parse(spec, []byte(specText))
+	if err != nil {
+		t.Fatal(err)
+	}
+	envName := parsed.Name
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	res, err := images.Build(ctx, eng, spec, images.Options{})
