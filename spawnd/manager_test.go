@@ -510,3 +510,26 @@ func TestTeamsDecideEnvsProfilesAndSharedFolders(t *testing.T) {
 		t.Fatal("a user in no team got a shared folder")
 	}
 }
+
+// TestReaperSparesAContainerThatStarted: the view says "created", but an
+// earlier daemon's last start request got the container running meanwhile.
+func TestReaperSparesAContainerThatStarted(t *testing.T) {
+	rt := newFake()
+	cfg := testConfig(t)
+	cfg.ReapGrace = time.Minute
+	l := map[string]string{LabelManaged: "true", LabelInstance: "unit", LabelUser: "late", LabelServer: "", LabelPort: "8888"}
+	rt.add(Container{ID: "late1", Labels: l, State: EngineCreated, Created: time.Now().Add(-time.Hour)})
+	m := newTestManager(t, cfg, rt)
+	rt.mu.Lock()
+	rt.containers["late1"].State = EngineRunning // no event reaches the view
+	rt.mu.Unlock()
+	if n := m.Reap(context.Background()); n != 0 {
+		t.Fatalf("reaped %d", n)
+	}
+	if _, err := rt.Inspect(context.Background(), "late1"); err != nil {
+		t.Fatal("the reaper removed a running container")
+	}
+	if s, _ := m.Status("late", ""); s.State != api.StateRunning {
+		t.Fatalf("status after the reaper looked: %+v", s)
+	}
+}

@@ -246,7 +246,10 @@ func (m *Manager) reapLoop(ctx context.Context) {
 }
 
 // Reap removes half-made containers (created, never started, older than
-// reap_grace, no operation in flight) and returns how many it removed.
+// reap_grace, no operation in flight) and returns how many it removed. Each
+// removal runs as an operation on its server, so a start of that server
+// waits for it, and the engine is asked again right before: a container that
+// an earlier daemon's last start request got running in the meantime stays.
 func (m *Manager) Reap(ctx context.Context) int {
 	type victim struct {
 		k  key
@@ -262,17 +265,58 @@ func (m *Manager) Reap(ctx context.Context) int {
 	m.mu.Unlock()
 	n := 0
 	for _, v := range victims {
-		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := m.rt.Remove(rctx, v.id, 0)
-		cancel()
-		if err != nil {
-			m.log.Warn("reaping a half-made container", "container_id", short(v.id), "err", err)
-			continue
+		if m.reapOne(ctx, v.k, v.id) {
+			n++
 		}
-		m.log.Info("reaped a container that was created but never started", "user", bound(v.k.user), "server", bound(v.k.server), "container_id", short(v.id))
-		m.metrics.reaped.Inc()
-		m.gone(v.id)
-		n++
 	}
 	return n
+}
+
+func (m *Manager) reapOne(ctx context.Context, k key, id string) bool {
+	m.mu.Lock()
+	rec := m.servers[k]
+	if rec == nil || rec.flight != nil || rec.containerID != id || rec.engineState != EngineCreated {
+		m.mu.Unlock()
+		return false
+	}
+	f := &flight{kind: opStop, done: make(chan struct{})}
+	rec.flight = f
+	m.mu.Unlock()
+
+	removed := false
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c, err := m.rt.Inspect(rctx, id)
+	switch {
+	case errdefs.IsNotFound(err):
+		removed = true
+	case err != nil:
+		m.log.Warn("reaping a half-made container", "container_id", short(id), "err", err)
+	case c.State != EngineCreated:
+		// Started after all: keep it, and let the view catch up.
+	default:
+		if err := m.rt.Remove(rctx, id, 0); err != nil {
+			m.log.Warn("reaping a half-made container", "container_id", short(id), "err", err)
+		} else {
+			removed = true
+			m.log.Info("reaped a container that was created but never started", "user", bound(k.user), "server", bound(k.server), "container_id", short(id))
+			m.metrics.reaped.Inc()
+		}
+	}
+
+	m.mu.Lock()
+	rec.flight = nil
+	if err == nil && !removed {
+		m.observeLocked(rec, c)
+	}
+	if removed && rec.containerID == id {
+		if rec.progress != nil {
+			rec.progress.add(progressGone)
+		}
+		delete(m.servers, k)
+	}
+	f.srv = rec.srv
+	close(f.done)
+	m.mu.Unlock()
+	return removed
 }

@@ -252,7 +252,12 @@ func TestKill9DuringConcurrentStarts(t *testing.T) {
 		}
 	}
 	if got := listOurs(t, w); len(got) != n {
-		t.Fatalf("%d containers for %d users", len(got), n)
+		var desc []string
+		for _, c := range got {
+			desc = append(desc, c.Labels[spawnd.LabelUser]+":"+string(c.State))
+		}
+		logb, _ := os.ReadFile(filepath.Join(filepath.Dir(w.config), "daemon.log"))
+		t.Fatalf("%d containers for %d users: %v\ndaemon log:\n%s", len(got), n, desc, logb)
 	}
 }
 
