@@ -113,21 +113,21 @@ func TestValidateUser(t *testing.T) {
 	}
 }
 
-// FuzzHomePath creates homes for arbitrary names in a scratch homes_root: each
-// is a new directory directly under the root (never outside it, never shared).
+// FuzzHomePath creates homes for arbitrary names in a scratch homes_root:
+// each is a new directory directly under the root, never outside it, and a
+// second name never lands in the first one's home.
 func FuzzHomePath(f *testing.F) {
 	for _, s := range []string{"alice", "..", ".", "../../etc", "/abs/path", "a/b", "x\x00", "Alice", "-2e-2e"} {
-		f.Add(s)
+		f.Add(s, "alice")
 	}
-	root := f.TempDir()
-	homes, err := NewHomes(root)
-	if err != nil {
-		f.Fatal(err)
-	}
-	seen := map[string]string{}
-	f.Fuzz(func(t *testing.T, name string) {
-		if ValidateUser(name) != nil {
+	f.Fuzz(func(t *testing.T, name, other string) {
+		if ValidateUser(name) != nil || ValidateUser(other) != nil {
 			return
+		}
+		root := t.TempDir()
+		homes, err := NewHomes(root)
+		if err != nil {
+			t.Fatal(err)
 		}
 		p, err := homes.Ensure(name, os.Getuid(), os.Getgid())
 		if err != nil {
@@ -136,13 +136,15 @@ func FuzzHomePath(f *testing.F) {
 		if filepath.Dir(p) != root {
 			t.Fatalf("home of %q at %s is not directly under %s", name, p, root)
 		}
-		fi, err := os.Lstat(p)
-		if err != nil || !fi.IsDir() {
+		if fi, err := os.Lstat(p); err != nil || !fi.IsDir() {
 			t.Fatalf("home of %q is not a directory: %v", name, err)
 		}
-		if other, ok := seen[p]; ok && other != name {
-			t.Fatalf("%q and %q share the home %s", other, name, p)
+		q, err := homes.Ensure(other, os.Getuid(), os.Getgid())
+		if err != nil {
+			t.Fatalf("Ensure(%q): %v", other, err)
 		}
-		seen[p] = name
+		if (p == q) != (name == other) {
+			t.Fatalf("%q and %q: homes %s and %s", name, other, p, q)
+		}
 	})
 }
