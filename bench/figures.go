@@ -620,3 +620,48 @@ func testenvBase(b *bench) (string, error) {
 	}
 	return testenv.DebianBase, nil
 }
+
+// authTiming: 401 answers for different wrong tokens, interleaved; the
+// medians should not tell a near miss from a far one.
+func (b *bench) authTiming() {
+	w := b.newWorld(nil)
+	defer b.closeWorld(w)
+	good := w.cfg.Token
+	kinds := []struct{ name, token string }{
+		{"none", ""},
+		{"short", "x"},
+		{"same length", strings.Repeat("x", len(good))},
+		{"all but the last byte right", good[:len(good)-1] + "x"},
+	}
+	url := "http://" + w.d.Addr().String() + "/v1/servers"
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	lat := make([][]time.Duration, len(kinds))
+	for i := 0; i < 2000; i++ {
+		for k, kind := range kinds {
+			req, _ := http.NewRequest("GET", url, nil)
+			if kind.token != "" {
+				req.Header.Set("Authorization", "Bearer "+kind.token)
+			}
+			began := time.Now()
+			resp, err := hc.Do(req)
+			if err != nil {
+				log.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 401 {
+				log.Fatalf("wrong token %q got %d", kind.name, resp.StatusCode)
+			}
+			lat[k] = append(lat[k], time.Since(began))
+		}
+	}
+	var parts []string
+	lo, hi := time.Hour, time.Duration(0)
+	for k, kind := range kinds {
+		m, _ := stats(lat[k])
+		lo, hi = min(lo, m), max(hi, m)
+		parts = append(parts, fmt.Sprintf("%s %s", kind.name, ms(m)))
+	}
+	spread := ratio(hi, lo)
+	b.add(row{figure: "auth: 401 medians by wrong token (2,000 each, interleaved)", spawnd: strings.Join(parts, "; "), raw: "-",
+		ratio: fmt.Sprintf("%.2f× spread", spread), target: "no difference worth measuring", pass: spread <= 1.10})
+}

@@ -58,7 +58,7 @@ type bench struct {
 
 func main() {
 	md := flag.String("md", "", "also write the results as Markdown to this file")
-	only := flag.String("only", "", "comma-separated figures: spawn,http,class,burst,status,reconcile,memory,restart,stop,build,pip")
+	only := flag.String("only", "", "comma-separated figures: spawn,http,class,burst,status,reconcile,memory,restart,stop,build,pip,auth")
 	rounds := flag.Int("rounds", 15, "rounds for the per-spawn figures")
 	flag.Parse()
 	log.SetFlags(0)
@@ -101,6 +101,7 @@ func main() {
 		{"stop", b.stop},
 		{"build", b.noopBuild},
 		{"pip", b.pipRebuild},
+		{"auth", b.authTiming},
 	}
 	for _, f := range figures {
 		if len(want) > 0 && !want[f.name] {
