@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -55,8 +57,11 @@ func StartOwnEngine(t testing.TB) *OwnEngine {
 	t.Cleanup(func() {
 		e.removeNetworks()
 		e.Stop()
+		e.reapLeftovers()
 		_ = exec.Command("ip", "link", "del", e.bridge).Run()
-		os.RemoveAll(dir)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Logf("removing the private engine's directory: %v", err)
+		}
 	})
 	e.Start(false)
 	return e
@@ -122,10 +127,41 @@ func (e *OwnEngine) removeNetworks() {
 	res, err := eng.Client().ContainerList(ctx, client.ContainerListOptions{All: true})
 	if err == nil {
 		for _, c := range res.Items {
-			_, _ = eng.Client().ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
+			if _, err := eng.Client().ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true}); err != nil {
+				e.t.Logf("removing a private engine's container: %v", err)
+			}
 		}
 	}
 	_, _ = eng.Client().NetworkPrune(ctx, client.NetworkPruneOptions{})
+}
+
+// reapLeftovers ends what a stopped dockerd can leave behind (with
+// live-restore, container shims keep running by design) and unmounts what
+// it mounted under its directory, so nothing of the test outlives it.
+func (e *OwnEngine) reapLeftovers() {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(b), e.dir) {
+			continue
+		}
+		var pid int
+		if _, err := fmt.Sscanf(p, "/proc/%d/cmdline", &pid); err == nil && pid != os.Getpid() {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	b, _ := os.ReadFile("/proc/self/mounts")
+	var mounts []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 && strings.HasPrefix(f[1], e.dir) {
+			mounts = append(mounts, f[1])
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(mounts)))
+	for _, m := range mounts {
+		_ = syscall.Unmount(m, syscall.MNT_DETACH)
+	}
 }
 
 // Stop stops the dockerd with SIGTERM, as systemctl stop docker would.
