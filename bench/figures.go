@@ -40,6 +40,22 @@ func removeInstance(ctx context.Context, eng *docker.Engine, inst, network strin
 	_, _ = eng.Client().NetworkRemove(ctx, network, client.NetworkRemoveOptions{})
 }
 
+// parallel runs fn(0..n-1), at most 8 at a time, and waits for them all.
+func parallel(n int, fn func(i int)) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			fn(i)
+		}()
+	}
+	wg.Wait()
+}
+
 // interleave runs b.rounds rounds of a spawnd measurement and a raw engine
 // measurement, alternating which goes first, and returns both series.
 func (b *bench) interleave(spawnd, raw func(i int) time.Duration) (sp, rw []time.Duration) {
@@ -234,23 +250,14 @@ func (b *bench) sameServerBurst() {
 func (b *bench) statusLatency() {
 	w := b.newWorld(nil)
 	defer b.closeWorld(w)
-	var wg sync.WaitGroup
 	ids := make([]string, 100)
-	sem := make(chan struct{}, 8)
-	for i := range 100 {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			s, err := w.client.Start(b.ctx, fmt.Sprintf("s%03d", i), "", api.StartRequest{})
-			if err != nil {
-				log.Fatal(err)
-			}
-			ids[i] = s.ContainerID
-		}()
-	}
-	wg.Wait()
+	parallel(100, func(i int) {
+		s, err := w.client.Start(b.ctx, fmt.Sprintf("s%03d", i), "", api.StartRequest{})
+		if err != nil {
+			log.Fatal(err)
+		}
+		ids[i] = s.ContainerID
+	})
 	load := func(call func(i int) error) []time.Duration {
 		const rate, dur = 500, 4 * time.Second
 		total := int(rate * dur.Seconds())
@@ -289,22 +296,13 @@ func (b *bench) reconcile() {
 		return map[string]string{spawnd.LabelManaged: "true", spawnd.LabelInstance: w.cfg.Instance,
 			spawnd.LabelUser: fmt.Sprintf("r%03d", i), spawnd.LabelServer: "", spawnd.LabelPort: "8888"}
 	}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for i := range 300 {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			_, err := b.eng.Create(b.ctx, spawnd.ContainerSpec{Name: fmt.Sprintf("spawnd-%s-r%03d", w.cfg.Instance, i), Image: b.image,
-				Labels: labels(i), Port: 8888, Network: w.cfg.Network.Name, PidsLimit: 64})
-			if err != nil {
-				log.Fatal(err)
-			}
-		}()
-	}
-	wg.Wait()
+	parallel(300, func(i int) {
+		_, err := b.eng.Create(b.ctx, spawnd.ContainerSpec{Name: fmt.Sprintf("spawnd-%s-r%03d", w.cfg.Instance, i), Image: b.image,
+			Labels: labels(i), Port: 8888, Network: w.cfg.Network.Name, PidsLimit: 64})
+		if err != nil {
+			log.Fatal(err)
+		}
+	})
 	mgr := w.d.Manager()
 	var sp, raw []time.Duration
 	f := client.Filters{}
@@ -452,20 +450,11 @@ func (b *bench) restart() {
 	p := b.startProc(inst, port)
 	defer func() { p.kill(); removeInstance(b.ctx, b.eng, inst, "spawnd-"+inst) }()
 	p.waitList(0)
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for i := range 50 {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if _, err := p.client.Start(b.ctx, fmt.Sprintf("k%02d", i), "", api.StartRequest{}); err != nil {
-				log.Fatal(err)
-			}
-		}()
-	}
-	wg.Wait()
+	parallel(50, func(i int) {
+		if _, err := p.client.Start(b.ctx, fmt.Sprintf("k%02d", i), "", api.StartRequest{}); err != nil {
+			log.Fatal(err)
+		}
+	})
 	var ds []time.Duration
 	for range 5 {
 		p.kill()
