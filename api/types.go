@@ -179,7 +179,8 @@ const (
 	CodeNotFound     Code = "not_found"    // 404
 	CodeConflict     Code = "conflict"     // 409: the request contradicts current state
 	CodeTooLarge     Code = "too_large"    // 413
-	CodeUnavailable  Code = "unavailable"  // 503: the engine is not reachable
+	CodeUnavailable  Code = "unavailable"  // 503: the engine is not reachable, or the daemon has not synced with it yet
+	CodeServerFailed Code = "server_failed" // 502: the user's server exited (or never listened) during its start
 	CodeInternal     Code = "internal"     // 500
 )
 
@@ -200,6 +201,8 @@ func (c Code) HTTPStatus() int {
 		return 413
 	case CodeUnavailable:
 		return 503
+	case CodeServerFailed:
+		return 502
 	default:
 		return 500
 	}

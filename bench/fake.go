@@ -54,6 +54,8 @@ func (m *memRuntime) Inspect(_ context.Context, id string) (spawnd.Container, er
 	return spawnd.Container{}, errdefs.ErrNotFound
 }
 
+func (m *memRuntime) Logs(context.Context, string, int) (string, error) { return "", nil }
+
 func (m *memRuntime) Remove(_ context.Context, id string, _ time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()

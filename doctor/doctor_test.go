@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spawnd/spawnd/internal/ci"
+
 	"github.com/containerd/errdefs"
 
 	"github.com/spawnd/spawnd/envs"
@@ -77,7 +79,7 @@ func setup(t *testing.T) (Input, string) {
 
 func TestHealthyInstallPasses(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("homes_root ownership checks need root")
+		ci.Skip(t, "homes_root ownership checks need root")
 	}
 	in, _ := setup(t)
 	rs := Run(context.Background(), in)
@@ -101,7 +103,7 @@ func TestBrokenSetups(t *testing.T) {
 		}, "engine", "start it"},
 		{"homes_root wrong owner", func(t *testing.T, in *Input, _ string) {
 			if err := os.Chown(in.Config.HomesRoot, 1000, 1000); err != nil {
-				t.Skip("chown needs root")
+				ci.Skip(t, "chown needs root: %v", err)
 			}
 		}, "homes_root", "chown root:root"},
 		{"homes_root world-writable", func(t *testing.T, in *Input, _ string) { _ = os.Chmod(in.Config.HomesRoot, 0o777) }, "homes_root", "chmod 755"},

@@ -3,6 +3,7 @@ package spawnd
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,9 +22,11 @@ type fakeRuntime struct {
 	starts     atomic.Int32
 	removes    atomic.Int32
 	createHook func() // called inside Create, before it returns
+	startHook  func(id string) // called after Start made a container run
 	startErr   error
 	events     chan Event
 	eventsErr  chan error
+	logs       map[string][]string // container id -> lines, each ending in "\n"
 }
 
 func newFake() *fakeRuntime {
@@ -32,6 +35,7 @@ func newFake() *fakeRuntime {
 		specs:      map[string]ContainerSpec{},
 		images:     map[string]string{"img:1": "sha256:aaa", "img:2": "sha256:bbb"},
 		events:     make(chan Event, 100),
+		logs:       map[string][]string{},
 		eventsErr:  make(chan error, 1),
 	}
 }
@@ -80,6 +84,9 @@ func (f *fakeRuntime) Start(_ context.Context, id string) error {
 		return errdefs.ErrNotFound
 	}
 	c.State, c.StartedAt, c.HostPort = EngineRunning, time.Now(), 40000+f.seq
+	if f.startHook != nil {
+		f.startHook(id)
+	}
 	return nil
 }
 
@@ -92,6 +99,19 @@ func (f *fakeRuntime) Inspect(_ context.Context, idOrName string) (Container, er
 		}
 	}
 	return Container{}, errdefs.ErrNotFound.WithMessage("no such container")
+}
+
+func (f *fakeRuntime) Logs(_ context.Context, id string, tail int) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.containers[id]; !ok {
+		return "", errdefs.ErrNotFound.WithMessage("no such container")
+	}
+	lines := f.logs[id]
+	if len(lines) > tail {
+		lines = lines[len(lines)-tail:]
+	}
+	return strings.Join(lines, ""), nil
 }
 
 func (f *fakeRuntime) Remove(_ context.Context, id string, _ time.Duration) error {

@@ -338,7 +338,7 @@ func (m *Manager) Start(ctx context.Context, user, server string, req api.StartR
 }
 
 func (m *Manager) runStart(p plan, rec *record, f *flight, oldID string) {
-	ctx, cancel := context.WithTimeout(m.baseCtx, m.cfg.StartTimeout)
+	ctx, cancel := context.WithCancel(m.baseCtx)
 	defer cancel()
 	began := time.Now()
 	log := m.log.With("user", bound(p.key.user), "server", bound(p.key.server), "env", p.envName)
@@ -360,6 +360,9 @@ func (m *Manager) runStart(p plan, rec *record, f *flight, oldID string) {
 		rec.containerID, rec.engineState = "", ""
 		rec.srv.State = api.StateFailed
 		rec.srv.Reason = "start failed: " + msg
+		if ee := (*exitError)(nil); errors.As(err, &ee) {
+			rec.srv.ExitCode = ee.code
+		}
 		rec.srv.Ready = false
 		rec.progress.add(api.ProgressEvent{Progress: 100, Step: api.StepFailed, Message: "Start failed: " + msg, Failed: true})
 		m.metrics.starts.WithLabelValues("failed").Inc()
@@ -381,12 +384,27 @@ func (m *Manager) doStart(ctx context.Context, p plan, rec *record, oldID string
 	prog := rec.progress
 	prog.add(api.ProgressEvent{Progress: 0, Step: api.StepAccepted, Message: "Server requested"})
 
+	// Admission: at most max_concurrent_starts servers boot at once, each
+	// from the engine's create until its port listens (or it fails). Booting
+	// a single-user server is CPU-bound; letting a whole class boot at once
+	// makes every one of them slow.
+	qctx, qcancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
+	m.metrics.queued.Inc()
 	select {
 	case m.admit <- struct{}{}:
-	case <-ctx.Done():
+		m.metrics.queued.Dec()
+		qcancel()
+	case <-qctx.Done():
+		m.metrics.queued.Dec()
+		qcancel()
+		if ctx.Err() == nil {
+			return api.Server{}, api.Errorf(api.CodeUnavailable, "%d servers are booting and this start waited %s for its turn; try again shortly (max_concurrent_starts)", m.cfg.MaxConcurrentStarts, m.cfg.StartTimeout)
+		}
 		return api.Server{}, ctx.Err()
 	}
 	defer func() { <-m.admit }()
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
+	defer cancel()
 
 	if _, err := m.rt.ImageID(ctx, p.env.Image); err != nil {
 		if errdefs.IsNotFound(err) {
@@ -444,9 +462,130 @@ func (m *Manager) doStart(ctx context.Context, p plan, rec *record, oldID string
 	}
 	m.mu.Lock()
 	m.observeLocked(rec, c)
+	m.mu.Unlock()
+	if err := m.waitListening(ctx, rec, id, secretValues(spec.Env)); err != nil {
+		cleanup()
+		return api.Server{}, err
+	}
+	m.mu.Lock()
 	srv := rec.srv
 	m.mu.Unlock()
 	return srv, nil
+}
+
+// exitError is a server that exited, or never listened, during its start.
+type exitError struct {
+	code *int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+func (e *exitError) Unwrap() error { return api.Errorf(api.CodeServerFailed, "%s", e.msg) }
+
+// logTailLines bounds the container log a failed start reports.
+const (
+	logTailLines = 20
+	logLineMax   = 300
+)
+
+// waitListening waits until the server in container id accepts connections
+// on its port, and fails as soon as the container ends first, with its exit
+// code and the last lines of its log (secrets removed).
+func (m *Manager) waitListening(ctx context.Context, rec *record, id string, secrets []string) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		m.mu.Lock()
+		srv, cur := rec.srv, rec.containerID
+		m.mu.Unlock()
+		switch {
+		case cur != id:
+			return api.Errorf(api.CodeConflict, "the server's container was replaced during its start")
+		case srv.Ready:
+			return nil
+		case srv.State == api.StateFailed || srv.State == api.StateStopped:
+			msg := "the server " + srv.Reason + " before it listened"
+			if tail := m.logTail(ctx, id, secrets); tail != "" {
+				msg += "; its last log lines:\n" + tail
+			}
+			return &exitError{code: srv.ExitCode, msg: msg}
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				msg := fmt.Sprintf("the server did not listen on its port within start_timeout (%s)", m.cfg.StartTimeout)
+				if tail := m.logTail(context.WithoutCancel(ctx), id, secrets); tail != "" {
+					msg += "; its last log lines:\n" + tail
+				}
+				return &exitError{msg: msg}
+			}
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// logTail is the end of a container's log, bounded in lines and bytes, with
+// every secret value replaced and control characters dropped. It is written
+// for the person on the spawn page; an error reading it yields "".
+func (m *Manager) logTail(ctx context.Context, id string, secrets []string) string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	out, err := m.rt.Logs(ctx, id, logTailLines)
+	if err != nil {
+		m.log.Warn("reading the log of a failed server", "container_id", short(id), "err", err)
+		return ""
+	}
+	return redactTail(out, secrets)
+}
+
+// redactTail bounds and cleans a log tail; see logTail.
+func redactTail(out string, secrets []string) string {
+	for _, s := range secrets {
+		out = strings.ReplaceAll(out, s, "[redacted]")
+	}
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) > logTailLines {
+		lines = lines[len(lines)-logTailLines:]
+	}
+	for i, l := range lines {
+		l = strings.Map(func(r rune) rune {
+			if r == '\t' {
+				return ' '
+			}
+			if r < 0x20 || r == 0x7f {
+				return -1
+			}
+			return r
+		}, strings.ToValidUTF8(l, "?"))
+		if len(l) > logLineMax {
+			l = strings.ToValidUTF8(l[:logLineMax], "") + "…"
+		}
+		lines[i] = l
+	}
+	return strings.TrimSpace(strings.Join(lines, "\n"))
+}
+
+// secretValues are the values of a container's environment that must never
+// be shown: tokens, secrets, passwords, keys.
+func secretValues(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || len(v) < 6 {
+			continue
+		}
+		uk := strings.ToUpper(k)
+		for _, w := range []string{"TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL"} {
+			if strings.Contains(uk, w) {
+				out = append(out, v)
+				break
+			}
+		}
+	}
+	// Longest first, so a secret that contains another is replaced whole.
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
 }
 
 // create creates the container, handling a name that is already taken: a
@@ -556,7 +695,8 @@ func (m *Manager) observeLocked(rec *record, c Container) {
 			rec.probeCancel()
 			rec.probeCancel = nil
 		}
-		if rec.progress != nil {
+		if rec.progress != nil && (rec.flight == nil || rec.flight.kind != opStart) {
+			// During a start, the start itself reports the failure, with the log tail.
 			rec.progress.add(api.ProgressEvent{Progress: 100, Step: api.StepFailed, Message: "Server stopped: " + s.Reason, Failed: true})
 		}
 	}

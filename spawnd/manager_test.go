@@ -3,9 +3,12 @@ package spawnd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -531,5 +534,107 @@ func TestReaperSparesAContainerThatStarted(t *testing.T) {
 	}
 	if s, _ := m.Status("late", ""); s.State != api.StateRunning {
 		t.Fatalf("status after the reaper looked: %+v", s)
+	}
+}
+
+func TestStartReturnsOnceTheServerListens(t *testing.T) {
+	rt := newFake()
+	m := newTestManager(t, testConfig(t), rt)
+	var listening atomic.Bool
+	m.Dial = func(context.Context, string) error {
+		if listening.Load() {
+			return nil
+		}
+		return errors.New("connection refused")
+	}
+	done := make(chan api.Server, 1)
+	go func() {
+		s, err := m.Start(context.Background(), "lena", "", api.StartRequest{})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- s
+	}()
+	eventually(t, "the container to run", func() bool { return rt.starts.Load() == 1 })
+	select {
+	case s := <-done:
+		t.Fatalf("start returned before the server listened: %+v", s)
+	case <-time.After(200 * time.Millisecond):
+	}
+	listening.Store(true)
+	select {
+	case s := <-done:
+		if !s.Ready || s.State != api.StateRunning {
+			t.Fatalf("start returned a server that is not ready: %+v", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("start did not return after the server listened")
+	}
+}
+
+func TestStartFailsFastWithTheLogTailWhenTheServerExits(t *testing.T) {
+	rt := newFake()
+	m := newTestManager(t, testConfig(t), rt)
+	m.Dial = func(context.Context, string) error { return errors.New("connection refused") }
+	const token = "0123456789abcdef0123456789abcdef"
+	rt.startHook = func(id string) {
+		rt.logs[id] = []string{"booting\n", "using token " + token + "\n", "\x1b[31mImportError: no module named jupyterhub\x1b[0m\n"}
+		go rt.exit(id, 3, false)
+	}
+	began := time.Now()
+	_, err := m.Start(context.Background(), "mona", "", api.StartRequest{Environment: map[string]string{"JUPYTERHUB_API_TOKEN": token}})
+	if err == nil {
+		t.Fatal("a server that exited during its start was reported started")
+	}
+	if took := time.Since(began); took > 10*time.Second {
+		t.Errorf("the failure took %s; it must not wait for start_timeout", took)
+	}
+	if api.ErrorCode(err) != api.CodeServerFailed {
+		t.Errorf("code %q, want %q (%v)", api.ErrorCode(err), api.CodeServerFailed, err)
+	}
+	msg := api.ErrorMessage(err)
+	for _, want := range []string{"exited with code 3", "ImportError: no module named jupyterhub", "[redacted]"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message %q lacks %q", msg, want)
+		}
+	}
+	if strings.Contains(msg, token) || strings.Contains(msg, "\x1b") {
+		t.Errorf("message leaks the token or control characters: %q", msg)
+	}
+	s, err := m.Status("mona", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.State != api.StateFailed || s.ExitCode == nil || *s.ExitCode != 3 {
+		t.Errorf("status after the failed start: %+v", s)
+	}
+	if n := rt.count(); n != 0 {
+		t.Errorf("%d container(s) left after a failed start", n)
+	}
+}
+
+func TestRedactTail(t *testing.T) {
+	long := strings.Repeat("x", 2*logLineMax)
+	var many strings.Builder
+	for i := range 2 * logTailLines {
+		fmt.Fprintf(&many, "line %d\n", i)
+	}
+	for _, tc := range []struct {
+		name, in string
+		secrets  []string
+		want     string
+	}{
+		{"secret", "token=s3cr3tvalue ok\n", []string{"s3cr3tvalue"}, "token=[redacted] ok"},
+		{"longest secret first", "abcdef123456\n", secretValues([]string{"A_TOKEN=abcdef", "B_KEY=abcdef123456"}), "[redacted]"},
+		{"control characters", "\x1b[1mbold\x1b[0m\tx\r\n", nil, "[1mbold[0m x"},
+		{"long line", long + "\n", nil, long[:logLineMax] + "…"},
+		{"last lines only", many.String(), nil, strings.TrimSpace(strings.Join(strings.Split(many.String(), "\n")[logTailLines:2*logTailLines], "\n"))},
+		{"invalid utf-8", "a\xffb\n", nil, "a?b"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := redactTail(tc.in, tc.secrets); got != tc.want {
+				t.Errorf("redactTail(%q) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
 	}
 }

@@ -14,6 +14,8 @@ type metrics struct {
 	stops        prometheus.Counter
 	reaped       prometheus.Counter
 	reconciles   prometheus.Counter
+	queued       prometheus.Gauge
+	booting      prometheus.GaugeFunc
 }
 
 func newMetrics(m *Manager, reg prometheus.Registerer) *metrics {
@@ -24,13 +26,17 @@ func newMetrics(m *Manager, reg prometheus.Registerer) *metrics {
 		}, []string{"result"}),
 		startSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "spawnd_start_duration_seconds",
-			Help:    "Time from a start request to its container running.",
-			Buckets: []float64{.05, .1, .2, .3, .5, .75, 1, 2, 5, 10, 30, 60},
+			Help:    "Time from a start request to its server listening on its port.",
+			Buckets: []float64{.1, .2, .3, .5, .75, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120},
 		}),
 		stops:      prometheus.NewCounter(prometheus.CounterOpts{Name: "spawnd_stops_total", Help: "Servers stopped."}),
 		reaped:     prometheus.NewCounter(prometheus.CounterOpts{Name: "spawnd_reaped_total", Help: "Half-made containers removed by the reaper."}),
 		reconciles: prometheus.NewCounter(prometheus.CounterOpts{Name: "spawnd_reconciles_total", Help: "Full reconciles with the engine."}),
+		queued:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "spawnd_starts_queued", Help: "Starts waiting for their turn behind max_concurrent_starts."}),
 	}
+	mt.booting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "spawnd_starts_booting", Help: "Servers admitted and booting (created, not yet listening)."}, func() float64 {
+		return float64(len(m.admit))
+	})
 	if reg == nil {
 		return mt
 	}
@@ -45,6 +51,6 @@ func newMetrics(m *Manager, reg prometheus.Registerer) *metrics {
 		}
 		return 0
 	})
-	reg.MustRegister(mt.starts, mt.startSeconds, mt.stops, mt.reaped, mt.reconciles, servers, engine)
+	reg.MustRegister(mt.starts, mt.startSeconds, mt.stops, mt.reaped, mt.reconciles, mt.queued, mt.booting, servers, engine)
 	return mt
 }

@@ -19,6 +19,9 @@ type Runtime interface {
 	Create(ctx context.Context, spec ContainerSpec) (id string, err error)
 	Start(ctx context.Context, id string) error
 	Inspect(ctx context.Context, idOrName string) (Container, error)
+	// Logs returns the last lines (at most tail) of what the container wrote
+	// to stdout and stderr, interleaved as the engine stored them.
+	Logs(ctx context.Context, id string, tail int) (string, error)
 	// Remove stops a container (SIGTERM, then SIGKILL after grace) and removes it.
 	// Removing a container that is already gone is not an error.
 	Remove(ctx context.Context, id string, grace time.Duration) error

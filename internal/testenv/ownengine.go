@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spawnd/spawnd/internal/ci"
+
 	"github.com/moby/moby/client"
 
 	"github.com/spawnd/spawnd/spawnd/docker"
@@ -33,10 +35,10 @@ type OwnEngine struct {
 func StartOwnEngine(t testing.TB) *OwnEngine {
 	t.Helper()
 	if os.Getuid() != 0 {
-		t.Skip("a private dockerd needs root")
+		ci.Skip(t, "a private dockerd needs root")
 	}
 	if _, err := exec.LookPath("dockerd"); err != nil {
-		t.Skip("no dockerd")
+		ci.Skip(t, "no dockerd (apt-get install docker.io)")
 	}
 	dir, err := os.MkdirTemp("", "spawnd-dockerd-")
 	if err != nil {

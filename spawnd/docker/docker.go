@@ -5,13 +5,17 @@
 package docker
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"strconv"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/api/types/mount"
@@ -155,6 +159,39 @@ func (e *Engine) Start(ctx context.Context, id string) error {
 		return fmt.Errorf("starting container %s: %w", id, err)
 	}
 	return nil
+}
+
+// Logs implements spawnd.Runtime.
+func (e *Engine) Logs(ctx context.Context, id string, tail int) (string, error) {
+	rc, err := e.cli.ContainerLogs(ctx, id, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true, Tail: strconv.Itoa(tail)})
+	if err != nil {
+		return "", fmt.Errorf("reading the logs of container %s: %w", id, err)
+	}
+	defer rc.Close()
+	var buf bytes.Buffer
+	w := &limitWriter{w: &buf, n: 64 << 10}
+	if _, err := stdcopy.StdCopy(w, w, rc); err != nil && !errors.Is(err, errLimit) {
+		return buf.String(), fmt.Errorf("reading the logs of container %s: %w", id, err)
+	}
+	return buf.String(), nil
+}
+
+var errLimit = errors.New("log limit reached")
+
+// limitWriter keeps at most n bytes.
+type limitWriter struct {
+	w io.Writer
+	n int
+}
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if len(p) > l.n {
+		_, _ = l.w.Write(p[:l.n])
+		l.n = 0
+		return 0, errLimit
+	}
+	l.n -= len(p)
+	return l.w.Write(p)
 }
 
 // Inspect implements spawnd.Runtime.

@@ -1,0 +1,369 @@
+"""JupyterHub spawner that runs each user's server through the spawnd daemon.
+
+The spawner is a thin shim over spawnd's HTTP API (api/openapi.yaml):
+
+- start   -> POST   /v1/users/{user}/server[s/{name}]
+- poll    -> GET    the same path (answered from the daemon's memory)
+- stop    -> DELETE the same path (the home is never touched)
+- progress-> GET    .../progress (Server-Sent Events, JupyterHub's shape)
+
+Users choose among the env and profile *names* the daemon offers for their
+groups; the daemon enforces what each group may use. Nothing a user sends can
+name an image, a mount or a Docker option.
+"""
+
+import asyncio
+import html
+import json
+import os
+from urllib.parse import quote, urlencode, urlparse
+
+from jupyterhub.spawner import Spawner
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from traitlets import Bool, Float, Integer, Unicode, default
+
+__version__ = "0.1.0"
+
+__all__ = ["SpawndSpawner", "SpawndError"]
+
+
+def _segment(name):
+    """Percent-encode a name as one path segment, dots included, so that
+    names like '..' or 'a/b' stay names."""
+    return quote(name, safe="").replace(".", "%2E")
+
+
+class SpawndError(Exception):
+    """The daemon refused a request or could not be reached.
+
+    The message is written for the person on the spawn page.
+    """
+
+    def __init__(self, message, code="unavailable", status=None):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class SpawndSpawner(Spawner):
+    """Spawn single-user servers as containers through spawnd."""
+
+    api_url = Unicode(
+        "http://127.0.0.1:8765",
+        config=True,
+        help="URL of the spawnd daemon's API (http://, https://).",
+    )
+    # Spawner.api_token is the hub's token for the single-user server; the
+    # daemon's token has its own names.
+    token = Unicode(
+        config=True,
+        help="Bearer token for spawnd's API. Default: $SPAWND_TOKEN, else the content of token_file.",
+    )
+    token_file = Unicode(
+        "",
+        config=True,
+        help="File holding spawnd's API token (e.g. /etc/spawnd/token).",
+    )
+    default_env = Unicode(
+        "", config=True, help="Env name to use when the user chooses none ('' = the daemon's default)."
+    )
+    default_profile = Unicode(
+        "", config=True, help="Resource profile to use when the user chooses none ('' = the daemon's default)."
+    )
+    tls_verify = Bool(True, config=True, help="Verify the daemon's TLS certificate.")
+    ca_file = Unicode("", config=True, help="CA bundle to verify the daemon's certificate with.")
+    request_timeout = Float(
+        30.0, config=True, help="Seconds to wait for an answer to a status or stop call."
+    )
+    connect_timeout = Float(5.0, config=True, help="Seconds to wait for a connection to the daemon.")
+    stop_retries = Integer(
+        3,
+        config=True,
+        help="How many times a stop is tried while the daemon is unreachable before it is reported as failed.",
+    )
+    use_gateway = Bool(
+        True,
+        config=True,
+        help="""When the daemon publishes ports on the host (network mode 'publish') and
+        hub_connect_url is not set, point user servers at the hub API through the
+        user network's gateway, so containers reach a hub that runs on the host.
+        The hub must then listen there (c.JupyterHub.hub_ip = '0.0.0.0' or the gateway).""",
+    )
+
+    @default("token")
+    def _default_token(self):
+        tok = os.environ.get("SPAWND_TOKEN", "")
+        if not tok and self.token_file:
+            try:
+                with open(self.token_file) as f:
+                    tok = f.read().strip()
+            except OSError as e:
+                self.log.error("Cannot read spawnd token file %s: %s", self.token_file, e)
+        return tok
+
+    # The single-user server listens on every address of its container, on
+    # the env's port; spawnd publishes or routes it.
+    @default("ip")
+    def _default_ip(self):
+        return "0.0.0.0"
+
+    @default("port")
+    def _default_port(self):
+        return 8888
+
+    @default("options_form")
+    def _default_options_form(self):
+        return _render_options_form
+
+    # State JupyterHub keeps for us across hub restarts.
+    container_id = Unicode("")
+    env_name = Unicode("")
+    lock_digest = Unicode("")
+
+    def get_state(self):
+        state = super().get_state()
+        if self.container_id:
+            state["container_id"] = self.container_id
+            state["env"] = self.env_name
+            state["lock_digest"] = self.lock_digest
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.container_id = state.get("container_id", "")
+        self.env_name = state.get("env", "")
+        self.lock_digest = state.get("lock_digest", "")
+
+    def clear_state(self):
+        super().clear_state()
+        self.container_id = ""
+        self.env_name = ""
+        self.lock_digest = ""
+
+    # --- talking to the daemon -------------------------------------------
+
+    def _server_path(self):
+        path = "/v1/users/" + _segment(self.user.name)
+        if self.name:
+            return path + "/servers/" + _segment(self.name)
+        return path + "/server"
+
+    def _groups(self):
+        return sorted(g.name for g in (getattr(self.user, "groups", None) or []))
+
+    def _request_args(self, timeout):
+        return dict(
+            headers={
+                "Authorization": "Bearer " + self.token,
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+            connect_timeout=self.connect_timeout,
+            request_timeout=timeout,
+            validate_cert=self.tls_verify,
+            ca_certs=self.ca_file or None,
+        )
+
+    async def _request(self, method, path, body=None, timeout=None, allow_404=False):
+        url = self.api_url.rstrip("/") + path
+        data = None
+        if body is not None:
+            data = json.dumps(body)
+        elif method in ("POST", "PUT"):
+            data = ""
+        req = HTTPRequest(url, method=method, body=data, **self._request_args(timeout or self.request_timeout))
+        try:
+            resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+        except Exception as e:  # connection refused, DNS, TLS
+            raise SpawndError(f"The spawnd daemon is not reachable at {self.api_url} ({e}).")
+        if resp.code == 599:
+            err = resp.error or "timeout"
+            raise SpawndError(f"The spawnd daemon did not answer at {self.api_url} ({err}).")
+        if resp.code == 404 and allow_404:
+            return None
+        if resp.code >= 400:
+            code, message = "internal", f"HTTP {resp.code}"
+            try:
+                e = json.loads(resp.body)["error"]
+                code, message = e.get("code", code), e.get("message", message)
+            except Exception:
+                pass
+            if resp.code == 401:
+                message = "the hub's spawnd token was refused; check c.SpawndSpawner.token / token_file"
+            raise SpawndError(f"spawnd: {message}", code=code, status=resp.code)
+        if not resp.body:
+            return {}
+        return json.loads(resp.body)
+
+    async def daemon_options(self):
+        """The envs and profiles the daemon offers this user's groups."""
+        q = urlencode([("group", g) for g in self._groups()])
+        return await self._request("GET", "/v1/options" + ("?" + q if q else ""))
+
+    # --- the Spawner API ---------------------------------------------------
+
+    async def start(self):
+        opts = await self.daemon_options()
+        net = opts.get("network") or {}
+        if self.use_gateway and self.hub_connect_url is None and net.get("mode") == "publish" and net.get("gateway"):
+            api = urlparse(self.hub.api_url)
+            self.hub_connect_url = f"{api.scheme}://{net['gateway']}:{api.port or 80}"
+        choice = self.user_options or {}
+        body = {
+            "environment": {k: str(v) for k, v in self.get_env().items()},
+            "groups": self._groups(),
+        }
+        env = choice.get("env") or self.default_env
+        profile = choice.get("profile") or self.default_profile
+        if env:
+            body["env"] = env
+        if profile:
+            body["profile"] = profile
+        cmd = list(self.cmd or []) + list(self.get_args() or [])
+        if cmd:
+            body["cmd"] = cmd
+        srv = await self._request("POST", self._server_path(), body, timeout=max(float(self.start_timeout), 30.0))
+        self.container_id = srv.get("container_id", "")
+        self.env_name = srv.get("env", "")
+        self.lock_digest = srv.get("lock_digest", "")
+        if srv.get("state") in ("failed", "stopped"):
+            raise SpawndError(f"spawnd: the server {srv.get('state')}: {srv.get('reason', '')}".rstrip(": "))
+        self.log.info(
+            "spawnd started %s (env %s, lock %s) at %s:%s",
+            self._log_name, self.env_name, self.lock_digest[:19], srv.get("host"), srv.get("port"),
+        )
+        return f"http://{srv['host']}:{srv['port']}"
+
+    async def poll(self):
+        try:
+            srv = await self._request("GET", self._server_path(), timeout=self.request_timeout, allow_404=True)
+        except SpawndError as e:
+            # Unknown is not stopped: claiming the server gone while it may run
+            # would leave a container the hub has forgotten.
+            self.log.warning("Cannot poll %s: %s", self._log_name, e)
+            return None
+        if srv is None:
+            return 0
+        if srv.get("state") in ("pending", "running"):
+            return None
+        code = srv.get("exit_code")
+        if code is None:
+            code = 1 if srv.get("state") == "failed" else 0
+        return code
+
+    async def stop(self, now=False):
+        last = None
+        for attempt in range(max(1, self.stop_retries)):
+            try:
+                await self._request("DELETE", self._server_path(), timeout=self.request_timeout + 30, allow_404=True)
+                self.clear_state()
+                return
+            except SpawndError as e:
+                if e.status is not None and e.status < 500:
+                    raise
+                last = e
+                self.log.warning("Stopping %s failed (try %d): %s", self._log_name, attempt + 1, e)
+                await asyncio.sleep(min(2 ** attempt, 5))
+        raise last
+
+    async def progress(self):
+        """Yield the daemon's progress events for the start in flight."""
+        queue = asyncio.Queue()
+        buf = bytearray()
+
+        def on_chunk(chunk):
+            buf.extend(chunk)
+            while b"\n\n" in buf:
+                frame, _, rest = bytes(buf).partition(b"\n\n")
+                buf[:] = rest
+                for line in frame.split(b"\n"):
+                    if line.startswith(b"data: "):
+                        queue.put_nowait(line[6:])
+
+        async def fetch():
+            for _ in range(50):  # the start request may not have reached the daemon yet
+                req = HTTPRequest(
+                    self.api_url.rstrip("/") + self._server_path() + "/progress",
+                    streaming_callback=on_chunk,
+                    **self._request_args(float(self.start_timeout)),
+                )
+                try:
+                    resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+                except Exception as e:
+                    self.log.warning("Progress of %s unavailable: %s", self._log_name, e)
+                    break
+                if resp.code != 404:
+                    break
+                await asyncio.sleep(0.1)
+            queue.put_nowait(None)
+
+        task = asyncio.ensure_future(fetch())
+        try:
+            while True:
+                data = await queue.get()
+                if data is None:
+                    break
+                try:
+                    ev = json.loads(data)
+                except ValueError:
+                    continue
+                yield {"progress": int(ev.get("progress", 0)), "message": ev.get("message", "")}
+                if ev.get("ready") or ev.get("failed"):
+                    break
+        finally:
+            task.cancel()
+
+    def options_from_form(self, formdata):
+        """Keep only the names the form offers; the daemon checks them."""
+        out = {}
+        for key in ("env", "profile"):
+            val = (formdata.get(key) or [""])[0].strip()
+            if val:
+                out[key] = val
+        return out
+
+
+async def _render_options_form(spawner):
+    """An options form with the envs and profiles the daemon offers the user;
+    empty (no form) when there is nothing to choose."""
+    try:
+        opts = await spawner.daemon_options()
+    except SpawndError as e:
+        spawner.log.warning("No options form for %s: %s", spawner._log_name, e)
+        return ""
+    envs, profiles = opts.get("envs") or [], opts.get("profiles") or []
+    if len(envs) <= 1 and len(profiles) <= 1:
+        return ""
+
+    def select(name, label, items, describe):
+        rows = []
+        for it in items:
+            sel = " selected" if it.get("default") else ""
+            rows.append(
+                f'<option value="{html.escape(it["name"])}"{sel}>{html.escape(describe(it))}</option>'
+            )
+        return (
+            f'<div class="form-group"><label for="spawnd-{name}">{label}</label>'
+            f'<select class="form-control" name="{name}" id="spawnd-{name}">{"".join(rows)}</select></div>'
+        )
+
+    def env_text(e):
+        text = e["name"]
+        if e.get("description"):
+            text += " - " + e["description"]
+        return text
+
+    def profile_text(p):
+        parts = [p["name"]]
+        if p.get("memory_mb"):
+            parts.append(f"{p['memory_mb']} MiB")
+        if p.get("cpus"):
+            parts.append(f"{p['cpus']:g} CPU")
+        return ", ".join(parts)
+
+    form = ""
+    if len(envs) > 1:
+        form += select("env", "Environment", envs, env_text)
+    if len(profiles) > 1:
+        form += select("profile", "Resources", profiles, profile_text)
+    return form
