@@ -173,15 +173,15 @@ type Code string
 
 // Error codes and the HTTP status each maps to.
 const (
-	CodeInvalid      Code = "invalid"      // 400: the request is wrong; the message says what to fix
-	CodeUnauthorized Code = "unauthorized" // 401: missing or wrong token
-	CodeForbidden    Code = "forbidden"    // 403: the user's groups do not allow this env or profile
-	CodeNotFound     Code = "not_found"    // 404
-	CodeConflict     Code = "conflict"     // 409: the request contradicts current state
-	CodeTooLarge     Code = "too_large"    // 413
-	CodeUnavailable  Code = "unavailable"  // 503: the engine is not reachable, or the daemon has not synced with it yet
+	CodeInvalid      Code = "invalid"       // 400: the request is wrong; the message says what to fix
+	CodeUnauthorized Code = "unauthorized"  // 401: missing or wrong token
+	CodeForbidden    Code = "forbidden"     // 403: the user's groups do not allow this env or profile
+	CodeNotFound     Code = "not_found"     // 404
+	CodeConflict     Code = "conflict"      // 409: the request contradicts current state
+	CodeTooLarge     Code = "too_large"     // 413
+	CodeUnavailable  Code = "unavailable"   // 503: the engine is not reachable, or the daemon has not synced with it yet
 	CodeServerFailed Code = "server_failed" // 502: the user's server exited (or never listened) during its start
-	CodeInternal     Code = "internal"     // 500
+	CodeInternal     Code = "internal"      // 500
 )
 
 // HTTPStatus maps a code to its HTTP status.

@@ -21,7 +21,7 @@ type fakeRuntime struct {
 	creates    atomic.Int32
 	starts     atomic.Int32
 	removes    atomic.Int32
-	createHook func() // called inside Create, before it returns
+	createHook func()          // called inside Create, before it returns
 	startHook  func(id string) // called after Start made a container run
 	startErr   error
 	events     chan Event
