@@ -321,7 +321,8 @@ func (b *bench) reconcile() {
 	}
 	sm, _ := stats(sp)
 	rm, _ := stats(raw)
-	if n := len(mgr.List()); n != 300 {
+	if l, _ := mgr.List(); len(l) != 300 {
+		n := len(l)
 		log.Printf("  reconcile saw %d servers, want 300", n)
 	}
 	b.add(row{figure: "reconcile: 300 containers, full (median of 5)", spawnd: ms(sm), raw: ms(rm) + " (list only)",

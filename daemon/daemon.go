@@ -183,8 +183,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	servers, _ := mgr.List()
 	d.log.Info("spawnd serving", "listen", d.ln.Addr().String(), "tls", d.cfg.TLS.CertFile != "", "engine_api", info.EngineAPI,
-		"homes_root", d.cfg.HomesRoot, "instance", d.cfg.Instance, "servers", len(mgr.List()))
+		"homes_root", d.cfg.HomesRoot, "instance", d.cfg.Instance, "servers", len(servers), "synced", servers != nil)
 	err = server.Serve(ctx, d.ln, h, d.cfg.TLS.CertFile, d.cfg.TLS.KeyFile)
 	cancel()
 	<-runErr

@@ -12,13 +12,14 @@ package spawnd
 // Labels spawnd puts on every container it creates. They are the database:
 // nothing else about a server is stored anywhere.
 const (
-	LabelManaged    = "io.spawnd.managed"     // "true"
-	LabelInstance   = "io.spawnd.instance"    // Config.Instance
-	LabelUser       = "io.spawnd.user"        // the JupyterHub user name, unescaped
-	LabelServer     = "io.spawnd.server"      // the server name; "" for the default server
-	LabelEnv        = "io.spawnd.env"         // env name
-	LabelProfile    = "io.spawnd.profile"     // resource profile name
-	LabelLockDigest = "io.spawnd.lock-digest" // the env's lock digest at start
-	LabelHomeScheme = "io.spawnd.home-scheme" // HomeScheme
-	LabelPort       = "io.spawnd.port"        // the single-user port in the container
+	LabelManaged    = "io.spawnd.managed"          // "true"
+	LabelInstance   = "io.spawnd.instance"         // Config.Instance
+	LabelUser       = "io.spawnd.user"             // the JupyterHub user name, unescaped
+	LabelServer     = "io.spawnd.server"           // the server name; "" for the default server
+	LabelEnv        = "io.spawnd.env"              // env name
+	LabelProfile    = "io.spawnd.profile"          // resource profile name
+	LabelLockDigest = "io.spawnd.lock-digest"      // the env's lock digest at start
+	LabelHomeScheme = "io.spawnd.home-scheme"      // HomeScheme
+	LabelPort       = "io.spawnd.port"             // the single-user port in the container
+	LabelHubToken   = "io.spawnd.hub-token-sha256" // SHA-256 of the hub's API token the server was started with
 )

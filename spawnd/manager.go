@@ -2,6 +2,8 @@ package spawnd
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -57,6 +59,7 @@ type record struct {
 	flight      *flight
 	progress    *progressLog
 	probeCancel context.CancelFunc
+	tokenHash   string // LabelHubToken of the current container
 	// probeAddr is where readiness is checked: the container's own address
 	// and port. A published port is no good: the engine's userland proxy
 	// accepts connections there before the server listens.
@@ -132,6 +135,22 @@ func (m *Manager) EngineUp() bool { return m.engineUp.Load() }
 // Synced is closed once the first reconcile with the engine has finished.
 func (m *Manager) Synced() <-chan struct{} { return m.synced }
 
+// errNotSynced is the answer to anything that reads or changes servers before
+// the first sync with the engine: until then the daemon does not know which
+// servers exist, and "not found" would be a lie that makes a hub forget a
+// running server.
+var errNotSynced = api.Errorf(api.CodeUnavailable, "the daemon has not synced with the container engine yet (is the engine up?); try again shortly")
+
+// checkSynced returns errNotSynced until the first sync.
+func (m *Manager) checkSynced() error {
+	select {
+	case <-m.synced:
+		return nil
+	default:
+		return errNotSynced
+	}
+}
+
 // Close stops background work (readiness probes, in-flight starts). User
 // containers keep running.
 func (m *Manager) Close() {
@@ -154,6 +173,24 @@ type plan struct {
 	environment []string
 	cmd         []string
 	shared      []SharedFolder
+	// tokenHash identifies the hub's API token given to this start (see
+	// LabelHubToken); "" when the request carries none.
+	tokenHash string
+}
+
+// hubTokenHash is the SHA-256 of the hub's API token in a start request's
+// environment: enough to tell a container holding another (possibly revoked)
+// token, and nothing that gives the token away.
+func hubTokenHash(env map[string]string) string {
+	tok := env["JUPYTERHUB_API_TOKEN"]
+	if tok == "" {
+		tok = env["JPY_API_TOKEN"]
+	}
+	if tok == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:])
 }
 
 const (
@@ -231,6 +268,7 @@ func (m *Manager) makePlan(user, server string, req api.StartRequest) (plan, err
 	for _, k := range sortedKeys(vars) {
 		p.environment = append(p.environment, k+"="+vars[k])
 	}
+	p.tokenHash = hubTokenHash(req.Environment)
 	p.cmd = env.Cmd
 	if len(req.Cmd) > 0 {
 		for i, a := range req.Cmd {
@@ -254,6 +292,9 @@ func (m *Manager) spec(p plan, home string) ContainerSpec {
 		LabelLockDigest: p.env.LockDigest,
 		LabelHomeScheme: HomeScheme,
 		LabelPort:       strconv.Itoa(p.env.Port),
+	}
+	if p.tokenHash != "" {
+		labels[LabelHubToken] = p.tokenHash
 	}
 	s := ContainerSpec{
 		Name:       ContainerName(m.cfg.Instance, p.key.user, p.key.server),
@@ -280,6 +321,9 @@ func (m *Manager) spec(p plan, home string) ContainerSpec {
 // runs. It is idempotent: a running server is returned as it is, and
 // concurrent starts of one server share one attempt and one container.
 func (m *Manager) Start(ctx context.Context, user, server string, req api.StartRequest) (api.Server, error) {
+	if err := m.checkSynced(); err != nil {
+		return api.Server{}, err
+	}
 	p, err := m.makePlan(user, server, req)
 	if err != nil {
 		return api.Server{}, err
@@ -304,12 +348,26 @@ func (m *Manager) Start(ctx context.Context, user, server string, req api.StartR
 			}
 			continue // a stop finished: start afresh
 		}
-		if rec != nil && rec.srv.State == api.StateRunning {
-			srv := rec.srv
+		if rec != nil && rec.srv.State == api.StateRunning && (p.tokenHash == "" || p.tokenHash == rec.tokenHash) {
+			srv, id := rec.srv, rec.containerID
 			m.mu.Unlock()
 			m.metrics.starts.WithLabelValues("running").Inc()
-			return srv, nil
+			if srv.Ready {
+				return srv, nil
+			}
+			// Running but not yet listening (a start from before a daemon
+			// restart): answer when it listens, as a fresh start would.
+			wctx, cancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
+			err := m.waitListening(wctx, rec, id, nil)
+			cancel()
+			if err != nil {
+				return api.Server{}, err
+			}
+			return m.Status(user, server)
 		}
+		// A running container that holds another hub token than this start
+		// gives (the hub issued a new one and may have revoked the old) is
+		// replaced: never hand back a server whose token the hub no longer honours.
 		if rec == nil {
 			rec = &record{}
 			m.servers[p.key] = rec
@@ -646,6 +704,7 @@ func (m *Manager) observeLocked(rec *record, c Container) {
 		rec.probeCancel = nil
 	}
 	rec.containerID, rec.engineState, rec.created = c.ID, c.State, c.Created
+	rec.tokenHash = c.Labels[LabelHubToken]
 	s := &rec.srv
 	s.User, s.Server = c.Labels[LabelUser], c.Labels[LabelServer]
 	s.Env, s.Profile, s.LockDigest = c.Labels[LabelEnv], c.Labels[LabelProfile], c.Labels[LabelLockDigest]
@@ -763,6 +822,9 @@ func dialTCP(ctx context.Context, addr string) error {
 
 // Status returns what the daemon knows of one server, from memory.
 func (m *Manager) Status(user, server string) (api.Server, error) {
+	if err := m.checkSynced(); err != nil {
+		return api.Server{}, err
+	}
 	if err := ValidateUser(user); err != nil {
 		return api.Server{}, err
 	}
@@ -786,8 +848,12 @@ func (m *Manager) withOutdated(s api.Server) api.Server {
 	return s
 }
 
-// List returns every server, sorted by user and server name.
-func (m *Manager) List() []api.Server {
+// List returns every server, sorted by user and server name; before the
+// first sync with the engine it fails like Status.
+func (m *Manager) List() ([]api.Server, error) {
+	if err := m.checkSynced(); err != nil {
+		return nil, err
+	}
 	m.mu.Lock()
 	out := make([]api.Server, 0, len(m.servers))
 	for _, rec := range m.servers {
@@ -803,12 +869,15 @@ func (m *Manager) List() []api.Server {
 		}
 		return out[i].Server < out[j].Server
 	})
-	return out
+	return out, nil
 }
 
 // Progress calls fn with every progress event of the server's current (or
 // last) start, from the first, until it is ready or failed.
 func (m *Manager) Progress(ctx context.Context, user, server string, fn func(api.ProgressEvent) error) error {
+	if err := m.checkSynced(); err != nil {
+		return err
+	}
 	if err := ValidateUser(user); err != nil {
 		return err
 	}
@@ -834,6 +903,9 @@ func (m *Manager) Progress(ctx context.Context, user, server string, fn func(api
 // Stop removes the server's container (SIGTERM, then SIGKILL after
 // stop_grace) and forgets the server. It never touches the home.
 func (m *Manager) Stop(ctx context.Context, user, server string) (api.Server, error) {
+	if err := m.checkSynced(); err != nil {
+		return api.Server{}, err
+	}
 	if err := ValidateUser(user); err != nil {
 		return api.Server{}, err
 	}
@@ -897,6 +969,9 @@ func (m *Manager) Stop(ctx context.Context, user, server string) (api.Server, er
 // way a home is ever deleted. It is refused while any server of the user
 // exists.
 func (m *Manager) DeleteHome(ctx context.Context, user string) error {
+	if err := m.checkSynced(); err != nil {
+		return err
+	}
 	if err := ValidateUser(user); err != nil {
 		return err
 	}

@@ -638,3 +638,60 @@ func TestRedactTail(t *testing.T) {
 		})
 	}
 }
+
+// Before its first sync the daemon does not know which servers exist: every
+// read or change answers "unavailable" (503), never "not found", so a hub
+// never forgets a running server because the daemon just restarted.
+func TestUnavailableUntilFirstSync(t *testing.T) {
+	m, err := NewManager(testConfig(t), newFake(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	for name, call := range map[string]func() error{
+		"status":   func() error { _, err := m.Status("ann", ""); return err },
+		"list":     func() error { _, err := m.List(); return err },
+		"stop":     func() error { _, err := m.Stop(ctx, "ann", ""); return err },
+		"start":    func() error { _, err := m.Start(ctx, "ann", "", api.StartRequest{}); return err },
+		"progress": func() error { return m.Progress(ctx, "ann", "", func(api.ProgressEvent) error { return nil }) },
+		"home":     func() error { return m.DeleteHome(ctx, "ann") },
+	} {
+		if err := call(); api.ErrorCode(err) != api.CodeUnavailable {
+			t.Errorf("%s before the first sync: %v, want code %q", name, err, api.CodeUnavailable)
+		}
+	}
+}
+
+func TestStartWithAnotherHubTokenReplacesTheContainer(t *testing.T) {
+	rt := newFake()
+	m := newTestManager(t, testConfig(t), rt)
+	ctx := context.Background()
+	withToken := func(tok string) api.StartRequest {
+		return api.StartRequest{Environment: map[string]string{"JUPYTERHUB_API_TOKEN": tok}}
+	}
+	s1, err := m.Start(ctx, "nina", "", withToken("token-one-0123456789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := m.Start(ctx, "nina", "", withToken("token-one-0123456789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2.ContainerID != s1.ContainerID {
+		t.Fatalf("the same token started a new container: %s then %s", s1.ContainerID, s2.ContainerID)
+	}
+	if got := rt.spec(s1.ContainerID).Labels[LabelHubToken]; got != hubTokenHash(map[string]string{"JUPYTERHUB_API_TOKEN": "token-one-0123456789"}) || strings.Contains(got, "token-one") {
+		t.Fatalf("token label %q", got)
+	}
+	s3, err := m.Start(ctx, "nina", "", withToken("token-two-0123456789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s3.ContainerID == s1.ContainerID {
+		t.Fatal("a start with a new hub token got the container that holds the old one")
+	}
+	if n := rt.count(); n != 1 {
+		t.Fatalf("%d containers after the replacement, want 1", n)
+	}
+}

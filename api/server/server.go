@@ -31,7 +31,7 @@ type Core interface {
 	Start(ctx context.Context, user, server string, req api.StartRequest) (api.Server, error)
 	Status(user, server string) (api.Server, error)
 	Stop(ctx context.Context, user, server string) (api.Server, error)
-	List() []api.Server
+	List() ([]api.Server, error)
 	Progress(ctx context.Context, user, server string, fn func(api.ProgressEvent) error) error
 	DeleteHome(ctx context.Context, user string) error
 	Options(groups []string) api.Options
@@ -310,7 +310,11 @@ func (h *handler) options(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) error {
-	return writeJSON(w, http.StatusOK, api.ServerList{Servers: h.core.List()})
+	servers, err := h.core.List()
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, api.ServerList{Servers: servers})
 }
 
 func (h *handler) start(w http.ResponseWriter, r *http.Request) error {

@@ -52,7 +52,7 @@ func (c *recordingCore) Stop(_ context.Context, user, server string) (api.Server
 	return api.Server{User: user, Server: server, State: api.StateStopped}, nil
 }
 
-func (c *recordingCore) List() []api.Server { c.record("list"); return nil }
+func (c *recordingCore) List() ([]api.Server, error) { c.record("list"); return nil, nil }
 
 func (c *recordingCore) Progress(_ context.Context, user, server string, fn func(api.ProgressEvent) error) error {
 	c.record("progress " + user + "|" + server)
