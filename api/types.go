@@ -40,8 +40,11 @@ type StartRequest struct {
 	Profile string `json:"profile,omitempty"`
 	// Environment is passed to the container. Values are never logged.
 	Environment map[string]string `json:"environment,omitempty"`
-	// Cmd overrides the env's command (JupyterHub's Spawner.cmd + args).
+	// Cmd overrides the env's command (JupyterHub's Spawner.cmd); empty
+	// means the env's own command.
 	Cmd []string `json:"cmd,omitempty"`
+	// Args are appended to the command (JupyterHub's Spawner.get_args()).
+	Args []string `json:"args,omitempty"`
 	// Groups are the user's JupyterHub groups; reserved for team policies.
 	Groups []string `json:"groups,omitempty"`
 }
@@ -123,7 +126,9 @@ type EnvInfo struct {
 	Description string `json:"description,omitempty"`
 	Image       string `json:"image"`
 	LockDigest  string `json:"lock_digest,omitempty"`
-	Default     bool   `json:"default,omitempty"`
+	// Port is the port the env's single-user server listens on in its container.
+	Port    int  `json:"port,omitempty"`
+	Default bool `json:"default,omitempty"`
 }
 
 // ProfileInfo describes one resource profile.

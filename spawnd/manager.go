@@ -240,8 +240,8 @@ func (m *Manager) makePlan(user, server string, req api.StartRequest) (plan, err
 	if len(req.Environment) > maxEnvVars {
 		return plan{}, api.Errorf(api.CodeInvalid, "environment has %d variables; at most %d are allowed", len(req.Environment), maxEnvVars)
 	}
-	if len(req.Cmd) > maxCmdArgs {
-		return plan{}, api.Errorf(api.CodeInvalid, "cmd has %d arguments; at most %d are allowed", len(req.Cmd), maxCmdArgs)
+	if len(req.Cmd)+len(req.Args) > maxCmdArgs {
+		return plan{}, api.Errorf(api.CodeInvalid, "cmd and args have %d arguments; at most %d are allowed", len(req.Cmd)+len(req.Args), maxCmdArgs)
 	}
 	if len(req.Groups) > maxGroups {
 		return plan{}, api.Errorf(api.CodeInvalid, "groups has %d entries; at most %d are allowed", len(req.Groups), maxGroups)
@@ -269,14 +269,19 @@ func (m *Manager) makePlan(user, server string, req api.StartRequest) (plan, err
 		p.environment = append(p.environment, k+"="+vars[k])
 	}
 	p.tokenHash = hubTokenHash(req.Environment)
-	p.cmd = env.Cmd
-	if len(req.Cmd) > 0 {
-		for i, a := range req.Cmd {
+	for field, list := range map[string][]string{"cmd": req.Cmd, "args": req.Args} {
+		for i, a := range list {
 			if containsNUL(a) {
-				return plan{}, api.Errorf(api.CodeInvalid, "cmd[%d] contains a NUL byte", i)
+				return plan{}, api.Errorf(api.CodeInvalid, "%s[%d] contains a NUL byte", field, i)
 			}
 		}
+	}
+	p.cmd = env.Cmd
+	if len(req.Cmd) > 0 {
 		p.cmd = req.Cmd
+	}
+	if len(req.Args) > 0 {
+		p.cmd = append(append([]string(nil), p.cmd...), req.Args...)
 	}
 	return p, nil
 }

@@ -75,7 +75,7 @@ func (m *Manager) Options(groups []string) api.Options {
 		if !ok {
 			continue
 		}
-		o.Envs = append(o.Envs, api.EnvInfo{Name: name, Description: e.Description, Image: e.Image, LockDigest: e.LockDigest, Default: name == m.cfg.DefaultEnv})
+		o.Envs = append(o.Envs, api.EnvInfo{Name: name, Description: e.Description, Image: e.Image, LockDigest: e.LockDigest, Port: e.Port, Default: name == m.cfg.DefaultEnv})
 	}
 	for _, name := range keysOf(pol.profiles) {
 		p := m.cfg.Profiles[name]
