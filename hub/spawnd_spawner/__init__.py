@@ -2,7 +2,7 @@
 
 The spawner is a thin shim over spawnd's HTTP API (api/openapi.yaml):
 
-- start   -> POST   /v1/users/{user}/server[s/{name}]
+- start   -> POST   /v1/users/{user}/server[s/{name}]  (answers when the server listens)
 - poll    -> GET    the same path (answered from the daemon's memory)
 - stop    -> DELETE the same path (the home is never touched)
 - progress-> GET    .../progress (Server-Sent Events, JupyterHub's shape)
@@ -10,21 +10,34 @@ The spawner is a thin shim over spawnd's HTTP API (api/openapi.yaml):
 Users choose among the env and profile *names* the daemon offers for their
 groups; the daemon enforces what each group may use. Nothing a user sends can
 name an image, a mount or a Docker option.
+
+The spawner talks to the daemon through HTTP clients of its own, never the
+hub's shared tornado client (which allows 10 requests at once and also
+carries the hub's proxy calls): see ``max_connections``.
 """
 
 import asyncio
 import html
+import ipaddress
 import json
 import os
-from urllib.parse import quote, urlencode, urlparse
+import socket
+from urllib.parse import quote, unquote, urlencode, urlparse
 
 from jupyterhub.spawner import Spawner
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.ioloop import IOLoop
+from tornado.netutil import Resolver
 from traitlets import Bool, Float, Integer, Unicode, default
 
-__version__ = "0.1.0"
+try:  # JupyterHub >= 6: spawn failures with a reason and an HTTP status
+    from jupyterhub.spawner import SpawnException as _SpawnException
+except ImportError:  # JupyterHub 3, 4, 5
+    _SpawnException = None
 
-__all__ = ["SpawndSpawner", "SpawndError"]
+from ._version import __version__
+
+__all__ = ["SpawndSpawner", "SpawndError", "__version__"]
 
 
 def _segment(name):
@@ -36,13 +49,73 @@ def _segment(name):
 class SpawndError(Exception):
     """The daemon refused a request or could not be reached.
 
-    The message is written for the person on the spawn page.
+    The message is written for the person on the spawn page. ``code`` is the
+    daemon's error code (``invalid``, ``forbidden``, ``unavailable``,
+    ``server_failed``, ...), ``status`` its HTTP status (None when the daemon
+    did not answer at all).
     """
 
     def __init__(self, message, code="unavailable", status=None):
         super().__init__(message)
         self.code = code
         self.status = status
+
+    @property
+    def unknown(self):
+        """True when the answer says nothing about the server: the daemon
+        is unreachable, timed out, or has not synced with its engine yet."""
+        return self.status is None or self.status == 503
+
+
+# The daemon's refusals that are the user's or the policy's, with the reason
+# label JupyterHub 6 puts in its spawn-failure metrics.
+_REASONS = {
+    "invalid": "invalid",
+    "forbidden": "forbidden",
+    "conflict": "conflict",
+    "unavailable": "capacity",
+    "server_failed": "server_failed",
+}
+
+
+def _spawn_error(err):
+    """The exception start() raises for a daemon error: JupyterHub 6's
+    SpawnException (reason and status code on the spawn page and in metrics)
+    where it exists, the SpawndError itself otherwise."""
+    if _SpawnException is None or err.code not in _REASONS:
+        return err
+    status = err.status if err.status and err.status >= 400 else 500
+    return _SpawnException(str(err), reason=_REASONS[err.code], status_code=status)
+
+
+class _UnixResolver(Resolver):
+    """Resolve every host to one unix socket (for http+unix:// daemon URLs)."""
+
+    def initialize(self, path):
+        self.path = path
+
+    async def resolve(self, host, port, family=socket.AF_UNSPEC):
+        return [(socket.AF_UNIX, self.path)]
+
+    def close(self):
+        pass
+
+
+def _parse_api_url(url):
+    """Split api_url into (base URL for requests, unix socket path or None).
+
+    http+unix://%2Frun%2Fspawnd%2Fapi.sock (the path percent-encoded as the
+    host, as requests-unixsocket spells it) and http+unix:///run/spawnd/api.sock
+    both name a unix socket."""
+    u = urlparse(url)
+    if u.scheme != "http+unix":
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise ValueError(f"api_url {url!r} must be http://HOST:PORT, https://HOST:PORT or http+unix://SOCKET")
+        return url.rstrip("/"), None
+    path = unquote(u.netloc) if u.netloc else u.path
+    if not path.startswith("/"):
+        raise ValueError(f"api_url {url!r}: the unix socket path must be absolute")
+    return "http://spawnd", path
 
 
 class SpawndSpawner(Spawner):
@@ -51,7 +124,8 @@ class SpawndSpawner(Spawner):
     api_url = Unicode(
         "http://127.0.0.1:8765",
         config=True,
-        help="URL of the spawnd daemon's API (http://, https://).",
+        help="""URL of the spawnd daemon's API: http://HOST:PORT, https://HOST:PORT,
+        or http+unix://%2Frun%2Fspawnd%2Fapi.sock for a unix socket.""",
     )
     # Spawner.api_token is the hub's token for the single-user server; the
     # daemon's token has its own names.
@@ -81,13 +155,24 @@ class SpawndSpawner(Spawner):
         config=True,
         help="How many times a stop is tried while the daemon is unreachable before it is reported as failed.",
     )
+    max_connections = Integer(
+        1024,
+        config=True,
+        help="""How many requests to the daemon may be in flight at once, per hub process,
+        for each of the spawner's two clients (one for calls, one for progress streams).
+        Each pending spawn holds at most one of each, so this must be at least
+        JupyterHub's concurrent_spawn_limit (default 100); beyond it requests queue.
+        The hub's own shared HTTP client (and its proxy calls) is never used.""",
+    )
     use_gateway = Bool(
         True,
         config=True,
-        help="""When the daemon publishes ports on the host (network mode 'publish') and
-        hub_connect_url is not set, point user servers at the hub API through the
-        user network's gateway, so containers reach a hub that runs on the host.
-        The hub must then listen there (c.JupyterHub.hub_ip = '0.0.0.0' or the gateway).""",
+        help="""When no hub connect address is configured (JupyterHub.hub_connect_url,
+        JupyterHub.hub_connect_ip or Spawner.hub_connect_url) and the daemon publishes
+        ports on the host (network mode 'publish'), point user servers at the hub API
+        through the user network's gateway, so containers reach a hub that runs on the
+        host. The hub must then listen there (c.JupyterHub.hub_ip = '0.0.0.0' or the
+        gateway). A configured connect address is always used as it is.""",
     )
 
     @default("token")
@@ -101,8 +186,14 @@ class SpawndSpawner(Spawner):
                 self.log.error("Cannot read spawnd token file %s: %s", self.token_file, e)
         return tok
 
+    # The env's own command runs unless the admin sets one: the image knows
+    # how to start its single-user server.
+    @default("cmd")
+    def _default_cmd(self):
+        return None
+
     # The single-user server listens on every address of its container, on
-    # the env's port; spawnd publishes or routes it.
+    # the env's port (the daemon says which); spawnd publishes or routes it.
     @default("ip")
     def _default_ip(self):
         return "0.0.0.0"
@@ -114,6 +205,10 @@ class SpawndSpawner(Spawner):
     @default("options_form")
     def _default_options_form(self):
         return _render_options_form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return _names_from_form
 
     # State JupyterHub keeps for us across hub restarts.
     container_id = Unicode("")
@@ -142,10 +237,30 @@ class SpawndSpawner(Spawner):
 
     # --- talking to the daemon -------------------------------------------
 
-    def _server_path(self):
+    # Clients are shared by every spawner of the hub process, one pair per
+    # event loop and daemon address.
+    _clients = {}
+
+    def _client(self, kind):
+        """The spawner's own HTTP client: kind 'calls' for short requests,
+        'streams' for progress streams, so that open streams never hold up a
+        start, a poll or a stop."""
+        base, sock = _parse_api_url(self.api_url)
+        key = (id(IOLoop.current()), kind, sock, self.max_connections)
+        c = SpawndSpawner._clients.get(key)
+        if c is None:
+            kw = {"max_clients": self.max_connections}
+            if sock:
+                kw["resolver"] = _UnixResolver(path=sock)
+            c = AsyncHTTPClient(force_instance=True, **kw)
+            SpawndSpawner._clients[key] = c
+        return base, c
+
+    def _server_path(self, name=None):
         path = "/v1/users/" + _segment(self.user.name)
-        if self.name:
-            return path + "/servers/" + _segment(self.name)
+        name = self.name if name is None else name
+        if name:
+            return path + "/servers/" + _segment(name)
         return path + "/server"
 
     def _groups(self):
@@ -165,15 +280,15 @@ class SpawndSpawner(Spawner):
         )
 
     async def _request(self, method, path, body=None, timeout=None, allow_404=False):
-        url = self.api_url.rstrip("/") + path
+        base, client = self._client("calls")
         data = None
         if body is not None:
             data = json.dumps(body)
         elif method in ("POST", "PUT"):
             data = ""
-        req = HTTPRequest(url, method=method, body=data, **self._request_args(timeout or self.request_timeout))
+        req = HTTPRequest(base + path, method=method, body=data, **self._request_args(timeout or self.request_timeout))
         try:
-            resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+            resp = await client.fetch(req, raise_error=False)
         except Exception as e:  # connection refused, DNS, TLS
             raise SpawndError(f"The spawnd daemon is not reachable at {self.api_url} ({e}).")
         if resp.code == 599:
@@ -200,34 +315,84 @@ class SpawndSpawner(Spawner):
         q = urlencode([("group", g) for g in self._groups()])
         return await self._request("GET", "/v1/options" + ("?" + q if q else ""))
 
+    _gateway_connect_url = None  # the hub_connect_url this spawner set itself
+
+    def _hub_address_configured(self):
+        """Whether the operator told JupyterHub how servers reach the hub."""
+        hub = getattr(self, "hub", None)
+        return bool(
+            (self.hub_connect_url and self.hub_connect_url != self._gateway_connect_url)
+            or (hub is not None and (getattr(hub, "connect_url", "") or getattr(hub, "connect_ip", "")))
+        )
+
+    def _check_hub_address(self, api_url):
+        """Say so when the address servers get for the hub cannot work from a container."""
+        host = urlparse(api_url).hostname or ""
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            self.log.warning(
+                "%s gets the hub API at %s, a loopback address that its container cannot reach; "
+                "set c.JupyterHub.hub_connect_url (or hub_ip) to an address containers reach",
+                self._log_name, api_url,
+            )
+
     # --- the Spawner API ---------------------------------------------------
 
     async def start(self):
+        if self.internal_ssl:
+            raise SpawndError(
+                "spawnd does not support JupyterHub's internal_ssl; "
+                "set c.JupyterHub.internal_ssl = False (protect the daemon with tls.cert_file instead)",
+                code="invalid",
+            )
+        try:
+            return await self._start()
+        except SpawndError as e:
+            raise _spawn_error(e) from None
+
+    async def _start(self):
         opts = await self.daemon_options()
         net = opts.get("network") or {}
-        if self.use_gateway and self.hub_connect_url is None and net.get("mode") == "publish" and net.get("gateway"):
+        if not self._hub_address_configured() and self.use_gateway and net.get("mode") == "publish" and net.get("gateway"):
             api = urlparse(self.hub.api_url)
-            self.hub_connect_url = f"{api.scheme}://{net['gateway']}:{api.port or 80}"
+            self.hub_connect_url = self._gateway_connect_url = f"{api.scheme}://{net['gateway']}:{api.port or 80}"
         choice = self.user_options or {}
-        body = {
-            "environment": {k: str(v) for k, v in self.get_env().items()},
-            "groups": self._groups(),
-        }
         env = choice.get("env") or self.default_env
         profile = choice.get("profile") or self.default_profile
+        env_info = _pick(opts.get("envs"), env)
+        prof_info = _pick(opts.get("profiles"), profile)
+        if env_info and env_info.get("port"):
+            self.port = int(env_info["port"])
+        if prof_info:
+            if prof_info.get("memory_mb"):
+                self.mem_limit = int(prof_info["memory_mb"]) << 20
+            if prof_info.get("cpus"):
+                self.cpu_limit = float(prof_info["cpus"])
+        environment = {k: str(v) for k, v in self.get_env().items()}
+        self._check_hub_address(environment.get("JUPYTERHUB_API_URL", ""))
+        body = {"environment": environment, "groups": self._groups()}
         if env:
             body["env"] = env
         if profile:
             body["profile"] = profile
-        cmd = list(self.cmd or []) + list(self.get_args() or [])
-        if cmd:
-            body["cmd"] = cmd
+        if self.cmd:
+            body["cmd"] = list(self.cmd)
+        args = list(self.get_args() or [])
+        if args:
+            body["args"] = args
+        # The daemon answers when the server listens, or as soon as it fails.
         srv = await self._request("POST", self._server_path(), body, timeout=max(float(self.start_timeout), 30.0))
         self.container_id = srv.get("container_id", "")
         self.env_name = srv.get("env", "")
         self.lock_digest = srv.get("lock_digest", "")
         if srv.get("state") in ("failed", "stopped"):
-            raise SpawndError(f"spawnd: the server {srv.get('state')}: {srv.get('reason', '')}".rstrip(": "))
+            raise SpawndError(
+                f"spawnd: the server {srv.get('state')}: {srv.get('reason', '')}".rstrip(": "),
+                code="server_failed", status=502,
+            )
         self.log.info(
             "spawnd started %s (env %s, lock %s) at %s:%s",
             self._log_name, self.env_name, self.lock_digest[:19], srv.get("host"), srv.get("port"),
@@ -259,12 +424,22 @@ class SpawndSpawner(Spawner):
                 self.clear_state()
                 return
             except SpawndError as e:
-                if e.status is not None and e.status < 500:
+                if not e.unknown and e.status < 500:
                     raise
                 last = e
                 self.log.warning("Stopping %s failed (try %d): %s", self._log_name, attempt + 1, e)
                 await asyncio.sleep(min(2 ** attempt, 5))
         raise last
+
+    async def rename(self, old_name, new_name):
+        """JupyterHub 6 renames only stopped servers; spawnd keys containers by
+        (user, server name) and keeps homes per user, so there is nothing to
+        move. A container still running under the old name is refused."""
+        srv = await self._request("GET", self._server_path(old_name), allow_404=True)
+        if srv is not None and srv.get("state") in ("pending", "running"):
+            raise SpawndError(
+                f"spawnd still runs the server {old_name!r}; stop it before renaming it", code="conflict", status=409
+            )
 
     async def progress(self):
         """Yield the daemon's progress events for the start in flight."""
@@ -281,18 +456,19 @@ class SpawndSpawner(Spawner):
                         queue.put_nowait(line[6:])
 
         async def fetch():
+            base, client = self._client("streams")
             for _ in range(50):  # the start request may not have reached the daemon yet
                 req = HTTPRequest(
-                    self.api_url.rstrip("/") + self._server_path() + "/progress",
+                    base + self._server_path() + "/progress",
                     streaming_callback=on_chunk,
                     **self._request_args(float(self.start_timeout)),
                 )
                 try:
-                    resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+                    resp = await client.fetch(req, raise_error=False)
                 except Exception as e:
                     self.log.warning("Progress of %s unavailable: %s", self._log_name, e)
                     break
-                if resp.code != 404:
+                if resp.code not in (404, 503):
                     break
                 await asyncio.sleep(0.1)
             queue.put_nowait(None)
@@ -307,20 +483,32 @@ class SpawndSpawner(Spawner):
                     ev = json.loads(data)
                 except ValueError:
                     continue
+                # JupyterHub shows its own "Server requested" first.
+                if ev.get("step") == "accepted":
+                    continue
                 yield {"progress": int(ev.get("progress", 0)), "message": ev.get("message", "")}
                 if ev.get("ready") or ev.get("failed"):
                     break
         finally:
             task.cancel()
 
-    def options_from_form(self, formdata):
-        """Keep only the names the form offers; the daemon checks them."""
-        out = {}
-        for key in ("env", "profile"):
-            val = (formdata.get(key) or [""])[0].strip()
-            if val:
-                out[key] = val
-        return out
+
+def _pick(items, name):
+    """The item of that name, or the default one when name is empty."""
+    for it in items or []:
+        if (name and it.get("name") == name) or (not name and it.get("default")):
+            return it
+    return None
+
+
+def _names_from_form(formdata, spawner=None):
+    """Keep only the names the form offers; the daemon checks them."""
+    out = {}
+    for key in ("env", "profile"):
+        val = (formdata.get(key) or [""])[0].strip()
+        if val:
+            out[key] = val
+    return out
 
 
 async def _render_options_form(spawner):

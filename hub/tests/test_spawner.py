@@ -1,246 +1,265 @@
-"""Unit tests of SpawndSpawner against a fake spawnd daemon (tornado, on 127.0.0.1)."""
+"""Unit tests of SpawndSpawner on JupyterHub's real Spawner base (its
+defaults, get_env, options hooks) against a fake spawnd daemon."""
 
 import asyncio
 import json
-import socket
-import time
-from types import SimpleNamespace
-from urllib.parse import unquote
+import logging
 
+import jupyterhub
 import pytest
-from tornado import web
-from tornado.httpserver import HTTPServer
+from tornado.httpclient import AsyncHTTPClient
 
+from conftest import USER, Hubworld, free_port
 from spawnd_spawner import SpawndError, SpawndSpawner
 
-TOKEN = "0123456789abcdef0123456789abcdef"
+JH = tuple(int(x) for x in jupyterhub.__version__.split(".")[:2])
 
 
-class FakeDaemon:
-    """Just enough of spawnd's API, with switches for failure modes."""
-
-    def __init__(self):
-        self.calls = []
-        self.servers = {}
-        self.mode = "ok"  # ok | slow | error500 | error400
-        self.options = {
-            "envs": [{"name": "team", "default": True}, {"name": "gpu", "description": "CUDA"}],
-            "profiles": [{"name": "default", "default": True, "memory_mb": 2048, "cpus": 1}],
-            "network": {"name": "spawnd-users", "mode": "publish", "gateway": "172.18.0.1"},
-        }
-
-    def app(self):
-        daemon = self
-
-        class Base(web.RequestHandler):
-            async def prepare(self):
-                daemon.calls.append((self.request.method, unquote(self.request.path), self.request.body))
-                if self.request.headers.get("Authorization") != "Bearer " + TOKEN:
-                    self.set_status(401)
-                    self.finish({"error": {"code": "unauthorized", "message": "missing or wrong token"}})
-                    return
-                if daemon.mode == "slow":
-                    await asyncio.sleep(5)
-                if daemon.mode == "error500":
-                    self.set_status(500)
-                    self.finish({"error": {"code": "internal", "message": "internal error; see the daemon's log"}})
-                elif daemon.mode == "error400" and self.request.method == "POST":
-                    self.set_status(403)
-                    self.finish({"error": {"code": "forbidden", "message": 'env "gpu" is not available to this user\'s groups'}})
-
-        class Options(Base):
-            def get(self):
-                self.finish(daemon.options)
-
-        class Server(Base):
-            def key(self, user, name):
-                return (unquote(user), unquote(name or ""))
-
-            def post(self, user, name=None):
-                k = self.key(user, name)
-                body = json.loads(self.request.body or b"{}")
-                srv = {"user": k[0], "server": k[1], "state": "running", "host": "127.0.0.1", "port": 40001,
-                       "env": body.get("env", "team"), "lock_digest": "sha256:abc", "container_id": "c1", "request": body}
-                daemon.servers[k] = srv
-                self.finish(srv)
-
-            def get(self, user, name=None):
-                srv = daemon.servers.get(self.key(user, name))
-                if srv is None:
-                    self.set_status(404)
-                    self.finish({"error": {"code": "not_found", "message": "no such server"}})
-                    return
-                self.finish(srv)
-
-            def delete(self, user, name=None):
-                srv = daemon.servers.pop(self.key(user, name), None)
-                if srv is None:
-                    self.set_status(404)
-                    self.finish({"error": {"code": "not_found", "message": "no such server"}})
-                    return
-                self.finish(dict(srv, state="stopped"))
-
-        class Progress(Base):
-            async def get(self, user, name=None):
-                self.set_header("Content-Type", "text/event-stream")
-                for p, step, msg in [(0, "accepted", "Server requested"), (30, "home", "Home directory ready"),
-                                     (70, "started", "Container started"), (100, "listening", "Server is listening")]:
-                    ev = {"progress": p, "step": step, "message": msg}
-                    if step == "listening":
-                        ev["ready"] = True
-                    self.write("data: " + json.dumps(ev) + "\n\n")
-                    await self.flush()
-                    await asyncio.sleep(0.01)
-
-        return web.Application([
-            (r"/v1/options", Options),
-            (r"/v1/users/([^/]+)/server/progress", Progress),
-            (r"/v1/users/([^/]+)/servers/([^/]+)/progress", Progress),
-            (r"/v1/users/([^/]+)/server", Server),
-            (r"/v1/users/([^/]+)/servers/([^/]+)", Server),
-        ])
+def posts(daemon):
+    return [json.loads(body) for method, _, body in daemon.calls if method == "POST"]
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+async def test_start_poll_stop_and_state(daemon, world):
+    sp = world.spawner(daemon.url)
+    sp.user_options = {"env": "gpu"}
+    assert await sp.start() == "http://127.0.0.1:40001"
+    [req] = posts(daemon)
+    assert [c[1] for c in daemon.calls if c[0] == "POST"] == [f"/v1/users/{USER}/server"]
+    assert req["env"] == "gpu" and req["groups"] == ["physics"]
+    env = req["environment"]
+    assert env["JUPYTERHUB_API_TOKEN"] == "secret-hub-token-0123456789"
+    assert env["JUPYTERHUB_USER"] == USER
+    assert set(req) <= {"env", "profile", "environment", "cmd", "args", "groups"}
+    # No connect address configured: servers reach the hub on the user network's gateway.
+    assert env["JUPYTERHUB_API_URL"] == "http://172.18.0.1:8081/hub/api"
+    assert await sp.poll() is None
+    state = sp.get_state()
+    assert state["container_id"] == "c1" and state["lock_digest"] == "sha256:abc"
+    sp2 = Hubworld().spawner(daemon.url)
+    sp2.load_state(state)
+    assert sp2.container_id == "c1"
+    await sp.stop()
+    assert await sp.poll() == 0
+    assert sp.get_state().get("container_id") is None
+    await sp.stop()  # stopping a stopped server is fine
 
 
-def make_spawner(url, name="", groups=("physics",), **kw):
-    user = SimpleNamespace(
-        name="Alice.Smith@example.org", escaped_name="Alice.Smith@example.org",
-        groups=[SimpleNamespace(name=g) for g in groups], url="/user/alice/",
-    )
-    hub = SimpleNamespace(api_url="http://127.0.0.1:8081/hub/api", base_url="/hub/")
-    orm = SimpleNamespace(name=name, server=None, state=None)
-    sp = SpawndSpawner(user=user, hub=hub, orm_spawner=orm, api_url=url, token=kw.pop("token", TOKEN), **kw)
-    sp.get_env = lambda: {"JUPYTERHUB_API_TOKEN": "secret-hub-token", "JUPYTERHUB_USER": user.name}
-    return sp
+@pytest.mark.parametrize("how", ["JupyterHub.hub_connect_url", "JupyterHub.hub_connect_ip", "Spawner.hub_connect_url"])
+async def test_a_configured_hub_address_is_kept(daemon, how):
+    if how == "JupyterHub.hub_connect_url":
+        world = Hubworld(connect_url="http://172.17.0.1:8081/hub/")
+        want = "http://172.17.0.1:8081/hub/api"
+    elif how == "JupyterHub.hub_connect_ip":
+        world = Hubworld(connect_ip="10.1.2.3")
+        want = "http://10.1.2.3:8081/hub/api"
+    else:
+        world = Hubworld()
+        want = "http://hub.internal:8081/hub/api"
+    sp = world.spawner(daemon.url)
+    if how == "Spawner.hub_connect_url":
+        sp.hub_connect_url = "http://hub.internal:8081"
+    await sp.start()
+    assert posts(daemon)[0]["environment"]["JUPYTERHUB_API_URL"] == want
 
 
-def run(coro_fn):
-    """Run coro_fn(daemon, url) with a fake daemon in the same event loop."""
-    async def main():
-        daemon = FakeDaemon()
-        port = free_port()
-        server = HTTPServer(daemon.app())
-        server.listen(port, "127.0.0.1")
-        try:
-            return await coro_fn(daemon, f"http://127.0.0.1:{port}")
-        finally:
-            server.stop()
-    return asyncio.run(main())
-
-
-def test_start_poll_stop_and_state():
-    async def t(daemon, url):
-        sp = make_spawner(url)
-        sp.user_options = {"env": "gpu"}
-        got = await sp.start()
-        assert got == "http://127.0.0.1:40001"
-        method, path, body = [c for c in daemon.calls if c[0] == "POST"][0]
-        assert path == "/v1/users/Alice.Smith@example.org/server"
-        req = json.loads(body)
-        assert req["env"] == "gpu" and req["groups"] == ["physics"]
-        assert req["environment"]["JUPYTERHUB_API_TOKEN"] == "secret-hub-token"
-        assert set(req) <= {"env", "profile", "environment", "cmd", "groups"}
-        assert sp.hub_connect_url == "http://172.18.0.1:8081"
-        assert await sp.poll() is None
-        state = sp.get_state()
-        assert state["container_id"] == "c1" and state["lock_digest"] == "sha256:abc"
-        sp2 = make_spawner(url)
-        sp2.load_state(state)
-        assert sp2.container_id == "c1"
-        await sp.stop()
-        assert await sp.poll() == 0
-        assert sp.get_state().get("container_id") is None
-        await sp.stop()  # stopping a stopped server is fine
-    run(t)
-
-
-def test_named_server_path_is_escaped():
-    async def t(daemon, url):
-        sp = make_spawner(url, name="my lab/1")
+async def test_a_loopback_hub_address_is_logged(daemon):
+    world = Hubworld(connect_url="http://127.0.0.1:8081/hub/")
+    sp = world.spawner(daemon.url)
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    sp.log.addHandler(handler)
+    try:
         await sp.start()
-        assert list(daemon.servers) == [("Alice.Smith@example.org", "my lab/1")]
-    run(t)
+    finally:
+        sp.log.removeHandler(handler)
+    assert any("loopback address that its container cannot reach" in r.getMessage() for r in seen)
 
 
-def test_progress_events_in_order():
-    async def t(daemon, url):
-        sp = make_spawner(url)
-        events = [ev async for ev in sp.progress()]
-        assert [e["progress"] for e in events] == [0, 30, 70, 100]
-        assert events[-1]["message"] == "Server is listening"
-        assert all(set(e) == {"progress", "message"} for e in events)
-    run(t)
+async def test_env_command_port_and_limits(daemon, world):
+    sp = world.spawner(daemon.url, default_url="/lab", args=["--ServerApp.shutdown_no_activity_timeout=600"])
+    await sp.start()
+    req = posts(daemon)[0]
+    assert "cmd" not in req, "Spawner.cmd defaults to None: the env's own command runs"
+    assert req["args"] == ["--ServerApp.shutdown_no_activity_timeout=600"]
+    env = req["environment"]
+    assert env["JUPYTERHUB_DEFAULT_URL"] == "/lab"
+    assert env["JUPYTERHUB_SERVICE_URL"].startswith("http://0.0.0.0:9999/"), "the env's port (9999) is used"
+    assert env["MEM_LIMIT"] == str(2048 << 20) and env["CPU_LIMIT"] == "1.5"
+
+    sp2 = world.spawner(daemon.url, name="other", cmd=["start-notebook.sh"])
+    sp2.user_options = {"env": "gpu"}
+    await sp2.start()
+    req = posts(daemon)[1]
+    assert req["cmd"] == ["start-notebook.sh"]
+    assert req["environment"]["JUPYTERHUB_SERVICE_URL"].startswith("http://0.0.0.0:8888/")
 
 
-def test_options_form_offers_names_only():
-    async def t(daemon, url):
-        sp = make_spawner(url)
-        form = await sp.get_options_form()
-        assert 'name="env"' in form and 'value="gpu"' in form and "CUDA" in form
-        assert 'name="profile"' not in form  # one profile: nothing to choose
-        assert [c[1] for c in daemon.calls] == ["/v1/options"]
-        assert sp.options_from_form({"env": ["gpu"], "image": ["evil"], "profile": [""]}) == {"env": "gpu"}
-        daemon.options["envs"] = daemon.options["envs"][:1]
-        assert await sp.get_options_form() == ""
-    run(t)
+async def test_internal_ssl_is_refused(daemon, world):
+    sp = world.spawner(daemon.url)
+    sp.internal_ssl = True
+    with pytest.raises(Exception) as e:
+        await sp.start()
+    assert "internal_ssl" in str(e.value)
+    assert posts(daemon) == []
 
 
-def test_refusal_is_a_readable_message():
-    async def t(daemon, url):
-        daemon.mode = "error400"
-        sp = make_spawner(url)
-        with pytest.raises(SpawndError) as e:
-            await sp.start()
-        assert "not available to this user's groups" in str(e.value)
-        assert e.value.status == 403
-    run(t)
+async def test_named_server_path_is_escaped(daemon, world):
+    sp = world.spawner(daemon.url, name="my lab.1")
+    await sp.start()
+    assert list(daemon.servers) == [(USER, "my lab.1")]
 
 
-def test_wrong_token_says_so():
-    async def t(daemon, url):
-        sp = make_spawner(url, token="wrong-token-wrong-token")
-        with pytest.raises(SpawndError) as e:
-            await sp.start()
-        assert "token was refused" in str(e.value)
-    run(t)
+async def test_a_class_start_never_queues_behind_ten_requests(daemon):
+    """100 starts at once: every POST reaches the daemon while all the others
+    are still open (the fake daemon holds each until 100 are in flight). The
+    hub's shared client, which allows 10, would deadlock here."""
+    world = Hubworld()
+    n = 100
+    daemon.hold_posts_until = n
+    spawners = [world.spawner(daemon.url, user=f"student{i:03d}") for i in range(n)]
+    results = await asyncio.gather(*(sp.start() for sp in spawners), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert errors == [], errors[:3]
+    assert daemon.max_in_flight == n
+    shared = AsyncHTTPClient()
+    assert not getattr(shared, "active", {}), "the hub's shared client must not carry the spawner's calls"
 
 
-def test_daemon_down():
-    async def t(daemon, url):
-        down = f"http://127.0.0.1:{free_port()}"
-        sp = make_spawner(down, stop_retries=2)
-        with pytest.raises(SpawndError) as e:
-            await sp.start()
-        assert "not reachable" in str(e.value)
-        # Unknown is not stopped: poll keeps the server, stop reports failure.
-        assert await sp.poll() is None
-        with pytest.raises(SpawndError):
-            await sp.stop()
-    run(t)
+async def test_progress_in_order_without_a_second_server_requested(daemon, world):
+    daemon.progress_503 = 2  # the daemon is still syncing: the spawner asks again
+    sp = world.spawner(daemon.url)
+    events = [ev async for ev in sp.progress()]
+    assert [e["progress"] for e in events] == [30, 70, 100]
+    assert events[-1]["message"] == "Server is listening"
+    assert all(set(e) == {"progress", "message"} for e in events)
 
 
-def test_slow_daemon_times_out():
-    async def t(daemon, url):
-        daemon.mode = "slow"
-        sp = make_spawner(url, request_timeout=0.5)
-        began = time.monotonic()
-        assert await sp.poll() is None
-        assert time.monotonic() - began < 3
-    run(t)
+async def test_progress_over_a_unix_socket(unix_daemon, world):
+    sp = world.spawner(unix_daemon.url)
+    assert await sp.start() == "http://127.0.0.1:40001"
+    assert [e["progress"] async for e in sp.progress()] == [30, 70, 100]
+    await sp.stop()
+    assert await sp.poll() == 0
 
 
-def test_server_error_is_reported():
-    async def t(daemon, url):
-        daemon.mode = "error500"
-        sp = make_spawner(url, stop_retries=1)
-        with pytest.raises(SpawndError) as e:
-            await sp.start()
-        assert "internal error" in str(e.value)
-    run(t)
+def test_api_url_is_checked():
+    from spawnd_spawner import _parse_api_url
+    assert _parse_api_url("http+unix:///run/spawnd/api.sock") == ("http://spawnd", "/run/spawnd/api.sock")
+    assert _parse_api_url("https://spawnd:8765/") == ("https://spawnd:8765", None)
+    for bad in ["ftp://x", "spawnd:8765", "http+unix://relative.sock"]:
+        with pytest.raises(ValueError):
+            _parse_api_url(bad)
+
+
+async def test_options_form_offers_names_only(daemon, world):
+    sp = world.spawner(daemon.url)
+    form = await sp.get_options_form()
+    assert 'name="env"' in form and 'value="gpu"' in form and "CUDA" in form
+    assert 'name="profile"' not in form  # one profile: nothing to choose
+    assert [c[1] for c in daemon.calls] == ["/v1/options"]
+    assert sp.run_options_from_form({"env": ["gpu"], "image": ["evil"], "profile": [""]}) == {"env": "gpu"}
+    daemon.options["envs"] = daemon.options["envs"][:1]
+    assert await sp.get_options_form() == ""
+
+
+async def test_options_from_form_is_configurable(daemon, world):
+    sp = world.spawner(daemon.url, options_from_form=lambda form: {"profile": "big"})
+    assert sp.run_options_from_form({"env": ["gpu"]}) == {"profile": "big"}
+
+
+@pytest.mark.skipif(JH < (5, 3), reason="apply_user_options is JupyterHub 5.3+")
+async def test_apply_user_options_sets_names(daemon, world):
+    sp = world.spawner(daemon.url, apply_user_options={"course": "default_env"})
+    await sp._run_apply_user_options({"course": "gpu"})
+    await sp.start()
+    assert posts(daemon)[0]["env"] == "gpu"
+
+
+async def test_refusals_carry_reason_and_status(daemon, world):
+    daemon.mode = "forbidden"
+    sp = world.spawner(daemon.url)
+    with pytest.raises(Exception) as e:
+        await sp.start()
+    assert "not available to this user's groups" in str(e.value)
+    if JH >= (6, 0):
+        from jupyterhub.spawner import SpawnException
+        assert isinstance(e.value, SpawnException)
+        assert e.value.reason == "forbidden" and e.value.status_code == 403
+    else:
+        assert isinstance(e.value, SpawndError) and e.value.status == 403
+
+
+async def test_a_server_that_exits_shows_its_log(daemon, world):
+    daemon.mode = "exits"
+    sp = world.spawner(daemon.url)
+    with pytest.raises(Exception) as e:
+        await sp.start()
+    assert "exited with code 1" in str(e.value) and "No module named 'jupyter_server'" in str(e.value)
+    if JH >= (6, 0):
+        assert e.value.reason == "server_failed" and e.value.status_code == 502
+
+
+async def test_unsynced_daemon_is_unknown_not_stopped(daemon, world):
+    sp = world.spawner(daemon.url, stop_retries=2)
+    await sp.start()
+    daemon.mode = "unsynced"
+    assert await sp.poll() is None
+    with pytest.raises(SpawndError) as e:
+        await sp.stop()
+    assert e.value.unknown
+    daemon.mode = "ok"
+    await sp.stop()
+    assert await sp.poll() == 0
+
+
+async def test_rename_refuses_a_running_server(daemon, world):
+    sp = world.spawner(daemon.url, name="old")
+    await sp.start()
+    with pytest.raises(SpawndError) as e:
+        await sp.rename("old", "new")
+    assert "stop it before renaming" in str(e.value)
+    await sp.stop()
+    await sp.rename("old", "new")  # nothing to move: homes are per user
+
+
+async def test_wrong_token_says_so(daemon, world):
+    sp = world.spawner(daemon.url, token="wrong-token-wrong-token")
+    with pytest.raises(Exception) as e:
+        await sp.start()
+    assert "token was refused" in str(e.value)
+
+
+async def test_daemon_down(world):
+    down = f"http://127.0.0.1:{free_port()}"
+    sp = world.spawner(down, stop_retries=2)
+    with pytest.raises(Exception) as e:
+        await sp.start()
+    assert "not reachable" in str(e.value)
+    # Unknown is not stopped: poll keeps the server, stop reports failure.
+    assert await sp.poll() is None
+    with pytest.raises(SpawndError):
+        await sp.stop()
+
+
+async def test_slow_daemon_times_out(daemon, world):
+    daemon.mode = "slow"  # answers after 5 s (with 404: no such server)
+    sp = world.spawner(daemon.url, request_timeout=0.5)
+    assert await sp.poll() is None, "a poll that timed out is unknown, not stopped (0)"
+
+
+async def test_server_error_is_reported(daemon, world):
+    daemon.mode = "error500"
+    sp = world.spawner(daemon.url, stop_retries=1)
+    with pytest.raises(Exception) as e:
+        await sp.start()
+    assert "internal error" in str(e.value)
+
+
+def test_entry_point_and_version():
+    from importlib.metadata import entry_points, version
+    import spawnd_spawner
+    eps = entry_points(group="jupyterhub.spawners")
+    assert any(ep.name == "spawnd" and ep.value == "spawnd_spawner:SpawndSpawner" for ep in eps)
+    assert version("spawnd-spawner") == spawnd_spawner.__version__
+    assert issubclass(SpawndSpawner, jupyterhub.spawner.Spawner)
