@@ -12,8 +12,10 @@
 #   (Putting hub and user servers on one bridge network would need
 #   inter-container traffic on, and then users could reach each other's
 #   servers; see docs/DESIGN-NOTES.md.)
+import ipaddress
 import json
 import os
+import sys
 import urllib.request
 
 c = get_config()  # noqa: F821  (JupyterHub provides get_config)
@@ -45,7 +47,7 @@ c.JupyterHub.hub_ip = os.environ.get("SPAWND_HUB_IP") or spawnd_gateway()
 c.JupyterHub.hub_port = int(os.environ.get("SPAWND_HUB_API_PORT", "8081"))
 
 # --- spawnd ----------------------------------------------------------------
-c.JupyterHub.spawner_class = "spawnd_spawner.SpawndSpawner"  # or "spawnd" once pip-installed
+c.JupyterHub.spawner_class = "spawnd"  # SpawndSpawner: pip install spawnd-spawner (hub/)
 c.SpawndSpawner.api_url = SPAWND_URL
 c.SpawndSpawner.token_file = SPAWND_TOKEN_FILE
 # Env and resource profile when a user chooses none ("" = the daemon's defaults).
@@ -61,21 +63,83 @@ c.SpawndSpawner.token_file = SPAWND_TOKEN_FILE
 # them, and the hub finds them again.
 c.JupyterHub.cleanup_servers = False
 c.JupyterHub.allow_named_servers = True
-c.Spawner.start_timeout = 120
+# The daemon answers a start when the server listens; a class start queues
+# behind spawnd's admission limit (max_concurrent_starts), so give it time.
+c.Spawner.start_timeout = 300
 c.Spawner.http_timeout = 60
 
 # --- who may log in --------------------------------------------------------
-# The quickstart uses the DummyAuthenticator with one shared password: fine on
-# a laptop, never on a network. For a team, use a real authenticator, e.g.
-# GitHub OAuth (pip install oauthenticator; see docs/USERS.md):
-#   c.JupyterHub.authenticator_class = "github"
-#   c.GitHubOAuthenticator.oauth_callback_url = "https://hub.example.org/hub/oauth_callback"
-#   c.GitHubOAuthenticator.client_id = os.environ["GITHUB_CLIENT_ID"]
-#   c.GitHubOAuthenticator.client_secret = os.environ["GITHUB_CLIENT_SECRET"]
-#   c.GitHubOAuthenticator.allowed_organizations = {"my-lab"}
-c.JupyterHub.authenticator_class = "dummy"
-c.DummyAuthenticator.password = os.environ.get("SPAWND_HUB_PASSWORD", "")
-c.Authenticator.admin_users = {os.environ.get("SPAWND_HUB_ADMIN", "admin")}
+# SPAWND_HUB_AUTH chooses (spawnd install-systemd asks at install time):
+#   pam     system users of this machine (the default). Members of the group
+#           SPAWND_HUB_USERS_GROUP (default jupyterhub-users) may log in;
+#           members of SPAWND_HUB_ADMIN_GROUP (default jupyterhub-admins) are
+#           admins. Add people with: adduser alice; adduser alice jupyterhub-users
+#   github  GitHub OAuth (pip install oauthenticator): docs/INSTALL.md
+#   dummy   one shared password, for a laptop: only with SPAWND_HUB_PASSWORD
+#           set and the hub on a loopback address; anything else refuses to start.
+AUTH = os.environ.get("SPAWND_HUB_AUTH", "pam")
+
+
+def refuse(why, fix):
+    """Stop the hub before it accepts a single login."""
+    sys.stderr.write(f"jupyterhub_config: refusing to start: {why}.\n  Fix: {fix}\n")
+    sys.exit(1)
+
+
+def loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+if AUTH == "dummy":
+    password = os.environ.get("SPAWND_HUB_PASSWORD", "")
+    if not password:
+        refuse("SPAWND_HUB_AUTH=dummy without SPAWND_HUB_PASSWORD would let anyone log in as anyone, admin included",
+               "set SPAWND_HUB_PASSWORD, or use SPAWND_HUB_AUTH=pam (system users) or github")
+    if len(password) < 8:
+        refuse("SPAWND_HUB_PASSWORD is shorter than 8 characters", "choose a longer password")
+    if not loopback(c.JupyterHub.ip):
+        refuse(f"the shared-password login would listen on {c.JupyterHub.ip!r}, reachable from other machines",
+               "set SPAWND_HUB_BIND=127.0.0.1 (put Caddy in front for remote users), or use SPAWND_HUB_AUTH=pam or github")
+    c.JupyterHub.authenticator_class = "dummy"
+    c.DummyAuthenticator.password = password
+    c.Authenticator.allow_all = True  # anyone who knows the shared password
+    c.Authenticator.admin_users = {os.environ.get("SPAWND_HUB_ADMIN", "admin")}
+elif AUTH == "pam":
+    c.JupyterHub.authenticator_class = "pam"
+    c.PAMAuthenticator.allowed_groups = {os.environ.get("SPAWND_HUB_USERS_GROUP", "jupyterhub-users")}
+    c.PAMAuthenticator.admin_groups = {os.environ.get("SPAWND_HUB_ADMIN_GROUP", "jupyterhub-admins")}
+elif AUTH == "github":
+    def secret(name):
+        path = os.environ.get(name + "_FILE", "")
+        if not path:
+            refuse(f"SPAWND_HUB_AUTH=github needs {name}_FILE", f"write the value to a root-only file and set {name}_FILE to its path")
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError as e:
+            refuse(f"cannot read {name}_FILE ({e})", f"check {path}")
+
+    c.JupyterHub.authenticator_class = "github"
+    c.GitHubOAuthenticator.client_id = secret("GITHUB_CLIENT_ID")
+    c.GitHubOAuthenticator.client_secret = secret("GITHUB_CLIENT_SECRET")
+    c.GitHubOAuthenticator.oauth_callback_url = os.environ.get("GITHUB_CALLBACK_URL", "")
+    orgs = {o for o in os.environ.get("GITHUB_ALLOWED_ORGS", "").split(",") if o}
+    users = {u for u in os.environ.get("GITHUB_ALLOWED_USERS", "").split(",") if u}
+    if not (orgs or users):
+        refuse("SPAWND_HUB_AUTH=github without GITHUB_ALLOWED_ORGS or GITHUB_ALLOWED_USERS would let every GitHub user in",
+               "set GITHUB_ALLOWED_ORGS=my-lab (and/or GITHUB_ALLOWED_USERS=alice,bob)")
+    c.GitHubOAuthenticator.allowed_organizations = orgs
+    c.GitHubOAuthenticator.allowed_users = users
+    c.GitHubOAuthenticator.admin_users = {u for u in os.environ.get("GITHUB_ADMIN_USERS", "").split(",") if u}
+    if os.environ.get("GITHUB_URL"):  # GitHub Enterprise, or a test's stand-in
+        c.GitHubOAuthenticator.github_url = os.environ["GITHUB_URL"]
+else:
+    refuse(f"SPAWND_HUB_AUTH={AUTH!r} is not one of pam, github, dummy", "set SPAWND_HUB_AUTH")
 # JupyterHub groups decide which spawnd team (envs, profiles, shared folders) a user is in:
 # c.JupyterHub.load_groups = {"physics": ["alice", "bob"]}
 

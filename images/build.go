@@ -42,6 +42,7 @@ type RunSpec struct {
 	Cmd     []string
 	Network string // "" = default bridge, "host" to reach an index on 127.0.0.1
 	Labels  map[string]string
+	Env     []string // KEY=VALUE
 }
 
 // RunResult is what a throw-away container printed.
@@ -58,6 +59,8 @@ type BuildSpec struct {
 	Network string
 	// NoCache builds every layer afresh.
 	NoCache bool
+	// BuildArgs are the Dockerfile's ARG values.
+	BuildArgs map[string]string
 }
 
 // BuildLine is one line of the engine's build output.
@@ -90,6 +93,12 @@ type Options struct {
 	Relock bool
 	// NoCache rebuilds every layer, ignoring the engine's build cache.
 	NoCache bool
+	// CACerts are extra PEM certificates that pip trusts, beside the image's
+	// own, while locking and building (a company's or a network's TLS-
+	// intercepting proxy). They are given to the build as an argument and
+	// never written to the image's files; the image's build history records
+	// them (certificates are public).
+	CACerts []byte
 	// Now is the clock (for tests); nil is time.Now.
 	Now func() time.Time
 }
@@ -101,6 +110,14 @@ func (o *Options) emit(began time.Time, ev Event) {
 	ev.Time = time.Now()
 	ev.Elapsed = time.Since(began)
 	o.Progress(ev)
+}
+
+// buildArgs are the plan's ARG values: the extra CA certificates, when given.
+func (o *Options) buildArgs() map[string]string {
+	if len(o.CACerts) == 0 {
+		return nil
+	}
+	return map[string]string{PipCAArg: string(o.CACerts)}
 }
 
 func (o *Options) now() time.Time {
@@ -162,19 +179,22 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 		opts.emit(began, Event{Phase: "lock", Step: "pip", Message: "building the apt layer to resolve pip packages in"})
 		stage := NewPlan(l, StageConda)
 		stageTag := "spawnd-lock/" + s.Name + ":stage"
-		stageID, err := eng.Build(ctx, BuildSpec{Context: stage.Tar(), Tags: []string{stageTag}, Network: opts.Network},
+		stageID, err := eng.Build(ctx, BuildSpec{Context: stage.Tar(), Tags: []string{stageTag}, Network: opts.Network, BuildArgs: opts.buildArgs()},
 			buildLines(&opts, began, "lock"))
 		if err != nil {
 			return nil, fmt.Errorf("building the apt layer for pip: %w", err)
 		}
 		opts.emit(began, Event{Phase: "lock", Step: "pip", Message: fmt.Sprintf("resolving %d pip packages with pip", len(s.Pip.Packages))})
-		cmd := []string{"python3", "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", "--break-system-packages",
+		pip := []string{"python3", "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", "--break-system-packages",
 			"--disable-pip-version-check", "--no-input", "--no-cache-dir", "--retries", "1", "--timeout", "15"}
 		if s.Pip.IndexURL != "" {
-			cmd = append(cmd, "--index-url", s.Pip.IndexURL)
+			pip = append(pip, "--index-url", s.Pip.IndexURL)
 		}
-		cmd = append(cmd, s.Pip.Packages...)
-		res, err := eng.RunCapture(ctx, RunSpec{Image: stageID, Cmd: cmd, Network: opts.Network, Labels: map[string]string{lockLabel: s.Name}})
+		pip = append(pip, s.Pip.Packages...)
+		// sh -c 'PRELUDE exec "$@"' sh pip ...: the packages stay arguments, never shell text.
+		cmd := append([]string{"/bin/sh", "-euc", PipCAPrelude + `exec "$@"`, "sh"}, pip...)
+		res, err := eng.RunCapture(ctx, RunSpec{Image: stageID, Cmd: cmd, Network: opts.Network, Labels: map[string]string{lockLabel: s.Name},
+			Env: []string{PipCAArg + "=" + string(opts.CACerts)}})
 		if err != nil {
 			return nil, fmt.Errorf("locking pip packages: %w", err)
 		}
@@ -315,7 +335,7 @@ func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Resu
 	}
 	plan := NewPlan(l, StageAll)
 	opts.emit(began, Event{Phase: "build", Step: "start", Message: "building " + res.Tag})
-	id, err := eng.Build(ctx, BuildSpec{Context: plan.Tar(), Tags: []string{res.Tag}, Network: opts.Network, NoCache: opts.NoCache}, buildLines(&opts, began, "build"))
+	id, err := eng.Build(ctx, BuildSpec{Context: plan.Tar(), Tags: []string{res.Tag}, Network: opts.Network, NoCache: opts.NoCache, BuildArgs: opts.buildArgs()}, buildLines(&opts, began, "build"))
 	if err != nil {
 		return Result{}, fmt.Errorf("building %s: %w", res.Tag, err)
 	}

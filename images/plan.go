@@ -126,7 +126,8 @@ func NewPlan(l *envs.Lock, upTo Stage) Plan {
 		}
 		p.Files["pip/requirements.txt"] = []byte(req.String())
 		w("COPY pip/ /tmp/spawnd/pip/")
-		w("RUN %s; rm -rf /tmp/spawnd", strings.Join(PipInstallCmd(l), " "))
+		w("ARG %s", PipCAArg)
+		w("RUN %s%s; rm -rf /tmp/spawnd", PipCAPrelude, strings.Join(PipInstallCmd(l), " "))
 	}
 	if upTo == StagePip {
 		return p.finish(&df, l, false)
@@ -184,6 +185,17 @@ func dockerQuote(s string) string {
 	r := strings.NewReplacer("\\", "\\\\", "\"", "\\\"", "$", "\\$", "\n", " ")
 	return "\"" + r.Replace(s) + "\""
 }
+
+// PipCAArg is the build argument (and, while locking, the environment
+// variable) that carries extra PEM certificates for pip to trust.
+const PipCAArg = "SPAWND_PIP_CA"
+
+// PipCAPrelude is shell that points pip at the image's CA bundle plus the
+// certificates in $SPAWND_PIP_CA, when there are any. The bundle lives in
+// /tmp/spawnd, which the same RUN removes: no certificate stays in the image.
+const PipCAPrelude = `if [ -n "${SPAWND_PIP_CA:-}" ]; then mkdir -p /tmp/spawnd; ` +
+	`cat /etc/ssl/certs/ca-certificates.crt > /tmp/spawnd/ca.pem 2>/dev/null || true; ` +
+	`printf '%s\n' "$SPAWND_PIP_CA" >> /tmp/spawnd/ca.pem; export PIP_CERT=/tmp/spawnd/ca.pem; fi; `
 
 // PipInstallCmd is the command that installs a lock's pip packages, exactly
 // those, verified by hash.

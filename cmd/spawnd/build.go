@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,12 +19,47 @@ type buildFlags struct {
 	network string
 	asJSON  bool
 	engine  string
+	caCerts []string
 }
 
 func (b *buildFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&b.network, "network", "", `network for lock containers and builds ("host" to reach a package index on 127.0.0.1)`)
 	cmd.Flags().BoolVar(&b.asJSON, "json", false, "progress as JSON lines")
 	cmd.Flags().StringVar(&b.engine, "engine", "", "Docker engine address (default: DOCKER_HOST or the local socket)")
+	cmd.Flags().StringArrayVar(&b.caCerts, "ca-cert", nil, `extra CA certificate (PEM file) that pip trusts while locking and building, e.g. a company proxy's; repeatable (default: $SPAWND_BUILD_CA_CERTS, files separated by ":")`)
+}
+
+// options are the images.Options the flags ask for.
+func (b *buildFlags) options(cmd *cobra.Command) (images.Options, error) {
+	files := b.caCerts
+	if len(files) == 0 {
+		if v := os.Getenv("SPAWND_BUILD_CA_CERTS"); v != "" {
+			files = filepath.SplitList(v)
+		}
+	}
+	pem, err := readCACerts(files)
+	if err != nil {
+		return images.Options{}, err
+	}
+	return images.Options{Network: b.network, CACerts: pem, Progress: progressSink(cmd.ErrOrStderr(), b.asJSON)}, nil
+}
+
+// readCACerts concatenates PEM certificate files, checking each holds at
+// least one certificate.
+func readCACerts(files []string) ([]byte, error) {
+	var out []byte
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-cert: %w", err)
+		}
+		if !bytes.Contains(b, []byte("-----BEGIN CERTIFICATE-----")) {
+			return nil, fmt.Errorf("--ca-cert %s: no PEM certificate in the file (want -----BEGIN CERTIFICATE-----)", f)
+		}
+		out = append(out, bytes.TrimSpace(b)...)
+		out = append(out, '\n')
+	}
+	return out, nil
 }
 
 func (b *buildFlags) connect(ctx context.Context) (*docker.Engine, error) {
@@ -71,12 +107,16 @@ every package (dependencies included) pinned by version and SHA-256.`,
 			if err != nil {
 				return err
 			}
+			opts, err := bf.options(cmd)
+			if err != nil {
+				return err
+			}
 			eng, err := bf.connect(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer eng.Close()
-			l, err := images.Lock(cmd.Context(), eng, s, images.Options{Network: bf.network, Progress: progressSink(cmd.ErrOrStderr(), bf.asJSON)})
+			l, err := images.Lock(cmd.Context(), eng, s, opts)
 			if err != nil {
 				return err
 			}
@@ -119,12 +159,17 @@ reuses the apt layer.`,
 			if _, err := envs.Load(path); err != nil {
 				return err
 			}
+			opts, err := bf.options(cmd)
+			if err != nil {
+				return err
+			}
+			opts.Relock = relock
 			eng, err := bf.connect(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer eng.Close()
-			res, err := images.Build(cmd.Context(), eng, path, images.Options{Network: bf.network, Relock: relock, Progress: progressSink(cmd.ErrOrStderr(), bf.asJSON)})
+			res, err := images.Build(cmd.Context(), eng, path, opts)
 			if err != nil {
 				if errors.Is(err, context.Canceled) {
 					return errors.New("interrupted; the previous lock and image are unchanged")

@@ -31,7 +31,10 @@ var installFiles = []installFile{
 
 // installSystemd puts the binary, units, configs and a token under root
 // ("/" for the real thing). Existing configs and tokens are kept.
-func installSystemd(out io.Writer, root, binary string) error {
+func installSystemd(out io.Writer, root, binary, hubAuth string) error {
+	if hubAuth != "pam" && hubAuth != "github" {
+		return fmt.Errorf("--hub-auth %q: choose pam (system users of this host) or github (GitHub OAuth); a shared-password login is for scripts/quickstart on a laptop only", hubAuth)
+	}
 	put := func(dst string, data []byte, mode fs.FileMode, keep bool) error {
 		p := filepath.Join(root, dst)
 		if _, err := os.Stat(p); err == nil && keep {
@@ -67,6 +70,22 @@ func installSystemd(out io.Writer, root, binary string) error {
 			return err
 		}
 	}
+	hubEnv := "# Read by jupyterhub.service; see /etc/jupyterhub/jupyterhub_config.py.\nSPAWND_HUB_AUTH=" + hubAuth + "\n"
+	if hubAuth == "github" {
+		hubEnv += `# GitHub OAuth: an OAuth app's id and secret in root-only files, and who may log in.
+GITHUB_CLIENT_ID_FILE=/etc/jupyterhub/github-client-id
+GITHUB_CLIENT_SECRET_FILE=/etc/jupyterhub/github-client-secret
+GITHUB_CALLBACK_URL=https://hub.example.org/hub/oauth_callback
+GITHUB_ALLOWED_ORGS=
+GITHUB_ALLOWED_USERS=
+GITHUB_ADMIN_USERS=
+`
+	} else {
+		hubEnv += "# Members of these system groups may log in / are admins.\nSPAWND_HUB_USERS_GROUP=jupyterhub-users\nSPAWND_HUB_ADMIN_GROUP=jupyterhub-admins\n"
+	}
+	if err := put("/etc/jupyterhub/environment", []byte(hubEnv), 0o600, true); err != nil {
+		return err
+	}
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
 		return err
@@ -84,22 +103,26 @@ func installSystemd(out io.Writer, root, binary string) error {
 Next:
   1. put your env spec in /etc/spawnd/envs/team.yaml and run: spawnd build /etc/spawnd/envs/team.yaml
   2. edit /etc/spawnd/spawnd.yaml (docs/CONFIG.md), then: spawnd doctor
-  3. useradd --system --home /var/lib/jupyterhub jupyterhub
+  3. useradd --system --home /var/lib/jupyterhub --groups shadow jupyterhub   (shadow: PAM logins)
      install -o jupyterhub -m 600 /etc/spawnd/token /etc/jupyterhub/spawnd-token
-     make SpawndSpawner importable: pip install ./hub (or PYTHONPATH in /etc/jupyterhub/environment)
-  4. systemctl daemon-reload && systemctl enable --now spawnd jupyterhub
+     python3 -m venv /opt/jupyterhub
+     /opt/jupyterhub/bin/pip install jupyterhub==<the env's jupyterhub> spawnd-spawner   (the wheel from the release, or ./hub)
+  4. who logs in: /etc/jupyterhub/environment (SPAWND_HUB_AUTH=`+hubAuth+`; docs/INSTALL.md)
+     pam:    groupadd jupyterhub-users; groupadd jupyterhub-admins; adduser alice jupyterhub-users
+  5. systemctl daemon-reload && systemctl enable --now spawnd jupyterhub
 `)
 	return nil
 }
 
 func newInstallSystemd() *cobra.Command {
-	var root string
+	var root, hubAuth string
 	cmd := &cobra.Command{
 		Use:   "install-systemd",
 		Short: "Install spawnd, its systemd units and example configs on this host",
 		Long: `Copy this binary to /usr/local/bin/spawnd, install the systemd units for
 spawnd and JupyterHub (/etc/systemd/system), the example /etc/spawnd/spawnd.yaml
-and /etc/jupyterhub/jupyterhub_config.py, a new API token in /etc/spawnd/token
+and /etc/jupyterhub/jupyterhub_config.py with the hub's login chosen by
+--hub-auth (written to /etc/jupyterhub/environment), a new API token in /etc/spawnd/token
 (mode 0600), and /srv/spawnd/homes. Existing configs and tokens are kept; units
 and the binary are replaced. It does not start anything: it prints the next steps.`,
 		Args: cobra.NoArgs,
@@ -111,9 +134,10 @@ and the binary are replaced. It does not start anything: it prints the next step
 			if err != nil {
 				return err
 			}
-			return installSystemd(cmd.OutOrStdout(), root, self)
+			return installSystemd(cmd.OutOrStdout(), root, self, hubAuth)
 		},
 	}
 	cmd.Flags().StringVar(&root, "root", "/", "install under this directory instead of / (for packaging and tests)")
+	cmd.Flags().StringVar(&hubAuth, "hub-auth", "pam", "who may log in to the hub: pam (system users, admins by group) or github (GitHub OAuth)")
 	return cmd
 }

@@ -15,8 +15,11 @@ func TestInstallSystemdKeepsConfigs(t *testing.T) {
 	root := t.TempDir()
 	self, _ := os.Executable()
 	var out bytes.Buffer
-	if err := installSystemd(&out, root, self); err != nil {
+	if err := installSystemd(&out, root, self, "pam"); err != nil {
 		t.Fatal(err)
+	}
+	if env, err := os.ReadFile(filepath.Join(root, "etc/jupyterhub/environment")); err != nil || !strings.Contains(string(env), "SPAWND_HUB_AUTH=pam\n") {
+		t.Fatalf("the hub's login was not chosen at install: %q %v", env, err)
 	}
 	tok, err := os.Stat(filepath.Join(root, "etc/spawnd/token"))
 	if err != nil || tok.Mode().Perm() != 0o600 {
@@ -32,7 +35,7 @@ func TestInstallSystemdKeepsConfigs(t *testing.T) {
 	_ = os.WriteFile(cfg, []byte("# mine\n"), 0o644)
 	first, _ := os.ReadFile(filepath.Join(root, "etc/spawnd/token"))
 	out.Reset()
-	if err := installSystemd(&out, root, self); err != nil {
+	if err := installSystemd(&out, root, self, "github"); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(cfg); string(b) != "# mine\n" {
@@ -40,6 +43,12 @@ func TestInstallSystemdKeepsConfigs(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(root, "etc/spawnd/token")); !bytes.Equal(b, first) {
 		t.Fatal("a second install replaced the token")
+	}
+	if env, _ := os.ReadFile(filepath.Join(root, "etc/jupyterhub/environment")); !strings.Contains(string(env), "SPAWND_HUB_AUTH=pam\n") {
+		t.Fatal("a second install replaced the admin's hub environment")
+	}
+	if err := installSystemd(&out, t.TempDir(), self, "dummy"); err == nil || !strings.Contains(err.Error(), "pam") {
+		t.Fatalf("a shared-password hub install was not refused: %v", err)
 	}
 	if !strings.Contains(out.String(), "kept       /etc/spawnd/spawnd.yaml") {
 		t.Fatalf("output: %s", out.String())
@@ -61,6 +70,7 @@ func TestSystemdUnitsVerify(t *testing.T) {
 			t.Fatal(err)
 		}
 		unit := strings.ReplaceAll(string(b), "/usr/local/bin/spawnd", self)
+		unit = strings.ReplaceAll(unit, "/opt/jupyterhub/bin/jupyterhub", self) // an executable that exists here
 		if err := os.WriteFile(filepath.Join(dir, u), []byte(unit), 0o644); err != nil {
 			t.Fatal(err)
 		}

@@ -36,7 +36,7 @@ func (e *Engine) ImageInspect(ctx context.Context, ref string) (images.ImageInfo
 
 // RunCapture implements images.Engine.
 func (e *Engine) RunCapture(ctx context.Context, spec images.RunSpec) (images.RunResult, error) {
-	cfg := &container.Config{Image: spec.Image, Cmd: spec.Cmd, Labels: spec.Labels, User: "0:0"}
+	cfg := &container.Config{Image: spec.Image, Cmd: spec.Cmd, Labels: spec.Labels, User: "0:0", Env: spec.Env}
 	hc := &container.HostConfig{NetworkMode: container.NetworkMode(spec.Network)}
 	created, err := e.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: hc})
 	if err != nil {
@@ -78,7 +78,7 @@ func (e *Engine) RunCapture(ctx context.Context, spec images.RunSpec) (images.Ru
 func (e *Engine) Build(ctx context.Context, spec images.BuildSpec, onLine func(images.BuildLine)) (string, error) {
 	res, err := e.cli.ImageBuild(ctx, spec.Context, client.ImageBuildOptions{
 		Tags: spec.Tags, Labels: spec.Labels, NetworkMode: spec.Network, NoCache: spec.NoCache,
-		Remove: true, ForceRemove: true,
+		Remove: true, ForceRemove: true, BuildArgs: buildArgs(spec.BuildArgs),
 	})
 	if err != nil {
 		return "", fmt.Errorf("starting the build: %w", err)
@@ -178,4 +178,15 @@ func (e *Engine) Info(ctx context.Context) (doctor.EngineInfo, error) {
 		RuncVersion: res.Info.RuncCommit.ID,
 		LiveRestore: res.Info.LiveRestoreEnabled,
 	}, nil
+}
+
+func buildArgs(m map[string]string) map[string]*string {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]*string, len(m))
+	for k, v := range m {
+		out[k] = &v
+	}
+	return out
 }
