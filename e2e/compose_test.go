@@ -67,23 +67,56 @@ func TestComposeStack(t *testing.T) {
 	run("down")
 }
 
-// loginAndSpawn logs in through the hub's login form as a person would,
-// asks for a server, and waits until its notebook page and contents API
-// answer through the proxy.
+// loginAndSpawn logs in through the hub's login form as a person would
+// (after a wrong password is refused), asks for a server, and waits until
+// the user's URL lands in JupyterLab and the contents API answers, all
+// through the proxy.
 func loginAndSpawn(t *testing.T, base, user, password string) {
 	t.Helper()
-	jar, _ := cookiejar.New(nil)
-	hc := &http.Client{Jar: jar, Timeout: 90 * time.Second}
-	get := func(path string) (int, string) {
+	if hubLogin(t, base, user, password+"-wrong") != nil {
+		t.Fatal("a wrong password logged in")
+	}
+	hc := hubLogin(t, base, user, password)
+	if hc == nil {
+		t.Fatal("the right password was refused")
+	}
+	get := func(path string) (int, string, string) {
 		resp, err := hc.Get(base + path)
 		if err != nil {
 			t.Fatalf("GET %s: %v", path, err)
 		}
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		return resp.StatusCode, resp.Request.URL.Path, string(b)
 	}
-	get("/hub/login")
+	get("/hub/spawn")
+	deadline := time.Now().Add(180 * time.Second)
+	for {
+		code, path, body := get("/user/" + user + "/")
+		if code == 200 && path == "/user/"+user+"/lab" && strings.Contains(body, "<title>JupyterLab</title>") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's URL never landed in JupyterLab: %d at %s", user, code, path)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if code, _, _ := get("/user/" + user + "/api/contents"); code != 200 {
+		t.Fatalf("contents API through the proxy: %d", code)
+	}
+}
+
+// hubLogin posts the hub's login form; it returns a client holding the
+// session when the hub logged the user in, nil when it refused.
+func hubLogin(t *testing.T, base, user, password string) *http.Client {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	hc := &http.Client{Jar: jar, Timeout: 90 * time.Second}
+	resp, err := hc.Get(base + "/hub/login")
+	if err != nil {
+		t.Fatalf("GET /hub/login: %v", err)
+	}
+	resp.Body.Close()
 	xsrf := ""
 	u, _ := url.Parse(base)
 	for _, c := range jar.Cookies(u) {
@@ -91,27 +124,16 @@ func loginAndSpawn(t *testing.T, base, user, password string) {
 			xsrf = c.Value
 		}
 	}
-	resp, err := hc.PostForm(base+"/hub/login", url.Values{"username": {user}, "password": {password}, "_xsrf": {xsrf}})
+	resp, err = hc.PostForm(base+"/hub/login", url.Values{"username": {user}, "password": {password}, "_xsrf": {xsrf}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("login: %d", resp.StatusCode)
-	}
-	get("/hub/spawn")
-	deadline := time.Now().Add(120 * time.Second)
-	for {
-		code, body := get("/user/" + user + "/tree")
-		if code == 200 && strings.Contains(body, "<title>Home Page") {
-			break
+	hubURL, _ := url.Parse(base + "/hub/")
+	for _, c := range jar.Cookies(hubURL) {
+		if c.Name == "jupyterhub-hub-login" {
+			return hc
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("never reached %s's server: %d", user, code)
-		}
-		time.Sleep(500 * time.Millisecond)
 	}
-	if code, _ := get("/user/" + user + "/api/contents"); code != 200 {
-		t.Fatalf("contents API through the proxy: %d", code)
-	}
+	return nil
 }

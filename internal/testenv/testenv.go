@@ -209,3 +209,35 @@ func RemoveImages(eng *docker.Engine, label, value string) {
 		_, _ = eng.Client().ImageRemove(ctx, img.ID, client.ImageRemoveOptions{Force: true, PruneChildren: true})
 	}
 }
+
+// HostCACerts are the extra CA certificates this host trusts
+// (/usr/local/share/ca-certificates/*.crt, as scripts/host-ca-files lists
+// them): builds that reach PyPI through a TLS-intercepting proxy need them.
+func HostCACerts(t testing.TB) []byte {
+	t.Helper()
+	files, _ := filepath.Glob("/usr/local/share/ca-certificates/*.crt")
+	var out []byte
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(append(out, bytes.TrimSpace(b)...), '\n')
+	}
+	return out
+}
+
+// HubVenv returns the virtualenv of JupyterHub major version v that
+// scripts/hub-venvs makes ($HUB_VENVS/jh<v>), with the spawner installed.
+func HubVenv(t testing.TB, v int) string {
+	t.Helper()
+	root := os.Getenv("HUB_VENVS")
+	if root == "" {
+		root = "/var/lib/spawnd-test/hubs"
+	}
+	dir := filepath.Join(root, fmt.Sprintf("jh%d", v))
+	if _, err := os.Stat(filepath.Join(dir, "bin", "jupyterhub")); err != nil {
+		ci.Skip(t, "no JupyterHub %d virtualenv at %s (run scripts/hub-venvs)", v, dir)
+	}
+	return dir
+}
