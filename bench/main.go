@@ -58,7 +58,7 @@ type bench struct {
 
 func main() {
 	md := flag.String("md", "", "also write the results as Markdown to this file")
-	only := flag.String("only", "", "comma-separated figures: spawn,http,class,burst,status,reconcile,memory,restart,stop,build,pip,auth")
+	only := flag.String("only", "", "comma-separated figures: spawn,http,class,burst,status,reconcile,memory,restart,stop,build,pip,auth,hub")
 	rounds := flag.Int("rounds", 15, "rounds for the per-spawn figures")
 	flag.Parse()
 	log.SetFlags(0)
@@ -102,6 +102,7 @@ func main() {
 		{"build", b.noopBuild},
 		{"pip", b.pipRebuild},
 		{"auth", b.authTiming},
+		{"hub", b.hubFigures},
 	}
 	for _, f := range figures {
 		if len(want) > 0 && !want[f.name] {

@@ -117,9 +117,10 @@ func hubLogin(t *testing.T, base, user, password string) *http.Client {
 		t.Fatalf("GET /hub/login: %v", err)
 	}
 	resp.Body.Close()
+	// JupyterHub 4+ scopes its cookies to /hub/.
+	hubURL, _ := url.Parse(base + "/hub/")
 	xsrf := ""
-	u, _ := url.Parse(base)
-	for _, c := range jar.Cookies(u) {
+	for _, c := range jar.Cookies(hubURL) {
 		if c.Name == "_xsrf" {
 			xsrf = c.Value
 		}
@@ -129,7 +130,6 @@ func hubLogin(t *testing.T, base, user, password string) *http.Client {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	hubURL, _ := url.Parse(base + "/hub/")
 	for _, c := range jar.Cookies(hubURL) {
 		if c.Name == "jupyterhub-hub-login" {
 			return hc
