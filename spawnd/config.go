@@ -26,10 +26,13 @@ type Config struct {
 	HomesRoot string `mapstructure:"homes_root"`
 	// Network is how user containers are networked.
 	Network NetworkConfig `mapstructure:"network"`
-	// MaxConcurrentStarts caps engine create+start operations running at once
-	// (admission limit for class starts). Default: 2 × CPU cores.
+	// MaxConcurrentStarts caps the servers booting at once, each from its
+	// container's create until its port listens (or it fails); further starts
+	// queue (admission limit for class starts: a boot is CPU-bound). Default:
+	// 2 × CPU cores.
 	MaxConcurrentStarts int `mapstructure:"max_concurrent_starts"`
-	// StartTimeout bounds a start until the single-user port answers. Default 120s.
+	// StartTimeout bounds a start's wait in the admission queue, and then its
+	// boot until the single-user port answers. Default 120s.
 	StartTimeout time.Duration `mapstructure:"start_timeout"`
 	// StopGrace is how long a stop waits after SIGTERM before SIGKILL. Default 3s.
 	StopGrace time.Duration `mapstructure:"stop_grace"`
