@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -198,25 +199,71 @@ func apiAnswers(url string) bool {
 }
 
 // spawnViaHub asks the hub for user's server and returns the time until
-// /user/NAME/api answers through the proxy, or an error.
+// /user/NAME/api answers through the proxy, or an error. It waits the way a
+// browser on the spawn page does: on the hub's progress stream (one open
+// request per user), not by polling the hub, which would load the hub's
+// single event loop with work no user causes.
 func (w *hubWorld) spawnViaHub(user string, deadline time.Duration) (time.Duration, error) {
 	t0 := time.Now()
 	if code := w.hubCall("POST", "/users/"+user+"/server", nil, nil); code != 201 && code != 202 {
 		return 0, fmt.Errorf("POST /users/%s/server: HTTP %d", user, code)
 	}
+	ctx, cancel := context.WithTimeout(w.b.ctx, deadline)
+	defer cancel()
+	if err := w.followProgress(ctx, user); err != nil {
+		return 0, err
+	}
 	url := fmt.Sprintf("http://127.0.0.1:%d/user/%s/api", w.proxyPort, user)
 	for !apiAnswers(url) {
-		if time.Since(t0) > deadline {
-			var u struct {
-				Servers map[string]struct{ Pending string } `json:"servers"`
-			}
-			w.hubGET("/users/"+user, &u)
-			return 0, fmt.Errorf("%s not ready after %s (hub: %+v)", user, deadline, u.Servers)
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("%s ready in the hub but /api does not answer through the proxy", user)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	return time.Since(t0), nil
 }
+
+// followProgress reads the hub's progress stream of user's start until it
+// says ready (nil) or failed (an error with the hub's message).
+func (w *hubWorld) followProgress(ctx context.Context, user string) error {
+	req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://127.0.0.1:%d/hub/api/users/%s/server/progress", w.proxyPort, user), nil)
+	req.Header.Set("Authorization", "token "+w.adminToken)
+	resp, err := streamHTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s: progress: %w", user, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: progress: HTTP %d", user, resp.StatusCode)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		var ev struct {
+			Ready   bool   `json:"ready"`
+			Failed  bool   `json:"failed"`
+			Message string `json:"message"`
+		}
+		if json.Unmarshal([]byte(data), &ev) != nil {
+			continue
+		}
+		if ev.Ready {
+			return nil
+		}
+		if ev.Failed {
+			return fmt.Errorf("%s: the hub says the start failed: %s", user, ev.Message)
+		}
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: not ready: %w", user, ctx.Err())
+	}
+	return fmt.Errorf("%s: the progress stream ended without ready (%v)", user, sc.Err())
+}
+
+var streamHTTP = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 
 // stopViaHub stops user's server and waits until the hub no longer lists it.
 func (w *hubWorld) stopViaHub(user string) error {
@@ -232,7 +279,7 @@ func (w *hubWorld) stopViaHub(user string) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s did not stop", user)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -309,6 +356,9 @@ func (w *hubWorld) rawStop(ids []string) time.Duration {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(w.b.ctx, 2*time.Minute)
 			defer cancel()
+			// As spawnd stops: SIGTERM, SIGKILL after the same grace (3 s), then remove.
+			grace := 3
+			_, _ = w.b.eng.Client().ContainerStop(ctx, id, client.ContainerStopOptions{Timeout: &grace})
 			_, _ = w.b.eng.Client().ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true})
 		}()
 	}
@@ -458,12 +508,33 @@ func (b *bench) hubClass(w *hubWorld, n int) {
 	}
 	stopHub := func() time.Duration {
 		t0 := time.Now()
-		var wg sync.WaitGroup
 		for _, u := range users {
-			wg.Add(1)
-			go func() { defer wg.Done(); _ = w.stopViaHub(u) }()
+			go w.hubCall("DELETE", "/users/"+u+"/server", nil, nil)
 		}
-		wg.Wait()
+		// One listing of the hub's active users every 100 ms, until none of ours is left.
+		mine := map[string]bool{}
+		for _, u := range users {
+			mine[u] = true
+		}
+		deadline := time.Now().Add(3 * time.Minute)
+		for time.Now().Before(deadline) {
+			var active []struct {
+				Name    string         `json:"name"`
+				Servers map[string]any `json:"servers"`
+			}
+			if w.hubGET("/users?state=active&limit=1000", &active) == 200 {
+				left := 0
+				for _, a := range active {
+					if mine[a.Name] && len(a.Servers) > 0 {
+						left++
+					}
+				}
+				if left == 0 {
+					break
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 		return time.Since(t0)
 	}
 	var hr, rr result
