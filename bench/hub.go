@@ -605,4 +605,3 @@ func removeByLabel(ctx context.Context, eng interface{ Client() *client.Client }
 		_, _ = eng.Client().ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
 	}
 }
-

@@ -278,29 +278,54 @@ func TestProgressStream(t *testing.T) {
 	}
 }
 
+// A server that exits before it listens fails its start at once (not after
+// start_timeout), with its exit code and the last lines of its log, the
+// hub's token replaced; nothing of it stays on the engine.
 func TestExitAndOOMReported(t *testing.T) {
 	eng := testenv.Engine(t)
 	cfg := testConfig(t, eng)
+	cfg.StartTimeout = 5 * time.Minute // the failure must not wait for it
 	cfg.Profiles["tiny"] = spawnd.ProfileConfig{Memory: "16m", Pids: 64}
 	cfg.Teams = map[string]spawnd.TeamConfig{"tests": {Groups: []string{"testers"}, Profiles: []string{"tiny"}}}
 	h := startDaemon(t, eng, cfg)
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
 
-	if _, err := h.client.Start(ctx, "dora", "", api.StartRequest{Cmd: []string{"/bin/sh", "-c", "exit 7"}}); err != nil {
-		t.Fatal(err)
+	const secret = "hub-token-0123456789abcdef"
+	boom := `echo booting; echo "my token is $JUPYTERHUB_API_TOKEN"; echo "ImportError: no module named jupyter_server" >&2; exit 7`
+	_, err := h.client.Start(ctx, "dora", "", api.StartRequest{Cmd: []string{"/bin/sh", "-c", boom},
+		Environment: map[string]string{"JUPYTERHUB_API_TOKEN": secret}})
+	if api.ErrorCode(err) != api.CodeServerFailed {
+		t.Fatalf("start of a server that exits: %v, want code %s", err, api.CodeServerFailed)
+	}
+	msg := api.ErrorMessage(err)
+	for _, want := range []string{"exited with code 7", "booting", "ImportError: no module named jupyter_server", "my token is [redacted]"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the failure lacks %q: %q", want, msg)
+		}
+	}
+	if strings.Contains(msg, secret) {
+		t.Errorf("the failure shows the hub's token: %q", msg)
 	}
 	s := waitState(t, h, "dora", "", api.StateFailed)
-	if s.ExitCode == nil || *s.ExitCode != 7 || s.Reason != "exited with code 7" {
-		t.Fatalf("exit: %+v", s)
+	if s.ExitCode == nil || *s.ExitCode != 7 || !strings.Contains(s.Reason, "exited with code 7") {
+		t.Fatalf("status after the exit: %+v", s)
+	}
+	f := client.Filters{}
+	f.Add("label", "io.spawnd.instance="+cfg.Instance)
+	f.Add("label", "io.spawnd.user=dora")
+	if res, err := eng.Client().ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f}); err != nil || len(res.Items) != 0 {
+		t.Fatalf("containers left after the failed start: %d %v", len(res.Items), err)
 	}
 
-	// Fill a tmpfs-less /dev/shm-free memory: a shell variable that doubles.
+	// Fill memory: a shell variable that doubles until the kernel kills it.
 	hog := `x=0123456789abcdef; while true; do x="$x$x"; done`
-	if _, err := h.client.Start(ctx, "ed", "", api.StartRequest{Profile: "tiny", Groups: []string{"testers"}, Cmd: []string{"/bin/sh", "-c", hog}}); err != nil {
-		t.Fatal(err)
+	_, err = h.client.Start(ctx, "ed", "", api.StartRequest{Profile: "tiny", Groups: []string{"testers"}, Cmd: []string{"/bin/sh", "-c", hog}})
+	if api.ErrorCode(err) != api.CodeServerFailed || !strings.Contains(api.ErrorMessage(err), "oom_killed") {
+		t.Fatalf("start of a server killed for memory: %v", err)
 	}
 	s = waitState(t, h, "ed", "", api.StateFailed)
-	if s.Reason != "oom_killed" || s.ExitCode == nil || *s.ExitCode != 137 {
+	if !strings.Contains(s.Reason, "oom_killed") || s.ExitCode == nil || *s.ExitCode != 137 {
 		t.Fatalf("oom: %+v", s)
 	}
 }

@@ -36,6 +36,7 @@ class FakeDaemon:
         self.hold_posts_until = 0  # POSTs wait until this many are in flight at once
         self.all_in = asyncio.Event()
         self.progress_503 = 0  # answer this many progress requests with 503 first
+        self.progress_cut = False  # close the progress stream after two events
         self.options = {
             "envs": [{"name": "team", "default": True, "port": 9999}, {"name": "gpu", "description": "CUDA", "port": 8888}],
             "profiles": [{"name": "default", "default": True, "memory_mb": 2048, "cpus": 1.5}],
@@ -119,6 +120,9 @@ class FakeDaemon:
                     self.write("data: " + json.dumps(ev) + "\n\n")
                     await self.flush()
                     await asyncio.sleep(0.01)
+                    if daemon.progress_cut and p == 30:
+                        self.request.connection.stream.close()  # the daemon goes away mid-stream
+                        return
 
         return web.Application([
             (r"/v1/options", Options),

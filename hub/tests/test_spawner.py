@@ -135,6 +135,17 @@ async def test_progress_in_order_without_a_second_server_requested(daemon, world
     assert all(set(e) == {"progress", "message"} for e in events)
 
 
+async def test_progress_stream_closed_mid_way_ends_cleanly(daemon, world):
+    daemon.progress_cut = True
+    sp = world.spawner(daemon.url)
+    events = await asyncio.wait_for(_collect(sp.progress()), 30)
+    assert [e["progress"] for e in events] == [30]
+
+
+async def _collect(agen):
+    return [ev async for ev in agen]
+
+
 async def test_progress_over_a_unix_socket(unix_daemon, world):
     sp = world.spawner(unix_daemon.url)
     assert await sp.start() == "http://127.0.0.1:40001"
