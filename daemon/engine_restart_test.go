@@ -2,12 +2,14 @@ package daemon_test
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/daemon"
 	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/spawnd"
 	"github.com/spawnd/spawnd/spawnd/docker"
@@ -78,6 +80,47 @@ func TestEngineRestart(t *testing.T) {
 	}
 	if testenv.TreeSum(t, cfg.HomesRoot) != homesBefore {
 		t.Fatal("homes changed across the engine restarts")
+	}
+
+	// The daemon restarts while the engine is down: until its first sync it
+	// answers 503 (unknown), never 404 (which would make a hub forget a
+	// running server); once the engine is back it reports the server as it is.
+	h.stop()
+	own.Stop()
+	d2, err := daemon.New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, dcancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d2.Run(dctx); d2.Close() }()
+	defer func() { dcancel(); <-done }()
+	c2, _ := api.NewClient(d2.Addr().String(), cfg.Token)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := c2.Status(ctx, "alice", "")
+		if api.ErrorCode(err) == api.CodeUnavailable {
+			break
+		}
+		if err == nil || api.ErrorCode(err) == api.CodeNotFound || time.Now().After(deadline) {
+			t.Fatalf("status while the engine is down after a daemon restart: %v, want 503 unavailable", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := c2.List(ctx); api.ErrorCode(err) != api.CodeUnavailable {
+		t.Fatalf("list before the first sync: %v, want 503 unavailable", err)
+	}
+	own.Start(true)
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		got, err := c2.Status(ctx, "alice", "")
+		if err == nil && got.State == api.StateRunning && got.ContainerID == s2.ContainerID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the engine came back: %+v %v", got, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,7 +20,8 @@ import (
 )
 
 // TestClassStartSurvivesRestarts starts a class through a real JupyterHub 6
-// and restarts first the hub, then spawnd, while the starts are in flight.
+// and a real `spawnd serve` process, and restarts first the hub, then spawnd
+// with kill -9, while the starts are in flight.
 // Afterwards every user gets a ready server through the proxy with at most
 // a second request (as a person would click "start" again), each user has
 // exactly one container, every container is one the hub knows, and homes
@@ -53,13 +56,53 @@ func TestClassStartSurvivesRestarts(t *testing.T) {
 	inst := testenv.Instance(t, eng)
 	w := &world{t: t, eng: eng, dir: dir, hubLog: logf, adminToken: randHex(16), venv: venv,
 		hubPort: freePort(t), proxyPort: freePort(t), spawndAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	w.cfg = daemon.Config{Token: randHex(16), Config: spawnd.Config{
-		Instance: inst, HomesRoot: homes, Network: spawnd.NetworkConfig{Name: "spawnd-" + inst},
-		Envs: map[string]spawnd.EnvConfig{parsed.Name: {Spec: spec}}, StartTimeout: 3 * time.Minute,
-	}}
-	w.startDaemon()
-	defer w.stopDaemon()
+	w.cfg = daemon.Config{Token: randHex(16)}
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(w.cfg.Token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(dir, "spawnd.yaml")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf(`listen: %s
+token_file: %s
+instance: %s
+homes_root: %s
+network: {name: spawnd-%s}
+start_timeout: 3m
+envs:
+  %s: {spec: %s}
+`, w.spawndAddr, tokFile, inst, homes, inst, parsed.Name, spec)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "spawnd")
+	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(testenv.RepoRoot(t), "cmd", "spawnd")).CombinedOutput(); err != nil {
+		t.Fatalf("building spawnd: %v\n%s", err, out)
+	}
 	c, _ := api.NewClient(w.spawndAddr, w.cfg.Token)
+	var proc *exec.Cmd
+	startProc := func() {
+		t.Helper()
+		proc = exec.Command(bin, "serve", "--config", config)
+		proc.Stdout, proc.Stderr = logf, logf
+		if err := proc.Start(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			if h, err := c.Health(ctx); err == nil && h.Engine == "up" {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("spawnd did not come up:\n%s", w.logTail())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	kill9 := func() {
+		_ = proc.Process.Signal(syscall.SIGKILL)
+		_ = proc.Wait()
+	}
+	startProc()
+	defer kill9()
 	opts, err := c.Options(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -83,19 +126,37 @@ func TestClassStartSurvivesRestarts(t *testing.T) {
 		}
 		wg.Wait()
 	}
-	// settle asks again for every server the hub does not have (at most
-	// once more each), then waits until all are ready and answer.
+	// settle asks again for every server the hub does not have (as a person
+	// would click "start" again; at most twice each), until every server is
+	// ready and answers through the proxy.
 	settle := func(what string) {
 		t.Helper()
-		for _, u := range users {
-			var hu hubUser
-			w.hubAPI("GET", "/users/"+u, nil, &hu)
-			if _, ok := hu.Servers[""]; !ok {
-				w.hubAPI("POST", "/users/"+u+"/server", nil, nil)
+		asked := map[string]int{}
+		ready := map[string]bool{}
+		deadline := time.Now().Add(5 * time.Minute)
+		for len(ready) < n {
+			for _, u := range users {
+				if ready[u] {
+					continue
+				}
+				var hu hubUser
+				w.hubAPI("GET", "/users/"+u, nil, &hu)
+				srv, ok := hu.Servers[""]
+				switch {
+				case ok && srv.Ready:
+					ready[u] = true
+				case !ok && asked[u] < 2:
+					asked[u]++
+					w.hubAPI("POST", "/users/"+u+"/server", nil, nil)
+				}
 			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d of %d servers ready after 5 minutes (asked again: %v)\n%s", what, len(ready), n, asked, w.logTail())
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
+		t.Logf("%s: all %d ready; asked again: %v", what, n, asked)
 		for _, u := range users {
-			w.waitReady(u, "")
 			tok := w.userToken(u)
 			if code := w.serverAPI(u, "", tok, "GET", "", nil, nil); code != 200 {
 				t.Fatalf("%s: %s's server does not answer through the proxy: %d", what, u, code)
@@ -148,11 +209,31 @@ func TestClassStartSurvivesRestarts(t *testing.T) {
 		w.waitStopped(u, "")
 	}
 	startAll()
-	time.Sleep(2 * time.Second)
-	w.stopDaemon()
+	// kill -9 while starts are in flight: some servers still boot behind
+	// the admission limit (the daemon must have starts in flight, or the
+	// test would prove nothing).
+	inFlight := 0
+	deadline := time.Now().Add(time.Minute)
+	for inFlight == 0 && time.Now().Before(deadline) {
+		if servers, err := c.List(ctx); err == nil {
+			for _, s := range servers {
+				if s.State == api.StatePending || (s.State == api.StateRunning && !s.Ready) {
+					inFlight++
+				}
+			}
+		}
+		if inFlight == 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	kill9()
+	if inFlight == 0 {
+		t.Fatal("no start was in flight when spawnd was killed")
+	}
+	t.Logf("killed spawnd with %d starts in flight", inFlight)
 	time.Sleep(time.Second)
-	w.startDaemon()
-	settle("after a spawnd restart during the class start")
+	startProc()
+	settle("after spawnd was killed (-9) during the class start")
 
 	for _, u := range users {
 		b, err := os.ReadFile(filepath.Join(homes, spawnd.Escape(u), "note.txt"))
