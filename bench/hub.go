@@ -455,7 +455,8 @@ func (b *bench) hubClass(w *hubWorld, n int) {
 		wall time.Duration
 		ids  []string
 	}
-	runHub := func() result {
+	// runAll starts every user at once with start and collects the outcome.
+	runAll := func(start func(u string) (time.Duration, string, error)) result {
 		var mu sync.Mutex
 		var r result
 		t0 := time.Now()
@@ -464,31 +465,7 @@ func (b *bench) hubClass(w *hubWorld, n int) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				d, err := w.spawnViaHub(u, 10*time.Minute)
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					r.errs = append(r.errs, err.Error())
-					return
-				}
-				r.ok++
-				r.each = append(r.each, d)
-			}()
-		}
-		wg.Wait()
-		r.wall = time.Since(t0)
-		return r
-	}
-	runRaw := func() result {
-		var mu sync.Mutex
-		var r result
-		t0 := time.Now()
-		var wg sync.WaitGroup
-		for _, u := range users {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				d, id, err := w.rawStart(u)
+				d, id, err := start(u)
 				mu.Lock()
 				defer mu.Unlock()
 				if id != "" {
@@ -506,6 +483,13 @@ func (b *bench) hubClass(w *hubWorld, n int) {
 		r.wall = time.Since(t0)
 		return r
 	}
+	runHub := func() result {
+		return runAll(func(u string) (time.Duration, string, error) {
+			d, err := w.spawnViaHub(u, 10*time.Minute)
+			return d, "", err
+		})
+	}
+	runRaw := func() result { return runAll(w.rawStart) }
 	stopHub := func() time.Duration {
 		t0 := time.Now()
 		for _, u := range users {
