@@ -22,7 +22,8 @@ type fakeRuntime struct {
 	starts     atomic.Int32
 	removes    atomic.Int32
 	createHook func()          // called inside Create, before it returns
-	startHook  func(id string) // called after Start made a container run
+	startHook  func(id string) // called after Start made a container run, under the fake's lock
+	afterStart func(id string) // called when Start returns
 	startErr   error
 	events     chan Event
 	eventsErr  chan error
@@ -74,6 +75,9 @@ func (f *fakeRuntime) Create(_ context.Context, s ContainerSpec) (string, error)
 
 func (f *fakeRuntime) Start(_ context.Context, id string) error {
 	f.starts.Add(1)
+	if f.afterStart != nil {
+		defer f.afterStart(id)
+	}
 	if f.startErr != nil {
 		return f.startErr
 	}

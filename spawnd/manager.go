@@ -525,6 +525,9 @@ func (m *Manager) doStart(ctx context.Context, p plan, rec *record, oldID string
 	}
 	m.mu.Lock()
 	m.observeLocked(rec, c)
+	if rec.srv.State == api.StateRunning && !rec.srv.Ready && rec.probeCancel == nil {
+		m.probeLocked(rec)
+	}
 	m.mu.Unlock()
 	if err := m.waitListening(ctx, rec, id, secretValues(spec.Env)); err != nil {
 		cleanup()
@@ -730,7 +733,9 @@ func (m *Manager) observeLocked(rec *record, c Container) {
 		if c.IP != "" && port != 0 {
 			rec.probeAddr = net.JoinHostPort(c.IP, strconv.Itoa(port))
 		}
-		if !s.Ready && rec.probeCancel == nil {
+		// During a start, the start itself probes once it has reported the
+		// container started, so "listening" never comes before "started".
+		if !s.Ready && rec.probeCancel == nil && (rec.flight == nil || rec.flight.kind != opStart) {
 			m.probeLocked(rec)
 		}
 	case EngineCreated:

@@ -695,3 +695,33 @@ func TestStartWithAnotherHubTokenReplacesTheContainer(t *testing.T) {
 		t.Fatalf("%d containers after the replacement, want 1", n)
 	}
 }
+
+// The engine's start event can reach the daemon before the start itself
+// reports "started"; the readiness probe must still come after it, or the
+// spawn page would see "listening" first and the progress log would close
+// before "started".
+func TestListeningNeverPrecedesStarted(t *testing.T) {
+	rt := newFake()
+	m := newTestManager(t, testConfig(t), rt)
+	// The start event, and time for the daemon to act on it, before Start returns.
+	rt.afterStart = func(id string) {
+		rt.events <- Event{ID: id, Action: "start"}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for i := range 10 {
+		user := fmt.Sprintf("order%02d", i)
+		if _, err := m.Start(context.Background(), user, "", api.StartRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		var steps []string
+		if err := m.Progress(context.Background(), user, "", func(ev api.ProgressEvent) error {
+			steps = append(steps, ev.Step)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := strings.Join(steps, ","), "accepted,image,home,created,started,listening"; got != want {
+			t.Fatalf("start %d: steps %s, want %s", i, got, want)
+		}
+	}
+}
