@@ -143,7 +143,7 @@ c.JupyterHub.load_roles = [{"name": "e2e-admin", "services": ["e2e"],
 	// Debian's configurable-http-proxy; the spawner comes from the venv's wheel (no PYTHONPATH).
 	cmd.Env = append(os.Environ(), "NODE_PATH=/usr/share/nodejs", "PATH="+filepath.Join(w.venv, "bin")+":"+os.Getenv("PATH"))
 	cmd.Stdout, cmd.Stderr = w.hubLog, w.hubLog
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM} // the hub stops its proxy when it ends
 	if err := cmd.Start(); err != nil {
 		w.t.Fatal(err)
 	}

@@ -83,6 +83,7 @@ envs:
 		t.Helper()
 		proc = exec.Command(bin, "serve", "--config", config)
 		proc.Stdout, proc.Stderr = logf, logf
+		proc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // gone with the test, even after a -timeout kill
 		if err := proc.Start(); err != nil {
 			t.Fatal(err)
 		}
