@@ -363,7 +363,7 @@ func (m *Manager) Start(ctx context.Context, user, server string, req api.StartR
 			// Running but not yet listening (a start from before a daemon
 			// restart): answer when it listens, as a fresh start would.
 			wctx, cancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
-			err := m.waitListening(wctx, rec, id, nil)
+			err := m.waitListening(wctx, rec, id, secretValues(p.environment))
 			cancel()
 			if err != nil {
 				return api.Server{}, err

@@ -725,3 +725,40 @@ func TestListeningNeverPrecedesStarted(t *testing.T) {
 		}
 	}
 }
+
+// A start that finds its server running but not yet listening (adopted after
+// a daemon restart, same hub token) waits for it rather than making another;
+// when the wait ends unready, the server's log tail reaches the hub with the
+// hub's token redacted, as on a fresh start.
+func TestJoinedBootFailureIsRedacted(t *testing.T) {
+	rt := newFake()
+	const token = "fedcba9876543210fedcba9876543210"
+	env := map[string]string{"JUPYTERHUB_API_TOKEN": token}
+	rt.add(Container{ID: "boot1", Name: "boot", State: EngineRunning, StartedAt: time.Now(), HostPort: 41001,
+		Labels: map[string]string{LabelManaged: "true", LabelInstance: "unit", LabelUser: "olga", LabelServer: "",
+			LabelEnv: "team", LabelLockDigest: "sha256:lock1", LabelPort: "8888", LabelHubToken: hubTokenHash(env)}})
+	rt.logs["boot1"] = []string{"token " + token + " refused\n"}
+	cfg := testConfig(t)
+	cfg.StartTimeout = 300 * time.Millisecond // the server never listens: the wait ends here
+	m, err := NewManager(cfg, rt, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Dial = func(context.Context, string) error { return errors.New("connection refused") }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; m.Close() })
+	<-m.Synced()
+
+	_, err = m.Start(context.Background(), "olga", "", api.StartRequest{Environment: env})
+	if api.ErrorCode(err) != api.CodeServerFailed {
+		t.Fatalf("joined boot that never listened: %v", err)
+	}
+	if msg := api.ErrorMessage(err); strings.Contains(msg, token) || !strings.Contains(msg, "token [redacted] refused") {
+		t.Fatalf("message %q", msg)
+	}
+	if n := rt.creates.Load(); n != 0 {
+		t.Fatalf("the same token made %d new container(s); it must wait on the running one", n)
+	}
+}
