@@ -435,7 +435,7 @@ func (b *bench) hubFigures() {
 			spawnd: fmt.Sprintf("%.2f s, %.2f s", cm.Seconds(), c95.Seconds()), raw: "-", ratio: "-", target: "report", pass: true})
 	}
 
-	for _, n := range []int{20, 50, 100} {
+	for _, n := range b.classes {
 		b.hubClass(w, n)
 	}
 }

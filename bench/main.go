@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -54,12 +55,14 @@ type bench struct {
 	rounds  int
 	repo    string
 	binPath string
+	classes []int // class sizes for the hub figures
 }
 
 func main() {
 	md := flag.String("md", "", "also write the results as Markdown to this file")
 	only := flag.String("only", "", "comma-separated figures: spawn,http,class,burst,status,reconcile,memory,restart,stop,build,pip,auth,hub")
 	rounds := flag.Int("rounds", 15, "rounds for the per-spawn figures")
+	classes := flag.String("class", "20,50,100", "class sizes for the hub figures")
 	flag.Parse()
 	log.SetFlags(0)
 	ctx := context.Background()
@@ -78,6 +81,11 @@ func main() {
 	}
 	defer os.RemoveAll(dir)
 	b := &bench{ctx: ctx, eng: eng, dir: dir, rounds: *rounds, repo: repo}
+	for _, c := range strings.Split(*classes, ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(c)); err == nil && n > 0 {
+			b.classes = append(b.classes, n)
+		}
+	}
 	b.image = ensureBusybox(ctx, eng)
 
 	want := map[string]bool{}
