@@ -570,6 +570,7 @@ func (m *Manager) waitListening(ctx context.Context, rec *record, id string, sec
 		case srv.Ready:
 			return nil
 		case srv.State == api.StateFailed || srv.State == api.StateStopped:
+			srv = m.settleKill(ctx, rec, id, srv)
 			msg := "the server " + srv.Reason + " before it listened"
 			if tail := m.logTail(ctx, id, secrets); tail != "" {
 				msg += "; its last log lines:\n" + tail
@@ -589,6 +590,31 @@ func (m *Manager) waitListening(ctx context.Context, rec *record, id string, sec
 		case <-tick.C:
 		}
 	}
+}
+
+// settleKill gives the engine a moment to finish reporting a server killed
+// with SIGKILL (exit code 137): the kernel's OOM kill can reach the engine
+// after the exit, and "oom_killed" tells the person more than "code 137".
+// At most ten inspects, 50 ms apart; any other exit is returned as it is.
+func (m *Manager) settleKill(ctx context.Context, rec *record, id string, srv api.Server) api.Server {
+	for i := 0; i < 10 && srv.ExitCode != nil && *srv.ExitCode == 137 && srv.Reason != "oom_killed"; i++ {
+		select {
+		case <-ctx.Done():
+			return srv
+		case <-time.After(50 * time.Millisecond):
+		}
+		c, err := m.rt.Inspect(ctx, id)
+		if err != nil {
+			return srv
+		}
+		m.mu.Lock()
+		if rec.containerID == id {
+			m.observeLocked(rec, c)
+			srv = rec.srv
+		}
+		m.mu.Unlock()
+	}
+	return srv
 }
 
 // logTail is the end of a container's log, bounded in lines and bytes, with
