@@ -143,6 +143,46 @@ else:
 # JupyterHub groups decide which spawnd team (envs, profiles, shared folders) a user is in:
 # c.JupyterHub.load_groups = {"physics": ["alice", "bob"]}
 
+# --- idle culling ----------------------------------------------------------
+# jupyterhub-idle-culler (pip install jupyterhub-idle-culler, as for the hub)
+# runs as a hub-managed service and stops servers nobody has used for
+# SPAWND_CULL_IDLE_TIMEOUT seconds (default 3600: one hour, as TLJH and z2jh
+# ship it), checking every SPAWND_CULL_EVERY seconds (default 300). Stopping
+# a server removes its container only: the user's home stays. Set
+# SPAWND_CULL_IDLE_TIMEOUT=0 to keep idle servers running.
+def seconds(name, default):
+    raw = os.environ.get(name, default)
+    try:
+        value = int(raw)
+    except ValueError:
+        refuse(f"{name}={raw!r} is not a whole number of seconds", f"set {name}=3600 (or 0 to turn culling off)")
+    if value < 0:
+        refuse(f"{name}={raw!r} is negative", f"set {name}=3600 (or 0 to turn culling off)")
+    return value
+
+
+cull_timeout = seconds("SPAWND_CULL_IDLE_TIMEOUT", "3600")
+if cull_timeout:
+    import importlib.util
+
+    if importlib.util.find_spec("jupyterhub_idle_culler") is None:
+        refuse(f"idle culling is on (SPAWND_CULL_IDLE_TIMEOUT={cull_timeout}) but jupyterhub-idle-culler "
+               f"is not installed next to the hub ({sys.executable})",
+               f"{sys.executable} -m pip install jupyterhub-idle-culler, or set SPAWND_CULL_IDLE_TIMEOUT=0")
+    cull_every = seconds("SPAWND_CULL_EVERY", str(min(300, max(1, cull_timeout // 2))))
+    c.JupyterHub.services.append({
+        "name": "idle-culler",
+        "command": [sys.executable, "-m", "jupyterhub_idle_culler",
+                    f"--timeout={cull_timeout}", f"--cull-every={cull_every}"],
+    })
+    # Only what culling needs: list users, read activity, stop servers.
+    c.JupyterHub.load_roles.append({
+        "name": "idle-culler",
+        "description": "Stop servers that have been idle (jupyterhub-idle-culler)",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
+    })
+
 # --- state -----------------------------------------------------------------
 state = os.environ.get("SPAWND_HUB_STATE", "/var/lib/jupyterhub")
 c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"

@@ -71,6 +71,12 @@ type world struct {
 	venv string
 	// extraHubConfig is appended to the hub's config.
 	extraHubConfig string
+	// shippedEnv, when set, runs the shipped deploy/jupyterhub_config.py
+	// with this environment (SPAWND_HUB_AUTH and the rest) instead of the
+	// tests' own config.
+	shippedEnv []string
+	// homes is the daemon's homes_root.
+	homes string
 }
 
 func (w *world) startDaemon() {
@@ -108,7 +114,43 @@ func (w *world) stopDaemon() {
 func (w *world) startHub(gateway string) {
 	w.t.Helper()
 	conf := filepath.Join(w.dir, "jupyterhub_config.py")
-	body := fmt.Sprintf(`
+	body := w.hubConfig(gateway)
+	if w.shippedEnv != nil {
+		body = w.shippedHubConfig()
+	}
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		w.t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(w.venv, "bin", "jupyterhub"), "-f", conf)
+	cmd.Dir = w.dir
+	// Debian's configurable-http-proxy; the spawner comes from the venv's wheel (no PYTHONPATH).
+	cmd.Env = append(os.Environ(), "NODE_PATH=/usr/share/nodejs", "PATH="+filepath.Join(w.venv, "bin")+":"+os.Getenv("PATH"))
+	cmd.Env = append(cmd.Env, w.shippedEnv...)
+	cmd.Stdout, cmd.Stderr = w.hubLog, w.hubLog
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM} // the hub stops its proxy when it ends
+	if err := cmd.Start(); err != nil {
+		w.t.Fatal(err)
+	}
+	w.hub = cmd
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/hub/api/", w.proxyPort))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			w.t.Fatalf("the hub did not come up; its log:\n%s", w.logTail())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// hubConfig is the tests' own hub config: dummy logins, an admin service token.
+func (w *world) hubConfig(gateway string) string {
+	return fmt.Sprintf(`
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = %d
 c.JupyterHub.hub_ip = %q
@@ -135,33 +177,17 @@ c.JupyterHub.load_roles = [{"name": "e2e-admin", "services": ["e2e"],
     "scopes": ["admin:users", "admin:servers", "admin:groups", "tokens", "read:users", "read:servers", "access:servers"]}]
 `, w.proxyPort, gateway, w.hubPort, w.dir, w.dir, w.dir, "proxy-"+w.adminToken, freePort(w.t), w.dir,
 		w.spawndAddr, w.cfg.Token, w.adminToken) + w.extraHubConfig
-	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
-		w.t.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(w.venv, "bin", "jupyterhub"), "-f", conf)
-	cmd.Dir = w.dir
-	// Debian's configurable-http-proxy; the spawner comes from the venv's wheel (no PYTHONPATH).
-	cmd.Env = append(os.Environ(), "NODE_PATH=/usr/share/nodejs", "PATH="+filepath.Join(w.venv, "bin")+":"+os.Getenv("PATH"))
-	cmd.Stdout, cmd.Stderr = w.hubLog, w.hubLog
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM} // the hub stops its proxy when it ends
-	if err := cmd.Start(); err != nil {
-		w.t.Fatal(err)
-	}
-	w.hub = cmd
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/hub/api/", w.proxyPort))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			w.t.Fatalf("the hub did not come up; its log:\n%s", w.logTail())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+}
+
+// shippedHubConfig runs deploy/jupyterhub_config.py as shipped (set by
+// w.shippedEnv), adding only a service token the test drives the hub with.
+func (w *world) shippedHubConfig() string {
+	return fmt.Sprintf(`load_subconfig(%q)
+c.JupyterHub.services.append({"name": "e2e", "api_token": %q})
+c.JupyterHub.load_roles.append({"name": "e2e-admin", "services": ["e2e"],
+    "scopes": ["admin:users", "admin:servers", "tokens", "read:users", "read:servers", "access:servers"]})
+c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
+`, filepath.Join(testenv.RepoRoot(w.t), "deploy", "jupyterhub_config.py"), w.adminToken) + w.extraHubConfig
 }
 
 // stopHub ends the hub and its proxy (its process group), gracefully.
@@ -298,9 +324,11 @@ func hubVersionScenario(t *testing.T, major int) {
 	hubScenario(t, eng, hubEnvSpec(major), venv)
 }
 
-// hubScenario builds the env spec, starts spawnd and a JupyterHub (on the
-// host, from the virtualenv venv), and drives them through the Hub's REST API.
-func hubScenario(t *testing.T, eng *docker.Engine, specText, venv string) {
+// newWorld builds the env spec, and starts spawnd with it (a physics team
+// with a read-only shared folder); the hub is the caller's to start. Image,
+// daemon and hub are cleaned up with the test.
+func newWorld(t *testing.T, eng *docker.Engine, specText, venv string) *world {
+	t.Helper()
 	dir := t.TempDir()
 	spec := filepath.Join(dir, "team.yaml")
 	if err := os.WriteFile(spec, []byte(specText), 0o644); err != nil {
@@ -310,7 +338,6 @@ func hubScenario(t *testing.T, eng *docker.Engine, specText, venv string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	envName := parsed.Name
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	res, err := images.Build(ctx, eng, spec, images.Options{CACerts: testenv.HostCACerts(t)})
@@ -323,7 +350,6 @@ func hubScenario(t *testing.T, eng *docker.Engine, specText, venv string) {
 			_, _ = eng.Client().ImageRemove(context.Background(), res.Tag, imageRemoveOpts())
 		}
 	})
-
 	homes := filepath.Join(dir, "homes")
 	shared := filepath.Join(dir, "physics-shared")
 	for _, d := range []string{homes, shared} {
@@ -338,9 +364,9 @@ func hubScenario(t *testing.T, eng *docker.Engine, specText, venv string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
+	t.Cleanup(func() { logf.Close() })
 	inst := testenv.Instance(t, eng)
-	w := &world{t: t, eng: eng, dir: dir, hubLog: logf, adminToken: randHex(16), venv: venv,
+	w := &world{t: t, eng: eng, dir: dir, hubLog: logf, adminToken: randHex(16), venv: venv, homes: homes,
 		hubPort: freePort(t), proxyPort: freePort(t), spawndAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 	w.cfg = daemon.Config{
 		Token: randHex(16),
@@ -348,7 +374,7 @@ func hubScenario(t *testing.T, eng *docker.Engine, specText, venv string) {
 			Instance:  inst,
 			HomesRoot: homes,
 			Network:   spawnd.NetworkConfig{Name: "spawnd-" + inst},
-			Envs:      map[string]spawnd.EnvConfig{envName: {Spec: spec}},
+			Envs:      map[string]spawnd.EnvConfig{parsed.Name: {Spec: spec}},
 			Teams: map[string]spawnd.TeamConfig{
 				"physics": {Groups: []string{"physics"}, Shared: []spawnd.SharedFolder{{Source: shared, Target: "/home/jovyan/shared", ReadOnly: true}}},
 			},
@@ -356,7 +382,17 @@ func hubScenario(t *testing.T, eng *docker.Engine, specText, venv string) {
 		},
 	}
 	w.startDaemon()
-	defer w.stopDaemon()
+	t.Cleanup(w.stopDaemon)
+	return w
+}
+
+// hubScenario builds the env spec, starts spawnd and a JupyterHub (on the
+// host, from the virtualenv venv), and drives them through the Hub's REST API.
+func hubScenario(t *testing.T, eng *docker.Engine, specText, venv string) {
+	w := newWorld(t, eng, specText, venv)
+	homes := w.homes
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
 	c, _ := api.NewClient(w.spawndAddr, w.cfg.Token)
 	opts, err := c.Options(ctx)
 	if err != nil || opts.Network.Gateway == "" {

@@ -106,7 +106,8 @@ Next:
   3. useradd --system --home /var/lib/jupyterhub --groups shadow jupyterhub   (shadow: PAM logins)
      install -o jupyterhub -m 600 /etc/spawnd/token /etc/jupyterhub/spawnd-token
      python3 -m venv /opt/jupyterhub
-     /opt/jupyterhub/bin/pip install jupyterhub==<the env's jupyterhub> spawnd-spawner   (the wheel from the release, or ./hub)
+     /opt/jupyterhub/bin/pip install jupyterhub==<the env's jupyterhub> jupyterhub-idle-culler spawnd-spawner
+       (spawnd-spawner: the wheel from the release, or ./hub; add oauthenticator for GitHub logins)
   4. who logs in: /etc/jupyterhub/environment (SPAWND_HUB_AUTH=`+hubAuth+`; docs/INSTALL.md)
      pam:    groupadd jupyterhub-users; groupadd jupyterhub-admins; adduser alice jupyterhub-users
   5. systemctl daemon-reload && systemctl enable --now spawnd jupyterhub
