@@ -1,8 +1,10 @@
 // Package doctor checks a spawnd installation and says how to fix each
 // problem: the engine (reachable, API version, runc against known container
 // escapes, live-restore), homes_root (exists, owner, mode, free space), each
-// env (lock present and current, image present and matching), the token, and
-// the hub. It only reads; it changes nothing.
+// env (lock present and current, image present and matching), the token, the
+// hub's login (its config read for a login that lets strangers in, and the
+// running hub tried with a made-up user and password), and the hub. It only
+// reads; it changes nothing (unless a running hub lets the made-up user in).
 package doctor
 
 import (
@@ -70,6 +72,7 @@ type Input struct {
 	Engine    Engine
 	EngineErr error
 	HubURL    string
+	HubConfig HubConfig
 	// MinFreeBytes below which homes_root fails (default 1 GiB); below 5×
 	// that it warns.
 	MinFreeBytes uint64
@@ -98,7 +101,12 @@ func Run(ctx context.Context, in Input) []Result {
 			add(checkEnv(ctx, name, in.Config.Envs[name], in.Engine, engineOK))
 		}
 	}
-	add(checkHub(ctx, in.HubURL))
+	add(checkHubConfig(in.HubConfig))
+	hub := checkHub(ctx, in.HubURL)
+	add(hub)
+	if hub.Status == OK {
+		add(probeLogin(ctx, in.HubURL))
+	}
 	return rs
 }
 

@@ -30,6 +30,7 @@ import (
 
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/daemon"
+	"github.com/spawnd/spawnd/doctor"
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
@@ -402,6 +403,12 @@ func hubScenario(t *testing.T, eng *docker.Engine, specText, venv string) {
 	// containers, not from other machines.
 	w.startHub(opts.Network.Gateway)
 	defer w.stopHub()
+	// The tests' own hub logs in anyone (dummy, no password): spawnd doctor
+	// must catch that on the running hub.
+	probe := findResult(doctor.Run(ctx, doctor.Input{HubURL: fmt.Sprintf("http://127.0.0.1:%d", w.proxyPort)}), "hub probe")
+	if probe.Status != doctor.Fail || !strings.Contains(probe.Detail, "made-up user") {
+		t.Fatalf("doctor did not catch a hub that logs anyone in: %+v", probe)
+	}
 
 	for _, u := range []string{"alice", "bob"} {
 		if code := w.hubAPI("POST", "/users/"+u, nil, nil); code != 201 && code != 409 {

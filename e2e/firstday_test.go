@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/doctor"
 	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/spawnd"
 )
@@ -212,6 +213,11 @@ func TestShippedHubConfig(t *testing.T) {
 	defer w.stopHub()
 	c, _ := api.NewClient(w.spawndAddr, w.cfg.Token)
 
+	// spawnd doctor tries the running hub with a made-up login: refused.
+	if r := findResult(doctor.Run(ctx, doctor.Input{HubURL: base}), "hub probe"); r.Status != doctor.OK {
+		t.Fatalf("doctor's login probe of the GitHub hub: %+v", r)
+	}
+
 	// Someone outside the organisation: refused, never created, nothing started.
 	mc, code, body := githubLogin(t, base, gh, "mallory")
 	if loggedIn(mc, base) || code != http.StatusForbidden {
@@ -332,4 +338,13 @@ func TestShippedHubConfig(t *testing.T) {
 	gh.mu.Lock()
 	t.Logf("stand-in GitHub saw: %v", gh.calls)
 	gh.mu.Unlock()
+}
+
+func findResult(rs []doctor.Result, check string) doctor.Result {
+	for _, r := range rs {
+		if r.Check == check {
+			return r
+		}
+	}
+	return doctor.Result{Check: check, Status: "absent"}
 }

@@ -13,7 +13,7 @@ import (
 )
 
 func newDoctor() *cobra.Command {
-	var configPath, hubURL string
+	var configPath, hubURL, hubConfig, hubEnv string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "doctor",
@@ -22,12 +22,18 @@ func newDoctor() *cobra.Command {
 (reachable, API version, runc against known container-escape advisories,
 live-restore), homes_root (exists, owned by root, not writable by others,
 free space), each env (lock present and current, image present and built
-from that lock), and the hub (with --hub-url). It changes nothing.
+from that lock), the hub's login (--hub-config and --hub-env are read for a
+login that lets strangers in: a dummy login without a password or on every
+address, GitHub without allowed organisations or users), and the hub (with
+--hub-url: it answers, and refuses a made-up user and password). It changes
+nothing, unless the hub lets the made-up user in (doctor then names that user).
 Exits 1 when any check fails; warnings do not fail.`,
 		Example: "  spawnd doctor --config /etc/spawnd/spawnd.yaml --hub-url http://127.0.0.1:8000",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			in := doctor.Input{HubURL: hubURL}
+			in := doctor.Input{HubURL: hubURL, HubConfig: doctor.HubConfig{
+				Path: hubConfig, EnvPath: hubEnv, Explicit: cmd.Flags().Changed("hub-config"),
+			}}
 			cfg, _, err := decodeConfig(configPath, cmd.Flags())
 			if err != nil {
 				in.ConfigErr = err
@@ -64,6 +70,8 @@ Exits 1 when any check fails; warnings do not fail.`,
 	f := cmd.Flags()
 	f.StringVarP(&configPath, "config", "c", "", "config file (default ./spawnd.yaml, then /etc/spawnd/spawnd.yaml)")
 	f.StringVar(&hubURL, "hub-url", "", "the hub's URL to check, e.g. http://127.0.0.1:8000")
+	f.StringVar(&hubConfig, "hub-config", "/etc/jupyterhub/jupyterhub_config.py", "the hub's config to read (skipped when the default is absent)")
+	f.StringVar(&hubEnv, "hub-env", "/etc/jupyterhub/environment", "the hub's environment file (the shipped config reads SPAWND_HUB_AUTH and the rest from it)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }

@@ -83,6 +83,7 @@ GITHUB_ADMIN_USERS=
 	} else {
 		hubEnv += "# Members of these system groups may log in / are admins.\nSPAWND_HUB_USERS_GROUP=jupyterhub-users\nSPAWND_HUB_ADMIN_GROUP=jupyterhub-admins\n"
 	}
+	hubEnv += "# Idle servers are stopped (their homes stay) after this many seconds; 0 keeps them.\nSPAWND_CULL_IDLE_TIMEOUT=3600\n"
 	if err := put("/etc/jupyterhub/environment", []byte(hubEnv), 0o600, true); err != nil {
 		return err
 	}
