@@ -24,8 +24,8 @@ type memRuntime struct {
 }
 
 func (m *memRuntime) ImageID(context.Context, string) (string, error) { return "sha256:x", nil }
-func (m *memRuntime) EnsureNetwork(context.Context, spawnd.NetworkSpec) (string, error) {
-	return "172.31.0.1", nil
+func (m *memRuntime) EnsureNetwork(context.Context, spawnd.NetworkSpec) (spawnd.NetworkInfo, error) {
+	return spawnd.NetworkInfo{Gateway: "172.31.0.1", Bridge: "br-mem"}, nil
 }
 
 func (m *memRuntime) Create(_ context.Context, s spawnd.ContainerSpec) (string, error) {

@@ -20,6 +20,7 @@ import (
 	"github.com/spawnd/spawnd/api/server"
 	"github.com/spawnd/spawnd/spawnd"
 	"github.com/spawnd/spawnd/spawnd/docker"
+	"github.com/spawnd/spawnd/spawnd/egress"
 )
 
 // Version is the daemon's version, set at build time with
@@ -97,7 +98,20 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("log_format: %q is not one of text, json", c.LogFormat)
 	}
-	return c.Config.Validate()
+	if err := c.Config.Validate(); err != nil {
+		return err
+	}
+	if c.Network.Egress.On() {
+		host := c.Engine.Host
+		if host == "" {
+			host = os.Getenv("DOCKER_HOST")
+		}
+		if host != "" && !strings.HasPrefix(host, "unix://") {
+			return fmt.Errorf("network.egress: the engine at %s is on another machine, whose firewall this daemon cannot keep; "+
+				"set network.egress.enabled: false and fence that machine's user containers there", host)
+		}
+	}
+	return nil
 }
 
 // Logger makes the logger the config asks for, writing to stderr.
@@ -139,6 +153,10 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mgr, err := spawnd.NewManager(cfg.Config, eng, log, reg)
 	if err != nil {
+		eng.Close()
+		return nil, err
+	}
+	if err := fence(mgr, cfg, log); err != nil {
 		eng.Close()
 		return nil, err
 	}
@@ -198,4 +216,25 @@ func (d *Daemon) Close() error {
 	d.ln.Close()
 	d.manager.Close()
 	return d.engine.Close()
+}
+
+// fence puts the egress rules under the manager, or removes this instance's
+// rules when the config turns them off.
+func fence(mgr *spawnd.Manager, cfg Config, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	table := egress.Table(cfg.Instance)
+	if !cfg.Network.Egress.On() {
+		if err := egress.Remove(ctx, table); err != nil {
+			log.Debug("egress rules off; could not look for an old table", "table", table, "err", err)
+		}
+		return nil
+	}
+	if err := egress.Check(ctx); err != nil {
+		return fmt.Errorf("network.egress: %w; run spawnd as root (or with CAP_NET_ADMIN; in a container, cap_add: [NET_ADMIN] and host networking), "+
+			"or set network.egress.enabled: false", err)
+	}
+	mgr.UseFence(egress.New(cfg.Instance))
+	log.Info("egress rules on", "table", "inet "+table, "blocked", len(cfg.Network.Egress.Blocked()), "host_ports", cfg.Network.Egress.HostPorts)
+	return nil
 }

@@ -3,6 +3,7 @@ package spawnd
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	units "github.com/docker/go-units"
+	"github.com/spawnd/spawnd/spawnd/egress"
 )
 
 // Config is the daemon's lifecycle configuration: where homes live, how user
@@ -87,6 +89,67 @@ type NetworkConfig struct {
 	PublishIP string `mapstructure:"publish_ip"`
 	// ICC allows user containers to reach each other. Default false.
 	ICC bool `mapstructure:"icc"`
+	// Egress fences user containers in: what they cannot reach.
+	Egress EgressConfig `mapstructure:"egress"`
+}
+
+// EgressConfig says what user containers cannot reach (docs/SECURITY.md).
+// The daemon keeps the rules in an nftables table of its own
+// (inet spawnd_<instance>) and refuses to start servers until they are in
+// place.
+type EgressConfig struct {
+	// Enabled turns the rules on. Default true. Off, the daemon deletes its
+	// table at start.
+	Enabled *bool `mapstructure:"enabled"`
+	// AllowMetadata lets containers reach the cloud's metadata services
+	// (169.254.0.0/16, 100.100.100.200, fd00:ec2::254), blocked by default:
+	// they hand the machine's credentials to anyone who asks.
+	AllowMetadata bool `mapstructure:"allow_metadata"`
+	// Block lists more destinations, CIDRs or addresses, e.g. the site's
+	// private networks (10.0.0.0/8) or a database host.
+	Block []string `mapstructure:"block"`
+	// HostPorts, when set, are the only TCP ports of this host that user
+	// containers may open: the hub's API port (8081 in the shipped configs).
+	// Every other service of the host is then out of their reach. Unset, the
+	// host is not fenced (services bound to 127.0.0.1 are out of reach anyway).
+	HostPorts []int `mapstructure:"host_ports"`
+
+	blocked   []netip.Prefix
+	hostPorts []uint16
+}
+
+// On reports whether egress rules are on.
+func (e EgressConfig) On() bool { return e.Enabled == nil || *e.Enabled }
+
+// Blocked are the destinations the rules block (valid after Validate).
+func (e EgressConfig) Blocked() []netip.Prefix { return e.blocked }
+
+func (e *EgressConfig) validate() error {
+	e.blocked, e.hostPorts = nil, nil
+	if !e.On() {
+		return nil
+	}
+	if !e.AllowMetadata {
+		e.blocked = append(e.blocked, egress.MetadataCIDRs...)
+	}
+	for i, s := range e.Block {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return fmt.Errorf("network.egress.block[%d]: %q is not a CIDR (10.0.0.0/8) or an address", i, s)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		e.blocked = append(e.blocked, p.Masked())
+	}
+	for i, port := range e.HostPorts {
+		if port < 1 || port > 65535 {
+			return fmt.Errorf("network.egress.host_ports[%d]: %d is not a TCP port (1-65535)", i, port)
+		}
+		e.hostPorts = append(e.hostPorts, uint16(port))
+	}
+	return nil
 }
 
 // EnvConfig is one team environment as the daemon runs it.
@@ -181,6 +244,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Network.PublishIP == "" {
 		c.Network.PublishIP = "127.0.0.1"
+	}
+	if err := c.Network.Egress.validate(); err != nil {
+		return err
 	}
 	if c.MaxConcurrentStarts == 0 {
 		c.MaxConcurrentStarts = 2 * runtime.NumCPU()

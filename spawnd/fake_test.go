@@ -50,8 +50,8 @@ func (f *fakeRuntime) ImageID(_ context.Context, ref string) (string, error) {
 	return "", errdefs.ErrNotFound.WithMessage("no such image " + ref)
 }
 
-func (f *fakeRuntime) EnsureNetwork(context.Context, NetworkSpec) (string, error) {
-	return "172.31.0.1", nil
+func (f *fakeRuntime) EnsureNetwork(context.Context, NetworkSpec) (NetworkInfo, error) {
+	return NetworkInfo{Gateway: "172.31.0.1", Bridge: "br-fake"}, nil
 }
 
 func (f *fakeRuntime) Create(_ context.Context, s ContainerSpec) (string, error) {

@@ -1,6 +1,8 @@
 package spawnd
 
 import (
+	"github.com/spawnd/spawnd/spawnd/egress"
+
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -90,7 +92,18 @@ type Manager struct {
 	synced   chan struct{}
 	syncOnce sync.Once
 	metrics  *metrics
+	fence    Fence // nil: no egress rules
 }
+
+// Fence keeps the host's egress rules for the user network (spawnd/egress
+// implements it with nftables).
+type Fence interface {
+	Apply(ctx context.Context, r egress.Rules) error
+}
+
+// UseFence makes every sync put the egress rules the config asks for
+// (network.egress) in place before any server starts. Call before Run.
+func (m *Manager) UseFence(f Fence) { m.fence = f }
 
 // NewManager returns a Manager for a validated config. reg may be nil.
 func NewManager(cfg Config, rt Runtime, log *slog.Logger, reg prometheus.Registerer) (*Manager, error) {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/spawnd/spawnd/spawnd/egress"
 )
 
 // Run keeps the in-memory view in step with the engine until ctx ends: it
@@ -43,7 +45,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.engineUp.Store(false)
 		if down.IsZero() {
 			down = time.Now()
-			m.log.Warn("lost the engine; retrying", "err", err)
+			m.log.Warn("cannot sync with the engine; retrying", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -57,7 +59,7 @@ func (m *Manager) Run(ctx context.Context) error {
 func (m *Manager) ensureNetwork(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	gw, err := m.rt.EnsureNetwork(ctx, NetworkSpec{
+	info, err := m.rt.EnsureNetwork(ctx, NetworkSpec{
 		Name:   m.cfg.Network.Name,
 		ICC:    m.cfg.Network.ICC,
 		Labels: map[string]string{LabelManaged: "true", LabelInstance: m.cfg.Instance},
@@ -65,7 +67,17 @@ func (m *Manager) ensureNetwork(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ensuring network %s: %w", m.cfg.Network.Name, err)
 	}
-	m.gateway.Store(gw)
+	if m.fence != nil {
+		// No server starts (the view is not synced) until the fence is up.
+		if info.Bridge == "" {
+			return fmt.Errorf("network %s: the engine names no bridge to fence (network.egress needs a bridge network)", m.cfg.Network.Name)
+		}
+		rules := egress.Rules{Bridge: info.Bridge, Block: m.cfg.Network.Egress.Blocked(), HostPorts: m.cfg.Network.Egress.hostPorts}
+		if err := m.fence.Apply(ctx, rules); err != nil {
+			return fmt.Errorf("fencing network %s: %w", m.cfg.Network.Name, err)
+		}
+	}
+	m.gateway.Store(info.Gateway)
 	return nil
 }
 

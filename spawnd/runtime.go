@@ -12,9 +12,9 @@ import (
 type Runtime interface {
 	// ImageID returns the id of a local image, or an errdefs not-found error.
 	ImageID(ctx context.Context, ref string) (string, error)
-	// EnsureNetwork creates the network if it does not exist and returns its
-	// gateway address (the host's address on it).
-	EnsureNetwork(ctx context.Context, n NetworkSpec) (gateway string, err error)
+	// EnsureNetwork creates the network if it does not exist and says where
+	// it is on the host.
+	EnsureNetwork(ctx context.Context, n NetworkSpec) (NetworkInfo, error)
 	// Create creates a container; a name conflict is an errdefs conflict error.
 	Create(ctx context.Context, spec ContainerSpec) (id string, err error)
 	Start(ctx context.Context, id string) error
@@ -31,6 +31,14 @@ type Runtime interface {
 	// Events streams container events of containers that carry all labels
 	// until ctx ends or the stream breaks (then one error is sent).
 	Events(ctx context.Context, labels map[string]string) (<-chan Event, <-chan error)
+}
+
+// NetworkInfo is a user network as the host sees it.
+type NetworkInfo struct {
+	// Gateway is the host's address on the network.
+	Gateway string
+	// Bridge is the network's Linux bridge ("" when the engine does not say).
+	Bridge string
 }
 
 // NetworkSpec is a user network the daemon owns.

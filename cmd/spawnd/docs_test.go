@@ -151,7 +151,7 @@ func configReference(t *testing.T) []byte {
 			if envOK && f.Type.Kind() != reflect.Slice {
 				env = "`SPAWND_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_")) + "`"
 			}
-			typ = strings.ReplaceAll(typ, "time.Duration", "duration")
+			typ = strings.TrimPrefix(strings.ReplaceAll(typ, "time.Duration", "duration"), "*") // *bool: unset means the default
 			fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", key, typ, env, doc)
 		}
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/spawnd/spawnd/spawnd/docker"
+	"github.com/spawnd/spawnd/spawnd/egress"
 )
 
 // TestLabel marks everything tests create.
@@ -64,7 +65,8 @@ func Instance(t testing.TB, eng *docker.Engine) string {
 	return inst
 }
 
-// RemoveInstance removes every container and network of a spawnd instance.
+// RemoveInstance removes every container and network of a spawnd instance,
+// and its egress rules (which outlive a daemon on purpose).
 func RemoveInstance(eng *docker.Engine, inst string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -83,6 +85,7 @@ func RemoveInstance(eng *docker.Engine, inst string) {
 			_, _ = cli.NetworkRemove(ctx, n.ID, client.NetworkRemoveOptions{})
 		}
 	}
+	_ = egress.Remove(ctx, egress.Table(inst))
 }
 
 var buildOnce sync.Mutex

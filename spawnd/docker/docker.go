@@ -78,7 +78,7 @@ func (e *Engine) ImageID(ctx context.Context, ref string) (string, error) {
 }
 
 // EnsureNetwork implements spawnd.Runtime.
-func (e *Engine) EnsureNetwork(ctx context.Context, n spawnd.NetworkSpec) (string, error) {
+func (e *Engine) EnsureNetwork(ctx context.Context, n spawnd.NetworkSpec) (spawnd.NetworkInfo, error) {
 	res, err := e.cli.NetworkInspect(ctx, n.Name, client.NetworkInspectOptions{})
 	if errdefs.IsNotFound(err) {
 		_, err = e.cli.NetworkCreate(ctx, n.Name, client.NetworkCreateOptions{
@@ -87,19 +87,25 @@ func (e *Engine) EnsureNetwork(ctx context.Context, n spawnd.NetworkSpec) (strin
 			Labels:  n.Labels,
 		})
 		if err != nil && !errdefs.IsConflict(err) {
-			return "", fmt.Errorf("creating network %s: %w", n.Name, err)
+			return spawnd.NetworkInfo{}, fmt.Errorf("creating network %s: %w", n.Name, err)
 		}
 		res, err = e.cli.NetworkInspect(ctx, n.Name, client.NetworkInspectOptions{})
 	}
 	if err != nil {
-		return "", fmt.Errorf("inspecting network %s: %w", n.Name, err)
+		return spawnd.NetworkInfo{}, fmt.Errorf("inspecting network %s: %w", n.Name, err)
+	}
+	// A bridge network's Linux bridge is named by an option, or else br-<id[:12]>.
+	info := spawnd.NetworkInfo{Bridge: res.Network.Options["com.docker.network.bridge.name"]}
+	if info.Bridge == "" && res.Network.Driver == "bridge" && len(res.Network.ID) >= 12 {
+		info.Bridge = "br-" + res.Network.ID[:12]
 	}
 	for _, c := range res.Network.IPAM.Config {
 		if c.Gateway.IsValid() {
-			return c.Gateway.String(), nil
+			info.Gateway = c.Gateway.String()
+			break
 		}
 	}
-	return "", nil
+	return info, nil
 }
 
 // Create implements spawnd.Runtime. Every container gets: all capabilities
