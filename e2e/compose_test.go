@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -22,8 +25,10 @@ import (
 )
 
 // TestComposeStack brings the docker-compose dev stack up on the local
-// engine (images built locally), logs in through the proxy as a person
-// would, spawns a server, reaches it, and tears everything down.
+// engine (images built locally) with Caddy in front (its own CA), fetches
+// the login page over HTTPS with that CA (and fails without it), logs in
+// through the proxy as a person would, spawns a server, reaches it, and
+// tears everything down.
 func TestComposeStack(t *testing.T) {
 	if _, err := exec.LookPath("docker-compose"); err != nil {
 		if err := exec.Command("docker", "compose", "version").Run(); err != nil {
@@ -34,8 +39,10 @@ func TestComposeStack(t *testing.T) {
 	root := testenv.RepoRoot(t)
 	project := "spawnde2e" + randHex(3)
 	state := filepath.Join(t.TempDir(), "state")
-	hubPort := freePort(t)
+	hubPort, httpsPort := freePort(t), freePort(t)
 	env := append(os.Environ(),
+		"SPAWND_HTTPS=1", "SPAWND_TLS=internal", "SPAWND_HUB_DOMAIN=localhost",
+		fmt.Sprintf("SPAWND_HTTPS_PORT=%d", httpsPort), fmt.Sprintf("SPAWND_HTTP_PORT=%d", freePort(t)),
 		"SPAWND_STATE="+state, "COMPOSE_PROJECT_NAME="+project,
 		fmt.Sprintf("SPAWND_PORT=%d", freePort(t)), fmt.Sprintf("SPAWND_HUB_PORT=%d", hubPort),
 		fmt.Sprintf("SPAWND_HUB_API_PORT=%d", freePort(t)), fmt.Sprintf("SPAWND_PROXY_API_PORT=%d", freePort(t)))
@@ -63,6 +70,7 @@ func TestComposeStack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkHTTPS(t, fmt.Sprintf("https://localhost:%d", httpsPort), filepath.Join(state, "caddy", "caddy", "pki", "authorities", "local", "root.crt"))
 	loginAndSpawn(t, fmt.Sprintf("http://127.0.0.1:%d", hubPort), "dana", strings.TrimSpace(string(password)))
 	run("down")
 }
@@ -136,4 +144,38 @@ func hubLogin(t *testing.T, base, user, password string) *http.Client {
 		}
 	}
 	return nil
+}
+
+// checkHTTPS fetches the hub's login page through Caddy, trusting only
+// Caddy's own CA (caFile); without that CA the handshake must fail.
+func checkHTTPS(t *testing.T, base, caFile string) {
+	t.Helper()
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatalf("Caddy's root certificate: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		t.Fatalf("%s holds no certificate", caFile)
+	}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		_, port, _ := net.SplitHostPort(addr) // localhost is 127.0.0.1 here, never ::1
+		return (&net.Dialer{}).DialContext(ctx, network, net.JoinHostPort("127.0.0.1", port))
+	}
+	trusting := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: dial, TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := trusting.Get(base + "/hub/login")
+	if err != nil {
+		t.Fatalf("GET %s/hub/login over HTTPS with Caddy's CA: %v", base, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.TLS == nil || !strings.Contains(string(body), `name="password"`) {
+		t.Fatalf("the login page over HTTPS: %d, TLS %v:\n%.500s", resp.StatusCode, resp.TLS != nil, body)
+	}
+	t.Logf("login page over HTTPS: %s, certificate for %v from %q", resp.TLS.ServerName, resp.TLS.PeerCertificates[0].DNSNames, resp.TLS.PeerCertificates[0].Issuer.CommonName)
+	strict := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: dial, TLSClientConfig: &tls.Config{RootCAs: x509.NewCertPool()}}}
+	if resp, err := strict.Get(base + "/hub/login"); err == nil {
+		resp.Body.Close()
+		t.Fatal("a client without Caddy's CA trusted the certificate")
+	}
 }
