@@ -330,10 +330,23 @@ func hubVersionScenario(t *testing.T, major int) {
 // daemon and hub are cleaned up with the test.
 func newWorld(t *testing.T, eng *docker.Engine, specText, venv string) *world {
 	t.Helper()
+	return newLockedWorld(t, eng, specText, nil, venv)
+}
+
+// newLockedWorld is newWorld with the spec's lock given (nil: locked anew).
+// A locked env's image is kept after the test (it is a shipped env's, as
+// envs/team.yaml's, which other tests and the quickstart reuse).
+func newLockedWorld(t *testing.T, eng *docker.Engine, specText string, lock []byte, venv string) *world {
+	t.Helper()
 	dir := t.TempDir()
 	spec := filepath.Join(dir, "team.yaml")
 	if err := os.WriteFile(spec, []byte(specText), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if lock != nil {
+		if err := os.WriteFile(envs.LockPath(spec), lock, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	parsed, err := envs.Parse(spec, []byte(specText))
 	if err != nil {
@@ -347,7 +360,7 @@ func newWorld(t *testing.T, eng *docker.Engine, specText, venv string) *world {
 	}
 	t.Logf("team image %s (built: %v)", res.Tag, res.Built)
 	t.Cleanup(func() {
-		if res.Built {
+		if res.Built && lock == nil {
 			_, _ = eng.Client().ImageRemove(context.Background(), res.Tag, imageRemoveOpts())
 		}
 	})

@@ -1,0 +1,152 @@
+"""A team member's first day, in a real browser: Debian's Chromium, headless,
+driven by Playwright (from PyPI; Playwright's own browser downloads are never
+used). Run by e2e.TestBrowserFirstDay, which starts spawnd and JupyterHub.
+
+    python first_day.py --url http://127.0.0.1:8000 --user alice \
+        --password ... --pandas 3.1.0 --shots DIR
+
+It logs in, watches the spawn page's progress, lands in JupyterLab, opens a
+notebook on the "Team (Python 3)" kernel, prints pandas' version, and stops
+the server from the hub's control panel. Each step writes a screenshot to
+DIR. Exit status 0 means every step did what a person would expect; anything
+else prints what went wrong.
+"""
+
+import argparse
+import json
+import re
+import sys
+
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect, sync_playwright
+
+# The progress messages the spawn page receives, kept across the redirect
+# into JupyterLab (same origin) so the test can read them afterwards.
+RECORD_PROGRESS = """
+(() => {
+  const Orig = window.EventSource;
+  if (!Orig || Orig.__spawnd) return;
+  function Recording(url, opts) {
+    const es = new Orig(url, opts);
+    es.addEventListener("message", (e) => {
+      try {
+        const seen = JSON.parse(sessionStorage.getItem("spawnd-progress") || "[]");
+        seen.push(JSON.parse(e.data).message || "");
+        sessionStorage.setItem("spawnd-progress", JSON.stringify(seen));
+      } catch (err) {}
+    });
+    return es;
+  }
+  Recording.prototype = Orig.prototype;
+  Recording.__spawnd = true;
+  window.EventSource = Recording;
+})();
+"""
+
+
+def step(msg):
+    print(f"browser: {msg}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--user", required=True)
+    ap.add_argument("--password", required=True)
+    ap.add_argument("--pandas", required=True, help="the pandas version the lock pins")
+    ap.add_argument("--shots", required=True)
+    ap.add_argument("--chromium", default="/usr/lib/chromium/chromium")
+    a = ap.parse_args()
+    base = a.url.rstrip("/")
+    shot = 0
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=a.chromium, headless=True,
+                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(60_000)
+        page.add_init_script(RECORD_PROGRESS)
+
+        def snap(name):
+            nonlocal shot
+            shot += 1
+            path = f"{a.shots}/{shot:02d}-{name}.png"
+            page.screenshot(path=path, full_page=True)
+            step(f"screenshot {path}")
+
+        try:
+            step("log in")
+            page.goto(base + "/hub/login")
+            page.fill("#username_input", a.user)
+            page.fill("#password_input", a.password + "-wrong")
+            page.click("#login_submit")
+            expect(page.locator(".login_error, #login_error, .alert-danger").first).to_be_visible()
+            assert "/hub/login" in page.url, f"a wrong password went on to {page.url}"
+            snap("wrong-password")
+            page.fill("#username_input", a.user)
+            page.fill("#password_input", a.password)
+            page.click("#login_submit")
+
+            step("the spawn page")
+            page.wait_for_url(re.compile(r"/hub/spawn-pending/|/user/[^/]+/lab"), timeout=120_000)
+            if "/spawn-pending/" in page.url:
+                expect(page.locator("#progress-message, .progress-bar").first).to_be_visible()
+                snap("spawn-progress")
+            page.wait_for_url(re.compile(r"/user/[^/]+/lab"), timeout=180_000)
+            seen = json.loads(page.evaluate("sessionStorage.getItem('spawnd-progress') || '[]'"))
+            step(f"progress seen on the spawn page: {seen}")
+            if not any("Server ready" in m or "ready" in m.lower() for m in seen):
+                sys.exit(f"browser: the spawn page showed no progress up to 'ready': {seen}")
+
+            step("JupyterLab")
+            card = page.locator('.jp-LauncherCard[data-category="Notebook"][title="Team (Python 3)"]')
+            expect(card).to_be_visible(timeout=120_000)
+            snap("jupyterlab")
+            card.click()
+            panel = page.locator(".jp-NotebookPanel").last
+            expect(panel).to_be_visible()
+            expect(panel.locator(".jp-Toolbar-kernelName")).to_contain_text("Team (Python 3)")
+            # The kernel is up when the toolbar's status says idle.
+            expect(panel.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_be_attached(timeout=120_000)
+
+            step("run pandas on the team kernel")
+            editor = panel.locator(".jp-Cell .cm-content").first
+            editor.click()
+            page.keyboard.type("import pandas; print(pandas.__version__)")
+            page.keyboard.press("Shift+Enter")
+            out = panel.locator(".jp-OutputArea-output").first
+            expect(out).to_contain_text(a.pandas, timeout=120_000)
+            text = out.inner_text().strip()
+            step(f"the cell printed {text!r}; the lock pins pandas {a.pandas}")
+            if text != a.pandas:
+                sys.exit(f"browser: pandas {text!r} on the team kernel, the lock pins {a.pandas}")
+            page.keyboard.press("Control+s")  # saved to the home, as a person would
+            dialog = page.locator(".jp-Dialog")
+            try:  # JupyterLab 4 asks for a name on an untitled notebook's first save
+                dialog.wait_for(state="visible", timeout=5_000)
+            except PlaywrightTimeout:
+                pass
+            else:
+                dialog.get_by_role("textbox").fill("first-day.ipynb")
+                dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+            expect(page.locator(".lm-TabBar-tab.jp-mod-dirty")).to_have_count(0, timeout=30_000)
+            snap("notebook")
+
+            step("stop the server from the hub's control panel")
+            page.goto(base + "/hub/home")
+            stop = page.locator("#stop")
+            expect(stop).to_be_visible()
+            snap("control-panel")
+            stop.click()
+            expect(page.locator("#start")).to_be_visible(timeout=120_000)
+            expect(stop).to_be_hidden()
+            snap("stopped")
+        except BaseException:
+            snap("failure")  # what the browser showed when the step failed
+            raise
+        browser.close()
+    step("done")
+
+
+if __name__ == "__main__":
+    main()

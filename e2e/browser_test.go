@@ -1,0 +1,130 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/internal/ci"
+	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/spawnd"
+)
+
+// debianChromium is the browser binary of Debian's chromium package (the
+// /usr/bin/chromium wrapper is a shell script).
+const debianChromium = "/usr/lib/chromium/chromium"
+
+// TestBrowserFirstDay is a team member's first day in a real browser:
+// Debian's headless Chromium, driven by Playwright (e2e/browser/first_day.py),
+// against the shipped hub config on JupyterHub 5 and spawnd serving the
+// shipped team env (envs/team.yaml and its lock). The person logs in (after
+// a wrong password is refused), sees the spawn page's progress, lands in
+// JupyterLab, opens a notebook on "Team (Python 3)", runs
+// `import pandas; print(pandas.__version__)` and reads the version the lock
+// pins, and stops the server from the hub's control panel. Screenshots go
+// to a directory the test prints.
+func TestBrowserFirstDay(t *testing.T) {
+	venv := testenv.HubVenv(t, 5)
+	if err := exec.Command(filepath.Join(venv, "bin", "python"), "-c", "import playwright").Run(); err != nil {
+		ci.Skip(t, "no Playwright in %s (run scripts/hub-venvs)", venv)
+	}
+	if _, err := os.Stat(debianChromium); err != nil {
+		ci.Skip(t, "no Debian Chromium at %s (apt-get install chromium)", debianChromium)
+	}
+	eng := testenv.Engine(t)
+	testenv.EnsureDebianBase(t, eng)
+	root := testenv.RepoRoot(t)
+	specText, err := os.ReadFile(filepath.Join(root, "envs", "team.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock, err := os.ReadFile(filepath.Join(root, "envs", "team.lock.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pandas := lockedVersion(t, lock, "pandas")
+	w := newLockedWorld(t, eng, string(specText), lock, venv)
+
+	password := randHex(12)
+	if err := os.WriteFile(filepath.Join(w.dir, "token"), []byte(w.cfg.Token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.shippedEnv = []string{
+		"SPAWND_URL=http://" + w.spawndAddr,
+		"SPAWND_TOKEN_FILE=" + filepath.Join(w.dir, "token"),
+		"SPAWND_HUB_STATE=" + w.dir,
+		fmt.Sprintf("SPAWND_HUB_PORT=%d", w.proxyPort),
+		fmt.Sprintf("SPAWND_HUB_API_PORT=%d", w.hubPort),
+		fmt.Sprintf("SPAWND_PROXY_API_PORT=%d", freePort(t)),
+		"SPAWND_HUB_IP=",
+		"SPAWND_HUB_AUTH=dummy",
+		"SPAWND_HUB_PASSWORD=" + password,
+	}
+	w.startHub("")
+	defer w.stopHub()
+
+	shots, err := os.MkdirTemp("", "spawnd-browser-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshots: %s", shots)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(venv, "bin", "python"), filepath.Join(root, "e2e", "browser", "first_day.py"),
+		"--url", fmt.Sprintf("http://127.0.0.1:%d", w.proxyPort), "--user", "carmen", "--password", password,
+		"--pandas", pandas, "--shots", shots, "--chromium", debianChromium)
+	cmd.WaitDelay = 10 * time.Second
+	out, err := cmd.CombinedOutput()
+	t.Logf("the browser's run:\n%s", out)
+	if err != nil {
+		t.Fatalf("the first day failed in the browser (%v); screenshots in %s\nhub log:\n%s", err, shots, w.logTail())
+	}
+
+	// What the browser did is real: the notebook is in carmen's home on the
+	// host, and the server the control panel stopped is gone.
+	c, _ := api.NewClient(w.spawndAddr, w.cfg.Token)
+	servers, err := c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range servers {
+		if s.User == "carmen" {
+			t.Fatalf("stopped from the control panel, but spawnd still runs it: %+v", s)
+		}
+	}
+	nbs, _ := filepath.Glob(filepath.Join(w.homes, spawnd.Escape("carmen"), "*.ipynb"))
+	if len(nbs) == 0 {
+		t.Fatalf("no notebook in carmen's home after the browser made one")
+	}
+	b, _ := os.ReadFile(nbs[0])
+	if !strings.Contains(string(b), `"name": "team"`) || !strings.Contains(string(b), pandas) {
+		t.Fatalf("the notebook in carmen's home has no team kernel or no pandas output:\n%.1500s", b)
+	}
+}
+
+// lockedVersion is the version a lock pins for a pip package.
+func lockedVersion(t *testing.T, lock []byte, name string) string {
+	t.Helper()
+	var l struct {
+		Pip struct {
+			Packages []struct{ Name, Version string } `json:"packages"`
+		} `json:"pip"`
+	}
+	if err := json.Unmarshal(lock, &l); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range l.Pip.Packages {
+		if p.Name == name {
+			return p.Version
+		}
+	}
+	t.Fatalf("the lock pins no %s", name)
+	return ""
+}
