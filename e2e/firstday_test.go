@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/moby/client"
+
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/doctor"
 	"github.com/spawnd/spawnd/internal/testenv"
@@ -311,30 +313,74 @@ func TestShippedHubConfig(t *testing.T) {
 	}
 
 	// Nobody uses it: the culler stops it within its timeout plus a round or two.
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		var hu hubUser
-		w.hubAPI("GET", "/users/bob", nil, &hu)
-		if _, ok := hu.Servers[""]; !ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the idle server was not culled; hub log:\n%s", w.logTail())
-		}
-		time.Sleep(time.Second)
-	}
-	servers, _ = c.List(ctx)
-	for _, s := range servers {
-		if s.User == "bob" {
-			t.Fatalf("culled on the hub, but spawnd still runs it: %+v", s)
+	waitCulled := func() {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			var hu hubUser
+			w.hubAPI("GET", "/users/bob", nil, &hu)
+			if _, ok := hu.Servers[""]; !ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the idle server was not culled; hub log:\n%s", w.logTail())
+			}
+			time.Sleep(time.Second)
 		}
 	}
-	if b, err := os.ReadFile(keep); err != nil || string(b) != "still here\n" {
-		t.Fatalf("bob's home after culling: %q %v", b, err)
+	bobRuns := func() bool {
+		t.Helper()
+		f := client.Filters{}
+		f.Add("label", "io.spawnd.instance="+w.cfg.Instance)
+		res, err := w.eng.Client().ContainerList(ctx, client.ContainerListOptions{Filters: f})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(res.Items) > 0
 	}
+	checkHome := func(when string) {
+		t.Helper()
+		if b, err := os.ReadFile(keep); err != nil || string(b) != "still here\n" {
+			t.Fatalf("bob's home %s: %q %v", when, b, err)
+		}
+	}
+	waitCulled()
+	if bobRuns() {
+		t.Fatal("culled on the hub, but its container still runs")
+	}
+	checkHome("after culling")
 	if hubLog, _ := os.ReadFile(w.hubLog.Name()); !strings.Contains(string(hubLog), "Culling server bob") {
 		t.Fatalf("the hub log does not show the culler at work:\n%s", w.logTail())
 	}
+
+	// The culler while spawnd is down: the stop fails with a message that
+	// says so, nothing is deleted, and the container is stopped once spawnd
+	// is back (JupyterHub itself forgets a server whose stop failed).
+	resp, err = ac.Get(base + "/hub/spawn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	w.waitReady("bob", "")
+	w.stopDaemon()
+	waitCulled()
+	hubLog, _ := os.ReadFile(w.hubLog.Name())
+	if !strings.Contains(string(hubLog), "not reachable at http://"+w.spawndAddr) || !strings.Contains(string(hubLog), "spawnd will be asked again") {
+		t.Fatalf("the failed stop says nothing clear in the hub's log:\n%s", w.logTail())
+	}
+	if !bobRuns() {
+		t.Fatal("bob's container is gone while spawnd was down: who removed it?")
+	}
+	checkHome("after a failed stop")
+	w.startDaemon()
+	deadline := time.Now().Add(2 * time.Minute)
+	for bobRuns() {
+		if time.Now().After(deadline) {
+			t.Fatalf("spawnd is back, but the stop the hub could not make never came:\n%s", w.logTail())
+		}
+		time.Sleep(time.Second)
+	}
+	checkHome("after the deferred stop")
 	gh.mu.Lock()
 	t.Logf("stand-in GitHub saw: %v", gh.calls)
 	gh.mu.Unlock()

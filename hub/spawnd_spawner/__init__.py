@@ -155,6 +155,13 @@ class SpawndSpawner(Spawner):
         config=True,
         help="How many times a stop is tried while the daemon is unreachable before it is reported as failed.",
     )
+    stop_retry_for = Float(
+        3600.0,
+        config=True,
+        help="""After a stop that failed because the daemon was unreachable, keep asking the daemon to stop
+        the server in the background for this many seconds (JupyterHub counts the server as stopped anyway,
+        so its container would otherwise run on unseen). A new start of the same server cancels it. 0 turns it off.""",
+    )
     max_connections = Integer(
         1024,
         config=True,
@@ -354,6 +361,7 @@ class SpawndSpawner(Spawner):
             raise _spawn_error(e) from None
 
     async def _start(self):
+        await _cancel_deferred_stop(self)
         opts = await self.daemon_options()
         net = opts.get("network") or {}
         if not self._hub_address_configured() and self.use_gateway and net.get("mode") == "publish" and net.get("gateway"):
@@ -428,7 +436,18 @@ class SpawndSpawner(Spawner):
                     raise
                 last = e
                 self.log.warning("Stopping %s failed (try %d): %s", self._log_name, attempt + 1, e)
-                await asyncio.sleep(min(2 ** attempt, 5))
+                if attempt + 1 < self.stop_retries:
+                    await asyncio.sleep(min(2 ** attempt, 5))
+        # JupyterHub forgets the server even when its stop fails; its
+        # container would run on unseen. Keep asking spawnd in the background
+        # until it answers (a start of the same server cancels this first).
+        if self.stop_retry_for > 0:
+            self.log.error(
+                "Stopping %s failed: %s JupyterHub now counts it as stopped; spawnd will be asked again "
+                "for up to %d s until it answers. The user's home is kept either way.",
+                self._log_name, last, self.stop_retry_for,
+            )
+            _defer_stop(self)
         raise last
 
     async def rename(self, old_name, new_name):
@@ -555,3 +574,52 @@ async def _render_options_form(spawner):
     if len(profiles) > 1:
         form += select("profile", "Resources", profiles, profile_text)
     return form
+
+
+# Stops that failed while the daemon was unreachable, still being retried:
+# (daemon URL, user, server name) -> task.
+_deferred_stops = {}
+
+
+def _stop_key(spawner):
+    return (spawner.api_url, spawner.user.name, spawner.name)
+
+
+def _defer_stop(spawner):
+    key = _stop_key(spawner)
+    old = _deferred_stops.get(key)
+    if old is not None and not old.done():
+        return
+    path, log, name = spawner._server_path(), spawner.log, spawner._log_name
+    deadline = IOLoop.current().time() + spawner.stop_retry_for
+
+    async def retry():
+        delay = 2.0
+        try:
+            while IOLoop.current().time() < deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                try:
+                    await spawner._request("DELETE", path, timeout=spawner.request_timeout + 30, allow_404=True)
+                except SpawndError as e:
+                    if e.unknown or e.status >= 500:
+                        continue
+                    log.error("Stopping %s later: spawnd refused: %s", name, e)
+                    return
+                log.info("Stopped %s after spawnd came back (its home is kept)", name)
+                return
+            log.error("Gave up stopping %s: spawnd did not answer for %d s; stop it with `spawnd stop`", name, spawner.stop_retry_for)
+        finally:
+            if _deferred_stops.get(key) is task:
+                del _deferred_stops[key]
+
+    task = asyncio.ensure_future(retry())
+    _deferred_stops[key] = task
+
+
+async def _cancel_deferred_stop(spawner):
+    task = _deferred_stops.pop(_stop_key(spawner), None)
+    if task is not None and not task.done():
+        spawner.log.info("A new start of %s cancels the stop still being retried", spawner._log_name)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -243,14 +243,57 @@ async def test_wrong_token_says_so(daemon, world):
 
 async def test_daemon_down(world):
     down = f"http://127.0.0.1:{free_port()}"
-    sp = world.spawner(down, stop_retries=2)
+    sp = world.spawner(down, stop_retries=2, stop_retry_for=0)
     with pytest.raises(Exception) as e:
         await sp.start()
     assert "not reachable" in str(e.value)
-    # Unknown is not stopped: poll keeps the server, stop reports failure.
+    # Unknown is not stopped: poll keeps the server, stop reports failure
+    # naming the daemon's address.
     assert await sp.poll() is None
+    with pytest.raises(SpawndError) as e:
+        await sp.stop()
+    assert down in str(e.value)
+
+
+def deletes(daemon):
+    return [i for i, c in enumerate(daemon.calls) if c[0] == "DELETE"]
+
+
+async def test_a_failed_stop_is_retried_until_the_daemon_answers(daemon, world, caplog):
+    """JupyterHub forgets a server whose stop failed (the idle culler's, say,
+    while spawnd restarts); the container must not run on unseen."""
+    caplog.set_level(logging.INFO)
+    sp = world.spawner(daemon.url, stop_retries=1, stop_retry_for=60)
+    await sp.start()
+    daemon.mode = "unsynced"  # spawnd cannot answer for its servers yet
     with pytest.raises(SpawndError):
         await sp.stop()
+    assert "spawnd will be asked again" in caplog.text and "home is kept" in caplog.text
+    assert daemon.servers, "nothing is deleted while spawnd cannot answer"
+    daemon.mode = "ok"
+    for _ in range(100):
+        if not daemon.servers:
+            break
+        await asyncio.sleep(0.1)
+    assert not daemon.servers, "the deferred stop never reached spawnd"
+    assert "Stopped" in caplog.text and "after spawnd came back" in caplog.text
+
+
+async def test_a_new_start_cancels_a_deferred_stop(daemon, world):
+    sp = world.spawner(daemon.url, stop_retries=1, stop_retry_for=60)
+    await sp.start()
+    daemon.mode = "unsynced"
+    with pytest.raises(SpawndError):
+        await sp.stop()
+    daemon.mode = "ok"
+    before = len(deletes(daemon))
+    again = world.spawner(daemon.url, stop_retries=1, stop_retry_for=60)
+    await again.start()  # the user clicks start before the retry: it must not stop the new server
+    started_at = len(daemon.calls)
+    await asyncio.sleep(2.5)  # past the first retry's delay
+    assert [i for i in deletes(daemon) if i >= started_at] == [], "a deferred stop hit the new server"
+    assert len(deletes(daemon)) == before
+    assert daemon.servers
 
 
 async def test_slow_daemon_times_out(daemon, world):
