@@ -36,6 +36,12 @@ type Config struct {
 	TokenFile string `mapstructure:"token_file"`
 	// Token is the API bearer token itself; prefer token_file or SPAWND_TOKEN.
 	Token string `mapstructure:"token"`
+	// MetricsTokenFile holds a second token that reads /metrics and nothing
+	// else, for Prometheus: a scraper never holds the token that starts
+	// containers. Optional; the API token reads /metrics too.
+	MetricsTokenFile string `mapstructure:"metrics_token_file"`
+	// MetricsToken is that token itself; prefer metrics_token_file.
+	MetricsToken string `mapstructure:"metrics_token"`
 	// TLS serves the API over HTTPS when both files are set.
 	TLS TLSConfig `mapstructure:"tls"`
 	// Engine is the Docker engine to drive.
@@ -83,6 +89,22 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Token) < 16 {
 		return errors.New("token_file: the API token is shorter than 16 characters; generate one with: openssl rand -hex 32")
+	}
+	if c.MetricsToken == "" && c.MetricsTokenFile != "" {
+		b, err := os.ReadFile(c.MetricsTokenFile)
+		if err != nil {
+			return fmt.Errorf("metrics_token_file: %w", err)
+		}
+		c.MetricsToken = strings.TrimSpace(string(b))
+		if c.MetricsToken == "" {
+			return fmt.Errorf("metrics_token_file: %s is empty", c.MetricsTokenFile)
+		}
+	}
+	if c.MetricsToken != "" && len(c.MetricsToken) < 16 {
+		return errors.New("metrics_token_file: the metrics token is shorter than 16 characters; generate one with: openssl rand -hex 32")
+	}
+	if c.MetricsToken != "" && c.MetricsToken == c.Token {
+		return errors.New("metrics_token_file: the metrics token is the API token; give Prometheus a token of its own")
 	}
 	switch c.LogLevel {
 	case "":
@@ -197,7 +219,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	vcancel()
 	builder := &envBuilder{envs: mgr.Config().Envs, eng: d.engine, log: d.log, running: map[string]bool{}}
-	h, err := server.New(mgr, server.Options{Token: d.cfg.Token, Version: info, Registry: reg, Logger: d.log, Builder: builder})
+	h, err := server.New(mgr, server.Options{Token: d.cfg.Token, MetricsToken: d.cfg.MetricsToken, Version: info, Registry: reg, Logger: d.log, Builder: builder})
 	if err != nil {
 		return err
 	}

@@ -472,6 +472,13 @@ func TestBuildThroughTheAPI(t *testing.T) {
 	if last := evs[len(evs)-1]; !last.Done || !strings.Contains(last.Error, "spec checksum changed") {
 		t.Fatalf("stale build: %+v", last)
 	}
+	// The failed build changed nothing: the previous lock still serves.
+	if after, err := envs.ReadLock(envs.LockPath(spec)); err != nil || after.Digest != l.Digest {
+		t.Fatalf("a failed build changed the lock: %+v %v", after, err)
+	}
+	if img, err := eng.ImageID(ctx, l.Tag()); err != nil || img == "" {
+		t.Fatalf("a failed build removed the serving image %s: %v", l.Tag(), err)
+	}
 	if err := h.client.BuildEnv(ctx, "nope", false, func(api.BuildEvent) error { return nil }); api.ErrorCode(err) != api.CodeNotFound {
 		t.Fatalf("unknown env: %v", err)
 	}

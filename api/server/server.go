@@ -52,6 +52,9 @@ const MaxBodyBytes = 1 << 20
 type Options struct {
 	// Token is the bearer token every endpoint but health requires. Required.
 	Token string
+	// MetricsToken, when set, is a second token that reads /metrics and
+	// nothing else (for Prometheus).
+	MetricsToken string
 	// Version is reported by the version endpoint.
 	Version api.VersionInfo
 	// Registry gathers the metrics served on /metrics; request metrics are
@@ -63,18 +66,22 @@ type Options struct {
 }
 
 type handler struct {
-	core      Core
-	tokenHash [32]byte
-	opts      Options
-	log       *slog.Logger
-	requests  *prometheus.CounterVec
-	latency   *prometheus.HistogramVec
+	core        Core
+	tokenHash   [32]byte
+	metricsHash *[32]byte // nil: no metrics token
+	opts        Options
+	log         *slog.Logger
+	requests    *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
 }
 
 // New returns the API's http.Handler.
 func New(core Core, opts Options) (http.Handler, error) {
 	if len(opts.Token) < 16 {
 		return nil, errors.New("the API token must be at least 16 characters; generate one with: openssl rand -hex 32")
+	}
+	if opts.MetricsToken != "" && (len(opts.MetricsToken) < 16 || opts.MetricsToken == opts.Token) {
+		return nil, errors.New("the metrics token must be at least 16 characters and differ from the API token")
 	}
 	if opts.Registry == nil {
 		opts.Registry = prometheus.NewRegistry()
@@ -95,6 +102,10 @@ func New(core Core, opts Options) (http.Handler, error) {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"route"}),
 	}
+	if opts.MetricsToken != "" {
+		sum := sha256.Sum256([]byte(opts.MetricsToken))
+		h.metricsHash = &sum
+	}
 	if err := opts.Registry.Register(h.requests); err != nil {
 		return nil, fmt.Errorf("registering request metrics: %w", err)
 	}
@@ -104,7 +115,7 @@ func New(core Core, opts Options) (http.Handler, error) {
 
 	mux := http.NewServeMux()
 	for _, r := range h.routes() {
-		mux.Handle(r.pattern, h.wrap(r.pattern, r.auth, r.fn))
+		mux.Handle(r.pattern, h.wrap(r))
 	}
 	// Route on the escaped path, so that names holding "/", "." or ".."
 	// (valid JupyterHub names, percent-encoded by the client) stay one path
@@ -119,28 +130,30 @@ type route struct {
 	pattern string
 	auth    bool
 	fn      func(http.ResponseWriter, *http.Request) error
+	// metrics: the read-only metrics token is enough.
+	metrics bool
 }
 
 // routes is the API's route table; api/openapi.yaml describes each entry.
 func (h *handler) routes() []route {
 	rs := []route{
-		{"GET /v1/health", false, h.health},
-		{"GET /v1/version", true, h.version},
-		{"GET /v1/options", true, h.options},
-		{"GET /v1/servers", true, h.list},
+		{pattern: "GET /v1/health", auth: false, fn: h.health},
+		{pattern: "GET /v1/version", auth: true, fn: h.version},
+		{pattern: "GET /v1/options", auth: true, fn: h.options},
+		{pattern: "GET /v1/servers", auth: true, fn: h.list},
 	}
 	for _, p := range []string{"/v1/users/{user}/server", "/v1/users/{user}/servers/{server}"} {
 		rs = append(rs,
-			route{"POST " + p, true, h.start},
-			route{"GET " + p, true, h.status},
-			route{"DELETE " + p, true, h.stop},
-			route{"GET " + p + "/progress", true, h.progress})
+			route{pattern: "POST " + p, auth: true, fn: h.start},
+			route{pattern: "GET " + p, auth: true, fn: h.status},
+			route{pattern: "DELETE " + p, auth: true, fn: h.stop},
+			route{pattern: "GET " + p + "/progress", auth: true, fn: h.progress})
 	}
 	rs = append(rs,
-		route{"POST /v1/envs/{env}/build", true, h.build},
-		route{"DELETE /v1/users/{user}/home", true, h.deleteHome},
-		route{"GET /metrics", true, h.metrics},
-		route{"/", true, func(http.ResponseWriter, *http.Request) error {
+		route{pattern: "POST /v1/envs/{env}/build", auth: true, fn: h.build},
+		route{pattern: "DELETE /v1/users/{user}/home", auth: true, fn: h.deleteHome},
+		route{pattern: "GET /metrics", auth: true, fn: h.metrics, metrics: true},
+		route{pattern: "/", auth: true, fn: func(http.ResponseWriter, *http.Request) error {
 			return api.Errorf(api.CodeNotFound, "no such endpoint; see api/openapi.yaml")
 		}})
 	return rs
@@ -180,14 +193,14 @@ func (w *statusWriter) Flush() {
 // wrap adapts a handler that returns an error: it checks the token, bounds
 // the body, maps errors to the JSON error body, and logs and counts each
 // request by its route pattern (never its raw path, headers or body).
-func (h *handler) wrap(pattern string, auth bool, fn func(http.ResponseWriter, *http.Request) error) http.Handler {
-	routeName := pattern
+func (h *handler) wrap(rt route) http.Handler {
+	routeName, auth, fn := rt.pattern, rt.auth, rt.fn
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		began := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
 		r.Body = http.MaxBytesReader(sw, r.Body, MaxBodyBytes)
 		var err error
-		if auth && !h.authorized(r) {
+		if auth && !h.authorized(r, rt.metrics) {
 			sw.Header().Set("WWW-Authenticate", `Bearer realm="spawnd"`)
 			err = api.Errorf(api.CodeUnauthorized, "missing or wrong token; send Authorization: Bearer <token>")
 		} else {
@@ -211,13 +224,17 @@ func (h *handler) wrap(pattern string, auth bool, fn func(http.ResponseWriter, *
 	})
 }
 
-func (h *handler) authorized(r *http.Request) bool {
+// authorized: the API token, or (on a metrics route) the metrics token.
+func (h *handler) authorized(r *http.Request, metricsRoute bool) bool {
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok {
 		return false
 	}
 	sum := sha256.Sum256([]byte(got))
-	return subtle.ConstantTimeCompare(sum[:], h.tokenHash[:]) == 1
+	if subtle.ConstantTimeCompare(sum[:], h.tokenHash[:]) == 1 {
+		return true
+	}
+	return metricsRoute && h.metricsHash != nil && subtle.ConstantTimeCompare(sum[:], h.metricsHash[:]) == 1
 }
 
 func (h *handler) writeError(w http.ResponseWriter, r *http.Request, err error) {

@@ -92,6 +92,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"bad mode", goodConfig + "network: {mode: bridge}\n", "network.mode"},
 		{"short token", strings.Replace(goodConfig, "0123456789abcdef0123456789abcdef", "abc", 1), "token"},
 		{"yaml syntax", goodConfig + "envs: [\n", "line"},
+		{"metrics token is the API token", goodConfig + "metrics_token: 0123456789abcdef0123456789abcdef\n", "metrics_token_file"},
+		{"short metrics token", goodConfig + "metrics_token: abc\n", "metrics_token_file"},
 		{"bad egress block", goodConfig + "network: {egress: {block: [10.0.0.0/33]}}\n", "network.egress.block[0]"},
 		{"bad egress port", goodConfig + "network: {egress: {host_ports: [8081, 70000]}}\n", "network.egress.host_ports[1]"},
 		{"unknown egress key", goodConfig + "network: {egress: {allow: [1.2.3.4]}}\n", "allow"},
