@@ -210,6 +210,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	case <-mgr.Synced():
 	case <-time.After(5 * time.Second):
 		d.log.Warn("the engine did not answer within 5 s; serving anyway, health reports engine down until it does")
+	case err := <-runErr: // a setting the engine cannot honour (e.g. the user network's)
+		return err
 	case <-ctx.Done():
 	}
 	info := api.VersionInfo{Version: Version, APIVersion: api.Version}
@@ -226,9 +228,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 	servers, _ := mgr.List()
 	d.log.Info("spawnd serving", "listen", d.ln.Addr().String(), "tls", d.cfg.TLS.CertFile != "", "engine_api", info.EngineAPI,
 		"homes_root", d.cfg.HomesRoot, "instance", d.cfg.Instance, "servers", len(servers), "synced", servers != nil)
-	err = server.Serve(ctx, d.ln, h, d.cfg.TLS.CertFile, d.cfg.TLS.KeyFile)
-	cancel()
-	<-runErr
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- server.Serve(ctx, d.ln, h, d.cfg.TLS.CertFile, d.cfg.TLS.KeyFile) }()
+	select {
+	case err = <-serveErr:
+		cancel()
+		<-runErr
+	case err = <-runErr: // fatal: the core cannot go on with this config
+		cancel()
+		<-serveErr
+	}
 	return err
 }
 

@@ -61,6 +61,8 @@ type Engine interface {
 	Ping(ctx context.Context) error
 	Info(ctx context.Context) (EngineInfo, error)
 	ImageInspect(ctx context.Context, ref string) (images.ImageInfo, error)
+	// CheckNetwork says what is wrong with the user network, if it exists.
+	CheckNetwork(ctx context.Context, n spawnd.NetworkSpec) error
 }
 
 // Input is what to check. Engine may be nil when no client could be made.
@@ -97,6 +99,7 @@ func Run(ctx context.Context, in Input) []Result {
 	}
 	if in.Config != nil {
 		add(checkHomes(in.Config.HomesRoot, in.MinFreeBytes))
+		add(checkNetwork(ctx, in.Config.Network, in.Engine, engineOK))
 		for _, name := range sortedEnvs(in.Config) {
 			add(checkEnv(ctx, name, in.Config.Envs[name], in.Engine, engineOK))
 		}
@@ -349,4 +352,23 @@ func human(n uint64) string {
 		return fmt.Sprintf("%.1f GiB", float64(n)/gib)
 	}
 	return fmt.Sprintf("%d MiB", n>>20)
+}
+
+func checkNetwork(ctx context.Context, n spawnd.NetworkConfig, eng Engine, engineOK bool) Result {
+	const check = "network"
+	if !engineOK {
+		return Result{check, Skip, "not checked (no engine)", ""}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := eng.CheckNetwork(ctx, spawnd.NetworkSpec{Name: n.Name, ICC: n.ICC}); err != nil {
+		msg := oneLine(err)
+		why, fix, ok := strings.Cut(msg, "; ")
+		if !ok {
+			fix = "check the engine"
+		}
+		return Result{check, Fail, why, strings.TrimSuffix(fix, ": invalid argument")}
+	}
+	state := map[bool]string{true: "on", false: "off"}[n.ICC]
+	return Result{check, OK, n.Name + ": spawnd's own bridge (or made at start), inter-container traffic " + state, ""}
 }

@@ -21,10 +21,12 @@ type fakeEngine struct {
 	pingErr error
 	info    EngineInfo
 	images  map[string]images.ImageInfo
+	netErr  error
 }
 
-func (f *fakeEngine) Ping(context.Context) error               { return f.pingErr }
-func (f *fakeEngine) Info(context.Context) (EngineInfo, error) { return f.info, nil }
+func (f *fakeEngine) Ping(context.Context) error                             { return f.pingErr }
+func (f *fakeEngine) Info(context.Context) (EngineInfo, error)               { return f.info, nil }
+func (f *fakeEngine) CheckNetwork(context.Context, spawnd.NetworkSpec) error { return f.netErr }
 func (f *fakeEngine) ImageInspect(_ context.Context, ref string) (images.ImageInfo, error) {
 	if i, ok := f.images[ref]; ok {
 		return i, nil
@@ -120,6 +122,9 @@ func TestBrokenSetups(t *testing.T) {
 		{"image missing", func(t *testing.T, in *Input, _ string) { in.Engine.(*fakeEngine).images = nil }, "env team", "spawnd build"},
 		{"token readable", func(t *testing.T, in *Input, _ string) { _ = os.Chmod(in.TokenFile, 0o644) }, "token", "chmod 600"},
 		{"no token", func(t *testing.T, in *Input, _ string) { in.Token = "" }, "token", "openssl rand"},
+		{"network contradicts the config", func(t *testing.T, in *Input, _ string) {
+			in.Engine.(*fakeEngine).netErr = errors.New(`network.icc: the network "u" exists with inter-container traffic on, but network.icc says off; remove it (docker network rm u) or set network.icc: true: invalid argument`)
+		}, "network", "docker network rm"},
 		{"old upstream runc", func(t *testing.T, in *Input, _ string) { in.Engine.(*fakeEngine).info.RuncVersion = "1.1.11" }, "runc", "upgrade runc"},
 	}
 	for _, tc := range cases {

@@ -25,6 +25,12 @@ func (m *Manager) Run(ctx context.Context) error {
 		evCtx, cancel := context.WithCancel(ctx)
 		events, errs := m.rt.Events(evCtx, m.selector())
 		err := m.ensureNetwork(ctx)
+		if errdefs.IsInvalidArgument(err) {
+			// The engine has a network that contradicts the config: retrying
+			// cannot help, and serving on it would be unsafe.
+			cancel()
+			return err
+		}
 		if err == nil {
 			err = m.Reconcile(ctx)
 		}

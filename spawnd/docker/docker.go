@@ -94,6 +94,9 @@ func (e *Engine) EnsureNetwork(ctx context.Context, n spawnd.NetworkSpec) (spawn
 	if err != nil {
 		return spawnd.NetworkInfo{}, fmt.Errorf("inspecting network %s: %w", n.Name, err)
 	}
+	if err := checkNetwork(n, res.Network.Driver, res.Network.Options); err != nil {
+		return spawnd.NetworkInfo{}, err
+	}
 	// A bridge network's Linux bridge is named by an option, or else br-<id[:12]>.
 	info := spawnd.NetworkInfo{Bridge: res.Network.Options["com.docker.network.bridge.name"]}
 	if info.Bridge == "" && res.Network.Driver == "bridge" && len(res.Network.ID) >= 12 {
@@ -355,4 +358,43 @@ func (e *Engine) Events(ctx context.Context, labels map[string]string) (<-chan s
 		}
 	}()
 	return out, errc
+}
+
+// CheckNetwork implements doctor.Engine: nil when the network is absent
+// (spawnd will create it) or is what n says; else what is wrong and the fix.
+func (e *Engine) CheckNetwork(ctx context.Context, n spawnd.NetworkSpec) error {
+	res, err := e.cli.NetworkInspect(ctx, n.Name, client.NetworkInspectOptions{})
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("inspecting network %s: %w", n.Name, err)
+	}
+	return checkNetwork(n, res.Network.Driver, res.Network.Options)
+}
+
+// checkNetwork refuses a user network that is not what the config says: not
+// a bridge of spawnd's own (Docker's default bridge, host, none, overlay), or
+// one whose inter-container setting disagrees with network.icc. The error
+// is an invalid-argument one, which the core treats as fatal.
+func checkNetwork(n spawnd.NetworkSpec, driver string, opts map[string]string) error {
+	if opts["com.docker.network.bridge.default_bridge"] == "true" || n.Name == "bridge" || n.Name == "host" || n.Name == "none" {
+		return fmt.Errorf("network.name: %q is one of Docker's own networks, shared with every container on the engine; "+
+			"name a network of spawnd's own, e.g. spawnd-users: %w", n.Name, errdefs.ErrInvalidArgument)
+	}
+	if driver != "bridge" {
+		return fmt.Errorf("network.name: the network %q exists with driver %q, not bridge; remove it (docker network rm %s) "+
+			"or name another network: %w", n.Name, driver, n.Name, errdefs.ErrInvalidArgument)
+	}
+	icc := true // Docker's default when the option is absent
+	if v, ok := opts["com.docker.network.bridge.enable_icc"]; ok {
+		icc, _ = strconv.ParseBool(v)
+	}
+	if icc != n.ICC {
+		state := map[bool]string{true: "on", false: "off"}
+		return fmt.Errorf("network.icc: the network %q exists with inter-container traffic %s, but network.icc says %s; "+
+			"remove it once its servers are stopped (docker network rm %s; spawnd recreates it) or set network.icc: %v: %w",
+			n.Name, state[icc], state[n.ICC], n.Name, icc, errdefs.ErrInvalidArgument)
+	}
+	return nil
 }
