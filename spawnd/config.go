@@ -293,23 +293,14 @@ func (c *Config) Validate() error {
 		if e.User.Name == "" {
 			e.User.Name = "jovyan"
 		}
-		if !unixUserRE.MatchString(e.User.Name) {
-			return fmt.Errorf("%s.user.name: %q is not a valid user name", key, e.User.Name)
-		}
 		if e.User.UID == 0 && e.User.GID == 0 {
-			e.User.UID, e.User.GID = 1000, 100
-		}
-		if e.User.UID <= 0 {
-			return fmt.Errorf("%s.user.uid: %d; user containers never run as root, use a uid above 0", key, e.User.UID)
-		}
-		if e.User.GID < 0 {
-			return fmt.Errorf("%s.user.gid: %d must not be negative", key, e.User.GID)
+			e.User.UID, e.User.GID = 1000, 100 // unset (an explicit uid 0 is refused where the config is read)
 		}
 		if e.Home == "" {
 			e.Home = "/home/" + e.User.Name
 		}
-		if !filepath.IsAbs(e.Home) || filepath.Clean(e.Home) == "/" {
-			return fmt.Errorf("%s.home: %q must be an absolute path below /", key, e.Home)
+		if err := e.checkRunAs(key); err != nil {
+			return err
 		}
 		if e.Port == 0 {
 			e.Port = 8888
@@ -415,4 +406,30 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// checkRunAs checks who and what an env runs as: the rules a lock must meet
+// at startup and on every reload alike.
+func (e EnvConfig) checkRunAs(key string) error {
+	if e.Image == "" {
+		return fmt.Errorf("%s.image: not set", key)
+	}
+	if !unixUserRE.MatchString(e.User.Name) {
+		return fmt.Errorf("%s.user.name: %q is not a valid user name", key, e.User.Name)
+	}
+	if e.User.UID <= 0 {
+		return fmt.Errorf("%s.user.uid: %d; user containers never run as root, use a uid above 0", key, e.User.UID)
+	}
+	if e.User.GID < 0 {
+		return fmt.Errorf("%s.user.gid: %d must not be negative", key, e.User.GID)
+	}
+	if !filepath.IsAbs(e.Home) || filepath.Clean(e.Home) == "/" {
+		return fmt.Errorf("%s.home: %q must be an absolute path below /", key, e.Home)
+	}
+	for i, a := range e.Cmd {
+		if a == "" || strings.ContainsRune(a, 0) {
+			return fmt.Errorf("%s.cmd[%d]: empty or holds a NUL", key, i)
+		}
+	}
+	return nil
 }

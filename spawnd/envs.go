@@ -2,6 +2,7 @@ package spawnd
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 // next start without a restart, and running servers of the old lock show as
 // outdated.
 type envTable struct {
+	log     *slog.Logger
 	mu      sync.RWMutex
 	envs    map[string]EnvConfig
 	mtime   map[string]time.Time
@@ -25,8 +27,8 @@ type envTable struct {
 // mark outdated servers without a stat per request.
 const lockCheckEvery = time.Second
 
-func newEnvTable(cfg map[string]EnvConfig) *envTable {
-	t := &envTable{envs: map[string]EnvConfig{}, mtime: map[string]time.Time{}, checked: map[string]time.Time{}}
+func newEnvTable(cfg map[string]EnvConfig, log *slog.Logger) *envTable {
+	t := &envTable{log: log, envs: map[string]EnvConfig{}, mtime: map[string]time.Time{}, checked: map[string]time.Time{}}
 	for k, v := range cfg {
 		t.envs[k] = v
 	}
@@ -50,8 +52,18 @@ func (t *envTable) get(name string) (EnvConfig, bool) {
 		return e, ok
 	}
 	ne, err := fromLock(e)
+	if err == nil {
+		// The same rules as at startup: a rebuilt lock cannot make servers
+		// run as root, or as a user name or home the config would refuse.
+		err = ne.checkRunAs("envs." + name)
+	}
 	if err != nil {
-		return e, ok // keep serving the last good lock; spawnd doctor reports the problem
+		// Keep serving the last good lock; say so once per change of the file.
+		t.mu.Lock()
+		t.mtime[name] = fi.ModTime()
+		t.mu.Unlock()
+		t.log.Error("the env's new lock is refused; the previous lock keeps serving", "env", name, "lock", envs.LockPath(e.Spec), "err", err)
+		return e, ok
 	}
 	t.mu.Lock()
 	t.envs[name], t.mtime[name] = ne, fi.ModTime()

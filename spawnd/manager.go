@@ -130,7 +130,7 @@ func NewManager(cfg Config, rt Runtime, log *slog.Logger, reg prometheus.Registe
 		servers:    make(map[key]*record),
 		deleting:   make(map[string]bool),
 		synced:     make(chan struct{}),
-		envs:       newEnvTable(cfg.Envs),
+		envs:       newEnvTable(cfg.Envs, log),
 	}
 	m.metrics = newMetrics(m, reg)
 	return m, nil

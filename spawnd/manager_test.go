@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -475,6 +476,81 @@ func TestEnvFromLockAndOutdated(t *testing.T) {
 		t.Fatalf("new server: %+v", s2)
 	}
 }
+
+// TestReloadedLockIsCheckedAsAtStartup: a lock rewritten under a running
+// daemon (re-sealed, so its digest is fine) that would run servers as root,
+// or as a user name the config refuses, is refused and logged, and the
+// previous lock keeps serving.
+func TestReloadedLockIsCheckedAsAtStartup(t *testing.T) {
+	cases := []struct {
+		name string
+		user envs.User
+		want string
+	}{
+		{"uid 0", envs.User{Name: "jovyan", UID: 0, GID: 0}, "user.uid"},
+		{"bad user name", envs.User{Name: "../root", UID: 1000, GID: 100}, "user.name"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rt := newFake()
+			cfg := testConfig(t)
+			spec := filepath.Join(t.TempDir(), "team.yaml")
+			good := writeTestLock(t, spec, "1")
+			rt.images[good.Tag()] = "sha256:one"
+			cfg.Envs = map[string]EnvConfig{"team": {Spec: spec}}
+			cfg.Teams = nil
+			var logs lockedLog
+			m, err := NewManager(cfg, rt, slog.New(slog.NewTextHandler(&logs, nil)), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.Dial = func(context.Context, string) error { return nil }
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { m.Run(ctx); close(done) }()
+			defer func() { cancel(); <-done; m.Close() }()
+			<-m.Synced()
+
+			time.Sleep(10 * time.Millisecond) // a distinct mtime
+			bad := &envs.Lock{Env: "team", SpecChecksum: "sha256:x", Base: envs.Base{Ref: "b", Digest: "sha256:b"},
+				Cmd: []string{"jupyterhub-singleuser"}, User: tc.user}
+			bad.Seal()
+			if err := envs.WriteLock(envs.LockPath(spec), bad); err != nil {
+				t.Fatal(err)
+			}
+			rt.images[bad.Tag()] = "sha256:bad"
+			eventually(t, "the refused lock to be logged", func() bool {
+				m.Options(nil) // locks are looked at when used, at most once a second
+				return strings.Contains(logs.String(), "new lock is refused")
+			})
+			if !strings.Contains(logs.String(), tc.want) {
+				t.Fatalf("the log does not name %s:\n%s", tc.want, logs.String())
+			}
+			s, err := m.Start(context.Background(), "olga", "", api.StartRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Image != good.Tag() || s.LockDigest != good.Digest {
+				t.Fatalf("a start after a refused lock: %+v, want the previous lock %s", s, good.Tag())
+			}
+			if n := strings.Count(logs.String(), "new lock is refused"); n != 1 {
+				t.Fatalf("the refusal was logged %d times, want once per change of the file", n)
+			}
+		})
+	}
+}
+
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+func (l *lockedLog) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 func TestTeamsDecideEnvsProfilesAndSharedFolders(t *testing.T) {
 	rt := newFake()

@@ -75,6 +75,12 @@ func decodeConfig(path string, flags *pflag.FlagSet) (daemon.Config, string, err
 		}
 		return daemon.Config{}, v.ConfigFileUsed(), fmt.Errorf("%s: %w", where, err)
 	}
+	// An unset uid defaults to 1000; a uid written as 0 is root, refused.
+	for name, e := range cfg.Envs {
+		if key := "envs." + name + ".user.uid"; e.User.UID == 0 && v.IsSet(key) {
+			return daemon.Config{}, v.ConfigFileUsed(), fmt.Errorf("%s: 0 is root; user containers never run as root, use a uid above 0 (e.g. 1000)", key)
+		}
+	}
 	return cfg, v.ConfigFileUsed(), nil
 }
 

@@ -94,6 +94,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"yaml syntax", goodConfig + "envs: [\n", "line"},
 		{"metrics token is the API token", goodConfig + "metrics_token: 0123456789abcdef0123456789abcdef\n", "metrics_token_file"},
 		{"short metrics token", goodConfig + "metrics_token: abc\n", "metrics_token_file"},
+		{"explicit uid 0", strings.Replace(goodConfig, "image: spawnd/team:abc", "image: spawnd/team:abc\n    user: {name: jovyan, uid: 0}", 1), "envs.team.user.uid: 0 is root"},
 		{"bad egress block", goodConfig + "network: {egress: {block: [10.0.0.0/33]}}\n", "network.egress.block[0]"},
 		{"bad egress port", goodConfig + "network: {egress: {host_ports: [8081, 70000]}}\n", "network.egress.host_ports[1]"},
 		{"unknown egress key", goodConfig + "network: {egress: {allow: [1.2.3.4]}}\n", "allow"},
