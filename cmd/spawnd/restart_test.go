@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +17,8 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/envs"
+	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/spawnd"
 	"github.com/spawnd/spawnd/spawnd/docker"
@@ -373,5 +376,76 @@ func TestCLIPsStopAndHome(t *testing.T) {
 	}
 	if out, err := exec.Command(w.bin, "ps", "--addr", addr).CombinedOutput(); err == nil || !strings.Contains(string(out), "no token") {
 		t.Fatalf("ps without a token: %v %s", err, out)
+	}
+}
+
+// TestKill9DuringBuild: `spawnd serve` killed with -9 in the middle of an
+// env build it runs for the API leaves the previous lock whole and serving
+// (a relock replaces the lock only after its image is built), and the next
+// daemon's build of the same spec succeeds.
+func TestKill9DuringBuild(t *testing.T) {
+	eng := testenv.Engine(t)
+	base := testenv.EnsureDebianBase(t, eng)
+	dir := t.TempDir()
+	env := fmt.Sprintf("kbuild%d", time.Now().UnixNano()%1000000)
+	spec := filepath.Join(dir, env+".yaml")
+	write := func(apt string) {
+		body := fmt.Sprintf("name: %s\nbase: %s\napt: [%s]\n", env, base, apt)
+		if err := os.WriteFile(spec, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("jq")
+	t.Cleanup(func() { testenv.RemoveImages(eng, images.LabelEnv, env) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if _, err := images.Build(ctx, eng, spec, images.Options{CACerts: testenv.HostCACerts(t)}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := envs.ReadLock(envs.LockPath(spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newProcWorld(t, fmt.Sprintf("  %s: {spec: %s}\ndefault_env: team\n", env, spec))
+	p := w.start(t)
+	waitAnswer(t, w.c)
+
+	write("jq, tree") // a relock and a new apt layer: seconds of work for the engine
+	killed := make(chan struct{})
+	var once sync.Once
+	var seen []string
+	err = w.c.BuildEnv(ctx, env, true, func(ev api.BuildEvent) error {
+		seen = append(seen, ev.Phase+" "+ev.Step)
+		if ev.Phase == "build" && ev.Step != "accepted" && !ev.Done { // locked; the image is being built
+			once.Do(func() { p.kill(); close(killed) })
+		}
+		return nil
+	})
+	select {
+	case <-killed:
+	default:
+		t.Fatalf("the build ended before the daemon could be killed in it (err %v, events %v)", err, seen)
+	}
+	t.Logf("killed during %q (events %v); the client saw: %v", seen[len(seen)-1], seen, err)
+	after, err := envs.ReadLock(envs.LockPath(spec))
+	if err != nil {
+		t.Fatalf("the lock after kill -9 during a build: %v", err)
+	}
+	if after.Digest != before.Digest {
+		t.Fatalf("the lock changed although its build never finished: %s -> %s", before.Digest, after.Digest)
+	}
+
+	w.start(t)
+	waitAnswer(t, w.c)
+	var last api.BuildEvent
+	if err := w.c.BuildEnv(ctx, env, true, func(ev api.BuildEvent) error { last = ev; return nil }); err != nil || !last.Done || last.Error != "" {
+		t.Fatalf("the build after the restart: %v %+v", err, last)
+	}
+	done, err := envs.ReadLock(envs.LockPath(spec))
+	if err != nil || done.Digest == before.Digest || done.Tag() != last.Tag {
+		t.Fatalf("the lock after the second build: %+v %v (event tag %s)", done, err, last.Tag)
+	}
+	if _, err := eng.ImageID(ctx, done.Tag()); err != nil {
+		t.Fatalf("the new lock's image: %v", err)
 	}
 }
