@@ -104,7 +104,9 @@ func TestSecurityClaimsOnTheEngine(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _, _ = eng.Client().ContainerRemove(context.Background(), name, client.ContainerRemoveOptions{Force: true}) })
+		t.Cleanup(func() {
+			_, _ = eng.Client().ContainerRemove(context.Background(), name, client.ContainerRemoveOptions{Force: true})
+		})
 		if _, err := h.client.Start(ctx, "judy", "", api.StartRequest{}); api.ErrorCode(err) != api.CodeConflict {
 			t.Fatalf("start over a foreign container: %v, want conflict", err)
 		}
