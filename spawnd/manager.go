@@ -844,6 +844,15 @@ func (m *Manager) probeLocked(rec *record) {
 				if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 					prog.add(api.ProgressEvent{Progress: 100, Step: api.StepFailed, Failed: true,
 						Message: fmt.Sprintf("The server did not open its port within %s", m.cfg.StartTimeout)})
+					// Failed, not "running, not ready" for ever: the hub's poll
+					// ends the spawn, and a WaitReady returns.
+					m.mu.Lock()
+					if rec.containerID == id && rec.srv.State == api.StateRunning && !rec.srv.Ready {
+						rec.srv.State = api.StateFailed
+						rec.srv.Reason = fmt.Sprintf("did not listen on its port within start_timeout (%s)", m.cfg.StartTimeout)
+						rec.probeCancel = nil
+					}
+					m.mu.Unlock()
 				}
 				return
 			case <-time.After(50 * time.Millisecond):

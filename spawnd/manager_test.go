@@ -268,6 +268,36 @@ func TestExitReportedFromEvents(t *testing.T) {
 	}
 }
 
+// TestProbeTimeoutFails: an adopted server that never opens its port is
+// marked failed when its probe times out, so a WaitReady or the hub's poll
+// ends instead of waiting for ever.
+func TestProbeTimeoutFails(t *testing.T) {
+	rt := newFake()
+	cfg := testConfig(t)
+	cfg.StartTimeout = 300 * time.Millisecond
+	rt.add(Container{ID: "mute", Name: "a", State: EngineRunning, HostPort: 41001,
+		Labels: map[string]string{LabelManaged: "true", LabelInstance: "unit", LabelUser: "mia", LabelServer: "",
+			LabelEnv: "team", LabelLockDigest: "sha256:old", LabelPort: "8888"}})
+	m, err := NewManager(cfg, rt, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Dial = func(context.Context, string) error { return errors.New("connection refused") }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done; m.Close() }()
+	<-m.Synced()
+	eventually(t, "the mute server to be marked failed", func() bool {
+		s, _ := m.Status("mia", "")
+		return s.State == api.StateFailed
+	})
+	s, _ := m.Status("mia", "")
+	if s.Ready || !strings.Contains(s.Reason, "did not listen") {
+		t.Fatalf("the mute server: %+v", s)
+	}
+}
+
 func TestAdoptsContainersOnStartup(t *testing.T) {
 	rt := newFake()
 	cfg := testConfig(t)
