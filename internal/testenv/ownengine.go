@@ -87,7 +87,9 @@ func (e *OwnEngine) Start(liveRestore bool) {
 	}
 	cmd := exec.Command("dockerd", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// It ends with the test binary, even after go test's -timeout kill
+	// (scripts/sweep cleans up what a SIGKILL of dockerd itself leaves).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
