@@ -187,7 +187,7 @@ func TestSecurityClaimsNameRealTests(t *testing.T) {
 		for i, l := range lines {
 			if strings.Contains(l, "`"+m[1]+"`") {
 				// the claim's paragraph: this line and its neighbours
-				para := strings.Join(lines[max(0, i-3):min(len(lines), i+3)], " ")
+				para := strings.Join(strings.Fields(strings.Join(lines[max(0, i-3):min(len(lines), i+3)], " ")), " ")
 				marked = marked || strings.Contains(para, "no engine")
 			}
 		}
