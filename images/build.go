@@ -335,9 +335,13 @@ func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Resu
 	}
 	plan := NewPlan(l, StageAll)
 	opts.emit(began, Event{Phase: "build", Step: "start", Message: "building " + res.Tag})
-	id, err := eng.Build(ctx, BuildSpec{Context: plan.Tar(), Tags: []string{res.Tag}, Network: opts.Network, NoCache: opts.NoCache, BuildArgs: opts.buildArgs()}, buildLines(&opts, began, "build"))
+	lines, tail := buildLines(&opts, began, "build"), newLineTail(12)
+	id, err := eng.Build(ctx, BuildSpec{Context: plan.Tar(), Tags: []string{res.Tag}, Network: opts.Network, NoCache: opts.NoCache, BuildArgs: opts.buildArgs()},
+		func(bl BuildLine) { tail.add(bl.Stream); lines(bl) })
 	if err != nil {
-		return Result{}, fmt.Errorf("building %s: %w", res.Tag, err)
+		// The engine's error names only the failed step; the reason (pip's
+		// hash mismatch, apt's missing package) is in the lines before it.
+		return Result{}, fmt.Errorf("building %s: %w%s", res.Tag, err, tail.String())
 	}
 	if opts.Relock {
 		if err := envs.WriteLock(envs.LockPath(specPath), l); err != nil {
@@ -374,4 +378,32 @@ func buildLines(opts *Options, began time.Time, phase string) func(BuildLine) {
 			opts.emit(began, Event{Phase: phase, Step: step, Message: "transferring", Bytes: bl.Bytes})
 		}
 	}
+}
+
+// lineTail keeps the last non-empty lines of a build's output.
+type lineTail struct {
+	max   int
+	lines []string
+}
+
+func newLineTail(n int) *lineTail { return &lineTail{max: n} }
+
+var ansiRE = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
+
+func (t *lineTail) add(s string) {
+	for _, l := range strings.Split(ansiRE.ReplaceAllString(s, ""), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "---> ") && !strings.HasPrefix(l, " ---> ") {
+			t.lines = append(t.lines, l)
+		}
+	}
+	if len(t.lines) > t.max {
+		t.lines = t.lines[len(t.lines)-t.max:]
+	}
+}
+
+func (t *lineTail) String() string {
+	if len(t.lines) == 0 {
+		return ""
+	}
+	return "; the build's last lines:\n  " + strings.Join(t.lines, "\n  ")
 }

@@ -272,3 +272,54 @@ func TestLockBuildRelockPushSaveLoad(t *testing.T) {
 		t.Fatalf("loaded image %v %v, want %s", li.ID, err, res3.ImageID)
 	}
 }
+
+// TestWrongPackageHashFailsAndLeavesNoImage: a lock whose pip hash does not
+// match the wheel the index serves (re-sealed, so the lock itself is
+// accepted: the build's own check must catch it) fails to build, names the
+// mismatch, and leaves no image under the lock's tag.
+func TestWrongPackageHashFailsAndLeavesNoImage(t *testing.T) {
+	eng := testenv.Engine(t)
+	base := testenv.EnsureDebianBase(t, eng)
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	env := "itest-" + hex.EncodeToString(b)
+	t.Cleanup(func() { testenv.RemoveImages(eng, images.LabelEnv, env) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	ix := testenv.NewIndex(t)
+	ix.Add("spawndtestc", "1.0")
+	spec := filepath.Join(t.TempDir(), env+".yaml")
+	writeSpec(t, spec, env, base, ix.URL, "spawndtestc")
+	l, _, err := images.LockOrLoad(ctx, eng, mustLoad(t, spec), spec, images.Options{Network: "host"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Pip == nil || len(l.Pip.Packages) != 1 {
+		t.Fatalf("pip lock: %+v", l.Pip)
+	}
+	l.Pip.Packages[0].SHA256 = strings.Repeat("0", 64) // not the wheel's
+	l.Seal()
+	if err := envs.WriteLock(envs.LockPath(spec), l); err != nil {
+		t.Fatal(err)
+	}
+	_, err = images.Build(ctx, eng, spec, images.Options{Network: "host"})
+	if err == nil {
+		t.Fatal("a build with a wrong package hash succeeded")
+	}
+	t.Logf("refused: %s", err)
+	if !strings.Contains(err.Error(), "DO NOT MATCH THE HASHES") {
+		t.Fatalf("the error does not carry pip's hash mismatch: %v", err)
+	}
+	if _, err := eng.ImageID(ctx, l.Tag()); err == nil {
+		t.Fatalf("a failed build left the image %s", l.Tag())
+	}
+}
+
+func mustLoad(t *testing.T, spec string) *envs.Spec {
+	t.Helper()
+	s, err := envs.Load(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
