@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -121,4 +122,15 @@ func heapPerServer(n int) float64 {
 	rt.mu.Unlock()
 	m.Close()
 	return float64(after-before-rtBytes) / float64(n) / 1024
+}
+
+// countingInspects counts the inspects a runtime is asked for.
+type countingInspects struct {
+	spawnd.Runtime
+	n atomic.Int64
+}
+
+func (c *countingInspects) Inspect(ctx context.Context, id string) (spawnd.Container, error) {
+	c.n.Add(1)
+	return c.Runtime.Inspect(ctx, id)
 }

@@ -88,14 +88,14 @@ func (b *bench) spawnOverhead() {
 		_, _ = w.client.Stop(b.ctx, user, "")
 		return took
 	}, func(i int) time.Duration {
-		c, took := b.rawStart(b.rawSpec(w, fmt.Sprintf("s%d", i)))
-		_ = b.eng.Remove(b.ctx, c.ID, 0)
+		id, took, _ := b.rawStart(b.rawSpec(w, fmt.Sprintf("s%d", i)))
+		_ = b.rawRemove(id, 0)
 		return took
 	})
 	sm, s95 := stats(sp)
 	rm, r95 := stats(raw)
 	r := ratio(sm, rm)
-	b.add(row{figure: fmt.Sprintf("spawn: API start → running (median, p95; %d rounds)", b.rounds),
+	b.add(row{figure: fmt.Sprintf("spawn: API start → running (median, %s; n=%d each, interleaved)", tailName(b.rounds), b.rounds),
 		spawnd: ms(sm) + ", " + ms(s95), raw: ms(rm) + ", " + ms(r95),
 		ratio: fmt.Sprintf("%.2f×", r), target: "≤ 1.10×", pass: r <= 1.10})
 }
@@ -138,16 +138,16 @@ func (b *bench) spawnToHTTP() {
 		return took
 	}, func(i int) time.Duration {
 		began := time.Now()
-		c, _ := b.rawStart(b.rawSpec(w, fmt.Sprintf("h%d", i)))
-		waitHTTP("127.0.0.1", c.HostPort)
+		id, _, hostPort := b.rawStart(b.rawSpec(w, fmt.Sprintf("h%d", i)))
+		waitHTTP("127.0.0.1", hostPort)
 		took := time.Since(began)
-		_ = b.eng.Remove(b.ctx, c.ID, 0)
+		_ = b.rawRemove(id, 0)
 		return took
 	})
 	sm, s95 := stats(sp)
 	rm, r95 := stats(raw)
 	r := ratio(sm, rm)
-	b.add(row{figure: "spawn: API start → HTTP 200 (median, p95)", spawnd: ms(sm) + ", " + ms(s95), raw: ms(rm) + ", " + ms(r95),
+	b.add(row{figure: fmt.Sprintf("spawn: API start → HTTP 200 (median, %s; n=%d each, interleaved)", tailName(b.rounds), b.rounds), spawnd: ms(sm) + ", " + ms(s95), raw: ms(rm) + ", " + ms(r95),
 		ratio: fmt.Sprintf("%.2f×", r), target: "≤ 1.05×", pass: r <= 1.05, note: "busybox httpd stand-in"})
 }
 
@@ -187,11 +187,7 @@ func (b *bench) classStart() {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					id, err := b.eng.Create(b.ctx, specs[i])
-					if err == nil {
-						err = b.eng.Start(b.ctx, id)
-					}
-					if err != nil {
+					if _, err := b.rawCreate(specs[i]); err != nil {
 						rawFails.Add(1)
 					}
 				}()
@@ -213,7 +209,7 @@ func (b *bench) classStart() {
 		sm, _ := stats(sp)
 		rm, _ := stats(raw)
 		r := ratio(sm, rm)
-		b.add(row{figure: fmt.Sprintf("class start: %d users at once, all running (median of 3)", n), spawnd: ms(sm), raw: ms(rm),
+		b.add(row{figure: fmt.Sprintf("class start: %d users at once, all running (median of 3 trials each, interleaved)", n), spawnd: ms(sm), raw: ms(rm),
 			ratio: fmt.Sprintf("%.2f×", r), target: "≤ 1.15×, 0 failures", pass: r <= 1.15 && fails.Load() == 0 && rawFails.Load() == 0,
 			note: fmt.Sprintf("%d spawnd failures, %d raw failures", fails.Load(), rawFails.Load())})
 	}
@@ -281,14 +277,17 @@ func (b *bench) statusLatency() {
 		return lat
 	}
 	sp := load(func(i int) error { _, err := w.client.Status(b.ctx, fmt.Sprintf("s%03d", i%100), ""); return err })
-	raw := load(func(i int) error { _, err := b.eng.Inspect(b.ctx, ids[i%100]); return err })
+	raw := load(func(i int) error { return b.rawInspect(ids[i%100]) })
 	s99, r99 := pct(sp, 0.99), pct(raw, 0.99)
 	b.add(row{figure: "status: p99 at 500 req/s, 100 servers (2,000 requests)", spawnd: ms(s99), raw: ms(r99) + " (inspect)",
 		ratio: fmt.Sprintf("%.2f×", ratio(s99, r99)), target: "≤ 5 ms", pass: s99 <= 5*time.Millisecond})
 }
 
-// reconcile: a full reconcile with 300 labelled containers, against the
-// engine's listing of them.
+// reconcile: a full reconcile with 300 running, labelled containers: the
+// listing it answers after, and the inspects it then runs in the background
+// (counted, and timed until the last), against the engine's listing of the
+// same containers while spawnd is idle; five rounds, alternating which side
+// goes first.
 func (b *bench) reconcile() {
 	w := b.newWorld(nil)
 	defer b.closeWorld(w)
@@ -297,36 +296,69 @@ func (b *bench) reconcile() {
 			spawnd.LabelUser: fmt.Sprintf("r%03d", i), spawnd.LabelServer: "", spawnd.LabelPort: "8888"}
 	}
 	parallel(300, func(i int) {
-		_, err := b.eng.Create(b.ctx, spawnd.ContainerSpec{Name: fmt.Sprintf("spawnd-%s-r%03d", w.cfg.Instance, i), Image: b.image,
-			Labels: labels(i), Port: 8888, Network: w.cfg.Network.Name, PidsLimit: 64})
+		id, err := b.eng.Create(b.ctx, spawnd.ContainerSpec{Name: fmt.Sprintf("spawnd-%s-r%03d", w.cfg.Instance, i), Image: b.image,
+			Labels: labels(i), Port: 8888, Network: w.cfg.Network.Name, PidsLimit: 64, Memory: 64 << 20})
+		if err == nil {
+			err = b.eng.Start(b.ctx, id)
+		}
 		if err != nil {
 			log.Fatal(err)
 		}
 	})
-	mgr := w.d.Manager()
-	var sp, raw []time.Duration
+	time.Sleep(3 * time.Second) // the world's own daemon has followed the starts; now it is idle
+	// A manager of its own on a runtime that counts inspects; it does not
+	// follow events, so nothing but the reconcile talks to the engine.
+	rt := &countingInspects{Runtime: b.eng}
+	mgr, err := spawnd.NewManager(w.cfg.Config, rt, nil, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer mgr.Close()
 	f := client.Filters{}
 	f.Add("label", spawnd.LabelInstance+"="+w.cfg.Instance)
-	for range 5 {
-		began := time.Now()
-		if err := mgr.Reconcile(b.ctx); err != nil {
-			log.Fatal(err)
+	var sp, full, raw []time.Duration
+	var inspects []int64
+	for round := range 5 {
+		reconcile := func() {
+			before := rt.n.Load()
+			began := time.Now()
+			if err := mgr.Reconcile(b.ctx); err != nil {
+				log.Fatal(err)
+			}
+			sp = append(sp, time.Since(began))
+			deadline := time.Now().Add(time.Minute)
+			for rt.n.Load()-before < 300 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			full = append(full, time.Since(began))
+			time.Sleep(200 * time.Millisecond) // let the last inspects' bookkeeping finish
+			inspects = append(inspects, rt.n.Load()-before)
 		}
-		sp = append(sp, time.Since(began))
-		began = time.Now()
-		if _, err := b.eng.Client().ContainerList(b.ctx, client.ContainerListOptions{All: true, Filters: f}); err != nil {
-			log.Fatal(err)
+		list := func() {
+			began := time.Now()
+			if _, err := b.eng.Client().ContainerList(b.ctx, client.ContainerListOptions{All: true, Filters: f}); err != nil {
+				log.Fatal(err)
+			}
+			raw = append(raw, time.Since(began))
 		}
-		raw = append(raw, time.Since(began))
+		if round%2 == 0 {
+			reconcile()
+			list()
+		} else {
+			list()
+			reconcile()
+		}
 	}
 	sm, _ := stats(sp)
+	fm, _ := stats(full)
 	rm, _ := stats(raw)
 	if l, _ := mgr.List(); len(l) != 300 {
-		n := len(l)
-		log.Printf("  reconcile saw %d servers, want 300", n)
+		log.Printf("  reconcile saw %d servers, want 300", len(l))
 	}
-	b.add(row{figure: "reconcile: 300 containers, full (median of 5)", spawnd: ms(sm), raw: ms(rm) + " (list only)",
-		ratio: fmt.Sprintf("%.1f×", ratio(sm, rm)), target: "≤ 100 ms", pass: sm <= 100*time.Millisecond})
+	b.add(row{figure: "reconcile: 300 running containers (median; n=5 each, alternating)", spawnd: ms(sm) + " to answer; " + ms(fm) + " with its inspects",
+		raw:   ms(rm) + " (list only, spawnd idle)",
+		ratio: fmt.Sprintf("%.1f×", ratio(sm, rm)), target: "≤ 100 ms", pass: sm <= 100*time.Millisecond,
+		note: fmt.Sprintf("%v background inspects per round", inspects)})
 }
 
 func (b *bench) binary() string {
@@ -434,9 +466,11 @@ func (b *bench) memory() {
 	per := float64(rss100-rss50) / 50
 	b.add(row{figure: "memory: daemon RSS idle", spawnd: fmt.Sprintf("%.1f MB", float64(idle)/1024), raw: "-", ratio: "-",
 		target: "≤ 25 MB", pass: idle <= 25*1024})
-	b.add(row{figure: "memory: RSS per server, 50 → 100 real containers", spawnd: fmt.Sprintf("%.1f KB", per), raw: "-", ratio: "-",
-		target: "≤ 50 KB", pass: per <= 50,
-		note: fmt.Sprintf("0 → 50: %.0f KB/server, one-off pools and buffers included", first)})
+	// The target was set on the first 50 servers; it is judged there, as
+	// first defined, even though the cost is mostly one-off (see the notes).
+	b.add(row{figure: "memory: RSS per server, 0 → 50 real containers", spawnd: fmt.Sprintf("%.0f KB", first), raw: "-", ratio: "-",
+		target: "≤ 50 KB", pass: first <= 50,
+		note: fmt.Sprintf("50 → 100: %.1f KB/server; the first 50 include one-off pools and buffers", per)})
 
 	heap := heapPerServer(1000)
 	b.add(row{figure: "memory: heap per server (1,000, in-memory runtime)", spawnd: fmt.Sprintf("%.1f KB", heap), raw: "-", ratio: "-",
@@ -465,7 +499,7 @@ func (b *bench) restart() {
 		ds = append(ds, time.Since(began))
 	}
 	m, p95 := stats(ds)
-	b.add(row{figure: "restart: kill -9 with 50 servers → all adopted (median, max of 5)", spawnd: ms(m) + ", " + ms(p95), raw: "-", ratio: "-",
+	b.add(row{figure: "restart: kill -9 with 50 servers → all adopted (median, max; n=5)", spawnd: ms(m) + ", " + ms(p95), raw: "-", ratio: "-",
 		target: "≤ 1 s", pass: p95 <= time.Second})
 }
 
@@ -479,22 +513,33 @@ func (b *bench) stop() {
 		if _, err := w.client.Start(b.ctx, user, "", api.StartRequest{}); err != nil {
 			log.Fatal(err)
 		}
-		c, _ := b.rawStart(b.rawSpec(w, fmt.Sprintf("st%02d", i)))
+		id, _, _ := b.rawStart(b.rawSpec(w, fmt.Sprintf("st%02d", i)))
 		time.Sleep(100 * time.Millisecond)
-		began := time.Now()
-		if _, err := w.client.Stop(b.ctx, user, ""); err != nil {
-			log.Fatal(err)
+		stopSpawnd := func() {
+			began := time.Now()
+			if _, err := w.client.Stop(b.ctx, user, ""); err != nil {
+				log.Fatal(err)
+			}
+			sp = append(sp, time.Since(began))
 		}
-		sp = append(sp, time.Since(began))
-		began = time.Now()
-		if err := b.eng.Remove(b.ctx, c.ID, 3*time.Second); err != nil {
-			log.Fatal(err)
+		stopRaw := func() {
+			began := time.Now()
+			if err := b.rawRemove(id, 3*time.Second); err != nil {
+				log.Fatal(err)
+			}
+			raw = append(raw, time.Since(began))
 		}
-		raw = append(raw, time.Since(began))
+		if i%2 == 0 { // alternate which side goes first
+			stopSpawnd()
+			stopRaw()
+		} else {
+			stopRaw()
+			stopSpawnd()
+		}
 	}
 	sm, s95 := stats(sp)
 	rm, r95 := stats(raw)
-	b.add(row{figure: "stop: request → container gone (median, p95)", spawnd: ms(sm) + ", " + ms(s95), raw: ms(rm) + ", " + ms(r95) + " (stop+rm)",
+	b.add(row{figure: "stop: request → container gone (median, p95; n=20 each, alternating)", spawnd: ms(sm) + ", " + ms(s95), raw: ms(rm) + ", " + ms(r95) + " (stop+rm)",
 		ratio: fmt.Sprintf("%.2f×", ratio(sm, rm)), target: "p95 ≤ 1 s", pass: s95 <= time.Second})
 }
 
@@ -543,7 +588,7 @@ func (b *bench) noopBuild() {
 	}
 	m, _ := stats(ds)
 	rm, _ := stats(raw)
-	b.add(row{figure: "build: no-op (unchanged lock, image present; median of 10)", spawnd: fmt.Sprintf("%s, %d engine builds", ms(m), ce.builds.Load()),
+	b.add(row{figure: "build: no-op (unchanged lock, image present; median, n=10)", spawnd: fmt.Sprintf("%s, %d engine builds", ms(m), ce.builds.Load()),
 		raw: ms(rm) + " (image inspect)", ratio: fmt.Sprintf("%.1f×", ratio(m, rm)), target: "0 builds, ≤ 50 ms", pass: ce.builds.Load() == 0 && m <= 50*time.Millisecond})
 }
 
@@ -599,7 +644,7 @@ func (b *bench) pipRebuild() {
 	write("benchpkga==1.1")
 	lockTook, change := lockThenBuild(false)
 	r := ratio(change, full)
-	b.add(row{figure: "build: rebuild after one pip change vs full build (no cache)", spawnd: ms(change), raw: ms(full) + " (full)",
+	b.add(row{figure: "build: rebuild after one pip change vs full build (no cache; n=1 each)", spawnd: ms(change), raw: ms(full) + " (full)",
 		ratio: fmt.Sprintf("%.2f×", r), target: "apt layer reused", pass: r < 0.5,
 		note: fmt.Sprintf("locking, the same either way, took %s more", ms(lockTook))})
 }

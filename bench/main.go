@@ -61,7 +61,7 @@ type bench struct {
 func main() {
 	md := flag.String("md", "", "also write the results as Markdown to this file")
 	only := flag.String("only", "", "comma-separated figures: spawn,http,class,burst,status,reconcile,memory,restart,stop,build,pip,auth,hub")
-	rounds := flag.Int("rounds", 15, "rounds for the per-spawn figures")
+	rounds := flag.Int("rounds", 20, "rounds for the per-spawn figures (a p95 needs at least 20; fewer report the max)")
 	classes := flag.String("class", "20,50,100", "class sizes for the hub figures")
 	flag.Parse()
 	log.SetFlags(0)
@@ -209,31 +209,26 @@ func (b *bench) rawSpec(w *world, name string) spawnd.ContainerSpec {
 	}
 }
 
-// rawStart creates and starts a container and returns it inspected.
-func (b *bench) rawStart(spec spawnd.ContainerSpec) (spawnd.Container, time.Duration) {
-	began := time.Now()
-	id, err := b.eng.Create(b.ctx, spec)
-	if err != nil {
-		log.Fatal(err)
-	}
-	if err := b.eng.Start(b.ctx, id); err != nil {
-		log.Fatal(err)
-	}
-	took := time.Since(began)
-	c, err := b.eng.Inspect(b.ctx, id)
-	if err != nil {
-		log.Fatal(err)
-	}
-	return c, took
-}
-
-func stats(ds []time.Duration) (median, p95 time.Duration) {
+// stats returns the median and the tail of a sample: the nearest-rank p95
+// with 20 or more samples, else the maximum (tailName says which).
+func stats(ds []time.Duration) (median, tail time.Duration) {
 	if len(ds) == 0 {
 		return 0, 0
 	}
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	if len(s) < 20 {
+		return s[len(s)/2], s[len(s)-1]
+	}
 	return s[len(s)/2], s[min(len(s)-1, (len(s)*95+99)/100-1)]
+}
+
+// tailName is what stats' second value is for n samples.
+func tailName(n int) string {
+	if n < 20 {
+		return "max"
+	}
+	return "p95"
 }
 
 func pct(ds []time.Duration, p float64) time.Duration {

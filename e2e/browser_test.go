@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/envs"
+	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/ci"
 	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/spawnd"
@@ -41,11 +43,20 @@ func TestBrowserFirstDay(t *testing.T) {
 	eng := testenv.Engine(t)
 	testenv.EnsureDebianBase(t, eng)
 	root := testenv.RepoRoot(t)
-	specText, err := os.ReadFile(filepath.Join(root, "envs", "team.yaml"))
+	// The shipped team env as the quickstart builds it: locked in place on
+	// first use (the lock pins this machine's base image, so it is not
+	// committed), then reused.
+	teamSpec := filepath.Join(root, "envs", "team.yaml")
+	bctx, bcancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer bcancel()
+	if _, err := images.Build(bctx, eng, teamSpec, images.Options{CACerts: testenv.HostCACerts(t)}); err != nil {
+		t.Fatalf("building the team env: %v", err)
+	}
+	specText, err := os.ReadFile(teamSpec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lock, err := os.ReadFile(filepath.Join(root, "envs", "team.lock.json"))
+	lock, err := os.ReadFile(envs.LockPath(teamSpec))
 	if err != nil {
 		t.Fatal(err)
 	}
