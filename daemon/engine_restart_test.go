@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -94,7 +95,8 @@ func TestEngineRestart(t *testing.T) {
 	dctx, dcancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d2.Run(dctx); d2.Close() }()
-	defer func() { dcancel(); <-done }()
+	stopD2 := sync.OnceFunc(func() { dcancel(); <-done })
+	defer stopD2()
 	c2, _ := api.NewClient(d2.Addr().String(), cfg.Token)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -121,6 +123,42 @@ func TestEngineRestart(t *testing.T) {
 			t.Fatalf("after the engine came back: %+v %v", got, err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+
+	// The engine restarts while a daemon is starting: the engine is stopped
+	// at the moment the daemon begins its first sync, and started again. No
+	// answer in between may say the server is gone (404), and afterwards
+	// the daemon reports the same container, running.
+	stopD2()
+	d3, err := daemon.New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d3ctx, d3cancel := context.WithCancel(context.Background())
+	done3 := make(chan error, 1)
+	stopped := make(chan struct{})
+	go func() { own.Stop(); close(stopped) }()
+	go func() { done3 <- d3.Run(d3ctx); d3.Close() }()
+	defer func() { d3cancel(); <-done3 }()
+	c3, _ := api.NewClient(d3.Addr().String(), cfg.Token)
+	<-stopped
+	own.Start(true)
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		got, err := c3.Status(ctx, "alice", "")
+		if api.ErrorCode(err) == api.CodeNotFound {
+			t.Fatalf("a daemon starting across an engine restart said the server is gone: %v", err)
+		}
+		if err == nil && got.State == api.StateRunning && got.ContainerID == s2.ContainerID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a daemon started across an engine restart: %+v %v", got, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if list, err := c3.List(ctx); err != nil || len(list) != 1 {
+		t.Fatalf("servers after starting across an engine restart: %+v %v", list, err)
 	}
 }
 
