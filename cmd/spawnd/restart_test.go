@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -203,17 +204,36 @@ func TestKill9DuringConcurrentStarts(t *testing.T) {
 		}
 	}
 	homesBefore := testenv.TreeSum(t, w.homes)
+	var answered atomic.Int32
 	for _, u := range users {
-		go func() { _, _ = w.c.Start(ctx, u, "", api.StartRequest{}) }()
+		go func() {
+			if _, err := w.c.Start(ctx, u, "", api.StartRequest{}); err == nil {
+				answered.Add(1)
+			}
+		}()
 	}
-	time.Sleep(300 * time.Millisecond) // some starts done, some in flight, some not begun
+	// Kill as soon as the first start has answered: some starts are done,
+	// others in flight (the admission limit lets 4 boot at once).
+	deadline := time.Now().Add(30 * time.Second)
+	for answered.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no start answered within 30 s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 	p.kill()
+	done := answered.Load()
 	mid := len(listOurs(t, w))
+	// More containers than answered starts: those starts were in flight.
+	if done >= n || mid <= int(done) {
+		t.Fatalf("the kill did not land while starts were in flight: %d of %d answered, %d containers", done, n, mid)
+	}
+	t.Logf("killed with %d of %d starts answered and %d containers on the engine", done, n, mid)
 	p = w.start(t)
 	waitAnswer(t, w.c)
 
 	// Half-made containers go within reap_grace (1 s) plus a reaper tick.
-	deadline := time.Now().Add(20 * time.Second)
+	deadline = time.Now().Add(20 * time.Second)
 	for {
 		created := 0
 		for _, c := range listOurs(t, w) {
