@@ -65,9 +65,3 @@ func (p *progressLog) Follow(ctx context.Context, fn func(api.ProgressEvent) err
 		}
 	}
 }
-
-func (p *progressLog) snapshot() []api.ProgressEvent {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]api.ProgressEvent(nil), p.events...)
-}
