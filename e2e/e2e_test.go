@@ -180,6 +180,27 @@ c.JupyterHub.load_roles = [{"name": "e2e-admin", "services": ["e2e"],
 		w.spawndAddr, w.cfg.Token, w.adminToken) + w.extraHubConfig
 }
 
+// useShippedConfig makes the next startHub run deploy/jupyterhub_config.py
+// as shipped, wired to this world's daemon and ports, with the settings
+// given (SPAWND_HUB_AUTH and the rest). The config asks spawnd for the
+// gateway to put the hub's API on, as on a real host.
+func (w *world) useShippedConfig(settings ...string) {
+	w.t.Helper()
+	tok := filepath.Join(w.dir, "token")
+	if err := os.WriteFile(tok, []byte(w.cfg.Token+"\n"), 0o600); err != nil {
+		w.t.Fatal(err)
+	}
+	w.shippedEnv = append([]string{
+		"SPAWND_URL=http://" + w.spawndAddr,
+		"SPAWND_TOKEN_FILE=" + tok,
+		"SPAWND_HUB_STATE=" + w.dir,
+		fmt.Sprintf("SPAWND_HUB_PORT=%d", w.proxyPort),
+		fmt.Sprintf("SPAWND_HUB_API_PORT=%d", w.hubPort),
+		fmt.Sprintf("SPAWND_PROXY_API_PORT=%d", freePort(w.t)),
+		"SPAWND_HUB_IP=",
+	}, settings...)
+}
+
 // shippedHubConfig runs deploy/jupyterhub_config.py as shipped (set by
 // w.shippedEnv), adding only a service token the test drives the hub with.
 func (w *world) shippedHubConfig() string {

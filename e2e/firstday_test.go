@@ -186,31 +186,24 @@ func TestShippedHubConfig(t *testing.T) {
 
 	clientID, secret := "Iv1."+randHex(8), randHex(20)
 	gh := newFakeGitHub(t, clientID, secret, map[string][]string{"alice": {"my-lab"}, "bob": {"my-lab"}, "mallory": {"elsewhere"}})
-	files := map[string]string{"token": w.cfg.Token, "gh-id": clientID, "gh-secret": secret}
+	files := map[string]string{"gh-id": clientID, "gh-secret": secret}
 	for name, v := range files {
 		if err := os.WriteFile(filepath.Join(w.dir, name), []byte(v+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
 	base := fmt.Sprintf("http://127.0.0.1:%d", w.proxyPort)
-	w.shippedEnv = []string{
-		"SPAWND_URL=http://" + w.spawndAddr,
-		"SPAWND_TOKEN_FILE=" + filepath.Join(w.dir, "token"),
-		"SPAWND_HUB_STATE=" + w.dir,
-		fmt.Sprintf("SPAWND_HUB_PORT=%d", w.proxyPort),
-		fmt.Sprintf("SPAWND_HUB_API_PORT=%d", w.hubPort),
-		fmt.Sprintf("SPAWND_PROXY_API_PORT=%d", freePort(t)),
-		"SPAWND_HUB_IP=", // the config asks spawnd for its gateway
+	w.useShippedConfig(
 		"SPAWND_HUB_AUTH=github",
-		"GITHUB_CLIENT_ID_FILE=" + filepath.Join(w.dir, "gh-id"),
-		"GITHUB_CLIENT_SECRET_FILE=" + filepath.Join(w.dir, "gh-secret"),
-		"GITHUB_CALLBACK_URL=" + base + "/hub/oauth_callback",
+		"GITHUB_CLIENT_ID_FILE="+filepath.Join(w.dir, "gh-id"),
+		"GITHUB_CLIENT_SECRET_FILE="+filepath.Join(w.dir, "gh-secret"),
+		"GITHUB_CALLBACK_URL="+base+"/hub/oauth_callback",
 		"GITHUB_ALLOWED_ORGS=my-lab",
 		"GITHUB_ADMIN_USERS=alice",
-		"GITHUB_URL=" + gh.srv.URL,
+		"GITHUB_URL="+gh.srv.URL,
 		"SPAWND_CULL_IDLE_TIMEOUT=20",
 		"SPAWND_CULL_EVERY=5",
-	}
+	)
 	w.startHub("")
 	defer w.stopHub()
 	c, _ := api.NewClient(w.spawndAddr, w.cfg.Token)

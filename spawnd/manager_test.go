@@ -39,11 +39,21 @@ func testConfig(t *testing.T) Config {
 // probe always succeeds.
 func newTestManager(t *testing.T, cfg Config, rt *fakeRuntime) *Manager {
 	t.Helper()
-	m, err := NewManager(cfg, rt, nil, nil)
+	return newTestManagerWith(t, cfg, rt, nil, func(context.Context, string) error { return nil })
+}
+
+// refuse is a Dial for servers that never open their port.
+func refuse(context.Context, string) error { return errors.New("connection refused") }
+
+// newTestManagerWith runs a manager with a logger and a Dial of the test's,
+// until the test ends.
+func newTestManagerWith(t *testing.T, cfg Config, rt *fakeRuntime, log *slog.Logger, dial func(context.Context, string) error) *Manager {
+	t.Helper()
+	m, err := NewManager(cfg, rt, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.Dial = func(context.Context, string) error { return nil }
+	m.Dial = dial
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
@@ -278,16 +288,7 @@ func TestProbeTimeoutFails(t *testing.T) {
 	rt.add(Container{ID: "mute", Name: "a", State: EngineRunning, HostPort: 41001,
 		Labels: map[string]string{LabelManaged: "true", LabelInstance: "unit", LabelUser: "mia", LabelServer: "",
 			LabelEnv: "team", LabelLockDigest: "sha256:old", LabelPort: "8888"}})
-	m, err := NewManager(cfg, rt, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.Dial = func(context.Context, string) error { return errors.New("connection refused") }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { m.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done; m.Close() }()
-	<-m.Synced()
+	m := newTestManagerWith(t, cfg, rt, nil, refuse)
 	eventually(t, "the mute server to be marked failed", func() bool {
 		s, _ := m.Status("mia", "")
 		return s.State == api.StateFailed
@@ -530,16 +531,7 @@ func TestReloadedLockIsCheckedAsAtStartup(t *testing.T) {
 			cfg.Envs = map[string]EnvConfig{"team": {Spec: spec}}
 			cfg.Teams = nil
 			var logs lockedLog
-			m, err := NewManager(cfg, rt, slog.New(slog.NewTextHandler(&logs, nil)), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m.Dial = func(context.Context, string) error { return nil }
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() { m.Run(ctx); close(done) }()
-			defer func() { cancel(); <-done; m.Close() }()
-			<-m.Synced()
+			m := newTestManagerWith(t, cfg, rt, slog.New(slog.NewTextHandler(&logs, nil)), func(context.Context, string) error { return nil })
 
 			time.Sleep(10 * time.Millisecond) // a distinct mtime
 			bad := &envs.Lock{Env: "team", SpecChecksum: "sha256:x", Base: envs.Base{Ref: "b", Digest: "sha256:b"},
@@ -846,18 +838,9 @@ func TestJoinedBootFailureIsRedacted(t *testing.T) {
 	rt.logs["boot1"] = []string{"token " + token + " refused\n"}
 	cfg := testConfig(t)
 	cfg.StartTimeout = 300 * time.Millisecond // the server never listens: the wait ends here
-	m, err := NewManager(cfg, rt, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.Dial = func(context.Context, string) error { return errors.New("connection refused") }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { m.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; m.Close() })
-	<-m.Synced()
+	m := newTestManagerWith(t, cfg, rt, nil, refuse)
 
-	_, err = m.Start(context.Background(), "olga", "", api.StartRequest{Environment: env})
+	_, err := m.Start(context.Background(), "olga", "", api.StartRequest{Environment: env})
 	if api.ErrorCode(err) != api.CodeServerFailed {
 		t.Fatalf("joined boot that never listened: %v", err)
 	}

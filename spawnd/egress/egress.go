@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/google/nftables"
@@ -126,34 +127,37 @@ func (f *NFT) Remove(ctx context.Context) error {
 // Check reports whether this process may program nftables (it lists the
 // inet tables, which needs CAP_NET_ADMIN).
 func Check(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
+	c, _, err := inetTables(ctx)
+	if err != nil {
 		return err
 	}
-	c, err := nftables.New()
+	return c.CloseLasting()
+}
+
+// inetTables opens netlink and lists the inet tables; the caller closes c.
+func inetTables(ctx context.Context) (c *nftables.Conn, ts []*nftables.Table, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	c, err = nftables.New()
 	if err != nil {
-		return fmt.Errorf("opening netlink for nftables: %w", err)
+		return nil, nil, fmt.Errorf("opening netlink for nftables: %w", err)
 	}
-	defer c.CloseLasting()
-	if _, err := c.ListTablesOfFamily(nftables.TableFamilyINet); err != nil {
-		return fmt.Errorf("cannot use nftables: %w", err)
+	ts, err = c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		_ = c.CloseLasting()
+		return nil, nil, fmt.Errorf("cannot use nftables: %w", err)
 	}
-	return nil
+	return c, ts, nil
 }
 
 // Remove deletes the nftables table named table (family inet), if present.
 func Remove(ctx context.Context, table string) error {
-	if err := ctx.Err(); err != nil {
+	c, ts, err := inetTables(ctx)
+	if err != nil {
 		return err
 	}
-	c, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("opening netlink for nftables: %w", err)
-	}
 	defer c.CloseLasting()
-	ts, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return fmt.Errorf("listing nftables tables: %w", err)
-	}
 	for _, t := range ts {
 		if t.Name == table {
 			c.DelTable(t)
@@ -167,18 +171,14 @@ func Remove(ctx context.Context, table string) error {
 
 // Tables lists the inet tables whose names start with prefix (for sweeping).
 func Tables(prefix string) ([]string, error) {
-	c, err := nftables.New()
+	c, ts, err := inetTables(context.Background())
 	if err != nil {
 		return nil, err
 	}
 	defer c.CloseLasting()
-	ts, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, err
-	}
 	var out []string
 	for _, t := range ts {
-		if len(t.Name) >= len(prefix) && t.Name[:len(prefix)] == prefix {
+		if strings.HasPrefix(t.Name, prefix) {
 			out = append(out, t.Name)
 		}
 	}
