@@ -78,11 +78,10 @@ func (c *Config) Validate() error {
 		return errors.New("tls: set both tls.cert_file and tls.key_file, or neither")
 	}
 	if c.Token == "" && c.TokenFile != "" {
-		b, err := os.ReadFile(c.TokenFile)
-		if err != nil {
-			return fmt.Errorf("token_file: %w", err)
+		var err error
+		if c.Token, err = readSecret("token_file", c.TokenFile); err != nil {
+			return err
 		}
-		c.Token = strings.TrimSpace(string(b))
 	}
 	if c.Token == "" {
 		return errors.New("token_file: no API token; set token_file (or SPAWND_TOKEN) to a secret of at least 16 characters, e.g. from: openssl rand -hex 32")
@@ -91,11 +90,10 @@ func (c *Config) Validate() error {
 		return errors.New("token_file: the API token is shorter than 16 characters; generate one with: openssl rand -hex 32")
 	}
 	if c.MetricsToken == "" && c.MetricsTokenFile != "" {
-		b, err := os.ReadFile(c.MetricsTokenFile)
-		if err != nil {
-			return fmt.Errorf("metrics_token_file: %w", err)
+		var err error
+		if c.MetricsToken, err = readSecret("metrics_token_file", c.MetricsTokenFile); err != nil {
+			return err
 		}
-		c.MetricsToken = strings.TrimSpace(string(b))
 		if c.MetricsToken == "" {
 			return fmt.Errorf("metrics_token_file: %s is empty", c.MetricsTokenFile)
 		}
@@ -268,4 +266,13 @@ func fence(mgr *spawnd.Manager, cfg Config, log *slog.Logger) error {
 	mgr.UseFence(egress.New(cfg.Instance))
 	log.Info("egress rules on", "table", "inet "+table, "blocked", len(cfg.Network.Egress.Blocked()), "host_ports", cfg.Network.Egress.HostPorts)
 	return nil
+}
+
+// readSecret reads a one-line secret from the file a config key names.
+func readSecret(key, path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", key, err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }
