@@ -22,7 +22,9 @@ import (
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/spawnd/backend"
 	"github.com/spawnd/spawnd/spawnd/docker"
 )
 
@@ -37,7 +39,7 @@ func ensureBusybox(ctx context.Context, eng *docker.Engine) string {
 func removeInstance(ctx context.Context, eng *docker.Engine, inst, network string) {
 	testenv.RemoveInstance(eng, inst+"raw")
 	testenv.RemoveInstance(eng, inst)
-	_, _ = eng.Client().NetworkRemove(ctx, network, client.NetworkRemoveOptions{})
+	_, _ = testenv.Client(eng).NetworkRemove(ctx, network, client.NetworkRemoveOptions{})
 }
 
 // parallel runs fn(0..n-1), at most 8 at a time, and waits for them all.
@@ -177,7 +179,7 @@ func (b *bench) classStart() {
 			}
 		}
 		rawTrial := func(trial int) {
-			specs := make([]spawnd.ContainerSpec, n)
+			specs := make([]backend.ContainerSpec, n)
 			for i := range n {
 				specs[i] = b.rawSpec(w, fmt.Sprintf("t%d-c%02d", trial, i))
 			}
@@ -234,8 +236,8 @@ func (b *bench) sameServerBurst() {
 	wg.Wait()
 	took := time.Since(began)
 	f := client.Filters{}
-	f.Add("label", spawnd.LabelInstance+"="+w.cfg.Instance)
-	res, _ := b.eng.Client().ContainerList(b.ctx, client.ContainerListOptions{All: true, Filters: f})
+	f.Add("label", labels.Instance+"="+w.cfg.Instance)
+	res, _ := testenv.Client(b.eng).ContainerList(b.ctx, client.ContainerListOptions{All: true, Filters: f})
 	n := len(res.Items)
 	b.add(row{figure: "burst: 50 concurrent starts of one server", spawnd: fmt.Sprintf("%d container(s) in %s", n, ms(took)), raw: "-",
 		ratio: "-", target: "exactly 1", pass: n == 1 && errs.Load() == 0})
@@ -291,16 +293,13 @@ func (b *bench) statusLatency() {
 func (b *bench) reconcile() {
 	w := b.newWorld(nil)
 	defer b.closeWorld(w)
-	labels := func(i int) map[string]string {
-		return map[string]string{spawnd.LabelManaged: "true", spawnd.LabelInstance: w.cfg.Instance,
-			spawnd.LabelUser: fmt.Sprintf("r%03d", i), spawnd.LabelServer: "", spawnd.LabelPort: "8888"}
+	lbl := func(i int) map[string]string {
+		return map[string]string{labels.Managed: "true", labels.Instance: w.cfg.Instance,
+			labels.User: fmt.Sprintf("r%03d", i), labels.Server: "", labels.Port: "8888"}
 	}
 	parallel(300, func(i int) {
-		id, err := b.eng.Create(b.ctx, spawnd.ContainerSpec{Name: fmt.Sprintf("spawnd-%s-r%03d", w.cfg.Instance, i), Image: b.image,
-			Labels: labels(i), Port: 8888, Network: w.cfg.Network.Name, PidsLimit: 64, Memory: 64 << 20})
-		if err == nil {
-			err = b.eng.Start(b.ctx, id)
-		}
+		_, err := b.eng.Run(b.ctx, backend.ContainerSpec{Name: fmt.Sprintf("spawnd-%s-r%03d", w.cfg.Instance, i), Image: b.image,
+			Labels: lbl(i), Port: 8888, Network: w.cfg.Network.Name, PidsLimit: 64, Memory: 64 << 20})
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -315,7 +314,7 @@ func (b *bench) reconcile() {
 	}
 	defer mgr.Close()
 	f := client.Filters{}
-	f.Add("label", spawnd.LabelInstance+"="+w.cfg.Instance)
+	f.Add("label", labels.Instance+"="+w.cfg.Instance)
 	var sp, full, raw []time.Duration
 	var inspects []int64
 	for round := range 5 {
@@ -336,7 +335,7 @@ func (b *bench) reconcile() {
 		}
 		list := func() {
 			began := time.Now()
-			if _, err := b.eng.Client().ContainerList(b.ctx, client.ContainerListOptions{All: true, Filters: f}); err != nil {
+			if _, err := testenv.Client(b.eng).ContainerList(b.ctx, client.ContainerListOptions{All: true, Filters: f}); err != nil {
 				log.Fatal(err)
 			}
 			raw = append(raw, time.Since(began))
@@ -549,7 +548,7 @@ type countingEngine struct {
 	builds atomic.Int32
 }
 
-func (c *countingEngine) Build(ctx context.Context, s images.BuildSpec, f func(images.BuildLine)) (string, error) {
+func (c *countingEngine) Build(ctx context.Context, s backend.BuildSpec, f func(backend.BuildLine)) (string, error) {
 	c.builds.Add(1)
 	return c.Engine.Build(ctx, s, f)
 }
@@ -632,7 +631,7 @@ func (b *bench) pipRebuild() {
 			log.Fatal(err)
 		}
 	}
-	defer testenv.RemoveImages(b.eng, images.LabelEnv, env)
+	defer testenv.RemoveImages(b.eng, labels.Env, env)
 	// Lock, then time the builds alone: the lock step (apt-get update, pip's
 	// resolver) is the same work either way.
 	lockThenBuild := func(noCache bool) (lockTook, buildTook time.Duration) {
@@ -667,7 +666,7 @@ func (b *bench) pipRebuild() {
 }
 
 func testenvBase(b *bench) (string, error) {
-	if _, err := b.eng.ImageID(b.ctx, testenv.DebianBase); err != nil {
+	if err := b.eng.CheckImage(b.ctx, testenv.DebianBase); err != nil {
 		return "", fmt.Errorf("no %s (scripts/make-base)", testenv.DebianBase)
 	}
 	return testenv.DebianBase, nil

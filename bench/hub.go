@@ -25,7 +25,9 @@ import (
 
 	"github.com/spawnd/spawnd/daemon"
 	"github.com/spawnd/spawnd/images"
+	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/spawnd/docker"
 )
 
 // The hub figures drive a real JupyterHub (from the venv scripts/hub-venvs
@@ -319,7 +321,7 @@ func (w *hubWorld) rawStart(user string) (time.Duration, string, error) {
 		CapDrop: []string{"ALL"}, SecurityOpt: []string{"no-new-privileges:true"}, Resources: container.Resources{PidsLimit: &pids},
 		Mounts:       []mount.Mount{{Type: mount.TypeBind, Source: home, Target: "/home/jovyan"}},
 		PortBindings: network.PortMap{port: {{HostIP: netip.MustParseAddr("127.0.0.1")}}}}
-	cli := w.b.eng.Client()
+	cli := testenv.Client(w.b.eng)
 	t0 := time.Now()
 	w.rawN++
 	created, err := cli.ContainerCreate(w.b.ctx, client.ContainerCreateOptions{Name: fmt.Sprintf("spawnd-raw-%s-%s-%d", w.d.cfg.Instance, user, w.rawN), Config: cfg, HostConfig: hc})
@@ -358,8 +360,8 @@ func (w *hubWorld) rawStop(ids []string) time.Duration {
 			defer cancel()
 			// As spawnd stops: SIGTERM, SIGKILL after the same grace (3 s), then remove.
 			grace := 3
-			_, _ = w.b.eng.Client().ContainerStop(ctx, id, client.ContainerStopOptions{Timeout: &grace})
-			_, _ = w.b.eng.Client().ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true})
+			_, _ = testenv.Client(w.b.eng).ContainerStop(ctx, id, client.ContainerStopOptions{Timeout: &grace})
+			_, _ = testenv.Client(w.b.eng).ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true})
 		}()
 	}
 	wg.Wait()
@@ -368,7 +370,7 @@ func (w *hubWorld) rawStop(ids []string) time.Duration {
 
 // bootCPU is a container's CPU time so far (cgroup accounting through the engine's stats).
 func (w *hubWorld) bootCPU(id string) time.Duration {
-	res, err := w.b.eng.Client().ContainerStats(w.b.ctx, id, client.ContainerStatsOptions{Stream: false, IncludePreviousSample: false})
+	res, err := testenv.Client(w.b.eng).ContainerStats(w.b.ctx, id, client.ContainerStatsOptions{Stream: false, IncludePreviousSample: false})
 	if err != nil {
 		return 0
 	}
@@ -578,14 +580,14 @@ func hostCACerts() []byte {
 	return out
 }
 
-func removeByLabel(ctx context.Context, eng interface{ Client() *client.Client }, label, value string) {
+func removeByLabel(ctx context.Context, eng *docker.Engine, label, value string) {
 	f := client.Filters{}
 	f.Add("label", label+"="+value)
-	res, err := eng.Client().ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+	res, err := testenv.Client(eng).ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
 	if err != nil {
 		return
 	}
 	for _, c := range res.Items {
-		_, _ = eng.Client().ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
+		_, _ = testenv.Client(eng).ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
 	}
 }

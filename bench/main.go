@@ -30,7 +30,9 @@ import (
 
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/daemon"
+	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/spawnd/backend"
 	"github.com/spawnd/spawnd/spawnd/docker"
 )
 
@@ -189,19 +191,19 @@ func (b *bench) closeWorld(w *world) {
 
 // rawSpec is the container spawnd would create, for the raw engine baseline:
 // same image, hardening, limits, bind-mounted home and published port.
-func (b *bench) rawSpec(w *world, name string) spawnd.ContainerSpec {
+func (b *bench) rawSpec(w *world, name string) backend.ContainerSpec {
 	home := filepath.Join(w.cfg.HomesRoot, "raw-"+name)
 	if err := os.MkdirAll(home, 0o700); err != nil {
 		log.Fatal(err)
 	}
 	_ = os.Chown(home, 1000, 100)
-	return spawnd.ContainerSpec{
+	return backend.ContainerSpec{
 		Name:   "spawnd-raw-" + w.cfg.Instance + "-" + name,
 		Image:  b.image,
-		Labels: map[string]string{"io.spawnd.instance": w.cfg.Instance + "raw", spawnd.LabelPort: "8888", "io.spawnd.test": "1"},
+		Labels: map[string]string{"io.spawnd.instance": w.cfg.Instance + "raw", labels.Port: "8888", "io.spawnd.test": "1"},
 		Env:    []string{"HOME=/home/jovyan", "USER=jovyan"},
 		User:   "1000:100", WorkingDir: "/home/jovyan",
-		Mounts:    []spawnd.Mount{{Source: home, Target: "/home/jovyan"}},
+		Mounts:    []backend.Mount{{Source: home, Target: "/home/jovyan"}},
 		Port:      8888,
 		PublishIP: "127.0.0.1",
 		Network:   w.cfg.Network.Name,

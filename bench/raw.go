@@ -11,8 +11,8 @@ import (
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
-
-	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
 // The raw floor talks to the engine with its client directly, never through
@@ -22,7 +22,7 @@ import (
 // home and published port.
 
 // rawCreate creates and starts the container spec describes.
-func (b *bench) rawCreate(spec spawnd.ContainerSpec) (string, error) {
+func (b *bench) rawCreate(spec backend.ContainerSpec) (string, error) {
 	port, _ := network.ParsePort(strconv.Itoa(spec.Port) + "/tcp")
 	cfg := &container.Config{Image: spec.Image, Env: spec.Env, User: spec.User, WorkingDir: spec.WorkingDir,
 		Labels: spec.Labels, ExposedPorts: network.PortSet{port: {}}}
@@ -37,7 +37,7 @@ func (b *bench) rawCreate(spec spawnd.ContainerSpec) (string, error) {
 	for _, m := range spec.Mounts {
 		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
 	}
-	cli := b.eng.Client()
+	cli := testenv.Client(b.eng)
 	created, err := cli.ContainerCreate(b.ctx, client.ContainerCreateOptions{Name: spec.Name, Config: cfg, HostConfig: hc})
 	if err != nil {
 		return "", err
@@ -50,7 +50,7 @@ func (b *bench) rawCreate(spec spawnd.ContainerSpec) (string, error) {
 
 // rawPort is the host port the engine published for a raw container.
 func (b *bench) rawPort(id string, port int) (int, error) {
-	ins, err := b.eng.Client().ContainerInspect(b.ctx, id, client.ContainerInspectOptions{})
+	ins, err := testenv.Client(b.eng).ContainerInspect(b.ctx, id, client.ContainerInspectOptions{})
 	if err != nil {
 		return 0, err
 	}
@@ -65,13 +65,13 @@ func (b *bench) rawPort(id string, port int) (int, error) {
 
 // rawInspect is one engine inspect (what a spawner without a daemon pays per poll).
 func (b *bench) rawInspect(id string) error {
-	_, err := b.eng.Client().ContainerInspect(b.ctx, id, client.ContainerInspectOptions{})
+	_, err := testenv.Client(b.eng).ContainerInspect(b.ctx, id, client.ContainerInspectOptions{})
 	return err
 }
 
 // rawRemove stops (SIGTERM, then SIGKILL after grace) and removes a container.
 func (b *bench) rawRemove(id string, grace time.Duration) error {
-	cli := b.eng.Client()
+	cli := testenv.Client(b.eng)
 	secs := int(grace / time.Second)
 	if _, err := cli.ContainerStop(b.ctx, id, client.ContainerStopOptions{Timeout: &secs}); err != nil {
 		return err
@@ -82,7 +82,7 @@ func (b *bench) rawRemove(id string, grace time.Duration) error {
 
 // rawStart creates and starts a container with the engine client and
 // returns its id, the time create+start took, and its published port.
-func (b *bench) rawStart(spec spawnd.ContainerSpec) (id string, took time.Duration, hostPort int) {
+func (b *bench) rawStart(spec backend.ContainerSpec) (id string, took time.Duration, hostPort int) {
 	began := time.Now()
 	id, err := b.rawCreate(spec)
 	if err != nil {

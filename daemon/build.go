@@ -45,10 +45,7 @@ func (b *envBuilder) BuildEnv(ctx context.Context, env string, relock bool, fn f
 
 	began := time.Now()
 	fn(api.BuildEvent{Time: began, Phase: "build", Step: "accepted", Message: "build of env " + env + " accepted"})
-	res, err := images.Build(ctx, b.eng, e.Spec, images.Options{Relock: relock, Progress: func(ev images.Event) {
-		fn(api.BuildEvent{Time: ev.Time, Phase: ev.Phase, Step: ev.Step, Message: ev.Message,
-			ElapsedMS: ev.Elapsed.Milliseconds(), Bytes: ev.Bytes, Cached: ev.Cached})
-	}})
+	res, err := images.Build(ctx, b.eng, e.Spec, images.Options{Relock: relock, Progress: fn})
 	last := api.BuildEvent{Time: time.Now(), Phase: "build", Step: "result", Done: true, ElapsedMS: time.Since(began).Milliseconds()}
 	if err != nil {
 		b.log.Warn("env build failed", "env", env, "err", err)

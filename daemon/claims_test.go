@@ -25,7 +25,7 @@ func engineContainers(t *testing.T, h *harness) []string {
 	defer cancel()
 	f := client.Filters{}
 	f.Add("label", "io.spawnd.instance="+h.cfg.Instance)
-	res, err := h.eng.Client().ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+	res, err := testenv.Client(h.eng).ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestSecurityClaimsOnTheEngine(t *testing.T) {
 
 	t.Run("a container with spawnd's name it did not make", func(t *testing.T) {
 		name := spawnd.ContainerName(cfg.Instance, "judy", "")
-		_, err := eng.Client().ContainerCreate(ctx, client.ContainerCreateOptions{
+		_, err := testenv.Client(eng).ContainerCreate(ctx, client.ContainerCreateOptions{
 			Name:   name,
 			Config: &container.Config{Image: img, Cmd: []string{"sleep", "60"}, Labels: map[string]string{"io.spawnd.test": "1"}},
 		})
@@ -105,12 +105,12 @@ func TestSecurityClaimsOnTheEngine(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
-			_, _ = eng.Client().ContainerRemove(context.Background(), name, client.ContainerRemoveOptions{Force: true})
+			_, _ = testenv.Client(eng).ContainerRemove(context.Background(), name, client.ContainerRemoveOptions{Force: true})
 		})
 		if _, err := h.client.Start(ctx, "judy", "", api.StartRequest{}); api.ErrorCode(err) != api.CodeConflict {
 			t.Fatalf("start over a foreign container: %v, want conflict", err)
 		}
-		if _, err := eng.Client().ContainerInspect(ctx, name, client.ContainerInspectOptions{}); err != nil {
+		if _, err := testenv.Client(eng).ContainerInspect(ctx, name, client.ContainerInspectOptions{}); err != nil {
 			t.Fatalf("spawnd removed a container it did not make: %v", err)
 		}
 	})
@@ -130,7 +130,7 @@ func TestSecurityClaimsOnTheEngine(t *testing.T) {
 		if err := h.client.DeleteHome(ctx, "kate"); api.ErrorCode(err) != api.CodeConflict {
 			t.Fatalf("deleting the home of a running user: %v, want conflict", err)
 		}
-		if res, err := eng.Client().ContainerInspect(ctx, s.ContainerID, client.ContainerInspectOptions{}); err != nil || !res.Container.State.Running {
+		if res, err := testenv.Client(eng).ContainerInspect(ctx, s.ContainerID, client.ContainerInspectOptions{}); err != nil || !res.Container.State.Running {
 			t.Fatalf("the refused delete touched the container: %v", err)
 		}
 		if _, err := h.client.Stop(ctx, "kate", ""); err != nil {

@@ -19,7 +19,6 @@ import (
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/api/server"
 	"github.com/spawnd/spawnd/spawnd"
-	"github.com/spawnd/spawnd/spawnd/docker"
 	"github.com/spawnd/spawnd/spawnd/egress"
 )
 
@@ -62,17 +61,34 @@ type TLSConfig struct {
 	KeyFile string `mapstructure:"key_file"`
 }
 
-// EngineConfig says where the engine is.
+// EngineConfig says which backend runs the containers, and where its engine is.
 type EngineConfig struct {
+	// Backend is the backend that runs user containers: docker (one Docker
+	// engine). Default docker.
+	Backend string `mapstructure:"backend"`
 	// Host is the engine address (unix:///var/run/docker.sock, tcp://...). Default: DOCKER_HOST or the local socket.
 	Host string `mapstructure:"host"`
 }
 
-// Validate fills defaults, reads the token file, and checks everything,
+func (e *EngineConfig) defaults() {
+	if e.Backend == "" {
+		e.Backend = "docker"
+	}
+}
+
+func (e *EngineConfig) validate() error {
+	if _, ok := backends[e.Backend]; !ok {
+		return fmt.Errorf("engine.backend: %q is not one of %v", e.Backend, backendNames())
+	}
+	return nil
+}
+
+// Validate fills defaults, reads the token files, and checks everything,
 // naming the key of the first mistake.
 func (c *Config) Validate() error {
-	if c.Listen == "" {
-		c.Listen = "127.0.0.1:8765"
+	c.defaults()
+	if err := c.Engine.validate(); err != nil {
+		return err
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return errors.New("tls: set both tls.cert_file and tls.key_file, or neither")
@@ -82,38 +98,42 @@ func (c *Config) Validate() error {
 		if c.Token, err = readSecret("token_file", c.TokenFile); err != nil {
 			return err
 		}
+		if err := api.CheckTokenFile(c.TokenFile); err != nil {
+			return fmt.Errorf("token_file: %w", err)
+		}
 	}
 	if c.Token == "" {
 		return errors.New("token_file: no API token; set token_file (or SPAWND_TOKEN) to a secret of at least 16 characters, e.g. from: openssl rand -hex 32")
 	}
-	if len(c.Token) < 16 {
-		return errors.New("token_file: the API token is shorter than 16 characters; generate one with: openssl rand -hex 32")
+	if err := api.CheckToken(c.Token); err != nil {
+		return fmt.Errorf("token_file: %w", err)
 	}
 	if c.MetricsToken == "" && c.MetricsTokenFile != "" {
 		var err error
 		if c.MetricsToken, err = readSecret("metrics_token_file", c.MetricsTokenFile); err != nil {
 			return err
 		}
+		if err := api.CheckTokenFile(c.MetricsTokenFile); err != nil {
+			return fmt.Errorf("metrics_token_file: %w", err)
+		}
 		if c.MetricsToken == "" {
 			return fmt.Errorf("metrics_token_file: %s is empty", c.MetricsTokenFile)
 		}
 	}
-	if c.MetricsToken != "" && len(c.MetricsToken) < 16 {
-		return errors.New("metrics_token_file: the metrics token is shorter than 16 characters; generate one with: openssl rand -hex 32")
+	if c.MetricsToken != "" {
+		if err := api.CheckToken(c.MetricsToken); err != nil {
+			return fmt.Errorf("metrics_token_file: %w", err)
+		}
 	}
 	if c.MetricsToken != "" && c.MetricsToken == c.Token {
 		return errors.New("metrics_token_file: the metrics token is the API token; give Prometheus a token of its own")
 	}
 	switch c.LogLevel {
-	case "":
-		c.LogLevel = "info"
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("log_level: %q is not one of debug, info, warn, error", c.LogLevel)
 	}
 	switch c.LogFormat {
-	case "":
-		c.LogFormat = "text"
 	case "text", "json":
 	default:
 		return fmt.Errorf("log_format: %q is not one of text, json", c.LogFormat)
@@ -134,6 +154,20 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// defaults fills the daemon's own defaults (the core fills its own).
+func (c *Config) defaults() {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8765"
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	if c.LogFormat == "" {
+		c.LogFormat = "text"
+	}
+	c.Engine.defaults()
+}
+
 // Logger makes the logger the config asks for, writing to stderr.
 func (c *Config) Logger() *slog.Logger {
 	var lvl slog.Level
@@ -149,7 +183,7 @@ func (c *Config) Logger() *slog.Logger {
 type Daemon struct {
 	cfg     Config
 	log     *slog.Logger
-	engine  *docker.Engine
+	engine  engine
 	manager *spawnd.Manager
 	ln      net.Listener
 	reg     *prometheus.Registry
@@ -165,7 +199,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if log == nil {
 		log = cfg.Logger()
 	}
-	eng, err := docker.New(cfg.Engine.Host)
+	eng, err := backends[cfg.Engine.Backend](cfg.Engine)
 	if err != nil {
 		return nil, err
 	}
@@ -214,8 +248,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	info := api.VersionInfo{Version: Version, APIVersion: api.Version}
 	vctx, vcancel := context.WithTimeout(ctx, 2*time.Second)
-	if v, apiv, err := d.engine.Version(vctx); err == nil {
-		info.EngineVersion, info.EngineAPI = v, apiv
+	if ei, err := d.engine.Info(vctx); err == nil {
+		info.EngineVersion, info.EngineAPI = ei.Version, ei.APIVersion
 	}
 	vcancel()
 	builder := &envBuilder{envs: mgr.Config().Envs, eng: d.engine, log: d.log, running: map[string]bool{}}

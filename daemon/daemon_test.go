@@ -24,6 +24,7 @@ import (
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd"
 	"github.com/spawnd/spawnd/spawnd/docker"
 )
@@ -166,7 +167,7 @@ func TestStartWriteStopStartKeepsHome(t *testing.T) {
 		t.Fatalf("home mode %v", fi.Mode())
 	}
 	// Inspect the container the way an admin would.
-	ins, err := eng.Client().ContainerInspect(ctx, s.ContainerID, client.ContainerInspectOptions{})
+	ins, err := testenv.Client(eng).ContainerInspect(ctx, s.ContainerID, client.ContainerInspectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,14 +175,14 @@ func TestStartWriteStopStartKeepsHome(t *testing.T) {
 	if hc.Privileged || len(hc.CapAdd) != 0 || hc.PidsLimit == nil || *hc.PidsLimit != 128 || hc.Memory != 256<<20 || hc.Init == nil || !*hc.Init {
 		t.Fatalf("host config not hardened: privileged=%v capadd=%v pids=%v mem=%d init=%v", hc.Privileged, hc.CapAdd, hc.PidsLimit, hc.Memory, hc.Init)
 	}
-	if ins.Container.Config.Labels[spawnd.LabelUser] != user {
+	if ins.Container.Config.Labels[labels.User] != user {
 		t.Fatalf("labels: %v", ins.Container.Config.Labels)
 	}
 
 	if _, err := h.client.Stop(ctx, user, ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := eng.Client().ContainerInspect(ctx, s.ContainerID, client.ContainerInspectOptions{}); err == nil {
+	if _, err := testenv.Client(eng).ContainerInspect(ctx, s.ContainerID, client.ContainerInspectOptions{}); err == nil {
 		t.Fatal("the container is still there after stop")
 	}
 	if b, err := os.ReadFile(filepath.Join(home, "note")); err != nil || string(b) != "hello\n" {
@@ -237,8 +238,8 @@ func TestNamedServersAndConcurrentStarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := client.Filters{}
-	f.Add("label", spawnd.LabelInstance+"="+cfg.Instance)
-	res, err := eng.Client().ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+	f.Add("label", labels.Instance+"="+cfg.Instance)
+	res, err := testenv.Client(eng).ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +315,7 @@ func TestExitAndOOMReported(t *testing.T) {
 	f := client.Filters{}
 	f.Add("label", "io.spawnd.instance="+cfg.Instance)
 	f.Add("label", "io.spawnd.user=dora")
-	if res, err := eng.Client().ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f}); err != nil || len(res.Items) != 0 {
+	if res, err := testenv.Client(eng).ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f}); err != nil || len(res.Items) != 0 {
 		t.Fatalf("containers left after the failed start: %d %v", len(res.Items), err)
 	}
 
@@ -350,18 +351,18 @@ func TestReaperAndForeignContainers(t *testing.T) {
 	cfg := testConfig(t, eng)
 	cfg.ReapGrace = 200 * time.Millisecond
 	ctx := context.Background()
-	cli := eng.Client()
+	cli := testenv.Client(eng)
 	img := testenv.BusyboxImage
 	// A half-made container of ours (created, never started) and one that is
 	// not ours at all.
-	ours := map[string]string{spawnd.LabelManaged: "true", spawnd.LabelInstance: cfg.Instance, spawnd.LabelUser: "fay", spawnd.LabelServer: ""}
+	ours := map[string]string{labels.Managed: "true", labels.Instance: cfg.Instance, labels.User: "fay", labels.Server: ""}
 	halfMade, err := cli.ContainerCreate(ctx, client.ContainerCreateOptions{Name: spawnd.ContainerName(cfg.Instance, "fay", ""), Image: img,
 		Config: &container.Config{Labels: ours}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	foreign, err := cli.ContainerCreate(ctx, client.ContainerCreateOptions{Name: "spawnd-test-foreign-" + cfg.Instance, Image: img,
-		Config: &container.Config{Labels: map[string]string{spawnd.LabelInstance: cfg.Instance + "x", testenv.TestLabel: "1"}}})
+		Config: &container.Config{Labels: map[string]string{labels.Instance: cfg.Instance + "x", testenv.TestLabel: "1"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -403,7 +404,7 @@ func TestNetworkMode(t *testing.T) {
 	if s.Host == "127.0.0.1" || s.Port != 8888 {
 		t.Fatalf("network mode answer: %s:%d", s.Host, s.Port)
 	}
-	ins, err := eng.Client().ContainerInspect(ctx, s.ContainerID, client.ContainerInspectOptions{})
+	ins, err := testenv.Client(eng).ContainerInspect(ctx, s.ContainerID, client.ContainerInspectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -433,7 +434,7 @@ func TestBuildThroughTheAPI(t *testing.T) {
 		}
 	}
 	write("first")
-	t.Cleanup(func() { testenv.RemoveImages(eng, images.LabelEnv, env) })
+	t.Cleanup(func() { testenv.RemoveImages(eng, labels.Env, env) })
 	ctx := context.Background()
 	if _, err := images.Build(ctx, eng, spec, images.Options{}); err != nil {
 		t.Fatal(err)
@@ -476,7 +477,7 @@ func TestBuildThroughTheAPI(t *testing.T) {
 	if after, err := envs.ReadLock(envs.LockPath(spec)); err != nil || after.Digest != l.Digest {
 		t.Fatalf("a failed build changed the lock: %+v %v", after, err)
 	}
-	if img, err := eng.ImageID(ctx, l.Tag()); err != nil || img == "" {
+	if err := eng.CheckImage(ctx, l.Tag()); err != nil {
 		t.Fatalf("a failed build removed the serving image %s: %v", l.Tag(), err)
 	}
 	if err := h.client.BuildEnv(ctx, "nope", false, func(api.BuildEvent) error { return nil }); api.ErrorCode(err) != api.CodeNotFound {

@@ -31,7 +31,7 @@ func TestNetworkMustMatchTheConfig(t *testing.T) {
 		{"a network with inter-container traffic on", "network.icc", func(t *testing.T, cfg *daemon.Config) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			_, err := eng.Client().NetworkCreate(ctx, cfg.Network.Name, client.NetworkCreateOptions{
+			_, err := testenv.Client(eng).NetworkCreate(ctx, cfg.Network.Name, client.NetworkCreateOptions{
 				Driver: "bridge", Labels: map[string]string{"io.spawnd.test": "1", "io.spawnd.instance": cfg.Instance},
 			})
 			if err != nil {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spawnd/spawnd/internal/ci"
+	"github.com/spawnd/spawnd/labels"
 
 	"github.com/moby/moby/client"
 
@@ -30,8 +31,8 @@ import (
 func ourContainers(t *testing.T, h *harness) []string {
 	t.Helper()
 	f := client.Filters{}
-	f.Add("label", spawnd.LabelInstance+"="+h.cfg.Instance)
-	res, err := h.eng.Client().ContainerList(context.Background(), client.ContainerListOptions{All: true, Filters: f})
+	f.Add("label", labels.Instance+"="+h.cfg.Instance)
+	res, err := testenv.Client(h.eng).ContainerList(context.Background(), client.ContainerListOptions{All: true, Filters: f})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,9 +24,11 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/envs"
-	"github.com/spawnd/spawnd/images"
+	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
 // Status of one check.
@@ -48,21 +50,13 @@ type Result struct {
 	Fix    string `json:"fix,omitempty"`
 }
 
-// EngineInfo is what doctor reads of the engine.
-type EngineInfo struct {
-	Version     string
-	APIVersion  string
-	RuncVersion string
-	LiveRestore bool
-}
-
 // Engine is what doctor needs of the engine.
 type Engine interface {
 	Ping(ctx context.Context) error
-	Info(ctx context.Context) (EngineInfo, error)
-	ImageInspect(ctx context.Context, ref string) (images.ImageInfo, error)
+	Info(ctx context.Context) (backend.Info, error)
+	ImageInspect(ctx context.Context, ref string) (backend.ImageInfo, error)
 	// CheckNetwork says what is wrong with the user network, if it exists.
-	CheckNetwork(ctx context.Context, n spawnd.NetworkSpec) error
+	CheckNetwork(ctx context.Context, n backend.NetworkSpec) error
 }
 
 // Input is what to check. Engine may be nil when no client could be made.
@@ -124,17 +118,14 @@ func Failed(rs []Result) bool {
 }
 
 func checkToken(in Input) Result {
-	if in.Token == "" {
-		return Result{"token", Fail, "no API token", "openssl rand -hex 32 > /etc/spawnd/token; chmod 600 /etc/spawnd/token; set token_file"}
-	}
-	if len(in.Token) < 16 {
-		return Result{"token", Fail, "the API token is shorter than 16 characters", "openssl rand -hex 32 > /etc/spawnd/token"}
+	if err := api.CheckToken(in.Token); err != nil {
+		why, fix, _ := strings.Cut(err.Error(), "; ")
+		return Result{"token", Fail, why, fix + " > /etc/spawnd/token; chmod 600 /etc/spawnd/token; set token_file"}
 	}
 	if in.TokenFile != "" {
-		fi, err := os.Stat(in.TokenFile)
-		if err == nil && fi.Mode().Perm()&0o077 != 0 {
-			return Result{"token", Fail, fmt.Sprintf("%s is readable by others (mode %#o); the token controls the Docker engine", in.TokenFile, fi.Mode().Perm()),
-				"chmod 600 " + in.TokenFile}
+		if err := api.CheckTokenFile(in.TokenFile); err != nil {
+			why, fix, _ := strings.Cut(err.Error(), "; ")
+			return Result{"token", Fail, why, strings.TrimPrefix(fix, "fix it: ")}
 		}
 	}
 	return Result{"token", OK, "set, private", ""}
@@ -248,14 +239,9 @@ func checkHomes(root string, minFree uint64) Result {
 	if err != nil {
 		return Result{"homes_root", Fail, oneLine(err), "check homes_root"}
 	}
-	if !fi.IsDir() {
-		return Result{"homes_root", Fail, root + " is not a directory", "point homes_root at a directory"}
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
-		return Result{"homes_root", Fail, fmt.Sprintf("%s is owned by uid %d, not root: that user could swap homes for symlinks", root, st.Uid), "chown root:root " + root}
-	}
-	if fi.Mode().Perm()&0o022 != 0 {
-		return Result{"homes_root", Fail, fmt.Sprintf("%s is writable by group or others (mode %#o)", root, fi.Mode().Perm()), "chmod 755 " + root}
+	if err := spawnd.CheckHomesRoot(root, fi); err != nil {
+		why, fix, _ := strings.Cut(err.Error(), "; ")
+		return Result{"homes_root", Fail, why, strings.TrimPrefix(fix, "fix it: ")}
 	}
 	var sfs syscall.Statfs_t
 	if err := syscall.Statfs(root, &sfs); err == nil {
@@ -306,8 +292,8 @@ func checkEnv(ctx context.Context, name string, e spawnd.EnvConfig, eng Engine, 
 	if err != nil {
 		return Result{check, Fail, oneLine(err), "check the engine"}
 	}
-	if wantDigest != "" && info.Labels[images.LabelLockDigest] != "" && info.Labels[images.LabelLockDigest] != wantDigest {
-		return Result{check, Fail, fmt.Sprintf("image %s was built from lock %s, not %s", image, info.Labels[images.LabelLockDigest], wantDigest), "spawnd build " + e.Spec}
+	if wantDigest != "" && info.Labels[labels.LockDigest] != "" && info.Labels[labels.LockDigest] != wantDigest {
+		return Result{check, Fail, fmt.Sprintf("image %s was built from lock %s, not %s", image, info.Labels[labels.LockDigest], wantDigest), "spawnd build " + e.Spec}
 	}
 	return Result{check, OK, "image " + image + " matches its lock", ""}
 }
@@ -361,7 +347,7 @@ func checkNetwork(ctx context.Context, n spawnd.NetworkConfig, eng Engine, engin
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := eng.CheckNetwork(ctx, spawnd.NetworkSpec{Name: n.Name, ICC: n.ICC}); err != nil {
+	if err := eng.CheckNetwork(ctx, backend.NetworkSpec{Name: n.Name, ICC: n.ICC}); err != nil {
 		msg := oneLine(err)
 		why, fix, ok := strings.Cut(msg, "; ")
 		if !ok {

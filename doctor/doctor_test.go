@@ -9,29 +9,30 @@ import (
 	"testing"
 
 	"github.com/spawnd/spawnd/internal/ci"
+	"github.com/spawnd/spawnd/labels"
+	"github.com/spawnd/spawnd/spawnd/backend"
 
 	"github.com/containerd/errdefs"
 
 	"github.com/spawnd/spawnd/envs"
-	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/spawnd"
 )
 
 type fakeEngine struct {
 	pingErr error
-	info    EngineInfo
-	images  map[string]images.ImageInfo
+	info    backend.Info
+	images  map[string]backend.ImageInfo
 	netErr  error
 }
 
-func (f *fakeEngine) Ping(context.Context) error                             { return f.pingErr }
-func (f *fakeEngine) Info(context.Context) (EngineInfo, error)               { return f.info, nil }
-func (f *fakeEngine) CheckNetwork(context.Context, spawnd.NetworkSpec) error { return f.netErr }
-func (f *fakeEngine) ImageInspect(_ context.Context, ref string) (images.ImageInfo, error) {
+func (f *fakeEngine) Ping(context.Context) error                              { return f.pingErr }
+func (f *fakeEngine) Info(context.Context) (backend.Info, error)              { return f.info, nil }
+func (f *fakeEngine) CheckNetwork(context.Context, backend.NetworkSpec) error { return f.netErr }
+func (f *fakeEngine) ImageInspect(_ context.Context, ref string) (backend.ImageInfo, error) {
 	if i, ok := f.images[ref]; ok {
 		return i, nil
 	}
-	return images.ImageInfo{}, errdefs.ErrNotFound
+	return backend.ImageInfo{}, errdefs.ErrNotFound
 }
 
 func find(t *testing.T, rs []Result, check string) Result {
@@ -72,8 +73,8 @@ func setup(t *testing.T) (Input, string) {
 	tokenFile := filepath.Join(dir, "token")
 	_ = os.WriteFile(tokenFile, []byte("0123456789abcdef0123"), 0o600)
 	eng := &fakeEngine{
-		info:   EngineInfo{Version: "28.0.0", APIVersion: "1.48", RuncVersion: "1.3.3", LiveRestore: true},
-		images: map[string]images.ImageInfo{l.Tag(): {ID: "sha256:i", Labels: map[string]string{images.LabelLockDigest: l.Digest}}},
+		info:   backend.Info{Version: "28.0.0", APIVersion: "1.48", RuncVersion: "1.3.3", LiveRestore: true},
+		images: map[string]backend.ImageInfo{l.Tag(): {ID: "sha256:i", Labels: map[string]string{labels.LockDigest: l.Digest}}},
 	}
 	cfg := &spawnd.Config{HomesRoot: homes, Envs: map[string]spawnd.EnvConfig{"team": {Spec: specPath}}}
 	return Input{Config: cfg, Token: "0123456789abcdef0123", TokenFile: tokenFile, Engine: eng}, specPath

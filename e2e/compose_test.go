@@ -62,7 +62,7 @@ func TestComposeStack(t *testing.T) {
 		testenv.RemoveInstance(eng, project)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_, _ = eng.Client().NetworkRemove(ctx, project+"-users", client.NetworkRemoveOptions{})
+		_, _ = testenv.Client(eng).NetworkRemove(ctx, project+"-users", client.NetworkRemoveOptions{})
 	})
 	run()
 

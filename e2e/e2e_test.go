@@ -382,7 +382,7 @@ func newLockedWorld(t *testing.T, eng *docker.Engine, specText string, lock []by
 	t.Logf("team image %s (built: %v)", res.Tag, res.Built)
 	t.Cleanup(func() {
 		if res.Built && lock == nil {
-			_, _ = eng.Client().ImageRemove(context.Background(), res.Tag, imageRemoveOpts())
+			_, _ = testenv.Client(eng).ImageRemove(context.Background(), res.Tag, imageRemoveOpts())
 		}
 	})
 	homes := filepath.Join(dir, "homes")

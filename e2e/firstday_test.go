@@ -325,7 +325,7 @@ func TestShippedHubConfig(t *testing.T) {
 		t.Helper()
 		f := client.Filters{}
 		f.Add("label", "io.spawnd.instance="+w.cfg.Instance)
-		res, err := w.eng.Client().ContainerList(ctx, client.ContainerListOptions{Filters: f})
+		res, err := testenv.Client(w.eng).ContainerList(ctx, client.ContainerListOptions{Filters: f})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -126,6 +126,24 @@ type positions map[string]Pos
 
 // validate fills defaults and checks the spec, naming file, line, column and
 // field of the first mistake.
+// CheckName is the rule for the names of envs (here and in the daemon's
+// config) and of profiles: they become image names, labels and file names.
+func CheckName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("%q must be lower case letters, digits, '.', '_' or '-' (at most 63), starting with a letter or digit", name)
+	}
+	return nil
+}
+
+// CheckUnixUser is the rule for the user a container runs as, in a spec
+// and in the daemon's config alike.
+func CheckUnixUser(name string) error {
+	if !unixUserRE.MatchString(name) {
+		return fmt.Errorf("%q is not a valid user name (a-z, 0-9, '_' and '-', at most 32, not starting with a digit)", name)
+	}
+	return nil
+}
+
 func (s *Spec) validate(pos positions, file string) error {
 	at := func(field string) Pos {
 		if p, ok := pos[field]; ok {
@@ -150,8 +168,8 @@ func (s *Spec) validate(pos positions, file string) error {
 	if s.Name == "" {
 		return bad("name", "missing; give the env a name (lower case letters, digits, '.', '_', '-')")
 	}
-	if !nameRE.MatchString(s.Name) {
-		return bad("name", "%q must be lower case letters, digits, '.', '_' or '-' (at most 63)", s.Name)
+	if err := CheckName(s.Name); err != nil {
+		return bad("name", "%v", err)
 	}
 	if s.Base == "" {
 		return bad("base", "missing; name a Debian-based image, e.g. debian:bookworm-slim")
@@ -235,8 +253,8 @@ func (s *Spec) validate(pos positions, file string) error {
 	if s.User == nil {
 		s.User = &User{Name: "jovyan", UID: 1000, GID: 100}
 	}
-	if !unixUserRE.MatchString(s.User.Name) {
-		return bad("user.name", "%q is not a valid user name", s.User.Name)
+	if err := CheckUnixUser(s.User.Name); err != nil {
+		return bad("user.name", "%v", err)
 	}
 	if s.User.UID <= 0 || s.User.UID > 65533 {
 		return bad("user.uid", "%d; servers never run as root: use 1-65533", s.User.UID)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"regexp"
 	"strconv"
@@ -13,82 +12,22 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/envs"
+	"github.com/spawnd/spawnd/labels"
+	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
-// Engine is what locking and building need from a container engine. The
-// Docker implementation is spawnd/docker.Engine.
-type Engine interface {
-	// ImageInspect returns an image's id and labels, or an errdefs not-found error.
-	ImageInspect(ctx context.Context, ref string) (ImageInfo, error)
-	// RunCapture runs a throw-away container to completion and returns its
-	// output and exit code; the container is removed in every case.
-	RunCapture(ctx context.Context, spec RunSpec) (RunResult, error)
-	// Build builds a context and tags the result; each line of the engine's
-	// output goes to onLine.
-	Build(ctx context.Context, spec BuildSpec, onLine func(BuildLine)) (imageID string, err error)
-}
-
-// ImageInfo is what the builder needs to know of an image.
-type ImageInfo struct {
-	ID     string
-	Labels map[string]string
-	Size   int64
-}
-
-// RunSpec is a throw-away container for locking.
-type RunSpec struct {
-	Image   string
-	Cmd     []string
-	Network string // "" = default bridge, "host" to reach an index on 127.0.0.1
-	Labels  map[string]string
-	Env     []string // KEY=VALUE
-}
-
-// RunResult is what a throw-away container printed.
-type RunResult struct {
-	Stdout, Stderr []byte
-	ExitCode       int
-}
-
-// BuildSpec is one engine build.
-type BuildSpec struct {
-	Context io.Reader
-	Tags    []string
-	Labels  map[string]string
-	Network string
-	// NoCache builds every layer afresh.
-	NoCache bool
-	// BuildArgs are the Dockerfile's ARG values.
-	BuildArgs map[string]string
-}
-
-// BuildLine is one line of the engine's build output.
-type BuildLine struct {
-	Stream string // a line of output
-	Error  string // the build failed with this message
-	Bytes  int64  // bytes transferred so far, if the line reports progress
-}
-
-// Event is one step of a lock or build, for the progress renderers (a live
-// line on a terminal, plain lines, JSON lines) and for the daemon's API.
-type Event struct {
-	Time    time.Time     `json:"time"`
-	Phase   string        `json:"phase"` // lock, build
-	Step    string        `json:"step"`  // base, apt, conda, pip, layer 3/9, done, ...
-	Message string        `json:"message"`
-	Elapsed time.Duration `json:"elapsed_ns"`
-	Bytes   int64         `json:"bytes,omitempty"`
-	Done    bool          `json:"done,omitempty"`
-	Cached  bool          `json:"cached,omitempty"`
-}
+// Engine is what locking and building need from a container engine (the
+// Docker backend, spawnd/docker, implements it).
+type Engine = backend.Builder
 
 // Options configure locking and building.
 type Options struct {
 	// Network for lock containers and builds ("host" reaches an index on 127.0.0.1).
 	Network string
 	// Progress receives events; nil discards them.
-	Progress func(Event)
+	Progress func(api.BuildEvent)
 	// Relock makes a new lock even when the lock is current.
 	Relock bool
 	// NoCache rebuilds every layer, ignoring the engine's build cache.
@@ -103,12 +42,12 @@ type Options struct {
 	Now func() time.Time
 }
 
-func (o *Options) emit(began time.Time, ev Event) {
+func (o *Options) emit(began time.Time, ev api.BuildEvent) {
 	if o.Progress == nil {
 		return
 	}
 	ev.Time = time.Now()
-	ev.Elapsed = time.Since(began)
+	ev.ElapsedMS = time.Since(began).Milliseconds()
 	o.Progress(ev)
 }
 
@@ -132,9 +71,6 @@ func (o *Options) now() time.Time {
 	return time.Now().UTC()
 }
 
-// lockLabel marks the throw-away containers and stage images of locking.
-const lockLabel = "io.spawnd.lock"
-
 // Lock resolves a spec with the real tools in containers of its base and
 // returns the lock: the base's digest, apt's exact versions and SHA-256s
 // (apt-get --print-uris), conda's explicit packages (micromamba), and pip's
@@ -145,7 +81,7 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 		Env: s.Name, Description: s.Description, SpecChecksum: s.Checksum(), Created: opts.now(),
 		Kernels: s.Jupyter.Kernels, Cmd: s.Jupyter.Cmd, User: *s.User,
 	}
-	opts.emit(began, Event{Phase: "lock", Step: "base", Message: "resolving base image " + s.Base})
+	opts.emit(began, api.BuildEvent{Phase: "lock", Step: "base", Message: "resolving base image " + s.Base})
 	base, err := eng.ImageInspect(ctx, s.Base)
 	if errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("%s: base image %s does not exist on the engine; load it, or make a Debian base offline with scripts/make-base", s.PosOf("base"), s.Base)
@@ -156,10 +92,10 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 	l.Base = envs.Base{Ref: s.Base, Digest: base.ID}
 
 	if len(s.Apt) > 0 {
-		opts.emit(began, Event{Phase: "lock", Step: "apt", Message: fmt.Sprintf("resolving %d apt packages with apt-get", len(s.Apt))})
+		opts.emit(began, api.BuildEvent{Phase: "lock", Step: "apt", Message: fmt.Sprintf("resolving %d apt packages with apt-get", len(s.Apt))})
 		script := aptLockScript
-		res, err := eng.RunCapture(ctx, RunSpec{Image: base.ID, Cmd: append([]string{"/bin/sh", "-c", script, "apt-lock"}, s.Apt...),
-			Network: opts.Network, Labels: map[string]string{lockLabel: s.Name}})
+		res, err := eng.RunCapture(ctx, backend.RunSpec{Image: base.ID, Cmd: append([]string{"/bin/sh", "-c", script, "apt-lock"}, s.Apt...),
+			Network: opts.Network, Labels: map[string]string{labels.Lock: s.Name}})
 		if err != nil {
 			return nil, fmt.Errorf("locking apt packages: %w", err)
 		}
@@ -176,15 +112,15 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 	}
 
 	if s.Pip != nil {
-		opts.emit(began, Event{Phase: "lock", Step: "pip", Message: "building the apt layer to resolve pip packages in"})
-		stage := NewPlan(l, StageConda)
+		opts.emit(began, api.BuildEvent{Phase: "lock", Step: "pip", Message: "building the apt layer to resolve pip packages in"})
+		stage := NewBuildPlan(l, StageConda)
 		stageTag := "spawnd-lock/" + s.Name + ":stage"
-		stageID, err := eng.Build(ctx, BuildSpec{Context: stage.Tar(), Tags: []string{stageTag}, Network: opts.Network, BuildArgs: opts.buildArgs()},
+		stageID, err := eng.Build(ctx, backend.BuildSpec{Context: stage.Tar(), Tags: []string{stageTag}, Network: opts.Network, BuildArgs: opts.buildArgs()},
 			buildLines(&opts, began, "lock"))
 		if err != nil {
 			return nil, fmt.Errorf("building the apt layer for pip: %w", err)
 		}
-		opts.emit(began, Event{Phase: "lock", Step: "pip", Message: fmt.Sprintf("resolving %d pip packages with pip", len(s.Pip.Packages))})
+		opts.emit(began, api.BuildEvent{Phase: "lock", Step: "pip", Message: fmt.Sprintf("resolving %d pip packages with pip", len(s.Pip.Packages))})
 		pip := []string{"python3", "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", "--break-system-packages",
 			"--disable-pip-version-check", "--no-input", "--no-cache-dir", "--retries", "1", "--timeout", "15"}
 		if s.Pip.IndexURL != "" {
@@ -193,7 +129,7 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 		pip = append(pip, s.Pip.Packages...)
 		// sh -c 'PRELUDE exec "$@"' sh pip ...: the packages stay arguments, never shell text.
 		cmd := append([]string{"/bin/sh", "-euc", PipCAPrelude + `exec "$@"`, "sh"}, pip...)
-		res, err := eng.RunCapture(ctx, RunSpec{Image: stageID, Cmd: cmd, Network: opts.Network, Labels: map[string]string{lockLabel: s.Name},
+		res, err := eng.RunCapture(ctx, backend.RunSpec{Image: stageID, Cmd: cmd, Network: opts.Network, Labels: map[string]string{labels.Lock: s.Name},
 			Env: []string{PipCAArg + "=" + string(opts.CACerts)}})
 		if err != nil {
 			return nil, fmt.Errorf("locking pip packages: %w", err)
@@ -208,7 +144,7 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 		l.Pip = &envs.PipLock{IndexURL: s.Pip.IndexURL, Packages: pkgs}
 	}
 	l.Seal()
-	opts.emit(began, Event{Phase: "lock", Step: "done", Message: fmt.Sprintf("locked %s: %d apt, %d pip packages", l.Digest[:19], len(l.Apt), pipCount(l)), Done: true})
+	opts.emit(began, api.BuildEvent{Phase: "lock", Step: "done", Message: fmt.Sprintf("locked %s: %d apt, %d pip packages", l.Digest[:19], len(l.Apt), pipCount(l)), Done: true})
 	return l, nil
 }
 
@@ -223,7 +159,7 @@ var toolPkgRE = regexp.MustCompile(`(?i)(?:unable to locate package|has no insta
 
 // toolError turns a package tool's failure into an error that quotes the
 // tool and names the spec line that asked for the package it complains of.
-func toolError(s *envs.Spec, what, tool string, res RunResult, asked []string, field string) error {
+func toolError(s *envs.Spec, what, tool string, res backend.RunResult, asked []string, field string) error {
 	msg := strings.TrimSpace(string(res.Stderr))
 	if msg == "" {
 		msg = strings.TrimSpace(string(res.Stdout))
@@ -318,14 +254,14 @@ func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Resu
 		return Result{}, err
 	}
 	res := Result{Tag: l.Tag(), Lock: l, Locked: locked}
-	if img, err := eng.ImageInspect(ctx, res.Tag); err == nil && img.Labels[LabelLockDigest] == l.Digest {
+	if img, err := eng.ImageInspect(ctx, res.Tag); err == nil && img.Labels[labels.LockDigest] == l.Digest {
 		res.ImageID = img.ID
 		if opts.Relock {
 			if err := envs.WriteLock(envs.LockPath(specPath), l); err != nil {
 				return Result{}, err
 			}
 		}
-		opts.emit(began, Event{Phase: "build", Step: "done", Message: "image " + res.Tag + " is up to date; nothing to build", Done: true, Cached: true})
+		opts.emit(began, api.BuildEvent{Phase: "build", Step: "done", Message: "image " + res.Tag + " is up to date; nothing to build", Done: true, Cached: true})
 		return res, nil
 	} else if err != nil && !errdefs.IsNotFound(err) {
 		return Result{}, fmt.Errorf("inspecting %s: %w", res.Tag, err)
@@ -333,11 +269,11 @@ func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Resu
 	if _, err := eng.ImageInspect(ctx, l.Base.Digest); errdefs.IsNotFound(err) {
 		return Result{}, fmt.Errorf("the lock's base image %s (%s) is not on the engine; load it, or relock against the base you have (spawnd build --relock)", l.Base.Ref, l.Base.Digest)
 	}
-	plan := NewPlan(l, StageAll)
-	opts.emit(began, Event{Phase: "build", Step: "start", Message: "building " + res.Tag})
+	plan := NewBuildPlan(l, StageAll)
+	opts.emit(began, api.BuildEvent{Phase: "build", Step: "start", Message: "building " + res.Tag})
 	lines, tail := buildLines(&opts, began, "build"), newLineTail(12)
-	id, err := eng.Build(ctx, BuildSpec{Context: plan.Tar(), Tags: []string{res.Tag}, Network: opts.Network, NoCache: opts.NoCache, BuildArgs: opts.buildArgs()},
-		func(bl BuildLine) { tail.add(bl.Stream); lines(bl) })
+	id, err := eng.Build(ctx, backend.BuildSpec{Context: plan.Tar(), Tags: []string{res.Tag}, Network: opts.Network, NoCache: opts.NoCache, BuildArgs: opts.buildArgs()},
+		func(bl backend.BuildLine) { tail.add(bl.Stream); lines(bl) })
 	if err != nil {
 		// The engine's error names only the failed step; the reason (pip's
 		// hash mismatch, apt's missing package) is in the lines before it.
@@ -349,7 +285,7 @@ func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Resu
 		}
 	}
 	res.ImageID, res.Built = id, true
-	opts.emit(began, Event{Phase: "build", Step: "done", Message: "built " + res.Tag, Done: true})
+	opts.emit(began, api.BuildEvent{Phase: "build", Step: "done", Message: "built " + res.Tag, Done: true})
 	return res, nil
 }
 
@@ -357,9 +293,9 @@ var stepRE = regexp.MustCompile(`^Step (\d+/\d+) : (.*)`)
 
 // buildLines turns the engine's build output into progress events: one per
 // Dockerfile step, with "Using cache" marking cached layers.
-func buildLines(opts *Options, began time.Time, phase string) func(BuildLine) {
+func buildLines(opts *Options, began time.Time, phase string) func(backend.BuildLine) {
 	step := ""
-	return func(bl BuildLine) {
+	return func(bl backend.BuildLine) {
 		line := strings.TrimSpace(bl.Stream)
 		if m := stepRE.FindStringSubmatch(line); m != nil {
 			step = "layer " + m[1]
@@ -367,15 +303,15 @@ func buildLines(opts *Options, began time.Time, phase string) func(BuildLine) {
 			if len(msg) > 100 {
 				msg = msg[:100] + "…"
 			}
-			opts.emit(began, Event{Phase: phase, Step: step, Message: msg})
+			opts.emit(began, api.BuildEvent{Phase: phase, Step: step, Message: msg})
 			return
 		}
 		if line == "---> Using cache" {
-			opts.emit(began, Event{Phase: phase, Step: step, Message: "cached", Cached: true})
+			opts.emit(began, api.BuildEvent{Phase: phase, Step: step, Message: "cached", Cached: true})
 			return
 		}
 		if bl.Bytes > 0 {
-			opts.emit(began, Event{Phase: phase, Step: step, Message: "transferring", Bytes: bl.Bytes})
+			opts.emit(began, api.BuildEvent{Phase: phase, Step: step, Message: "transferring", Bytes: bl.Bytes})
 		}
 	}
 }

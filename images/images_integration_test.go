@@ -20,12 +20,14 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/moby/moby/client"
 
+	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/labels"
+	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
 // countingEngine counts the engine builds that a build asked for.
@@ -34,17 +36,17 @@ type countingEngine struct {
 	builds atomic.Int32
 }
 
-func (c *countingEngine) Build(ctx context.Context, spec images.BuildSpec, onLine func(images.BuildLine)) (string, error) {
+func (c *countingEngine) Build(ctx context.Context, spec backend.BuildSpec, onLine func(backend.BuildLine)) (string, error) {
 	c.builds.Add(1)
 	return c.Engine.Build(ctx, spec, onLine)
 }
 
 type eventLog struct {
 	mu     sync.Mutex
-	events []images.Event
+	events []api.BuildEvent
 }
 
-func (l *eventLog) add(ev images.Event) {
+func (l *eventLog) add(ev api.BuildEvent) {
 	l.mu.Lock()
 	l.events = append(l.events, ev)
 	l.mu.Unlock()
@@ -98,8 +100,8 @@ func TestLockBuildRelockPushSaveLoad(t *testing.T) {
 	_, _ = rand.Read(b)
 	env := "itest-" + hex.EncodeToString(b)
 	t.Cleanup(func() {
-		testenv.RemoveImages(eng, images.LabelEnv, env)
-		_, _ = eng.Client().ImageRemove(context.Background(), "spawnd-lock/"+env+":stage", client.ImageRemoveOptions{Force: true})
+		testenv.RemoveImages(eng, labels.Env, env)
+		_, _ = testenv.Client(eng).ImageRemove(context.Background(), "spawnd-lock/"+env+":stage", client.ImageRemoveOptions{Force: true})
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
@@ -143,10 +145,10 @@ func TestLockBuildRelockPushSaveLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.Labels[images.LabelLockDigest] != l.Digest || info.Labels["org.opencontainers.image.title"] == "" {
+	if info.Labels[labels.LockDigest] != l.Digest || info.Labels["org.opencontainers.image.title"] == "" {
 		t.Fatalf("labels %v", info.Labels)
 	}
-	run, err := eng.RunCapture(ctx, images.RunSpec{Image: res.Tag, Cmd: []string{"sh", "-c", "id -u; python3 -c 'import spawndtesta, spawndtestb; print(spawndtesta.VERSION)'; cat /usr/local/share/jupyter/kernels/" + env + "/kernel.json"}})
+	run, err := eng.RunCapture(ctx, backend.RunSpec{Image: res.Tag, Cmd: []string{"sh", "-c", "id -u; python3 -c 'import spawndtesta, spawndtestb; print(spawndtesta.VERSION)'; cat /usr/local/share/jupyter/kernels/" + env + "/kernel.json"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,11 +247,7 @@ func TestLockBuildRelockPushSaveLoad(t *testing.T) {
 		t.Fatalf("pulled config %s, built image %s", cfg, res3.ImageID)
 	}
 	pullTag, _ := name.NewTag("spawnd-test/pulled-" + env + ":1")
-	var tb bytes.Buffer
-	if err := tarball.Write(pullTag, pulled, &tb); err != nil {
-		t.Fatal(err)
-	}
-	if err := eng.Load(ctx, &tb); err != nil {
+	if err := eng.WriteImage(ctx, pullTag.String(), pulled); err != nil {
 		t.Fatal(err)
 	}
 	if pi, err := eng.ImageInspect(ctx, pullTag.String()); err != nil || pi.ID != res3.ImageID {
@@ -261,7 +259,7 @@ func TestLockBuildRelockPushSaveLoad(t *testing.T) {
 	if _, err := images.SaveOCI(ctx, eng, res3.Tag, archive); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := eng.Client().ImageRemove(ctx, res3.Tag, client.ImageRemoveOptions{}); err != nil {
+	if _, err := testenv.Client(eng).ImageRemove(ctx, res3.Tag, client.ImageRemoveOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	tags, err := images.LoadOCI(ctx, eng, archive)
@@ -283,7 +281,7 @@ func TestWrongPackageHashFailsAndLeavesNoImage(t *testing.T) {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	env := "itest-" + hex.EncodeToString(b)
-	t.Cleanup(func() { testenv.RemoveImages(eng, images.LabelEnv, env) })
+	t.Cleanup(func() { testenv.RemoveImages(eng, labels.Env, env) })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	ix := testenv.NewIndex(t)
@@ -310,7 +308,7 @@ func TestWrongPackageHashFailsAndLeavesNoImage(t *testing.T) {
 	if !strings.Contains(err.Error(), "DO NOT MATCH THE HASHES") {
 		t.Fatalf("the error does not carry pip's hash mismatch: %v", err)
 	}
-	if _, err := eng.ImageID(ctx, l.Tag()); err == nil {
+	if err := eng.CheckImage(ctx, l.Tag()); err == nil {
 		t.Fatalf("a failed build left the image %s", l.Tag())
 	}
 }

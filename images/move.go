@@ -15,57 +15,23 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
-// Mover is what moving images needs from the engine: its image archive
-// (docker save) out and in.
-type Mover interface {
-	Save(ctx context.Context, refs []string) (io.ReadCloser, error)
-	Load(ctx context.Context, r io.Reader) error
-}
-
-// fromEngine reads an image out of the engine into a temporary docker
-// archive and opens it with go-containerregistry.
-func fromEngine(ctx context.Context, m Mover, ref string) (v1.Image, func(), error) {
-	f, err := os.CreateTemp("", "spawnd-save-*.tar")
-	if err != nil {
-		return nil, nil, err
-	}
-	cleanup := func() { f.Close(); os.Remove(f.Name()) }
-	rc, err := m.Save(ctx, []string{ref})
-	if err != nil {
-		cleanup()
-		return nil, nil, err
-	}
-	_, err = io.Copy(f, rc)
-	rc.Close()
-	if err != nil {
-		cleanup()
-		return nil, nil, fmt.Errorf("reading %s out of the engine: %w", ref, err)
-	}
-	tag, err := name.NewTag(ref)
-	if err != nil {
-		cleanup()
-		return nil, nil, fmt.Errorf("%q is not an image tag: %w", ref, err)
-	}
-	img, err := tarball.ImageFromPath(f.Name(), &tag)
-	if err != nil {
-		cleanup()
-		return nil, nil, fmt.Errorf("opening the archive of %s: %w", ref, err)
-	}
-	return img, cleanup, nil
-}
+// Store is where images are read from and written to: the engine, through
+// go-containerregistry's daemon package (backend.ImageStore).
+type Store = backend.ImageStore
 
 // Push copies an image from the engine to a registry and returns the
 // reference by digest (REGISTRY/spawnd/ENV@sha256:...), which is what a
 // Swarm service or another machine should pull.
-func Push(ctx context.Context, m Mover, ref, dst string, opts ...remote.Option) (string, error) {
-	img, cleanup, err := fromEngine(ctx, m, ref)
+func Push(ctx context.Context, st Store, ref, dst string, opts ...remote.Option) (string, error) {
+	img, err := st.Image(ctx, ref)
 	if err != nil {
 		return "", err
 	}
-	defer cleanup()
 	target, err := name.ParseReference(dst, name.WeakValidation)
 	if err != nil {
 		return "", fmt.Errorf("%q is not an image reference: %w", dst, err)
@@ -83,12 +49,11 @@ func Push(ctx context.Context, m Mover, ref, dst string, opts ...remote.Option) 
 // SaveOCI writes an image from the engine to file as an OCI image layout in
 // a tar archive (for sites without registry access), with the tag in the
 // org.opencontainers.image.ref.name annotation.
-func SaveOCI(ctx context.Context, m Mover, ref, file string) (v1.Hash, error) {
-	img, cleanup, err := fromEngine(ctx, m, ref)
+func SaveOCI(ctx context.Context, st Store, ref, file string) (v1.Hash, error) {
+	img, err := st.Image(ctx, ref)
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	defer cleanup()
 	dir, err := os.MkdirTemp("", "spawnd-oci-*")
 	if err != nil {
 		return v1.Hash{}, err
@@ -98,7 +63,7 @@ func SaveOCI(ctx context.Context, m Mover, ref, file string) (v1.Hash, error) {
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": ref})); err != nil {
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{ocispec.AnnotationRefName: ref})); err != nil {
 		return v1.Hash{}, fmt.Errorf("writing the OCI layout: %w", err)
 	}
 	tmp := file + ".partial"
@@ -114,7 +79,7 @@ func SaveOCI(ctx context.Context, m Mover, ref, file string) (v1.Hash, error) {
 
 // LoadOCI loads every image of an OCI archive made by SaveOCI into the
 // engine, tagged as the archive names them, and returns the tags.
-func LoadOCI(ctx context.Context, m Mover, file string) ([]string, error) {
+func LoadOCI(ctx context.Context, st Store, file string) ([]string, error) {
 	dir, err := os.MkdirTemp("", "spawnd-oci-*")
 	if err != nil {
 		return nil, err
@@ -133,19 +98,15 @@ func LoadOCI(ctx context.Context, m Mover, file string) ([]string, error) {
 	}
 	var tags []string
 	for _, desc := range im.Manifests {
-		refName := desc.Annotations["org.opencontainers.image.ref.name"]
-		tag, err := name.NewTag(refName)
-		if err != nil {
+		refName := desc.Annotations[ocispec.AnnotationRefName]
+		if _, err := name.NewTag(refName); err != nil {
 			return nil, fmt.Errorf("%s: image %s has no usable tag (%q)", file, desc.Digest, refName)
 		}
 		img, err := idx.Image(desc.Digest)
 		if err != nil {
 			return nil, err
 		}
-		pr, pw := io.Pipe()
-		go func() { pw.CloseWithError(tarball.Write(tag, img, pw)) }()
-		if err := m.Load(ctx, pr); err != nil {
-			pr.CloseWithError(err)
+		if err := st.WriteImage(ctx, refName, img); err != nil {
 			return nil, err
 		}
 		tags = append(tags, refName)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spawnd/spawnd/envs"
+	"github.com/spawnd/spawnd/labels"
 )
 
 func testLock(pipVersion string) *envs.Lock {
@@ -27,7 +28,7 @@ func testLock(pipVersion string) *envs.Lock {
 }
 
 func TestPlanLayerOrder(t *testing.T) {
-	df := NewPlan(testLock("2.32.3"), StageAll).Dockerfile
+	df := NewBuildPlan(testLock("2.32.3"), StageAll).Dockerfile
 	order := []string{"FROM sha256:", "COPY apt/", "sha256sum --check", "COPY pip/", "--require-hashes", "COPY kernels/", "useradd", "USER 1000:100", `CMD ["jupyterhub-singleuser"]`}
 	last := -1
 	for _, want := range order {
@@ -43,7 +44,7 @@ func TestPlanLayerOrder(t *testing.T) {
 // the apt layer are byte-identical when only a pip package changes, so the
 // engine's cache reuses the apt layer.
 func TestPipChangeKeepsAptLayer(t *testing.T) {
-	a, b := NewPlan(testLock("2.32.3"), StageAll), NewPlan(testLock("2.32.4"), StageAll)
+	a, b := NewBuildPlan(testLock("2.32.3"), StageAll), NewBuildPlan(testLock("2.32.4"), StageAll)
 	cut := func(df string) string { return df[strings.Index(df, "\n"):strings.Index(df, "COPY pip/")] }
 	if cut(a.Dockerfile) != cut(b.Dockerfile) {
 		t.Fatal("a pip change altered the layers before pip")
@@ -54,13 +55,13 @@ func TestPipChangeKeepsAptLayer(t *testing.T) {
 	if bytes.Equal(a.Files["pip/requirements.txt"], b.Files["pip/requirements.txt"]) {
 		t.Fatal("the pip change is not in the plan")
 	}
-	if a.Labels[LabelLockDigest] == b.Labels[LabelLockDigest] {
+	if a.Labels[labels.LockDigest] == b.Labels[labels.LockDigest] {
 		t.Fatal("both plans carry the same lock digest")
 	}
 }
 
 func TestPlanFiles(t *testing.T) {
-	p := NewPlan(testLock("2.32.3"), StageAll)
+	p := NewBuildPlan(testLock("2.32.3"), StageAll)
 	if got := string(p.Files["apt/sha256sums.txt"]); got != strings.Repeat("1", 64)+"  git_1%3a2.39.5-0+deb12u2_amd64.deb\n" {
 		t.Fatalf("apt sums: %q", got)
 	}
@@ -73,15 +74,15 @@ func TestPlanFiles(t *testing.T) {
 	if !strings.Contains(p.Dockerfile, "--index-url http://127.0.0.1:9/simple") {
 		t.Fatal("pip install ignores the locked index")
 	}
-	stage := NewPlan(testLock("2.32.3"), StageConda)
+	stage := NewBuildPlan(testLock("2.32.3"), StageConda)
 	if strings.Contains(stage.Dockerfile, "pip") || strings.Contains(stage.Dockerfile, "USER") {
 		t.Fatalf("the lock stage goes past conda:\n%s", stage.Dockerfile)
 	}
 }
 
 func TestPlanTarIsDeterministic(t *testing.T) {
-	a, _ := io.ReadAll(NewPlan(testLock("2.32.3"), StageAll).Tar())
-	b, _ := io.ReadAll(NewPlan(testLock("2.32.3"), StageAll).Tar())
+	a, _ := io.ReadAll(NewBuildPlan(testLock("2.32.3"), StageAll).Tar())
+	b, _ := io.ReadAll(NewBuildPlan(testLock("2.32.3"), StageAll).Tar())
 	if !bytes.Equal(a, b) {
 		t.Fatal("the same plan gave different build contexts")
 	}
@@ -142,7 +143,7 @@ func TestParseMicromamba(t *testing.T) {
 	}
 	l := testLock("1")
 	l.Conda = &envs.CondaLock{Channels: []string{"conda-forge"}, Packages: pkgs}
-	p := NewPlan(l, StageAll)
+	p := NewBuildPlan(l, StageAll)
 	if !strings.HasPrefix(string(p.Files["conda/explicit.txt"]), "@EXPLICIT\nhttps://conda.anaconda.org/conda-forge/linux-64/numpy-1.26.4-py311h64a7726_0.conda#a502d7aad449a1206efb366d6a12c52d\n") {
 		t.Fatalf("explicit file: %s", p.Files["conda/explicit.txt"])
 	}

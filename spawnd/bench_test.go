@@ -6,10 +6,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/labels"
+	"github.com/spawnd/spawnd/spawnd/backend"
+	"github.com/spawnd/spawnd/spawnd/backend/fakebackend"
 )
 
-func benchManager(b *testing.B, rt *fakeRuntime) *Manager {
+func benchManager(b *testing.B, rt *fakebackend.Runtime) *Manager {
 	b.Helper()
 	cfg := Config{Instance: "bench", HomesRoot: b.TempDir(),
 		Envs: map[string]EnvConfig{"team": {Image: "img:1", User: EnvUser{Name: "jovyan", UID: testUID(), GID: 100}}}, ReapGrace: time.Hour}
@@ -27,9 +29,9 @@ func benchManager(b *testing.B, rt *fakeRuntime) *Manager {
 
 // BenchmarkStatus is the cost of one status answer with 100 servers.
 func BenchmarkStatus(b *testing.B) {
-	m := benchManager(b, newFake())
+	m := benchManager(b, fakebackend.New())
 	for i := range 100 {
-		if _, err := m.Start(context.Background(), fmt.Sprintf("u%03d", i), "", api.StartRequest{}); err != nil {
+		if _, err := m.Start(context.Background(), fmt.Sprintf("u%03d", i), "", StartRequest{}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -47,11 +49,11 @@ func BenchmarkStatus(b *testing.B) {
 
 // BenchmarkStartStop is the core's own cost of a start and a stop.
 func BenchmarkStartStop(b *testing.B) {
-	m := benchManager(b, newFake())
+	m := benchManager(b, fakebackend.New())
 	ctx := context.Background()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := m.Start(ctx, "alice", "", api.StartRequest{}); err != nil {
+		if _, err := m.Start(ctx, "alice", "", StartRequest{}); err != nil {
 			b.Fatal(err)
 		}
 		if _, err := m.Stop(ctx, "alice", ""); err != nil {
@@ -62,10 +64,10 @@ func BenchmarkStartStop(b *testing.B) {
 
 // BenchmarkReconcile300 is a full reconcile of 300 containers, engine excluded.
 func BenchmarkReconcile300(b *testing.B) {
-	rt := newFake()
+	rt := fakebackend.New()
 	for i := range 300 {
-		rt.add(Container{ID: fmt.Sprintf("c%03d", i), State: EngineRunning, HostPort: 40000 + i,
-			Labels: map[string]string{LabelManaged: "true", LabelInstance: "bench", LabelUser: fmt.Sprintf("u%03d", i), LabelPort: "8888"}})
+		rt.Add(backend.Container{ID: fmt.Sprintf("c%03d", i), State: backend.Running, HostPort: 40000 + i,
+			Labels: map[string]string{labels.Managed: "true", labels.Instance: "bench", labels.User: fmt.Sprintf("u%03d", i), labels.Port: "8888"}, Port: 8888})
 	}
 	m := benchManager(b, rt)
 	b.ResetTimer()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	units "github.com/docker/go-units"
+	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/spawnd/egress"
 )
 
@@ -202,17 +203,16 @@ type ProfileConfig struct {
 // MemoryBytes is the parsed memory limit.
 func (p ProfileConfig) MemoryBytes() int64 { return p.memoryBytes }
 
-var (
-	instanceRE = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
-	envNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
-	unixUserRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
-)
+var instanceRE = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
 
-// Validate fills defaults and checks every field, naming the key of the first
-// mistake and what to do about it.
+// Validate fills the defaults and then checks every section, naming the key
+// of the first mistake and what to do about it. Each section fills its own
+// defaults (defaults) and checks itself (validate); the rules shared with
+// other rooms live once: env and user names in package envs, the homes_root
+// owner in CheckHomesRoot.
 func (c *Config) Validate() error {
-	// Validate fills defaults into the maps: copy them, so that the caller's
-	// config is never changed under it and Validate can run twice.
+	// Defaults go into the maps: copy them, so that the caller's config is
+	// never changed under it and Validate can run twice.
 	c.Envs = maps.Clone(c.Envs)
 	c.Profiles = maps.Clone(c.Profiles)
 	c.Teams = maps.Clone(c.Teams)
@@ -220,39 +220,51 @@ func (c *Config) Validate() error {
 		t.Shared = slices.Clone(t.Shared)
 		c.Teams[k] = t
 	}
+	c.defaults()
+	if err := c.validateTop(); err != nil {
+		return err
+	}
+	if err := c.Network.validate(); err != nil {
+		return err
+	}
+	if len(c.Envs) == 0 {
+		return fmt.Errorf("envs: no env configured; add at least one (envs.<name>.image)")
+	}
+	for _, name := range sortedKeys(c.Envs) {
+		e, err := c.Envs[name].resolve("envs." + name)
+		if err != nil {
+			return err
+		}
+		c.Envs[name] = e
+	}
+	if err := pickDefault("default_env", "envs", &c.DefaultEnv, c.Envs, "team"); err != nil {
+		return err
+	}
+	for _, name := range sortedKeys(c.Profiles) {
+		p := c.Profiles[name]
+		if err := p.validate("profiles." + name); err != nil {
+			return err
+		}
+		c.Profiles[name] = p
+	}
+	if err := pickDefault("default_profile", "profiles", &c.DefaultProfile, c.Profiles, "default"); err != nil {
+		return err
+	}
+	for _, name := range sortedKeys(c.Teams) {
+		if err := c.Teams[name].validate("teams."+name, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// defaults fills every default that needs nothing but the config itself.
+func (c *Config) defaults() {
 	if c.Instance == "" {
 		c.Instance = "default"
 	}
-	if !instanceRE.MatchString(c.Instance) {
-		return fmt.Errorf("instance: %q must be 1-32 characters of a-z and 0-9", c.Instance)
-	}
-	if c.HomesRoot == "" {
-		return fmt.Errorf("homes_root: not set; give the absolute host path that holds users' homes (e.g. /srv/spawnd/homes)")
-	}
-	if !filepath.IsAbs(c.HomesRoot) {
-		return fmt.Errorf("homes_root: %q is not an absolute path", c.HomesRoot)
-	}
-	c.HomesRoot = filepath.Clean(c.HomesRoot)
-	if c.Network.Name == "" {
-		c.Network.Name = "spawnd-users"
-	}
-	if c.Network.Mode == "" {
-		c.Network.Mode = "publish"
-	}
-	if c.Network.Mode != "publish" && c.Network.Mode != "network" {
-		return fmt.Errorf("network.mode: %q is not one of publish, network", c.Network.Mode)
-	}
-	if c.Network.PublishIP == "" {
-		c.Network.PublishIP = "127.0.0.1"
-	}
-	if err := c.Network.Egress.validate(); err != nil {
-		return err
-	}
 	if c.MaxConcurrentStarts == 0 {
 		c.MaxConcurrentStarts = 2 * runtime.NumCPU()
-	}
-	if c.MaxConcurrentStarts < 0 {
-		return fmt.Errorf("max_concurrent_starts: %d must be positive", c.MaxConcurrentStarts)
 	}
 	if c.StartTimeout == 0 {
 		c.StartTimeout = 120 * time.Second
@@ -263,136 +275,182 @@ func (c *Config) Validate() error {
 	if c.ReapGrace == 0 {
 		c.ReapGrace = 2 * time.Minute
 	}
-	for name, d := range map[string]time.Duration{"start_timeout": c.StartTimeout, "stop_grace": c.StopGrace, "reap_grace": c.ReapGrace} {
-		if d < 0 {
-			return fmt.Errorf("%s: %s must not be negative", name, d)
-		}
-	}
-	if len(c.Envs) == 0 {
-		return fmt.Errorf("envs: no env configured; add at least one (envs.<name>.image)")
-	}
-	for _, name := range sortedKeys(c.Envs) {
-		e := c.Envs[name]
-		key := "envs." + name
-		if !envNameRE.MatchString(name) {
-			return fmt.Errorf("%s: the name must be lower case letters, digits, '.', '_' or '-'", key)
-		}
-		if e.Spec != "" {
-			ne, err := fromLock(e)
-			if err != nil {
-				return fmt.Errorf("%s.spec: %w", key, err)
-			}
-			if e.Image != "" && e.Image != ne.Image {
-				return fmt.Errorf("%s: give spec or image, not both (the spec's lock names %s)", key, ne.Image)
-			}
-			e = ne
-		}
-		if e.Image == "" {
-			return fmt.Errorf("%s.image: not set; give the env's spec (envs.%s.spec) or a pinned image", key, name)
-		}
-		if e.User.Name == "" {
-			e.User.Name = "jovyan"
-		}
-		if e.User.UID == 0 && e.User.GID == 0 {
-			e.User.UID, e.User.GID = 1000, 100 // unset (an explicit uid 0 is refused where the config is read)
-		}
-		if e.Home == "" {
-			e.Home = "/home/" + e.User.Name
-		}
-		if err := e.checkRunAs(key); err != nil {
-			return err
-		}
-		if e.Port == 0 {
-			e.Port = 8888
-		}
-		if e.Port < 1 || e.Port > 65535 {
-			return fmt.Errorf("%s.port: %d is not a TCP port", key, e.Port)
-		}
-		for i, kv := range e.Environment {
-			k, _, ok := strings.Cut(kv, "=")
-			if !ok || !envVarRE.MatchString(k) {
-				return fmt.Errorf("%s.environment[%d]: %q is not KEY=VALUE with a valid variable name", key, i, kv)
-			}
-		}
-		c.Envs[name] = e
-	}
-	if c.DefaultEnv == "" {
-		if len(c.Envs) == 1 {
-			c.DefaultEnv = sortedKeys(c.Envs)[0]
-		} else if _, ok := c.Envs["team"]; ok {
-			c.DefaultEnv = "team"
-		} else {
-			return fmt.Errorf("default_env: not set and there are %d envs; name one of %v", len(c.Envs), sortedKeys(c.Envs))
-		}
-	}
-	if _, ok := c.Envs[c.DefaultEnv]; !ok {
-		return fmt.Errorf("default_env: %q is not one of the envs %v", c.DefaultEnv, sortedKeys(c.Envs))
-	}
+	c.Network.defaults()
 	if len(c.Profiles) == 0 {
 		c.Profiles = map[string]ProfileConfig{"default": {Memory: "2g", CPUs: 1, Pids: 1024}}
 	}
-	for _, name := range sortedKeys(c.Profiles) {
-		p := c.Profiles[name]
-		key := "profiles." + name
-		if !envNameRE.MatchString(name) {
-			return fmt.Errorf("%s: the name must be lower case letters, digits, '.', '_' or '-'", key)
-		}
-		if p.Memory != "" {
-			b, err := units.RAMInBytes(p.Memory)
-			if err != nil || b < 6*1024*1024 {
-				return fmt.Errorf("%s.memory: %q is not a memory size of at least 6m (e.g. 512m, 2g)", key, p.Memory)
-			}
-			p.memoryBytes = b
-		}
-		if p.CPUs < 0 || p.CPUs > 1024 {
-			return fmt.Errorf("%s.cpus: %v must be between 0 (unlimited) and 1024", key, p.CPUs)
-		}
+	for name, p := range c.Profiles {
 		if p.Pids == 0 {
 			p.Pids = 1024
 		}
-		if p.Pids < 16 {
-			return fmt.Errorf("%s.pids: %d is too low for a Jupyter server; use at least 16", key, p.Pids)
-		}
 		c.Profiles[name] = p
 	}
-	if c.DefaultProfile == "" {
-		if len(c.Profiles) == 1 {
-			c.DefaultProfile = sortedKeys(c.Profiles)[0]
-		} else if _, ok := c.Profiles["default"]; ok {
-			c.DefaultProfile = "default"
+}
+
+// validateTop checks the top-level keys.
+func (c *Config) validateTop() error {
+	if !instanceRE.MatchString(c.Instance) {
+		return fmt.Errorf("instance: %q must be 1-32 characters of a-z and 0-9", c.Instance)
+	}
+	if c.HomesRoot == "" {
+		return fmt.Errorf("homes_root: not set; give the absolute host path that holds users' homes (e.g. /srv/spawnd/homes)")
+	}
+	if !filepath.IsAbs(c.HomesRoot) {
+		return fmt.Errorf("homes_root: %q is not an absolute path", c.HomesRoot)
+	}
+	c.HomesRoot = filepath.Clean(c.HomesRoot)
+	if c.MaxConcurrentStarts < 0 {
+		return fmt.Errorf("max_concurrent_starts: %d must be positive", c.MaxConcurrentStarts)
+	}
+	for _, d := range []struct {
+		key string
+		d   time.Duration
+	}{{"start_timeout", c.StartTimeout}, {"stop_grace", c.StopGrace}, {"reap_grace", c.ReapGrace}} {
+		if d.d < 0 {
+			return fmt.Errorf("%s: %s must not be negative", d.key, d.d)
+		}
+	}
+	return nil
+}
+
+func (n *NetworkConfig) defaults() {
+	if n.Name == "" {
+		n.Name = "spawnd-users"
+	}
+	if n.Mode == "" {
+		n.Mode = "publish"
+	}
+	if n.PublishIP == "" {
+		n.PublishIP = "127.0.0.1"
+	}
+}
+
+func (n *NetworkConfig) validate() error {
+	if n.Mode != "publish" && n.Mode != "network" {
+		return fmt.Errorf("network.mode: %q is not one of publish, network", n.Mode)
+	}
+	return n.Egress.validate()
+}
+
+// resolve fills an env from its spec's lock and its defaults, and checks it.
+func (e EnvConfig) resolve(key string) (EnvConfig, error) {
+	if err := envs.CheckName(e.name(key)); err != nil {
+		return e, fmt.Errorf("%s: %w", key, err)
+	}
+	if e.Spec != "" {
+		ne, err := fromLock(e)
+		if err != nil {
+			return e, fmt.Errorf("%s.spec: %w", key, err)
+		}
+		if e.Image != "" && e.Image != ne.Image {
+			return e, fmt.Errorf("%s: give spec or image, not both (the spec's lock names %s)", key, ne.Image)
+		}
+		e = ne
+	}
+	if e.Image == "" {
+		return e, fmt.Errorf("%s.image: not set; give the env's spec (%s.spec) or a pinned image", key, key)
+	}
+	e.defaults()
+	return e, e.validate(key)
+}
+
+// name is the env's name: the last part of its key.
+func (EnvConfig) name(key string) string { return strings.TrimPrefix(key, "envs.") }
+
+func (e *EnvConfig) defaults() {
+	if e.User.Name == "" {
+		e.User.Name = "jovyan"
+	}
+	if e.User.UID == 0 && e.User.GID == 0 {
+		e.User.UID, e.User.GID = 1000, 100 // unset (an explicit uid 0 is refused where the config is read)
+	}
+	if e.Home == "" {
+		e.Home = "/home/" + e.User.Name
+	}
+	if e.Port == 0 {
+		e.Port = 8888
+	}
+}
+
+func (e EnvConfig) validate(key string) error {
+	if err := e.checkRunAs(key); err != nil {
+		return err
+	}
+	if e.Port < 1 || e.Port > 65535 {
+		return fmt.Errorf("%s.port: %d is not a TCP port", key, e.Port)
+	}
+	for i, kv := range e.Environment {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || !envVarRE.MatchString(k) {
+			return fmt.Errorf("%s.environment[%d]: %q is not KEY=VALUE with a valid variable name", key, i, kv)
+		}
+	}
+	return nil
+}
+
+func (p *ProfileConfig) validate(key string) error {
+	if err := envs.CheckName(strings.TrimPrefix(key, "profiles.")); err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	if p.Memory != "" {
+		b, err := units.RAMInBytes(p.Memory)
+		if err != nil || b < 6*1024*1024 {
+			return fmt.Errorf("%s.memory: %q is not a memory size of at least 6m (e.g. 512m, 2g)", key, p.Memory)
+		}
+		p.memoryBytes = b
+	}
+	if p.CPUs < 0 || p.CPUs > 1024 {
+		return fmt.Errorf("%s.cpus: %v must be between 0 (unlimited) and 1024", key, p.CPUs)
+	}
+	if p.Pids < 16 {
+		return fmt.Errorf("%s.pids: %d is too low for a Jupyter server; use at least 16", key, p.Pids)
+	}
+	return nil
+}
+
+// validate checks a team against the config's envs and profiles, and
+// cleans its shared folders' paths in place.
+func (t TeamConfig) validate(key string, c *Config) error {
+	if len(t.Groups) == 0 {
+		return fmt.Errorf("%s.groups: empty; name the JupyterHub groups whose members are in the team", key)
+	}
+	for i, e := range t.Envs {
+		if _, ok := c.Envs[e]; !ok {
+			return fmt.Errorf("%s.envs[%d]: %q is not one of the envs %v", key, i, e, sortedKeys(c.Envs))
+		}
+	}
+	for i, p := range t.Profiles {
+		if _, ok := c.Profiles[p]; !ok {
+			return fmt.Errorf("%s.profiles[%d]: %q is not one of the profiles %v", key, i, p, sortedKeys(c.Profiles))
+		}
+	}
+	for i, sh := range t.Shared {
+		f := fmt.Sprintf("%s.shared[%d]", key, i)
+		if !filepath.IsAbs(sh.Source) || filepath.Clean(sh.Source) == "/" {
+			return fmt.Errorf("%s.source: %q must be an absolute host path below /", f, sh.Source)
+		}
+		if !filepath.IsAbs(sh.Target) || filepath.Clean(sh.Target) == "/" {
+			return fmt.Errorf("%s.target: %q must be an absolute path below / in the container", f, sh.Target)
+		}
+		t.Shared[i].Source, t.Shared[i].Target = filepath.Clean(sh.Source), filepath.Clean(sh.Target)
+	}
+	return nil
+}
+
+// pickDefault fills *name when it is unset (the only entry, or fallback),
+// and checks that it names an entry of m.
+func pickDefault[V any](key, what string, name *string, m map[string]V, fallback string) error {
+	if *name == "" {
+		if len(m) == 1 {
+			*name = sortedKeys(m)[0]
+		} else if _, ok := m[fallback]; ok {
+			*name = fallback
 		} else {
-			return fmt.Errorf("default_profile: not set and there are %d profiles; name one of %v", len(c.Profiles), sortedKeys(c.Profiles))
+			return fmt.Errorf("%s: not set and there are %d %s; name one of %v", key, len(m), what, sortedKeys(m))
 		}
 	}
-	if _, ok := c.Profiles[c.DefaultProfile]; !ok {
-		return fmt.Errorf("default_profile: %q is not one of the profiles %v", c.DefaultProfile, sortedKeys(c.Profiles))
-	}
-	for _, name := range sortedKeys(c.Teams) {
-		t := c.Teams[name]
-		key := "teams." + name
-		if len(t.Groups) == 0 {
-			return fmt.Errorf("%s.groups: empty; name the JupyterHub groups whose members are in the team", key)
-		}
-		for i, e := range t.Envs {
-			if _, ok := c.Envs[e]; !ok {
-				return fmt.Errorf("%s.envs[%d]: %q is not one of the envs %v", key, i, e, sortedKeys(c.Envs))
-			}
-		}
-		for i, p := range t.Profiles {
-			if _, ok := c.Profiles[p]; !ok {
-				return fmt.Errorf("%s.profiles[%d]: %q is not one of the profiles %v", key, i, p, sortedKeys(c.Profiles))
-			}
-		}
-		for i, sh := range t.Shared {
-			f := fmt.Sprintf("%s.shared[%d]", key, i)
-			if !filepath.IsAbs(sh.Source) || filepath.Clean(sh.Source) == "/" {
-				return fmt.Errorf("%s.source: %q must be an absolute host path below /", f, sh.Source)
-			}
-			if !filepath.IsAbs(sh.Target) || filepath.Clean(sh.Target) == "/" {
-				return fmt.Errorf("%s.target: %q must be an absolute path below / in the container", f, sh.Target)
-			}
-			t.Shared[i].Source, t.Shared[i].Target = filepath.Clean(sh.Source), filepath.Clean(sh.Target)
-		}
+	if _, ok := m[*name]; !ok {
+		return fmt.Errorf("%s: %q is not one of the %s %v", key, *name, what, sortedKeys(m))
 	}
 	return nil
 }
@@ -414,8 +472,8 @@ func (e EnvConfig) checkRunAs(key string) error {
 	if e.Image == "" {
 		return fmt.Errorf("%s.image: not set", key)
 	}
-	if !unixUserRE.MatchString(e.User.Name) {
-		return fmt.Errorf("%s.user.name: %q is not a valid user name", key, e.User.Name)
+	if err := envs.CheckUnixUser(e.User.Name); err != nil {
+		return fmt.Errorf("%s.user.name: %w", key, err)
 	}
 	if e.User.UID <= 0 {
 		return fmt.Errorf("%s.user.uid: %d; user containers never run as root, use a uid above 0", key, e.User.UID)

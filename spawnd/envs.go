@@ -71,10 +71,18 @@ func (t *envTable) get(name string) (EnvConfig, bool) {
 	return ne, true
 }
 
-func (t *envTable) names() []string {
+// current returns every env, each refreshed from its lock as get does.
+func (t *envTable) current() map[string]EnvConfig {
 	t.mu.RLock()
-	defer t.mu.RUnlock()
-	return sortedKeys(t.envs)
+	names := sortedKeys(t.envs)
+	t.mu.RUnlock()
+	out := make(map[string]EnvConfig, len(names))
+	for _, n := range names {
+		if e, ok := t.get(n); ok {
+			out[n] = e
+		}
+	}
+	return out
 }
 
 // fromLock fills an env from its spec's lock.

@@ -7,8 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
-
-	"github.com/spawnd/spawnd/api"
 )
 
 // Homes owns the users' home directories under one root on the host:
@@ -29,11 +27,6 @@ func NewHomes(root string) (*Homes, error) {
 // Root is the directory that holds every home.
 func (h *Homes) Root() string { return h.root }
 
-// Path is the host path of user's home. It does not touch the file system.
-func (h *Homes) Path(user string) string {
-	return filepath.Join(h.root, Escape(user))
-}
-
 // Ensure makes sure user's home exists and returns its host path. A new home
 // is created with mode 0700 and owned by uid:gid; an existing directory is left
 // as it is. A symlink or a non-directory in its place is refused, never
@@ -51,10 +44,12 @@ func (h *Homes) Ensure(user string, uid, gid int) (string, error) {
 
 	if fi, err := root.Lstat(name); err == nil {
 		if fi.Mode()&fs.ModeSymlink != 0 {
-			return "", api.Errorf(api.CodeConflict, "the home of this user is a symlink (%s); an admin must replace it with a directory", filepath.Join(h.root, name))
+			return "", &Error{Kind: ErrConflict, Msg: "the home of this user is a symlink; an admin must replace it with a directory (the daemon's log names it)",
+				Cause: fmt.Errorf("home %s is a symlink", filepath.Join(h.root, name))}
 		}
 		if !fi.IsDir() {
-			return "", api.Errorf(api.CodeConflict, "the home of this user is not a directory (%s); an admin must move it away", filepath.Join(h.root, name))
+			return "", &Error{Kind: ErrConflict, Msg: "the home of this user is not a directory; an admin must move it away (the daemon's log names it)",
+				Cause: fmt.Errorf("home %s is not a directory", filepath.Join(h.root, name))}
 		}
 		return filepath.Join(h.root, name), nil
 	} else if !errors.Is(err, fs.ErrNotExist) {
@@ -107,7 +102,7 @@ func (h *Homes) Delete(user string) error {
 	defer root.Close()
 	name := Escape(user)
 	if _, err := root.Lstat(name); errors.Is(err, fs.ErrNotExist) {
-		return api.Errorf(api.CodeNotFound, "user has no home")
+		return errorf(ErrNotFound, "user has no home")
 	}
 	if err := root.RemoveAll(name); err != nil {
 		return homeErr("deleting home %s: %v", filepath.Join(h.root, name), err)
@@ -115,27 +110,39 @@ func (h *Homes) Delete(user string) error {
 	return nil
 }
 
-// checkRootOwner refuses a homes_root that someone other than the daemon's
-// user (or root) owns, or that others may write: whoever can write there can
-// swap a home for a symlink between two starts.
+// checkRootOwner applies CheckHomesRoot to the open root.
 func checkRootOwner(root *os.Root, path string) error {
 	fi, err := root.Stat(".")
 	if err != nil {
 		return homeErr("checking homes_root %s: %v", path, err)
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil
-	}
-	if euid := uint32(os.Geteuid()); st.Uid != euid && st.Uid != 0 {
-		return homeErr("homes_root %s is owned by uid %d, not by root or the daemon's user; fix it: chown root:root %s", path, st.Uid, path)
-	}
-	if fi.Mode().Perm()&0o022 != 0 {
-		return homeErr("homes_root %s is writable by group or others (mode %#o); fix it: chmod 755 %s", path, fi.Mode().Perm(), path)
+	if err := CheckHomesRoot(path, fi); err != nil {
+		return internal(err, "the user's home could not be prepared; an admin can find why in the daemon's log")
 	}
 	return nil
 }
 
+// CheckHomesRoot is the rule for homes_root, for the daemon (before every
+// home it makes) and for doctor alike: owned by root or the daemon's user,
+// and writable by nobody else. Whoever can write there can swap a home for
+// a symlink between two starts. The error says how to fix it.
+func CheckHomesRoot(path string, fi fs.FileInfo) error {
+	if !fi.IsDir() {
+		return fmt.Errorf("homes_root %s is not a directory; point homes_root at a directory", path)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if euid := uint32(os.Geteuid()); st.Uid != euid && st.Uid != 0 {
+			return fmt.Errorf("homes_root %s is owned by uid %d, not by root or the daemon's user; fix it: chown root:root %s", path, st.Uid, path)
+		}
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("homes_root %s is writable by group or others (mode %#o); fix it: chmod 755 %s", path, fi.Mode().Perm(), path)
+	}
+	return nil
+}
+
+// homeErr is a failure of the homes on the host: the person is told the
+// home could not be prepared, the daemon's log says where and how to fix it.
 func homeErr(format string, args ...any) error {
-	return api.Errorf(api.CodeInternal, format, args...)
+	return internal(fmt.Errorf(format, args...), "the user's home could not be prepared; an admin can find why in the daemon's log")
 }

@@ -1,11 +1,10 @@
 package spawnd
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
-
-	"github.com/spawnd/spawnd/api"
 )
 
 // TestPlantedSymlinks plants symlinks where a home would be, and inside a
@@ -43,7 +42,7 @@ func TestPlantedSymlinks(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err := h.Ensure("mallory", os.Getuid(), os.Getgid())
-			if api.ErrorCode(err) != api.CodeConflict {
+			if !errors.Is(err, ErrConflict) {
 				t.Fatalf("Ensure over a planted symlink: %v, want a conflict", err)
 			}
 			if fi, err := os.Lstat(filepath.Join(root, Escape("mallory"))); err != nil || fi.Mode()&os.ModeSymlink == 0 {

@@ -15,8 +15,10 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/envs"
+	"github.com/spawnd/spawnd/labels"
+	"github.com/spawnd/spawnd/spawnd/backend"
+	"github.com/spawnd/spawnd/spawnd/backend/fakebackend"
 )
 
 func testConfig(t *testing.T) Config {
@@ -37,7 +39,7 @@ func testConfig(t *testing.T) Config {
 
 // newTestManager returns a running manager on a fake engine; the readiness
 // probe always succeeds.
-func newTestManager(t *testing.T, cfg Config, rt *fakeRuntime) *Manager {
+func newTestManager(t *testing.T, cfg Config, rt *fakebackend.Runtime) *Manager {
 	t.Helper()
 	return newTestManagerWith(t, cfg, rt, nil, func(context.Context, string) error { return nil })
 }
@@ -47,7 +49,7 @@ func refuse(context.Context, string) error { return errors.New("connection refus
 
 // newTestManagerWith runs a manager with a logger and a Dial of the test's,
 // until the test ends.
-func newTestManagerWith(t *testing.T, cfg Config, rt *fakeRuntime, log *slog.Logger, dial func(context.Context, string) error) *Manager {
+func newTestManagerWith(t *testing.T, cfg Config, rt *fakebackend.Runtime, log *slog.Logger, dial func(context.Context, string) error) *Manager {
 	t.Helper()
 	m, err := NewManager(cfg, rt, log, nil)
 	if err != nil {
@@ -78,29 +80,29 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 func TestStartIsIdempotent(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	m := newTestManager(t, testConfig(t), rt)
 	ctx := context.Background()
-	s1, err := m.Start(ctx, "alice", "", api.StartRequest{})
+	s1, err := m.Start(ctx, "alice", "", StartRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s1.State != api.StateRunning || s1.Host != "127.0.0.1" || s1.Port == 0 || s1.Env != "team" || s1.LockDigest != "sha256:lock1" {
+	if s1.State != StateRunning || s1.Host != "127.0.0.1" || s1.Port == 0 || s1.Env != "team" || s1.LockDigest != "sha256:lock1" {
 		t.Fatalf("unexpected first start: %+v", s1)
 	}
-	s2, err := m.Start(ctx, "alice", "", api.StartRequest{})
+	s2, err := m.Start(ctx, "alice", "", StartRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s2.ContainerID != s1.ContainerID || rt.creates.Load() != 1 {
-		t.Fatalf("second start made a new container: %s vs %s, %d creates", s2.ContainerID, s1.ContainerID, rt.creates.Load())
+	if s2.ContainerID != s1.ContainerID || rt.Runs.Load() != 1 {
+		t.Fatalf("second start made a new container: %s vs %s, %d creates", s2.ContainerID, s1.ContainerID, rt.Runs.Load())
 	}
 }
 
 func TestConcurrentStartsShareOneContainer(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	gate := make(chan struct{})
-	rt.createHook = func() { <-gate }
+	rt.BeforeRun = func() { <-gate }
 	m := newTestManager(t, testConfig(t), rt)
 	const n = 50
 	var wg sync.WaitGroup
@@ -110,7 +112,7 @@ func TestConcurrentStartsShareOneContainer(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s, err := m.Start(context.Background(), "bob", "lab", api.StartRequest{})
+			s, err := m.Start(context.Background(), "bob", "lab", StartRequest{})
 			ids[i], errs[i] = s.ContainerID, err
 		}()
 	}
@@ -122,7 +124,7 @@ func TestConcurrentStartsShareOneContainer(t *testing.T) {
 			t.Fatalf("start %d: id %q err %v; want %q", i, ids[i], errs[i], ids[0])
 		}
 	}
-	if got := rt.creates.Load(); got != 1 {
+	if got := rt.Runs.Load(); got != 1 {
 		t.Fatalf("%d concurrent starts created %d containers, want 1", n, got)
 	}
 }
@@ -132,37 +134,37 @@ func TestBadStartChangesNothing(t *testing.T) {
 		name   string
 		user   string
 		server string
-		req    api.StartRequest
-		code   api.Code
+		req    StartRequest
+		kind   error
 	}{
-		{"unknown env", "alice", "", api.StartRequest{Env: "nope"}, api.CodeInvalid},
-		{"unknown profile", "alice", "", api.StartRequest{Profile: "huge"}, api.CodeInvalid},
-		{"empty user", "", "", api.StartRequest{}, api.CodeInvalid},
-		{"NUL in user", "al\x00ice", "", api.StartRequest{}, api.CodeInvalid},
-		{"newline in user", "al\nice", "", api.StartRequest{}, api.CodeInvalid},
-		{"user too long", string(make([]byte, 256)), "", api.StartRequest{}, api.CodeInvalid},
-		{"control in server", "alice", "a\x1b", api.StartRequest{}, api.CodeInvalid},
-		{"bad env var name", "alice", "", api.StartRequest{Environment: map[string]string{"A-B": "x"}}, api.CodeInvalid},
-		{"NUL in env value", "alice", "", api.StartRequest{Environment: map[string]string{"A": "x\x00"}}, api.CodeInvalid},
-		{"NUL in cmd", "alice", "", api.StartRequest{Cmd: []string{"a\x00"}}, api.CodeInvalid},
-		{"image missing", "alice", "", api.StartRequest{Env: "other", Groups: []string{"staff"}}, api.CodeConflict},
-		{"env not for this user", "alice", "", api.StartRequest{Env: "other"}, api.CodeForbidden},
-		{"bad group", "alice", "", api.StartRequest{Groups: []string{"a\x00"}}, api.CodeInvalid},
+		{"unknown env", "alice", "", StartRequest{Env: "nope"}, ErrInvalid},
+		{"unknown profile", "alice", "", StartRequest{Profile: "huge"}, ErrInvalid},
+		{"empty user", "", "", StartRequest{}, ErrInvalid},
+		{"NUL in user", "al\x00ice", "", StartRequest{}, ErrInvalid},
+		{"newline in user", "al\nice", "", StartRequest{}, ErrInvalid},
+		{"user too long", string(make([]byte, 256)), "", StartRequest{}, ErrInvalid},
+		{"control in server", "alice", "a\x1b", StartRequest{}, ErrInvalid},
+		{"bad env var name", "alice", "", StartRequest{Environment: map[string]string{"A-B": "x"}}, ErrInvalid},
+		{"NUL in env value", "alice", "", StartRequest{Environment: map[string]string{"A": "x\x00"}}, ErrInvalid},
+		{"NUL in cmd", "alice", "", StartRequest{Cmd: []string{"a\x00"}}, ErrInvalid},
+		{"image missing", "alice", "", StartRequest{Env: "other", Groups: []string{"staff"}}, ErrConflict},
+		{"env not for this user", "alice", "", StartRequest{Env: "other"}, ErrForbidden},
+		{"bad group", "alice", "", StartRequest{Groups: []string{"a\x00"}}, ErrInvalid},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			rt := newFake()
+			rt := fakebackend.New()
 			cfg := testConfig(t)
 			m := newTestManager(t, cfg, rt)
 			_, err := m.Start(context.Background(), tc.user, tc.server, tc.req)
-			if got := api.ErrorCode(err); got != tc.code {
-				t.Fatalf("code %q (err %v), want %q", got, err, tc.code)
+			if !errors.Is(err, tc.kind) {
+				t.Fatalf("error %v, want kind %v", err, tc.kind)
 			}
-			if api.ErrorMessage(err) == "" {
+			if Message(err) == "" {
 				t.Fatal("error without a message")
 			}
-			if rt.creates.Load() != 0 || rt.count() != 0 {
-				t.Fatalf("a bad start touched the engine: %d creates", rt.creates.Load())
+			if rt.Runs.Load() != 0 || rt.Count() != 0 {
+				t.Fatalf("a bad start touched the engine: %d creates", rt.Runs.Load())
 			}
 			entries, _ := os.ReadDir(cfg.HomesRoot)
 			if len(entries) != 0 {
@@ -173,12 +175,12 @@ func TestBadStartChangesNothing(t *testing.T) {
 }
 
 func TestStopRemovesContainerKeepsHome(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	cfg := testConfig(t)
 	m := newTestManager(t, cfg, rt)
 	ctx := context.Background()
 	user := "Alice.Smith@example.org"
-	if _, err := m.Start(ctx, user, "", api.StartRequest{}); err != nil {
+	if _, err := m.Start(ctx, user, "", StartRequest{}); err != nil {
 		t.Fatal(err)
 	}
 	home := filepath.Join(cfg.HomesRoot, Escape(user))
@@ -195,32 +197,32 @@ func TestStopRemovesContainerKeepsHome(t *testing.T) {
 	if _, err := m.Stop(ctx, user, ""); err != nil {
 		t.Fatal(err)
 	}
-	if rt.count() != 0 {
+	if rt.Count() != 0 {
 		t.Fatal("stop left the container")
 	}
-	if _, err := m.Status(user, ""); api.ErrorCode(err) != api.CodeNotFound {
+	if _, err := m.Status(user, ""); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("status after stop: %v, want not_found", err)
 	}
 	if b, err := os.ReadFile(filepath.Join(home, "work.ipynb")); err != nil || string(b) != "data" {
 		t.Fatalf("home lost after stop: %q %v", b, err)
 	}
-	if _, err := m.Stop(ctx, user, ""); api.ErrorCode(err) != api.CodeNotFound {
+	if _, err := m.Stop(ctx, user, ""); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second stop: %v, want not_found", err)
 	}
 }
 
 func TestDeleteHomeRefusedWhileServerExists(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	cfg := testConfig(t)
 	m := newTestManager(t, cfg, rt)
 	ctx := context.Background()
-	if _, err := m.Start(ctx, "carol", "named", api.StartRequest{}); err != nil {
+	if _, err := m.Start(ctx, "carol", "named", StartRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.DeleteHome(ctx, "carol"); api.ErrorCode(err) != api.CodeConflict {
+	if err := m.DeleteHome(ctx, "carol"); !errors.Is(err, ErrConflict) {
 		t.Fatalf("delete while running: %v, want conflict", err)
 	}
-	if ok, _ := m.Homes().Exists("carol"); !ok {
+	if ok, _ := m.homes.Exists("carol"); !ok {
 		t.Fatal("home gone after a refused delete")
 	}
 	if _, err := m.Stop(ctx, "carol", "named"); err != nil {
@@ -229,10 +231,10 @@ func TestDeleteHomeRefusedWhileServerExists(t *testing.T) {
 	if err := m.DeleteHome(ctx, "carol"); err != nil {
 		t.Fatal(err)
 	}
-	if ok, _ := m.Homes().Exists("carol"); ok {
+	if ok, _ := m.homes.Exists("carol"); ok {
 		t.Fatal("home still there after delete")
 	}
-	if err := m.DeleteHome(ctx, "carol"); api.ErrorCode(err) != api.CodeNotFound {
+	if err := m.DeleteHome(ctx, "carol"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second delete: %v, want not_found", err)
 	}
 }
@@ -242,37 +244,37 @@ func TestExitReportedFromEvents(t *testing.T) {
 		name   string
 		code   int
 		oom    bool
-		state  api.State
+		state  State
 		reason string
 	}{
-		{"clean exit", 0, false, api.StateStopped, "exited"},
-		{"crash", 3, false, api.StateFailed, "exited with code 3"},
-		{"oom", 137, true, api.StateFailed, "oom_killed"},
+		{"clean exit", 0, false, StateStopped, "exited"},
+		{"crash", 3, false, StateFailed, "exited with code 3"},
+		{"oom", 137, true, StateFailed, "oom_killed"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			rt := newFake()
+			rt := fakebackend.New()
 			m := newTestManager(t, testConfig(t), rt)
-			s, err := m.Start(context.Background(), "dave", "", api.StartRequest{})
+			s, err := m.Start(context.Background(), "dave", "", StartRequest{})
 			if err != nil {
 				t.Fatal(err)
 			}
-			rt.exit(s.ContainerID, tc.code, tc.oom)
+			rt.Exit(s.ContainerID, tc.code, tc.oom)
 			eventually(t, "the exit to be seen", func() bool {
 				st, _ := m.Status("dave", "")
-				return st.State != api.StateRunning
+				return st.State != StateRunning
 			})
 			st, _ := m.Status("dave", "")
 			if st.State != tc.state || st.Reason != tc.reason || st.ExitCode == nil || *st.ExitCode != tc.code {
 				t.Fatalf("got %s %q %v, want %s %q %d", st.State, st.Reason, st.ExitCode, tc.state, tc.reason, tc.code)
 			}
 			// A start after an exit replaces the container with a new one.
-			s2, err := m.Start(context.Background(), "dave", "", api.StartRequest{})
+			s2, err := m.Start(context.Background(), "dave", "", StartRequest{})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if s2.ContainerID == s.ContainerID || s2.State != api.StateRunning || rt.count() != 1 {
-				t.Fatalf("restart after exit: %+v, %d containers", s2, rt.count())
+			if s2.ContainerID == s.ContainerID || s2.State != StateRunning || rt.Count() != 1 {
+				t.Fatalf("restart after exit: %+v, %d containers", s2, rt.Count())
 			}
 		})
 	}
@@ -282,16 +284,16 @@ func TestExitReportedFromEvents(t *testing.T) {
 // marked failed when its probe times out, so a WaitReady or the hub's poll
 // ends instead of waiting for ever.
 func TestProbeTimeoutFails(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	cfg := testConfig(t)
 	cfg.StartTimeout = 300 * time.Millisecond
-	rt.add(Container{ID: "mute", Name: "a", State: EngineRunning, HostPort: 41001,
-		Labels: map[string]string{LabelManaged: "true", LabelInstance: "unit", LabelUser: "mia", LabelServer: "",
-			LabelEnv: "team", LabelLockDigest: "sha256:old", LabelPort: "8888"}})
+	rt.Add(backend.Container{ID: "mute", Name: "a", State: backend.Running, HostPort: 41001,
+		Labels: map[string]string{labels.Managed: "true", labels.Instance: "unit", labels.User: "mia", labels.Server: "",
+			labels.Env: "team", labels.LockDigest: "sha256:old", labels.Port: "8888"}, Port: 8888})
 	m := newTestManagerWith(t, cfg, rt, nil, refuse)
 	eventually(t, "the mute server to be marked failed", func() bool {
 		s, _ := m.Status("mia", "")
-		return s.State == api.StateFailed
+		return s.State == StateFailed
 	})
 	s, _ := m.Status("mia", "")
 	if s.Ready || !strings.Contains(s.Reason, "did not listen") {
@@ -300,17 +302,17 @@ func TestProbeTimeoutFails(t *testing.T) {
 }
 
 func TestAdoptsContainersOnStartup(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	cfg := testConfig(t)
-	labels := func(user, server, inst string) map[string]string {
-		return map[string]string{LabelManaged: "true", LabelInstance: inst, LabelUser: user, LabelServer: server,
-			LabelEnv: "team", LabelLockDigest: "sha256:old", LabelPort: "8888"}
+	lbl := func(user, server, inst string) map[string]string {
+		return map[string]string{labels.Managed: "true", labels.Instance: inst, labels.User: user, labels.Server: server,
+			labels.Env: "team", labels.LockDigest: "sha256:old", labels.Port: "8888"}
 	}
 	started := time.Now().Add(-time.Hour).Truncate(time.Second)
-	rt.add(Container{ID: "run1", Name: "a", Labels: labels("erin", "", "unit"), State: EngineRunning, StartedAt: started, HostPort: 41000})
-	rt.add(Container{ID: "exit1", Name: "b", Labels: labels("frank", "x", "unit"), State: EngineExited, ExitCode: 2})
-	rt.add(Container{ID: "other", Name: "c", Labels: labels("gina", "", "otherinstance"), State: EngineRunning})
-	rt.add(Container{ID: "plain", Name: "d", State: EngineCreated, Created: time.Now().Add(-time.Hour)})
+	rt.Add(backend.Container{ID: "run1", Name: "a", Labels: lbl("erin", "", "unit"), State: backend.Running, Port: 8888, StartedAt: started, HostPort: 41000})
+	rt.Add(backend.Container{ID: "exit1", Name: "b", Labels: lbl("frank", "x", "unit"), State: backend.Exited, ExitCode: 2})
+	rt.Add(backend.Container{ID: "other", Name: "c", Labels: lbl("gina", "", "otherinstance"), State: backend.Running})
+	rt.Add(backend.Container{ID: "plain", Name: "d", State: backend.Created, Created: time.Now().Add(-time.Hour)})
 	m := newTestManager(t, cfg, rt)
 
 	// The first answers come from the listing; inspects fill in the rest.
@@ -318,7 +320,7 @@ func TestAdoptsContainersOnStartup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.State != api.StateRunning || s.Port != 41000 || !s.Outdated {
+	if s.State != StateRunning || s.Port != 41000 || !s.Outdated {
 		t.Fatalf("adopted server: %+v", s)
 	}
 	eventually(t, "inspects to complete the listing", func() bool {
@@ -327,28 +329,28 @@ func TestAdoptsContainersOnStartup(t *testing.T) {
 		return s.StartedAt.Equal(started) && f.ExitCode != nil
 	})
 	f, _ := m.Status("frank", "x")
-	if f.State != api.StateFailed || f.ExitCode == nil || *f.ExitCode != 2 {
+	if f.State != StateFailed || f.ExitCode == nil || *f.ExitCode != 2 {
 		t.Fatalf("adopted exited server: %+v", f)
 	}
-	if _, err := m.Status("gina", ""); api.ErrorCode(err) != api.CodeNotFound {
+	if _, err := m.Status("gina", ""); !errors.Is(err, ErrNotFound) {
 		t.Fatal("adopted another instance's container")
 	}
 	if n := m.Reap(context.Background()); n != 0 {
 		t.Fatalf("reaped %d containers it did not label", n)
 	}
-	if rt.count() != 4 {
+	if rt.Count() != 4 {
 		t.Fatal("a container was removed")
 	}
 }
 
 func TestReaperRemovesOnlyOldHalfMadeContainers(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	cfg := testConfig(t)
 	cfg.ReapGrace = time.Minute
-	l := map[string]string{LabelManaged: "true", LabelInstance: "unit", LabelUser: "hank", LabelServer: ""}
-	l2 := map[string]string{LabelManaged: "true", LabelInstance: "unit", LabelUser: "ivy", LabelServer: ""}
-	rt.add(Container{ID: "old", Labels: l, State: EngineCreated, Created: time.Now().Add(-time.Hour)})
-	rt.add(Container{ID: "young", Labels: l2, State: EngineCreated, Created: time.Now()})
+	l := map[string]string{labels.Managed: "true", labels.Instance: "unit", labels.User: "hank", labels.Server: ""}
+	l2 := map[string]string{labels.Managed: "true", labels.Instance: "unit", labels.User: "ivy", labels.Server: ""}
+	rt.Add(backend.Container{ID: "old", Labels: l, State: backend.Created, Created: time.Now().Add(-time.Hour)})
+	rt.Add(backend.Container{ID: "young", Labels: l2, State: backend.Created, Created: time.Now()})
 	m := newTestManager(t, cfg, rt)
 	if n := m.Reap(context.Background()); n != 1 {
 		t.Fatalf("reaped %d, want 1", n)
@@ -362,36 +364,36 @@ func TestReaperRemovesOnlyOldHalfMadeContainers(t *testing.T) {
 }
 
 func TestForeignContainerWithOurNameIsAConflict(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	cfg := testConfig(t)
-	rt.add(Container{ID: "foreign", Name: ContainerName("unit", "judy", ""), State: EngineRunning})
+	rt.Add(backend.Container{ID: "foreign", Name: ContainerName("unit", "judy", ""), State: backend.Running})
 	m := newTestManager(t, cfg, rt)
-	_, err := m.Start(context.Background(), "judy", "", api.StartRequest{})
-	if api.ErrorCode(err) != api.CodeConflict {
+	_, err := m.Start(context.Background(), "judy", "", StartRequest{})
+	if !errors.Is(err, ErrConflict) {
 		t.Fatalf("got %v, want conflict", err)
 	}
 	if _, err := rt.Inspect(context.Background(), "foreign"); err != nil {
 		t.Fatal("spawnd removed a container it did not create")
 	}
 	st, _ := m.Status("judy", "")
-	if st.State != api.StateFailed {
+	if st.State != StateFailed {
 		t.Fatalf("state %s, want failed", st.State)
 	}
 }
 
 func TestFailedStartLeavesNoContainer(t *testing.T) {
-	rt := newFake()
-	rt.startErr = errors.New("runc: exec failed")
+	rt := fakebackend.New()
+	rt.RunErr = errors.New("runc: exec failed")
 	m := newTestManager(t, testConfig(t), rt)
-	_, err := m.Start(context.Background(), "kim", "", api.StartRequest{})
+	_, err := m.Start(context.Background(), "kim", "", StartRequest{})
 	if err == nil {
 		t.Fatal("start succeeded")
 	}
-	if rt.count() != 0 {
-		t.Fatalf("a failed start left %d containers", rt.count())
+	if rt.Count() != 0 {
+		t.Fatalf("a failed start left %d containers", rt.Count())
 	}
-	var events []api.ProgressEvent
-	_ = m.Progress(context.Background(), "kim", "", func(ev api.ProgressEvent) error {
+	var events []ProgressEvent
+	_ = m.Progress(context.Background(), "kim", "", func(ev ProgressEvent) error {
 		events = append(events, ev)
 		return nil
 	})
@@ -401,14 +403,14 @@ func TestFailedStartLeavesNoContainer(t *testing.T) {
 }
 
 func TestProgressInOrder(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	m := newTestManager(t, testConfig(t), rt)
-	if _, err := m.Start(context.Background(), "leo", "", api.StartRequest{}); err != nil {
+	if _, err := m.Start(context.Background(), "leo", "", StartRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	var steps []string
+	var steps []Step
 	last := -1
-	err := m.Progress(context.Background(), "leo", "", func(ev api.ProgressEvent) error {
+	err := m.Progress(context.Background(), "leo", "", func(ev ProgressEvent) error {
 		if ev.Progress < last {
 			t.Errorf("progress went back from %d to %d", last, ev.Progress)
 		}
@@ -419,7 +421,7 @@ func TestProgressInOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{api.StepAccepted, api.StepImage, api.StepHome, api.StepCreated, api.StepStarted, api.StepListening}
+	want := []Step{StepAccepted, StepImage, StepHome, StepCreated, StepStarted, StepListening}
 	if len(steps) != len(want) {
 		t.Fatalf("steps %v, want %v", steps, want)
 	}
@@ -431,21 +433,19 @@ func TestProgressInOrder(t *testing.T) {
 }
 
 func TestEngineLossAndReconcile(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	m := newTestManager(t, testConfig(t), rt)
-	s, err := m.Start(context.Background(), "mia", "", api.StartRequest{})
+	s, err := m.Start(context.Background(), "mia", "", StartRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The container vanishes while the event stream is broken; the
 	// reconcile after the reconnect must notice.
-	rt.mu.Lock()
-	delete(rt.containers, s.ContainerID)
-	rt.mu.Unlock()
-	rt.eventsErr <- errors.New("connection reset")
+	rt.Vanish(s.ContainerID)
+	rt.BreakEvents(errors.New("connection reset"))
 	eventually(t, "the vanished server to be forgotten", func() bool {
 		_, err := m.Status("mia", "")
-		return api.ErrorCode(err) == api.CodeNotFound
+		return errors.Is(err, ErrNotFound)
 	})
 	if !m.EngineUp() {
 		eventually(t, "the engine to be up again", m.EngineUp)
@@ -474,16 +474,16 @@ func writeTestLock(t *testing.T, spec string, pipVersion string) *envs.Lock {
 }
 
 func TestEnvFromLockAndOutdated(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	cfg := testConfig(t)
 	spec := filepath.Join(t.TempDir(), "team.yaml")
 	l1 := writeTestLock(t, spec, "1")
-	rt.images[l1.Tag()] = "sha256:one"
+	rt.SetImage(l1.Tag(), "sha256:one")
 	cfg.Envs = map[string]EnvConfig{"team": {Spec: spec}}
 	cfg.Teams = nil
 	m := newTestManager(t, cfg, rt)
 	ctx := context.Background()
-	s, err := m.Start(ctx, "olga", "", api.StartRequest{})
+	s, err := m.Start(ctx, "olga", "", StartRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -494,12 +494,12 @@ func TestEnvFromLockAndOutdated(t *testing.T) {
 	// one gets the new image without a daemon restart.
 	time.Sleep(10 * time.Millisecond) // a distinct mtime
 	l2 := writeTestLock(t, spec, "2")
-	rt.images[l2.Tag()] = "sha256:two"
+	rt.SetImage(l2.Tag(), "sha256:two")
 	eventually(t, "the old server to be marked outdated (locks are looked at once a second)", func() bool {
 		st, _ := m.Status("olga", "")
 		return st.Outdated
 	})
-	s2, err := m.Start(ctx, "pete", "", api.StartRequest{})
+	s2, err := m.Start(ctx, "pete", "", StartRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -523,11 +523,11 @@ func TestReloadedLockIsCheckedAsAtStartup(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			rt := newFake()
+			rt := fakebackend.New()
 			cfg := testConfig(t)
 			spec := filepath.Join(t.TempDir(), "team.yaml")
 			good := writeTestLock(t, spec, "1")
-			rt.images[good.Tag()] = "sha256:one"
+			rt.SetImage(good.Tag(), "sha256:one")
 			cfg.Envs = map[string]EnvConfig{"team": {Spec: spec}}
 			cfg.Teams = nil
 			var logs lockedLog
@@ -540,15 +540,15 @@ func TestReloadedLockIsCheckedAsAtStartup(t *testing.T) {
 			if err := envs.WriteLock(envs.LockPath(spec), bad); err != nil {
 				t.Fatal(err)
 			}
-			rt.images[bad.Tag()] = "sha256:bad"
+			rt.SetImage(bad.Tag(), "sha256:bad")
 			eventually(t, "the refused lock to be logged", func() bool {
-				m.Options(nil) // locks are looked at when used, at most once a second
+				m.Offer(nil) // locks are looked at when used, at most once a second
 				return strings.Contains(logs.String(), "new lock is refused")
 			})
 			if !strings.Contains(logs.String(), tc.want) {
 				t.Fatalf("the log does not name %s:\n%s", tc.want, logs.String())
 			}
-			s, err := m.Start(context.Background(), "olga", "", api.StartRequest{})
+			s, err := m.Start(context.Background(), "olga", "", StartRequest{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -575,7 +575,7 @@ func (l *lockedLog) Write(p []byte) (int, error) {
 func (l *lockedLog) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 func TestTeamsDecideEnvsProfilesAndSharedFolders(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	cfg := testConfig(t)
 	shared := t.TempDir()
 	cfg.Profiles = map[string]ProfileConfig{"default": {}, "large": {Memory: "8g"}}
@@ -586,28 +586,28 @@ func TestTeamsDecideEnvsProfilesAndSharedFolders(t *testing.T) {
 	m := newTestManager(t, cfg, rt)
 	ctx := context.Background()
 
-	if _, err := m.Start(ctx, "outsider", "", api.StartRequest{Profile: "large"}); api.ErrorCode(err) != api.CodeForbidden {
+	if _, err := m.Start(ctx, "outsider", "", StartRequest{Profile: "large"}); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("a user in no team got the large profile: %v", err)
 	}
-	if o := m.Options(nil); len(o.Profiles) != 1 || o.Profiles[0].Name != "default" || o.Network.Gateway != "172.31.0.1" {
+	if o := m.Offer(nil); len(o.Profiles) != 1 || o.Profiles[0].Name != "default" || o.Network.Gateway != "172.31.0.1" {
 		t.Fatalf("options for no groups: %+v", o)
 	}
-	if o := m.Options([]string{"phys-staff"}); len(o.Profiles) != 2 {
+	if o := m.Offer([]string{"phys-staff"}); len(o.Profiles) != 2 {
 		t.Fatalf("options for physics: %+v", o)
 	}
-	s, err := m.Start(ctx, "quinn", "", api.StartRequest{Profile: "large", Groups: []string{"physics"}})
+	s, err := m.Start(ctx, "quinn", "", StartRequest{Profile: "large", Groups: []string{"physics"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := rt.spec(s.ContainerID)
-	if len(spec.Mounts) != 2 || spec.Mounts[1] != (Mount{Source: shared, Target: "/home/jovyan/shared", ReadOnly: true}) || spec.Memory != 8<<30 {
+	spec := rt.Spec(s.ContainerID)
+	if len(spec.Mounts) != 2 || spec.Mounts[1] != (backend.Mount{Source: shared, Target: "/home/jovyan/shared", ReadOnly: true}) || spec.Memory != 8<<30 {
 		t.Fatalf("team member's container: mounts %+v memory %d", spec.Mounts, spec.Memory)
 	}
-	s2, err := m.Start(ctx, "outsider", "", api.StartRequest{})
+	s2, err := m.Start(ctx, "outsider", "", StartRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rt.spec(s2.ContainerID).Mounts) != 1 {
+	if len(rt.Spec(s2.ContainerID).Mounts) != 1 {
 		t.Fatal("a user in no team got a shared folder")
 	}
 }
@@ -615,28 +615,26 @@ func TestTeamsDecideEnvsProfilesAndSharedFolders(t *testing.T) {
 // TestReaperSparesAContainerThatStarted: the view says "created", but an
 // earlier daemon's last start request got the container running meanwhile.
 func TestReaperSparesAContainerThatStarted(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	cfg := testConfig(t)
 	cfg.ReapGrace = time.Minute
-	l := map[string]string{LabelManaged: "true", LabelInstance: "unit", LabelUser: "late", LabelServer: "", LabelPort: "8888"}
-	rt.add(Container{ID: "late1", Labels: l, State: EngineCreated, Created: time.Now().Add(-time.Hour)})
+	l := map[string]string{labels.Managed: "true", labels.Instance: "unit", labels.User: "late", labels.Server: "", labels.Port: "8888"}
+	rt.Add(backend.Container{ID: "late1", Labels: l, State: backend.Created, Created: time.Now().Add(-time.Hour), Port: 8888})
 	m := newTestManager(t, cfg, rt)
-	rt.mu.Lock()
-	rt.containers["late1"].State = EngineRunning // no event reaches the view
-	rt.mu.Unlock()
+	rt.Update("late1", func(c *backend.Container) { c.State = backend.Running }) // no event reaches the view
 	if n := m.Reap(context.Background()); n != 0 {
 		t.Fatalf("reaped %d", n)
 	}
 	if _, err := rt.Inspect(context.Background(), "late1"); err != nil {
 		t.Fatal("the reaper removed a running container")
 	}
-	if s, _ := m.Status("late", ""); s.State != api.StateRunning {
+	if s, _ := m.Status("late", ""); s.State != StateRunning {
 		t.Fatalf("status after the reaper looked: %+v", s)
 	}
 }
 
 func TestStartReturnsOnceTheServerListens(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	m := newTestManager(t, testConfig(t), rt)
 	var listening atomic.Bool
 	m.Dial = func(context.Context, string) error {
@@ -645,15 +643,15 @@ func TestStartReturnsOnceTheServerListens(t *testing.T) {
 		}
 		return errors.New("connection refused")
 	}
-	done := make(chan api.Server, 1)
+	done := make(chan Server, 1)
 	go func() {
-		s, err := m.Start(context.Background(), "lena", "", api.StartRequest{})
+		s, err := m.Start(context.Background(), "lena", "", StartRequest{})
 		if err != nil {
 			t.Error(err)
 		}
 		done <- s
 	}()
-	eventually(t, "the container to run", func() bool { return rt.starts.Load() == 1 })
+	eventually(t, "the container to run", func() bool { return rt.Runs.Load() == 1 })
 	select {
 	case s := <-done:
 		t.Fatalf("start returned before the server listened: %+v", s)
@@ -662,7 +660,7 @@ func TestStartReturnsOnceTheServerListens(t *testing.T) {
 	listening.Store(true)
 	select {
 	case s := <-done:
-		if !s.Ready || s.State != api.StateRunning {
+		if !s.Ready || s.State != StateRunning {
 			t.Fatalf("start returned a server that is not ready: %+v", s)
 		}
 	case <-time.After(5 * time.Second):
@@ -671,26 +669,26 @@ func TestStartReturnsOnceTheServerListens(t *testing.T) {
 }
 
 func TestStartFailsFastWithTheLogTailWhenTheServerExits(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	m := newTestManager(t, testConfig(t), rt)
 	m.Dial = func(context.Context, string) error { return errors.New("connection refused") }
 	const token = "0123456789abcdef0123456789abcdef"
-	rt.startHook = func(id string) {
-		rt.logs[id] = []string{"booting\n", "using token " + token + "\n", "\x1b[31mImportError: no module named jupyterhub\x1b[0m\n"}
-		go rt.exit(id, 3, false)
+	rt.OnRunning = func(id string) {
+		rt.Log(id, "booting", "using token "+token, "\x1b[31mImportError: no module named jupyterhub\x1b[0m")
+		go rt.Exit(id, 3, false)
 	}
 	began := time.Now()
-	_, err := m.Start(context.Background(), "mona", "", api.StartRequest{Environment: map[string]string{"JUPYTERHUB_API_TOKEN": token}})
+	_, err := m.Start(context.Background(), "mona", "", StartRequest{Environment: map[string]string{"JUPYTERHUB_API_TOKEN": token}})
 	if err == nil {
 		t.Fatal("a server that exited during its start was reported started")
 	}
 	if took := time.Since(began); took > 10*time.Second {
 		t.Errorf("the failure took %s; it must not wait for start_timeout", took)
 	}
-	if api.ErrorCode(err) != api.CodeServerFailed {
-		t.Errorf("code %q, want %q (%v)", api.ErrorCode(err), api.CodeServerFailed, err)
+	if !errors.Is(err, ErrServerFailed) {
+		t.Errorf("error %v, want kind %v", err, ErrServerFailed)
 	}
-	msg := api.ErrorMessage(err)
+	msg := Message(err)
 	for _, want := range []string{"exited with code 3", "ImportError: no module named jupyterhub", "[redacted]"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("message %q lacks %q", msg, want)
@@ -703,10 +701,10 @@ func TestStartFailsFastWithTheLogTailWhenTheServerExits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.State != api.StateFailed || s.ExitCode == nil || *s.ExitCode != 3 {
+	if s.State != StateFailed || s.ExitCode == nil || *s.ExitCode != 3 {
 		t.Errorf("status after the failed start: %+v", s)
 	}
-	if n := rt.count(); n != 0 {
+	if n := rt.Count(); n != 0 {
 		t.Errorf("%d container(s) left after a failed start", n)
 	}
 }
@@ -741,7 +739,7 @@ func TestRedactTail(t *testing.T) {
 // read or change answers "unavailable" (503), never "not found", so a hub
 // never forgets a running server because the daemon just restarted.
 func TestUnavailableUntilFirstSync(t *testing.T) {
-	m, err := NewManager(testConfig(t), newFake(), nil, nil)
+	m, err := NewManager(testConfig(t), fakebackend.New(), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -751,22 +749,22 @@ func TestUnavailableUntilFirstSync(t *testing.T) {
 		"status":   func() error { _, err := m.Status("ann", ""); return err },
 		"list":     func() error { _, err := m.List(); return err },
 		"stop":     func() error { _, err := m.Stop(ctx, "ann", ""); return err },
-		"start":    func() error { _, err := m.Start(ctx, "ann", "", api.StartRequest{}); return err },
-		"progress": func() error { return m.Progress(ctx, "ann", "", func(api.ProgressEvent) error { return nil }) },
+		"start":    func() error { _, err := m.Start(ctx, "ann", "", StartRequest{}); return err },
+		"progress": func() error { return m.Progress(ctx, "ann", "", func(ProgressEvent) error { return nil }) },
 		"home":     func() error { return m.DeleteHome(ctx, "ann") },
 	} {
-		if err := call(); api.ErrorCode(err) != api.CodeUnavailable {
-			t.Errorf("%s before the first sync: %v, want code %q", name, err, api.CodeUnavailable)
+		if err := call(); !errors.Is(err, ErrUnavailable) {
+			t.Errorf("%s before the first sync: %v, want code %q", name, err, ErrUnavailable)
 		}
 	}
 }
 
 func TestStartWithAnotherHubTokenReplacesTheContainer(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	m := newTestManager(t, testConfig(t), rt)
 	ctx := context.Background()
-	withToken := func(tok string) api.StartRequest {
-		return api.StartRequest{Environment: map[string]string{"JUPYTERHUB_API_TOKEN": tok}}
+	withToken := func(tok string) StartRequest {
+		return StartRequest{Environment: map[string]string{"JUPYTERHUB_API_TOKEN": tok}}
 	}
 	s1, err := m.Start(ctx, "nina", "", withToken("token-one-0123456789"))
 	if err != nil {
@@ -779,7 +777,7 @@ func TestStartWithAnotherHubTokenReplacesTheContainer(t *testing.T) {
 	if s2.ContainerID != s1.ContainerID {
 		t.Fatalf("the same token started a new container: %s then %s", s1.ContainerID, s2.ContainerID)
 	}
-	if got := rt.spec(s1.ContainerID).Labels[LabelHubToken]; got != hubTokenHash(map[string]string{"JUPYTERHUB_API_TOKEN": "token-one-0123456789"}) || strings.Contains(got, "token-one") {
+	if got := rt.Spec(s1.ContainerID).Labels[labels.HubToken]; got != hubTokenHash(map[string]string{"JUPYTERHUB_API_TOKEN": "token-one-0123456789"}) || strings.Contains(got, "token-one") {
 		t.Fatalf("token label %q", got)
 	}
 	s3, err := m.Start(ctx, "nina", "", withToken("token-two-0123456789"))
@@ -789,7 +787,7 @@ func TestStartWithAnotherHubTokenReplacesTheContainer(t *testing.T) {
 	if s3.ContainerID == s1.ContainerID {
 		t.Fatal("a start with a new hub token got the container that holds the old one")
 	}
-	if n := rt.count(); n != 1 {
+	if n := rt.Count(); n != 1 {
 		t.Fatalf("%d containers after the replacement, want 1", n)
 	}
 }
@@ -799,26 +797,24 @@ func TestStartWithAnotherHubTokenReplacesTheContainer(t *testing.T) {
 // spawn page would see "listening" first and the progress log would close
 // before "started".
 func TestListeningNeverPrecedesStarted(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	m := newTestManager(t, testConfig(t), rt)
-	// The start event, and time for the daemon to act on it, before Start returns.
-	rt.afterStart = func(id string) {
-		rt.events <- Event{ID: id, Action: "start"}
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The fake sends the start event before Run returns; give the daemon
+	// time to act on it before the start goes on.
+	rt.AfterRun = func(string) { time.Sleep(20 * time.Millisecond) }
 	for i := range 10 {
 		user := fmt.Sprintf("order%02d", i)
-		if _, err := m.Start(context.Background(), user, "", api.StartRequest{}); err != nil {
+		if _, err := m.Start(context.Background(), user, "", StartRequest{}); err != nil {
 			t.Fatal(err)
 		}
-		var steps []string
-		if err := m.Progress(context.Background(), user, "", func(ev api.ProgressEvent) error {
+		var steps []Step
+		if err := m.Progress(context.Background(), user, "", func(ev ProgressEvent) error {
 			steps = append(steps, ev.Step)
 			return nil
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if got, want := strings.Join(steps, ","), "accepted,image,home,created,started,listening"; got != want {
+		if got, want := fmt.Sprint(steps), "[accepted image home created started listening]"; got != want {
 			t.Fatalf("start %d: steps %s, want %s", i, got, want)
 		}
 	}
@@ -829,25 +825,25 @@ func TestListeningNeverPrecedesStarted(t *testing.T) {
 // when the wait ends unready, the server's log tail reaches the hub with the
 // hub's token redacted, as on a fresh start.
 func TestJoinedBootFailureIsRedacted(t *testing.T) {
-	rt := newFake()
+	rt := fakebackend.New()
 	const token = "fedcba9876543210fedcba9876543210"
 	env := map[string]string{"JUPYTERHUB_API_TOKEN": token}
-	rt.add(Container{ID: "boot1", Name: "boot", State: EngineRunning, StartedAt: time.Now(), HostPort: 41001,
-		Labels: map[string]string{LabelManaged: "true", LabelInstance: "unit", LabelUser: "olga", LabelServer: "",
-			LabelEnv: "team", LabelLockDigest: "sha256:lock1", LabelPort: "8888", LabelHubToken: hubTokenHash(env)}})
-	rt.logs["boot1"] = []string{"token " + token + " refused\n"}
+	rt.Add(backend.Container{ID: "boot1", Name: "boot", State: backend.Running, StartedAt: time.Now(), HostPort: 41001,
+		Labels: map[string]string{labels.Managed: "true", labels.Instance: "unit", labels.User: "olga", labels.Server: "",
+			labels.Env: "team", labels.LockDigest: "sha256:lock1", labels.Port: "8888", labels.HubToken: hubTokenHash(env)}, Port: 8888})
+	rt.Log("boot1", "token "+token+" refused")
 	cfg := testConfig(t)
 	cfg.StartTimeout = 300 * time.Millisecond // the server never listens: the wait ends here
 	m := newTestManagerWith(t, cfg, rt, nil, refuse)
 
-	_, err := m.Start(context.Background(), "olga", "", api.StartRequest{Environment: env})
-	if api.ErrorCode(err) != api.CodeServerFailed {
+	_, err := m.Start(context.Background(), "olga", "", StartRequest{Environment: env})
+	if !errors.Is(err, ErrServerFailed) {
 		t.Fatalf("joined boot that never listened: %v", err)
 	}
-	if msg := api.ErrorMessage(err); strings.Contains(msg, token) || !strings.Contains(msg, "token [redacted] refused") {
+	if msg := Message(err); strings.Contains(msg, token) || !strings.Contains(msg, "token [redacted] refused") {
 		t.Fatalf("message %q", msg)
 	}
-	if n := rt.creates.Load(); n != 0 {
+	if n := rt.Runs.Load(); n != 0 {
 		t.Fatalf("the same token made %d new container(s); it must wait on the running one", n)
 	}
 }

@@ -2,11 +2,7 @@ package spawnd
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/spawnd/spawnd/api"
 )
-
-var progressGone = api.ProgressEvent{Progress: 100, Step: api.StepFailed, Message: "Server container is gone", Failed: true}
 
 type metrics struct {
 	starts       *prometheus.CounterVec

@@ -6,8 +6,6 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
-
-	"github.com/spawnd/spawnd/api"
 )
 
 // HomeScheme names the escaping scheme that turns a user name into a home
@@ -28,7 +26,7 @@ const maxEscaped = 120
 // '@', '.', '/', upper case) is valid and is escaped, not rejected.
 func ValidateUser(name string) error {
 	if name == "" {
-		return api.Errorf(api.CodeInvalid, "user name is empty")
+		return errorf(ErrInvalid, "user name is empty")
 	}
 	return validateName("user name", name)
 }
@@ -40,14 +38,14 @@ func ValidateServerName(name string) error {
 
 func validateName(what, name string) error {
 	if len(name) > MaxNameBytes {
-		return api.Errorf(api.CodeInvalid, "%s is %d bytes long; at most %d are allowed", what, len(name), MaxNameBytes)
+		return errorf(ErrInvalid, "%s is %d bytes long; at most %d are allowed", what, len(name), MaxNameBytes)
 	}
 	if !utf8.ValidString(name) {
-		return api.Errorf(api.CodeInvalid, "%s is not valid UTF-8", what)
+		return errorf(ErrInvalid, "%s is not valid UTF-8", what)
 	}
 	for i, r := range name {
 		if unicode.IsControl(r) {
-			return api.Errorf(api.CodeInvalid, "%s contains control character %U at byte %d; remove it", what, r, i)
+			return errorf(ErrInvalid, "%s contains control character %U at byte %d; remove it", what, r, i)
 		}
 	}
 	return nil

@@ -3,8 +3,6 @@ package spawnd
 import (
 	"context"
 	"sync"
-
-	"github.com/spawnd/spawnd/api"
 )
 
 // progressLog is the event log of one start attempt. Readers get every event
@@ -12,7 +10,7 @@ import (
 // until the log is closed (ready or failed).
 type progressLog struct {
 	mu      sync.Mutex
-	events  []api.ProgressEvent
+	events  []ProgressEvent
 	done    bool
 	changed chan struct{} // closed and replaced on every change
 }
@@ -22,11 +20,11 @@ func newProgressLog() *progressLog {
 }
 
 // closedLog is a finished log holding the given events.
-func closedLog(events ...api.ProgressEvent) *progressLog {
+func closedLog(events ...ProgressEvent) *progressLog {
 	return &progressLog{events: events, done: true, changed: make(chan struct{})}
 }
 
-func (p *progressLog) add(ev api.ProgressEvent) {
+func (p *progressLog) add(ev ProgressEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.done {
@@ -42,11 +40,11 @@ func (p *progressLog) add(ev api.ProgressEvent) {
 
 // Follow calls fn for every event, from the first, until the log is done,
 // fn returns an error, or ctx ends.
-func (p *progressLog) Follow(ctx context.Context, fn func(api.ProgressEvent) error) error {
+func (p *progressLog) Follow(ctx context.Context, fn func(ProgressEvent) error) error {
 	next := 0
 	for {
 		p.mu.Lock()
-		batch := append([]api.ProgressEvent(nil), p.events[next:]...)
+		batch := append([]ProgressEvent(nil), p.events[next:]...)
 		done, changed := p.done, p.changed
 		p.mu.Unlock()
 		for _, ev := range batch {

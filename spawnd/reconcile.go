@@ -9,6 +9,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/spawnd/spawnd/labels"
+	"github.com/spawnd/spawnd/spawnd/backend"
 	"github.com/spawnd/spawnd/spawnd/egress"
 )
 
@@ -65,10 +67,10 @@ func (m *Manager) Run(ctx context.Context) error {
 func (m *Manager) ensureNetwork(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	info, err := m.rt.EnsureNetwork(ctx, NetworkSpec{
+	info, err := m.rt.EnsureNetwork(ctx, backend.NetworkSpec{
 		Name:   m.cfg.Network.Name,
 		ICC:    m.cfg.Network.ICC,
-		Labels: map[string]string{LabelManaged: "true", LabelInstance: m.cfg.Instance},
+		Labels: m.selector(),
 	})
 	if err != nil {
 		return fmt.Errorf("ensuring network %s: %w", m.cfg.Network.Name, err)
@@ -87,7 +89,7 @@ func (m *Manager) ensureNetwork(ctx context.Context) error {
 	return nil
 }
 
-func (m *Manager) consume(ctx context.Context, events <-chan Event, errs <-chan error) error {
+func (m *Manager) consume(ctx context.Context, events <-chan backend.ContainerEvent, errs <-chan error) error {
 	for {
 		select {
 		case <-ctx.Done():
@@ -106,7 +108,7 @@ func (m *Manager) consume(ctx context.Context, events <-chan Event, errs <-chan 
 	}
 }
 
-func (m *Manager) applyEvent(ctx context.Context, ev Event) {
+func (m *Manager) applyEvent(ctx context.Context, ev backend.ContainerEvent) {
 	if ev.Action == "destroy" {
 		m.gone(ev.ID)
 		return
@@ -128,15 +130,15 @@ func (m *Manager) applyEvent(ctx context.Context, ev Event) {
 }
 
 // adoptLocked applies an observed container to the view. m.mu must be held.
-func (m *Manager) adoptLocked(c Container) {
-	if c.Labels[LabelManaged] != "true" || c.Labels[LabelInstance] != m.cfg.Instance {
+func (m *Manager) adoptLocked(c backend.Container) {
+	if c.Labels[labels.Managed] != "true" || c.Labels[labels.Instance] != m.cfg.Instance {
 		return
 	}
-	user := c.Labels[LabelUser]
+	user := c.Labels[labels.User]
 	if ValidateUser(user) != nil {
 		return
 	}
-	k := key{user, c.Labels[LabelServer]}
+	k := key{user, c.Labels[labels.Server]}
 	rec := m.servers[k]
 	switch {
 	case rec == nil:
@@ -159,18 +161,12 @@ func (m *Manager) gone(id string) {
 		if rec.containerID != id {
 			continue
 		}
-		if rec.probeCancel != nil {
-			rec.probeCancel()
-			rec.probeCancel = nil
-		}
 		if rec.flight != nil {
+			rec.stopProbe()
 			rec.containerID = "" // the operation in flight decides what happens
 			continue
 		}
-		if rec.progress != nil {
-			rec.progress.add(progressGone)
-		}
-		delete(m.servers, k)
+		m.forgetLocked(k, rec)
 	}
 }
 
@@ -198,13 +194,7 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		if rec.flight != nil || rec.containerID == "" || seen[rec.containerID] {
 			continue
 		}
-		if rec.probeCancel != nil {
-			rec.probeCancel()
-		}
-		if rec.progress != nil {
-			rec.progress.add(progressGone)
-		}
-		delete(m.servers, k)
+		m.forgetLocked(k, rec)
 	}
 	m.metrics.reconciles.Inc()
 	if len(partial) > 0 {
@@ -276,7 +266,7 @@ func (m *Manager) Reap(ctx context.Context) int {
 	var victims []victim
 	m.mu.Lock()
 	for k, rec := range m.servers {
-		if rec.flight == nil && rec.engineState == EngineCreated && rec.containerID != "" && time.Since(rec.created) > m.cfg.ReapGrace {
+		if rec.flight == nil && rec.engineState == string(backend.Created) && rec.containerID != "" && time.Since(rec.created) > m.cfg.ReapGrace {
 			victims = append(victims, victim{k, rec.containerID})
 		}
 	}
@@ -293,7 +283,7 @@ func (m *Manager) Reap(ctx context.Context) int {
 func (m *Manager) reapOne(ctx context.Context, k key, id string) bool {
 	m.mu.Lock()
 	rec := m.servers[k]
-	if rec == nil || rec.flight != nil || rec.containerID != id || rec.engineState != EngineCreated {
+	if rec == nil || rec.flight != nil || rec.containerID != id || rec.engineState != string(backend.Created) {
 		m.mu.Unlock()
 		return false
 	}
@@ -310,7 +300,7 @@ func (m *Manager) reapOne(ctx context.Context, k key, id string) bool {
 		removed = true
 	case err != nil:
 		m.log.Warn("reaping a half-made container", "container_id", short(id), "err", err)
-	case c.State != EngineCreated:
+	case c.State != backend.Created:
 		// Started after all: keep it, and let the view catch up.
 	default:
 		if err := m.rt.Remove(rctx, id, 0); err != nil {
@@ -323,18 +313,14 @@ func (m *Manager) reapOne(ctx context.Context, k key, id string) bool {
 	}
 
 	m.mu.Lock()
-	rec.flight = nil
+	rec.end()
 	if err == nil && !removed {
 		m.observeLocked(rec, c)
 	}
 	if removed && rec.containerID == id {
-		if rec.progress != nil {
-			rec.progress.add(progressGone)
-		}
-		delete(m.servers, k)
+		m.forgetLocked(k, rec)
 	}
-	f.srv = rec.srv
-	close(f.done)
+	f.land(rec.srv, nil)
 	m.mu.Unlock()
 	return removed
 }

@@ -1,7 +1,10 @@
 // Package server is the daemon side of spawnd's HTTP API: routing, bearer
-// token auth, strict request decoding, error mapping, Server-Sent Events for
-// progress, request metrics and the listener (TCP, unix socket, TLS). It calls
-// the lifecycle core through the small Core interface and owns no state.
+// token auth, strict request decoding, Server-Sent Events for progress,
+// request metrics and the listener (TCP, unix socket, TLS). It is the edge
+// where the core's language meets the wire: it converts the core's domain
+// types (spawnd.Server, spawnd.ProgressEvent, ...) to api's wire types and
+// maps the core's error kinds to HTTP status codes (wire.go). It calls the
+// lifecycle core through the small Core interface and owns no state.
 package server
 
 import (
@@ -24,17 +27,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/spawnd"
 )
 
 // Core is what the handlers need from the lifecycle core (spawnd.Manager).
 type Core interface {
-	Start(ctx context.Context, user, server string, req api.StartRequest) (api.Server, error)
-	Status(user, server string) (api.Server, error)
-	Stop(ctx context.Context, user, server string) (api.Server, error)
-	List() ([]api.Server, error)
-	Progress(ctx context.Context, user, server string, fn func(api.ProgressEvent) error) error
+	Start(ctx context.Context, user, server string, req spawnd.StartRequest) (spawnd.Server, error)
+	Status(user, server string) (spawnd.Server, error)
+	Stop(ctx context.Context, user, server string) (spawnd.Server, error)
+	List() ([]spawnd.Server, error)
+	Progress(ctx context.Context, user, server string, fn func(spawnd.ProgressEvent) error) error
 	DeleteHome(ctx context.Context, user string) error
-	Options(groups []string) api.Options
+	Offer(groups []string) spawnd.Offer
 	EngineUp() bool
 }
 
@@ -77,11 +81,16 @@ type handler struct {
 
 // New returns the API's http.Handler.
 func New(core Core, opts Options) (http.Handler, error) {
-	if len(opts.Token) < 16 {
-		return nil, errors.New("the API token must be at least 16 characters; generate one with: openssl rand -hex 32")
+	if err := api.CheckToken(opts.Token); err != nil {
+		return nil, err
 	}
-	if opts.MetricsToken != "" && (len(opts.MetricsToken) < 16 || opts.MetricsToken == opts.Token) {
-		return nil, errors.New("the metrics token must be at least 16 characters and differ from the API token")
+	if opts.MetricsToken != "" {
+		if err := api.CheckToken(opts.MetricsToken); err != nil {
+			return nil, fmt.Errorf("the metrics token: %w", err)
+		}
+		if opts.MetricsToken == opts.Token {
+			return nil, errors.New("the metrics token must differ from the API token")
+		}
 	}
 	if opts.Registry == nil {
 		opts.Registry = prometheus.NewRegistry()
@@ -245,11 +254,11 @@ func (h *handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		return // the client went away
 	}
-	code := api.ErrorCode(err)
-	if code == api.CodeInternal {
+	e := wireError(err)
+	if e.Code == api.CodeInternal {
 		h.log.Error("internal error", "route", r.Pattern, "err", err)
 	}
-	writeJSON(w, code.HTTPStatus(), api.ErrorBody{Error: &api.Error{Code: code, Message: api.ErrorMessage(err)}})
+	writeJSON(w, e.Code.HTTPStatus(), api.ErrorBody{Error: e})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {
@@ -323,7 +332,7 @@ func (h *handler) version(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *handler) options(w http.ResponseWriter, r *http.Request) error {
-	return writeJSON(w, http.StatusOK, h.core.Options(r.URL.Query()["group"]))
+	return writeJSON(w, http.StatusOK, wireOffer(h.core.Offer(r.URL.Query()["group"])))
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) error {
@@ -331,7 +340,11 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, api.ServerList{Servers: servers})
+	out := api.ServerList{Servers: make([]api.Server, len(servers))}
+	for i, s := range servers {
+		out.Servers[i] = wireServer(s)
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (h *handler) start(w http.ResponseWriter, r *http.Request) error {
@@ -343,11 +356,11 @@ func (h *handler) start(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	srv, err := h.core.Start(r.Context(), user, server, req)
+	srv, err := h.core.Start(r.Context(), user, server, spawnd.StartRequest(req))
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, srv)
+	return writeJSON(w, http.StatusOK, wireServer(srv))
 }
 
 func (h *handler) status(w http.ResponseWriter, r *http.Request) error {
@@ -359,7 +372,7 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, srv)
+	return writeJSON(w, http.StatusOK, wireServer(srv))
 }
 
 func (h *handler) stop(w http.ResponseWriter, r *http.Request) error {
@@ -371,7 +384,7 @@ func (h *handler) stop(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, srv)
+	return writeJSON(w, http.StatusOK, wireServer(srv))
 }
 
 func (h *handler) deleteHome(w http.ResponseWriter, r *http.Request) error {
@@ -440,7 +453,7 @@ func (h *handler) progress(w http.ResponseWriter, r *http.Request) error {
 	}
 	flusher, _ := w.(http.Flusher)
 	started := false
-	err = h.core.Progress(r.Context(), user, server, func(ev api.ProgressEvent) error {
+	err = h.core.Progress(r.Context(), user, server, func(ev spawnd.ProgressEvent) error {
 		if !started {
 			w.Header().Set("Content-Type", "text/event-stream")
 			w.Header().Set("Cache-Control", "no-store")
@@ -448,7 +461,7 @@ func (h *handler) progress(w http.ResponseWriter, r *http.Request) error {
 			w.WriteHeader(http.StatusOK)
 			started = true
 		}
-		b, err := json.Marshal(ev)
+		b, err := json.Marshal(api.ProgressEvent{Progress: ev.Progress, Message: ev.Message, Step: string(ev.Step), Ready: ev.Ready, Failed: ev.Failed})
 		if err != nil {
 			return err
 		}

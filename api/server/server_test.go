@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/spawnd"
 )
 
 const testToken = "0123456789abcdef0123456789abcdef"
@@ -22,7 +23,7 @@ const testToken = "0123456789abcdef0123456789abcdef"
 type recordingCore struct {
 	mu    sync.Mutex
 	calls []string
-	reqs  []api.StartRequest
+	reqs  []spawnd.StartRequest
 }
 
 func (c *recordingCore) record(s string) {
@@ -31,32 +32,32 @@ func (c *recordingCore) record(s string) {
 	c.mu.Unlock()
 }
 
-func (c *recordingCore) Start(_ context.Context, user, server string, req api.StartRequest) (api.Server, error) {
+func (c *recordingCore) Start(_ context.Context, user, server string, req spawnd.StartRequest) (spawnd.Server, error) {
 	c.record("start " + user + "|" + server)
 	c.mu.Lock()
 	c.reqs = append(c.reqs, req)
 	c.mu.Unlock()
-	return api.Server{User: user, Server: server, State: api.StateRunning}, nil
+	return spawnd.Server{User: user, Server: server, State: spawnd.StateRunning}, nil
 }
 
-func (c *recordingCore) Status(user, server string) (api.Server, error) {
+func (c *recordingCore) Status(user, server string) (spawnd.Server, error) {
 	c.record("status " + user + "|" + server)
 	if user == "ghost" {
-		return api.Server{}, api.Errorf(api.CodeNotFound, "no such server")
+		return spawnd.Server{}, &spawnd.Error{Kind: spawnd.ErrNotFound, Msg: "no such server"}
 	}
-	return api.Server{User: user, Server: server, State: api.StateRunning}, nil
+	return spawnd.Server{User: user, Server: server, State: spawnd.StateRunning}, nil
 }
 
-func (c *recordingCore) Stop(_ context.Context, user, server string) (api.Server, error) {
+func (c *recordingCore) Stop(_ context.Context, user, server string) (spawnd.Server, error) {
 	c.record("stop " + user + "|" + server)
-	return api.Server{User: user, Server: server, State: api.StateStopped}, nil
+	return spawnd.Server{User: user, Server: server, State: spawnd.StateStopped}, nil
 }
 
-func (c *recordingCore) List() ([]api.Server, error) { c.record("list"); return nil, nil }
+func (c *recordingCore) List() ([]spawnd.Server, error) { c.record("list"); return nil, nil }
 
-func (c *recordingCore) Progress(_ context.Context, user, server string, fn func(api.ProgressEvent) error) error {
+func (c *recordingCore) Progress(_ context.Context, user, server string, fn func(spawnd.ProgressEvent) error) error {
 	c.record("progress " + user + "|" + server)
-	for _, ev := range []api.ProgressEvent{{Progress: 0, Step: "accepted"}, {Progress: 100, Step: "listening", Ready: true}} {
+	for _, ev := range []spawnd.ProgressEvent{{Progress: 0, Step: "accepted"}, {Progress: 100, Step: "listening", Ready: true}} {
 		if err := fn(ev); err != nil {
 			return err
 		}
@@ -69,8 +70,8 @@ func (c *recordingCore) DeleteHome(_ context.Context, user string) error {
 	return nil
 }
 
-func (c *recordingCore) Options([]string) api.Options { return api.Options{} }
-func (c *recordingCore) EngineUp() bool               { return true }
+func (c *recordingCore) Offer([]string) spawnd.Offer { return spawnd.Offer{} }
+func (c *recordingCore) EngineUp() bool              { return true }
 
 func newTestServer(t *testing.T, logs io.Writer) (*httptest.Server, *recordingCore) {
 	t.Helper()

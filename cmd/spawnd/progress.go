@@ -8,16 +8,16 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/spawnd/spawnd/images"
+	"github.com/spawnd/spawnd/api"
 )
 
 // progressSink renders build events: a live line on a terminal, plain lines
 // otherwise, JSON lines with --json.
-func progressSink(w io.Writer, asJSON bool) func(images.Event) {
+func progressSink(w io.Writer, asJSON bool) func(api.BuildEvent) {
 	if asJSON {
 		enc := json.NewEncoder(w)
 		var mu sync.Mutex
-		return func(ev images.Event) {
+		return func(ev api.BuildEvent) {
 			mu.Lock()
 			defer mu.Unlock()
 			_ = enc.Encode(ev)
@@ -31,10 +31,10 @@ func progressSink(w io.Writer, asJSON bool) func(images.Event) {
 	}
 	var mu sync.Mutex
 	lastStep := ""
-	return func(ev images.Event) {
+	return func(ev api.BuildEvent) {
 		mu.Lock()
 		defer mu.Unlock()
-		line := fmt.Sprintf("[%6.1fs] %-5s %-11s %s", ev.Elapsed.Seconds(), ev.Phase, ev.Step, ev.Message)
+		line := fmt.Sprintf("[%6.1fs] %-5s %-11s %s", float64(ev.ElapsedMS)/1000, ev.Phase, ev.Step, ev.Message)
 		if ev.Bytes > 0 {
 			line += " " + humanBytes(ev.Bytes)
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd"
 	"github.com/spawnd/spawnd/spawnd/docker"
 )
@@ -138,7 +139,7 @@ func TestKill9KeepsServersAndRestartAdopts(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(w.homes, spawnd.Escape(u), "work.txt"), []byte("work of "+u), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		started[s.ContainerID] = inspect(t, w.eng.Client(), s.ContainerID).StartedAt
+		started[s.ContainerID] = inspect(t, testenv.Client(w.eng), s.ContainerID).StartedAt
 	}
 	homesBefore := testenv.TreeSum(t, w.homes)
 
@@ -162,7 +163,7 @@ func TestKill9KeepsServersAndRestartAdopts(t *testing.T) {
 			if !ok || s.State != api.StateRunning {
 				t.Fatalf("round %d: unexpected server %+v", round, s)
 			}
-			if now := inspect(t, w.eng.Client(), s.ContainerID); !now.Running || now.StartedAt != at {
+			if now := inspect(t, testenv.Client(w.eng), s.ContainerID); !now.Running || now.StartedAt != at {
 				t.Fatalf("round %d: container of %s restarted (%s -> %s)", round, s.User, at, now.StartedAt)
 			}
 		}
@@ -277,7 +278,7 @@ func TestKill9DuringConcurrentStarts(t *testing.T) {
 	if got := listOurs(t, w); len(got) != n {
 		var desc []string
 		for _, c := range got {
-			desc = append(desc, c.Labels[spawnd.LabelUser]+":"+string(c.State))
+			desc = append(desc, c.Labels[labels.User]+":"+string(c.State))
 		}
 		logb, _ := os.ReadFile(filepath.Join(filepath.Dir(w.config), "daemon.log"))
 		t.Fatalf("%d containers for %d users: %v\ndaemon log:\n%s", len(got), n, desc, logb)
@@ -287,14 +288,14 @@ func TestKill9DuringConcurrentStarts(t *testing.T) {
 func listOurs(t *testing.T, w *procWorld) []container.Summary {
 	t.Helper()
 	f := client.Filters{}
-	f.Add("label", spawnd.LabelManaged+"=true")
+	f.Add("label", labels.Managed+"=true")
 	cfgb, _ := os.ReadFile(w.config)
 	for _, line := range strings.Split(string(cfgb), "\n") {
 		if v, ok := strings.CutPrefix(line, "instance: "); ok {
-			f.Add("label", spawnd.LabelInstance+"="+v)
+			f.Add("label", labels.Instance+"="+v)
 		}
 	}
-	res, err := w.eng.Client().ContainerList(context.Background(), client.ContainerListOptions{All: true, Filters: f})
+	res, err := testenv.Client(w.eng).ContainerList(context.Background(), client.ContainerListOptions{All: true, Filters: f})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,7 +417,7 @@ func TestKill9DuringBuild(t *testing.T) {
 		}
 	}
 	write("jq")
-	t.Cleanup(func() { testenv.RemoveImages(eng, images.LabelEnv, env) })
+	t.Cleanup(func() { testenv.RemoveImages(eng, labels.Env, env) })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	if _, err := images.Build(ctx, eng, spec, images.Options{CACerts: testenv.HostCACerts(t)}); err != nil {
@@ -465,7 +466,7 @@ func TestKill9DuringBuild(t *testing.T) {
 	if err != nil || done.Digest == before.Digest || done.Tag() != last.Tag {
 		t.Fatalf("the lock after the second build: %+v %v (event tag %s)", done, err, last.Tag)
 	}
-	if _, err := eng.ImageID(ctx, done.Tag()); err != nil {
+	if err := eng.CheckImage(ctx, done.Tag()); err != nil {
 		t.Fatalf("the new lock's image: %v", err)
 	}
 }

@@ -113,7 +113,7 @@ func Reachable(ctx context.Context, t testing.TB, eng *docker.Engine, id, hostPo
 
 // Exec runs cmd in a running container and returns its exit code and output.
 func Exec(ctx context.Context, eng *docker.Engine, id string, cmd []string) (int, string, error) {
-	cli := eng.Client()
+	cli := Client(eng)
 	ex, err := cli.ExecCreate(ctx, id, client.ExecCreateOptions{Cmd: cmd, AttachStdout: true, AttachStderr: true})
 	if err != nil {
 		return 0, "", err

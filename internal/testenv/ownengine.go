@@ -128,15 +128,15 @@ func (e *OwnEngine) removeNetworks() {
 	defer eng.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	res, err := eng.Client().ContainerList(ctx, client.ContainerListOptions{All: true})
+	res, err := Client(eng).ContainerList(ctx, client.ContainerListOptions{All: true})
 	if err == nil {
 		for _, c := range res.Items {
-			if _, err := eng.Client().ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true}); err != nil {
+			if _, err := Client(eng).ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true}); err != nil {
 				e.t.Logf("removing a private engine's container: %v", err)
 			}
 		}
 	}
-	_, _ = eng.Client().NetworkPrune(ctx, client.NetworkPruneOptions{})
+	_, _ = Client(eng).NetworkPrune(ctx, client.NetworkPruneOptions{})
 }
 
 // reapLeftovers ends what a stopped dockerd can leave behind (with
@@ -195,12 +195,11 @@ func (e *OwnEngine) LoadImage(t testing.TB, from *docker.Engine, ref string) {
 	defer to.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	rc, err := from.Save(ctx, []string{ref})
+	img, err := from.Image(ctx, ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rc.Close()
-	if err := to.Load(ctx, rc); err != nil {
+	if err := to.WriteImage(ctx, ref, img); err != nil {
 		t.Fatal(fmt.Errorf("loading %s into the private engine: %w", ref, err))
 	}
 }

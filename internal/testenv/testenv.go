@@ -54,6 +54,25 @@ func Engine(t testing.TB) *docker.Engine {
 	return eng
 }
 
+var clients sync.Map // engine host -> *client.Client
+
+// Client is a raw engine client for the engine eng speaks to. Tests and the
+// benchmarks need one to check what the engine really did (a container's
+// flags, what is left after a stop) and to measure the raw floor, so they
+// must not go through the backend they are checking. Nothing else outside
+// spawnd/docker opens an engine client; TestForbiddenImports keeps it so.
+func Client(eng *docker.Engine) *client.Client {
+	if c, ok := clients.Load(eng.Host()); ok {
+		return c.(*client.Client)
+	}
+	c, err := client.New(client.FromEnv, client.WithHost(eng.Host()), client.WithAPIVersionNegotiation())
+	if err != nil {
+		panic(fmt.Sprintf("an engine client for %s: %v", eng.Host(), err)) // only a malformed host fails here
+	}
+	actual, _ := clients.LoadOrStore(eng.Host(), c)
+	return actual.(*client.Client)
+}
+
 // Instance returns a fresh spawnd instance name, so that tests never touch
 // each other's containers, and removes its containers and network at the end.
 func Instance(t testing.TB, eng *docker.Engine) string {
@@ -70,7 +89,7 @@ func Instance(t testing.TB, eng *docker.Engine) string {
 func RemoveInstance(eng *docker.Engine, inst string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cli := eng.Client()
+	cli := Client(eng)
 	f := client.Filters{}
 	f.Add("label", "io.spawnd.instance="+inst)
 	res, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
@@ -107,7 +126,7 @@ func EnsureBusybox(t testing.TB, eng *docker.Engine) string {
 // BuildBusybox builds BusyboxImage from Debian's busybox-static unless the
 // engine has it, and returns its name.
 func BuildBusybox(ctx context.Context, eng *docker.Engine) (string, error) {
-	if _, err := eng.ImageID(ctx, BusyboxImage); err == nil {
+	if err := eng.CheckImage(ctx, BusyboxImage); err == nil {
 		return BusyboxImage, nil
 	} else if !errdefs.IsNotFound(err) {
 		return "", fmt.Errorf("inspecting %s: %w", BusyboxImage, err)
@@ -141,7 +160,7 @@ CMD ["/bin/sh", "-c", "exec httpd -f -p 8888 -h \"$HOME\""]
 		_, _ = tw.Write(data)
 	}
 	_ = tw.Close()
-	res, err := eng.Client().ImageBuild(ctx, &buf, client.ImageBuildOptions{
+	res, err := Client(eng).ImageBuild(ctx, &buf, client.ImageBuildOptions{
 		Tags: []string{BusyboxImage}, Remove: true, ForceRemove: true,
 		Labels: map[string]string{TestLabel: "1"},
 	})
@@ -167,7 +186,7 @@ func EnsureDebianBase(t testing.TB, eng *docker.Engine) string {
 	defer buildOnce.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := eng.ImageID(ctx, DebianBase); err == nil {
+	if err := eng.CheckImage(ctx, DebianBase); err == nil {
 		return DebianBase
 	}
 	root := RepoRoot(t)
@@ -204,12 +223,12 @@ func RemoveImages(eng *docker.Engine, label, value string) {
 	defer cancel()
 	f := client.Filters{}
 	f.Add("label", label+"="+value)
-	res, err := eng.Client().ImageList(ctx, client.ImageListOptions{Filters: f})
+	res, err := Client(eng).ImageList(ctx, client.ImageListOptions{Filters: f})
 	if err != nil {
 		return
 	}
 	for _, img := range res.Items {
-		_, _ = eng.Client().ImageRemove(ctx, img.ID, client.ImageRemoveOptions{Force: true, PruneChildren: true})
+		_, _ = Client(eng).ImageRemove(ctx, img.ID, client.ImageRemoveOptions{Force: true, PruneChildren: true})
 	}
 }
 

@@ -1,7 +1,9 @@
-// Package docker is the Docker Engine backend of spawnd's Runtime: the only
-// package that imports the engine client (github.com/moby/moby/client). It
-// translates a ContainerSpec into an engine create request with the hardening
-// that is never optional, and engine answers back into spawnd's Container.
+// Package docker is the Docker Engine backend (spawnd/backend): the only
+// package that imports the engine client (github.com/moby/moby/client) apart
+// from test helpers. It translates a backend.ContainerSpec into an engine
+// create request with the hardening that is never optional, and engine
+// answers back into backend.Container; it builds env images, and moves images
+// in and out of the engine with go-containerregistry's daemon package.
 package docker
 
 import (
@@ -22,15 +24,19 @@ import (
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 
-	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
-// Engine is a spawnd.Runtime on one Docker engine.
+// Engine is the backend on one Docker engine.
 type Engine struct {
 	cli *client.Client
 }
 
-var _ spawnd.Runtime = (*Engine)(nil)
+var (
+	_ backend.Runtime    = (*Engine)(nil)
+	_ backend.Builder    = (*Engine)(nil)
+	_ backend.ImageStore = (*Engine)(nil)
+)
 
 // New connects to the engine at host ("" = DOCKER_HOST or the default socket)
 // with API version negotiation, so the client speaks the engine's version
@@ -47,20 +53,13 @@ func New(host string) (*Engine, error) {
 	return &Engine{cli: cli}, nil
 }
 
-// Client exposes the engine client to other engine-side packages (tests, doctor).
-func (e *Engine) Client() *client.Client { return e.cli }
+// Host is the engine's address (unix:///var/run/docker.sock, ...), for
+// messages and for test helpers that open their own client to check what
+// the engine really did.
+func (e *Engine) Host() string { return e.cli.DaemonHost() }
 
 // Close releases the client's connections.
 func (e *Engine) Close() error { return e.cli.Close() }
-
-// Version returns the engine's version and negotiated API version.
-func (e *Engine) Version(ctx context.Context) (version, apiVersion string, err error) {
-	v, err := e.cli.ServerVersion(ctx, client.ServerVersionOptions{})
-	if err != nil {
-		return "", "", fmt.Errorf("asking the engine for its version: %w", err)
-	}
-	return v.Version, e.cli.ClientVersion(), nil
-}
 
 // Ping checks that the engine answers.
 func (e *Engine) Ping(ctx context.Context) error {
@@ -68,17 +67,16 @@ func (e *Engine) Ping(ctx context.Context) error {
 	return err
 }
 
-// ImageID implements spawnd.Runtime.
-func (e *Engine) ImageID(ctx context.Context, ref string) (string, error) {
-	img, err := e.cli.ImageInspect(ctx, ref)
-	if err != nil {
-		return "", fmt.Errorf("inspecting image %s: %w", ref, err)
+// CheckImage implements backend.Runtime: the image must be on this engine.
+func (e *Engine) CheckImage(ctx context.Context, ref string) error {
+	if _, err := e.cli.ImageInspect(ctx, ref); err != nil {
+		return fmt.Errorf("inspecting image %s: %w", ref, err)
 	}
-	return img.ID, nil
+	return nil
 }
 
-// EnsureNetwork implements spawnd.Runtime.
-func (e *Engine) EnsureNetwork(ctx context.Context, n spawnd.NetworkSpec) (spawnd.NetworkInfo, error) {
+// EnsureNetwork implements backend.Runtime.
+func (e *Engine) EnsureNetwork(ctx context.Context, n backend.NetworkSpec) (backend.NetworkInfo, error) {
 	res, err := e.cli.NetworkInspect(ctx, n.Name, client.NetworkInspectOptions{})
 	if errdefs.IsNotFound(err) {
 		_, err = e.cli.NetworkCreate(ctx, n.Name, client.NetworkCreateOptions{
@@ -87,18 +85,18 @@ func (e *Engine) EnsureNetwork(ctx context.Context, n spawnd.NetworkSpec) (spawn
 			Labels:  n.Labels,
 		})
 		if err != nil && !errdefs.IsConflict(err) {
-			return spawnd.NetworkInfo{}, fmt.Errorf("creating network %s: %w", n.Name, err)
+			return backend.NetworkInfo{}, fmt.Errorf("creating network %s: %w", n.Name, err)
 		}
 		res, err = e.cli.NetworkInspect(ctx, n.Name, client.NetworkInspectOptions{})
 	}
 	if err != nil {
-		return spawnd.NetworkInfo{}, fmt.Errorf("inspecting network %s: %w", n.Name, err)
+		return backend.NetworkInfo{}, fmt.Errorf("inspecting network %s: %w", n.Name, err)
 	}
 	if err := checkNetwork(n, res.Network.Driver, res.Network.Options); err != nil {
-		return spawnd.NetworkInfo{}, err
+		return backend.NetworkInfo{}, err
 	}
 	// A bridge network's Linux bridge is named by an option, or else br-<id[:12]>.
-	info := spawnd.NetworkInfo{Bridge: res.Network.Options["com.docker.network.bridge.name"]}
+	info := backend.NetworkInfo{Bridge: res.Network.Options["com.docker.network.bridge.name"]}
 	if info.Bridge == "" && res.Network.Driver == "bridge" && len(res.Network.ID) >= 12 {
 		info.Bridge = "br-" + res.Network.ID[:12]
 	}
@@ -111,10 +109,36 @@ func (e *Engine) EnsureNetwork(ctx context.Context, n spawnd.NetworkSpec) (spawn
 	return info, nil
 }
 
-// Create implements spawnd.Runtime. Every container gets: all capabilities
-// dropped, no-new-privileges, an init as PID 1 (signals and zombies handled,
-// fast stops), memory without extra swap, and the pids limit.
-func (e *Engine) Create(ctx context.Context, s spawnd.ContainerSpec) (string, error) {
+// Run implements backend.Runtime: create, start, inspect. A container whose
+// start or first inspect fails is removed again. Every container gets: all
+// capabilities dropped, no-new-privileges, an init as PID 1 (signals and
+// zombies handled, fast stops), memory without extra swap, and the pids limit.
+func (e *Engine) Run(ctx context.Context, s backend.ContainerSpec) (backend.Container, error) {
+	id, err := e.create(ctx, s)
+	if err != nil {
+		return backend.Container{}, err
+	}
+	if _, err := e.cli.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
+		e.removeQuietly(ctx, id)
+		return backend.Container{}, fmt.Errorf("starting container %s: %w", s.Name, err)
+	}
+	c, err := e.Inspect(ctx, id)
+	if err != nil {
+		e.removeQuietly(ctx, id)
+		return backend.Container{}, err
+	}
+	return c, nil
+}
+
+// removeQuietly removes a container Run made and could not finish; the
+// caller reports the error that made it give up.
+func (e *Engine) removeQuietly(ctx context.Context, id string) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	_ = e.Remove(rctx, id, 0)
+}
+
+func (e *Engine) create(ctx context.Context, s backend.ContainerSpec) (string, error) {
 	port, ok := network.PortFrom(uint16(s.Port), network.TCP)
 	if !ok {
 		return "", fmt.Errorf("invalid port %d", s.Port)
@@ -162,15 +186,7 @@ func (e *Engine) Create(ctx context.Context, s spawnd.ContainerSpec) (string, er
 	return res.ID, nil
 }
 
-// Start implements spawnd.Runtime.
-func (e *Engine) Start(ctx context.Context, id string) error {
-	if _, err := e.cli.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
-		return fmt.Errorf("starting container %s: %w", id, err)
-	}
-	return nil
-}
-
-// Logs implements spawnd.Runtime.
+// Logs implements backend.Runtime.
 func (e *Engine) Logs(ctx context.Context, id string, tail int) (string, error) {
 	rc, err := e.cli.ContainerLogs(ctx, id, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true, Tail: strconv.Itoa(tail)})
 	if err != nil {
@@ -203,34 +219,41 @@ func (l *limitWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-// Inspect implements spawnd.Runtime.
-func (e *Engine) Inspect(ctx context.Context, idOrName string) (spawnd.Container, error) {
+// Inspect implements backend.Runtime.
+func (e *Engine) Inspect(ctx context.Context, idOrName string) (backend.Container, error) {
 	res, err := e.cli.ContainerInspect(ctx, idOrName, client.ContainerInspectOptions{})
 	if err != nil {
-		return spawnd.Container{}, fmt.Errorf("inspecting container %s: %w", idOrName, err)
+		return backend.Container{}, fmt.Errorf("inspecting container %s: %w", idOrName, err)
 	}
 	return fromInspect(res.Container), nil
 }
 
-func fromInspect(in container.InspectResponse) spawnd.Container {
-	c := spawnd.Container{ID: in.ID, Name: trimSlash(in.Name), ImageID: in.Image}
+func fromInspect(in container.InspectResponse) backend.Container {
+	c := backend.Container{ID: in.ID, Name: trimSlash(in.Name), ImageID: in.Image}
 	c.Created, _ = time.Parse(time.RFC3339Nano, in.Created)
 	if in.Config != nil {
 		c.Labels = in.Config.Labels
 		c.Image = in.Config.Image
 	}
 	if st := in.State; st != nil {
-		c.State = string(st.Status)
+		c.State = backend.State(st.Status)
 		c.ExitCode = st.ExitCode
 		c.OOMKilled = st.OOMKilled
 		c.Error = st.Error
 		c.StartedAt = parseEngineTime(st.StartedAt)
 		c.FinishedAt = parseEngineTime(st.FinishedAt)
 	}
+	if in.Config != nil {
+		// The single-user port is the one port spawnd exposes (see create).
+		for p := range in.Config.ExposedPorts {
+			if p.Proto() == network.TCP {
+				c.Port = int(p.Num())
+			}
+		}
+	}
 	if ns := in.NetworkSettings; ns != nil {
-		portLabel, _ := strconv.Atoi(c.Labels[spawnd.LabelPort])
 		for p, bindings := range ns.Ports {
-			if int(p.Num()) != portLabel || p.Proto() != network.TCP {
+			if int(p.Num()) != c.Port || p.Proto() != network.TCP {
 				continue
 			}
 			for _, b := range bindings {
@@ -265,7 +288,7 @@ func trimSlash(s string) string {
 	return s
 }
 
-// Remove implements spawnd.Runtime.
+// Remove implements backend.Runtime.
 func (e *Engine) Remove(ctx context.Context, id string, grace time.Duration) error {
 	if grace > 0 {
 		secs := int((grace + time.Second - 1) / time.Second)
@@ -284,11 +307,11 @@ func (e *Engine) Remove(ctx context.Context, id string, grace time.Duration) err
 	return nil
 }
 
-// List implements spawnd.Runtime with one listing and no inspect: the
+// List implements backend.Runtime with one listing and no inspect: the
 // containers come back Partial (no start time, exit code or OOM flag), and
 // the caller inspects the ones it needs. A reconcile of 300 containers is
 // then one engine call.
-func (e *Engine) List(ctx context.Context, labels map[string]string) ([]spawnd.Container, error) {
+func (e *Engine) List(ctx context.Context, labels map[string]string) ([]backend.Container, error) {
 	f := client.Filters{}
 	for k, v := range labels {
 		f.Add("label", k+"="+v)
@@ -297,18 +320,21 @@ func (e *Engine) List(ctx context.Context, labels map[string]string) ([]spawnd.C
 	if err != nil {
 		return nil, fmt.Errorf("listing containers: %w", err)
 	}
-	out := make([]spawnd.Container, 0, len(res.Items))
+	out := make([]backend.Container, 0, len(res.Items))
 	for _, it := range res.Items {
-		c := spawnd.Container{ID: it.ID, Labels: it.Labels, State: string(it.State), Image: it.Image, ImageID: it.ImageID,
+		c := backend.Container{ID: it.ID, Labels: it.Labels, State: backend.State(it.State), Image: it.Image, ImageID: it.ImageID,
 			Created: time.Unix(it.Created, 0), Partial: true}
 		if len(it.Names) > 0 {
 			c.Name = trimSlash(it.Names[0])
 		}
-		port, _ := strconv.Atoi(it.Labels[spawnd.LabelPort])
+		// The listing names the exposed port (published or not): spawnd
+		// exposes one, the single-user port.
 		for _, p := range it.Ports {
-			if int(p.PrivatePort) == port && p.PublicPort != 0 && p.Type == "tcp" {
-				c.HostPort = int(p.PublicPort)
-				break
+			if p.Type == "tcp" {
+				c.Port = int(p.PrivatePort)
+				if p.PublicPort != 0 {
+					c.HostPort = int(p.PublicPort)
+				}
 			}
 		}
 		if ns := it.NetworkSettings; ns != nil {
@@ -324,8 +350,8 @@ func (e *Engine) List(ctx context.Context, labels map[string]string) ([]spawnd.C
 	return out, nil
 }
 
-// Events implements spawnd.Runtime.
-func (e *Engine) Events(ctx context.Context, labels map[string]string) (<-chan spawnd.Event, <-chan error) {
+// Events implements backend.Runtime.
+func (e *Engine) Events(ctx context.Context, labels map[string]string) (<-chan backend.ContainerEvent, <-chan error) {
 	f := client.Filters{}
 	f.Add("type", string(events.ContainerEventType))
 	for k, v := range labels {
@@ -333,7 +359,7 @@ func (e *Engine) Events(ctx context.Context, labels map[string]string) (<-chan s
 	}
 	f.Add("event", "create", "start", "die", "destroy", "pause", "unpause", "restart")
 	res := e.cli.Events(ctx, client.EventsListOptions{Filters: f})
-	out := make(chan spawnd.Event, 64)
+	out := make(chan backend.ContainerEvent, 64)
 	errc := make(chan error, 1)
 	go func() {
 		defer close(out)
@@ -348,7 +374,7 @@ func (e *Engine) Events(ctx context.Context, labels map[string]string) (<-chan s
 				errc <- err
 				return
 			case msg := <-res.Messages:
-				ev := spawnd.Event{ID: msg.Actor.ID, Action: string(msg.Action), Labels: msg.Actor.Attributes}
+				ev := backend.ContainerEvent{ID: msg.Actor.ID, Action: string(msg.Action), Labels: msg.Actor.Attributes}
 				select {
 				case out <- ev:
 				case <-ctx.Done():
@@ -360,9 +386,9 @@ func (e *Engine) Events(ctx context.Context, labels map[string]string) (<-chan s
 	return out, errc
 }
 
-// CheckNetwork implements doctor.Engine: nil when the network is absent
+// CheckNetwork is for doctor: nil when the network is absent
 // (spawnd will create it) or is what n says; else what is wrong and the fix.
-func (e *Engine) CheckNetwork(ctx context.Context, n spawnd.NetworkSpec) error {
+func (e *Engine) CheckNetwork(ctx context.Context, n backend.NetworkSpec) error {
 	res, err := e.cli.NetworkInspect(ctx, n.Name, client.NetworkInspectOptions{})
 	if errdefs.IsNotFound(err) {
 		return nil
@@ -377,7 +403,7 @@ func (e *Engine) CheckNetwork(ctx context.Context, n spawnd.NetworkSpec) error {
 // a bridge of spawnd's own (Docker's default bridge, host, none, overlay), or
 // one whose inter-container setting disagrees with network.icc. The error
 // is an invalid-argument one, which the core treats as fatal.
-func checkNetwork(n spawnd.NetworkSpec, driver string, opts map[string]string) error {
+func checkNetwork(n backend.NetworkSpec, driver string, opts map[string]string) error {
 	if opts["com.docker.network.bridge.default_bridge"] == "true" || n.Name == "bridge" || n.Name == "host" || n.Name == "none" {
 		return fmt.Errorf("network.name: %q is one of Docker's own networks, shared with every container on the engine; "+
 			"name a network of spawnd's own, e.g. spawnd-users: %w", n.Name, errdefs.ErrInvalidArgument)

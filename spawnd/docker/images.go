@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/moby/moby/api/pkg/stdcopy"
@@ -15,32 +14,33 @@ import (
 	"github.com/moby/moby/api/types/jsonstream"
 	"github.com/moby/moby/client"
 
-	"github.com/spawnd/spawnd/doctor"
-	"github.com/spawnd/spawnd/images"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/daemon"
+
+	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
-var _ images.Engine = (*Engine)(nil)
-
-// ImageInspect implements images.Engine.
-func (e *Engine) ImageInspect(ctx context.Context, ref string) (images.ImageInfo, error) {
+// ImageInspect implements backend.Builder.
+func (e *Engine) ImageInspect(ctx context.Context, ref string) (backend.ImageInfo, error) {
 	img, err := e.cli.ImageInspect(ctx, ref)
 	if err != nil {
-		return images.ImageInfo{}, fmt.Errorf("inspecting image %s: %w", ref, err)
+		return backend.ImageInfo{}, fmt.Errorf("inspecting image %s: %w", ref, err)
 	}
-	info := images.ImageInfo{ID: img.ID, Size: img.Size}
+	info := backend.ImageInfo{ID: img.ID, Size: img.Size}
 	if img.Config != nil {
 		info.Labels = img.Config.Labels
 	}
 	return info, nil
 }
 
-// RunCapture implements images.Engine.
-func (e *Engine) RunCapture(ctx context.Context, spec images.RunSpec) (images.RunResult, error) {
+// RunCapture implements backend.Builder.
+func (e *Engine) RunCapture(ctx context.Context, spec backend.RunSpec) (backend.RunResult, error) {
 	cfg := &container.Config{Image: spec.Image, Cmd: spec.Cmd, Labels: spec.Labels, User: "0:0", Env: spec.Env}
 	hc := &container.HostConfig{NetworkMode: container.NetworkMode(spec.Network)}
 	created, err := e.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: hc})
 	if err != nil {
-		return images.RunResult{}, fmt.Errorf("creating a container of %s: %w", spec.Image, err)
+		return backend.RunResult{}, fmt.Errorf("creating a container of %s: %w", spec.Image, err)
 	}
 	id := created.ID
 	defer func() {
@@ -50,32 +50,32 @@ func (e *Engine) RunCapture(ctx context.Context, spec images.RunSpec) (images.Ru
 	}()
 	wait := e.cli.ContainerWait(ctx, id, client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})
 	if _, err := e.cli.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
-		return images.RunResult{}, fmt.Errorf("starting a container of %s: %w", spec.Image, err)
+		return backend.RunResult{}, fmt.Errorf("starting a container of %s: %w", spec.Image, err)
 	}
-	var res images.RunResult
+	var res backend.RunResult
 	select {
 	case w := <-wait.Result:
 		res.ExitCode = int(w.StatusCode)
 	case err := <-wait.Error:
-		return images.RunResult{}, fmt.Errorf("waiting for a container of %s: %w", spec.Image, err)
+		return backend.RunResult{}, fmt.Errorf("waiting for a container of %s: %w", spec.Image, err)
 	case <-ctx.Done():
-		return images.RunResult{}, ctx.Err()
+		return backend.RunResult{}, ctx.Err()
 	}
 	logs, err := e.cli.ContainerLogs(ctx, id, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true})
 	if err != nil {
-		return images.RunResult{}, fmt.Errorf("reading the output of a container of %s: %w", spec.Image, err)
+		return backend.RunResult{}, fmt.Errorf("reading the output of a container of %s: %w", spec.Image, err)
 	}
 	defer logs.Close()
 	var stdout, stderr bytes.Buffer
 	if _, err := stdcopy.StdCopy(&stdout, &stderr, logs); err != nil {
-		return images.RunResult{}, fmt.Errorf("reading the output of a container of %s: %w", spec.Image, err)
+		return backend.RunResult{}, fmt.Errorf("reading the output of a container of %s: %w", spec.Image, err)
 	}
 	res.Stdout, res.Stderr = stdout.Bytes(), stderr.Bytes()
 	return res, nil
 }
 
-// Build implements images.Engine with the engine's build endpoint.
-func (e *Engine) Build(ctx context.Context, spec images.BuildSpec, onLine func(images.BuildLine)) (string, error) {
+// Build implements backend.Builder with the engine's build endpoint.
+func (e *Engine) Build(ctx context.Context, spec backend.BuildSpec, onLine func(backend.BuildLine)) (string, error) {
 	res, err := e.cli.ImageBuild(ctx, spec.Context, client.ImageBuildOptions{
 		Tags: spec.Tags, Labels: spec.Labels, NetworkMode: spec.Network, NoCache: spec.NoCache,
 		Remove: true, ForceRemove: true, BuildArgs: buildArgs(spec.BuildArgs),
@@ -102,7 +102,7 @@ func (e *Engine) Build(ctx context.Context, spec images.BuildSpec, onLine func(i
 				id = aux.ID
 			}
 		}
-		bl := images.BuildLine{Stream: m.Stream}
+		bl := backend.BuildLine{Stream: m.Stream}
 		if m.Progress != nil {
 			bl.Bytes = m.Progress.Current
 		}
@@ -140,39 +140,43 @@ func tail(lines []string) string {
 	return b.String()
 }
 
-// Save implements images.Mover: the engine's docker-archive of refs.
-func (e *Engine) Save(ctx context.Context, refs []string) (io.ReadCloser, error) {
-	r, err := e.cli.ImageSave(ctx, refs)
+// Image implements backend.ImageStore with go-containerregistry's daemon
+// package, buffered in a temporary file (an env image is hundreds of MB).
+func (e *Engine) Image(ctx context.Context, tag string) (v1.Image, error) {
+	ref, err := name.NewTag(tag)
 	if err != nil {
-		return nil, fmt.Errorf("saving %v: %w", refs, err)
+		return nil, fmt.Errorf("%q is not an image tag: %w", tag, err)
 	}
-	return r, nil
+	if _, err := e.cli.ImageInspect(ctx, tag); err != nil {
+		return nil, fmt.Errorf("inspecting image %s: %w", tag, err)
+	}
+	img, err := daemon.Image(ref, daemon.WithClient(e.cli), daemon.WithContext(ctx), daemon.WithFileBufferedOpener())
+	if err != nil {
+		return nil, fmt.Errorf("reading %s out of the engine: %w", tag, err)
+	}
+	return img, nil
 }
 
-// Load implements images.Mover: loads a docker-archive into the engine.
-func (e *Engine) Load(ctx context.Context, r io.Reader) error {
-	res, err := e.cli.ImageLoad(ctx, r, client.ImageLoadWithQuiet(true))
+// WriteImage implements backend.ImageStore.
+func (e *Engine) WriteImage(ctx context.Context, tag string, img v1.Image) error {
+	ref, err := name.NewTag(tag)
 	if err != nil {
-		return fmt.Errorf("loading images: %w", err)
+		return fmt.Errorf("%q is not an image tag: %w", tag, err)
 	}
-	defer res.Close()
-	sc := bufio.NewScanner(res)
-	for sc.Scan() {
-		var m jsonstream.Message
-		if json.Unmarshal(sc.Bytes(), &m) == nil && m.Error != nil {
-			return fmt.Errorf("loading images: %s", m.Error.Message)
-		}
+	if _, err := daemon.Write(ref, img, daemon.WithClient(e.cli), daemon.WithContext(ctx)); err != nil {
+		return fmt.Errorf("loading %s into the engine: %w", tag, err)
 	}
-	return sc.Err()
+	return nil
 }
 
-// Info implements doctor.Engine.
-func (e *Engine) Info(ctx context.Context) (doctor.EngineInfo, error) {
+// Info implements backend.Runtime.
+func (e *Engine) Info(ctx context.Context) (backend.Info, error) {
 	res, err := e.cli.Info(ctx, client.InfoOptions{})
 	if err != nil {
-		return doctor.EngineInfo{}, fmt.Errorf("asking the engine for its info: %w", err)
+		return backend.Info{}, fmt.Errorf("asking the engine for its info: %w", err)
 	}
-	return doctor.EngineInfo{
+	return backend.Info{
+		Backend:     "docker",
 		Version:     res.Info.ServerVersion,
 		APIVersion:  e.cli.ClientVersion(),
 		RuncVersion: res.Info.RuncCommit.ID,

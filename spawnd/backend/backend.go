@@ -1,0 +1,213 @@
+// Package backend is the contract between spawnd and the systems that run
+// its containers and hold its images. The core (package spawnd) runs user
+// servers on a Runtime; the image builder (package images) locks and builds
+// envs on a Builder and moves images through an ImageStore; the daemon and
+// doctor read an engine's Info. A backend (spawnd/docker today) implements
+// them; nothing else imports an engine client.
+//
+// The contract is backend-neutral: a container is run in one call (no
+// create/start split), its single-user port travels in the backend's own
+// record, and errors are classified with github.com/containerd/errdefs
+// (IsNotFound, IsConflict, IsUnavailable, IsInvalidArgument). The lifecycle
+// rules every Runtime must keep are written down as tests in
+// spawnd/backend/backendtest, which the Docker backend and the shared fake
+// (spawnd/backend/fakebackend) both pass.
+package backend
+
+import (
+	"context"
+	"io"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// Runtime runs user containers: what the core's lifecycle needs.
+type Runtime interface {
+	// Info says which engine this is.
+	Info(ctx context.Context) (Info, error)
+	// CheckImage returns nil when ref can be run, or an errdefs not-found
+	// error when it is not there.
+	CheckImage(ctx context.Context, ref string) error
+	// EnsureNetwork creates the network if it does not exist and says where
+	// it is on the host. A network that exists and contradicts spec is an
+	// errdefs invalid-argument error whose message names the key to fix.
+	EnsureNetwork(ctx context.Context, spec NetworkSpec) (NetworkInfo, error)
+	// Run creates and starts a container and returns it running (or as
+	// far as it got). A name already taken is an errdefs conflict error and
+	// changes nothing; any other failure leaves no container behind.
+	Run(ctx context.Context, spec ContainerSpec) (Container, error)
+	// Inspect returns one container, complete.
+	Inspect(ctx context.Context, idOrName string) (Container, error)
+	// Logs returns the last lines (at most tail) of what the container wrote
+	// to stdout and stderr, interleaved as the engine stored them.
+	Logs(ctx context.Context, id string, tail int) (string, error)
+	// Remove stops a container (SIGTERM, then SIGKILL after grace) and removes it.
+	// Removing a container that is already gone is not an error.
+	Remove(ctx context.Context, id string, grace time.Duration) error
+	// List returns every container (running or not) that carries all labels.
+	// It may return Partial containers (see Container.Partial).
+	List(ctx context.Context, labels map[string]string) ([]Container, error)
+	// Events streams events of containers that carry all labels until ctx
+	// ends or the stream breaks (then one error is sent).
+	Events(ctx context.Context, labels map[string]string) (<-chan ContainerEvent, <-chan error)
+}
+
+// Info is what an engine says of itself.
+type Info struct {
+	// Backend names the backend ("docker").
+	Backend     string
+	Version     string
+	APIVersion  string
+	RuncVersion string
+	LiveRestore bool
+}
+
+// NetworkSpec is a user network the daemon owns.
+type NetworkSpec struct {
+	Name   string
+	ICC    bool // inter-container traffic
+	Labels map[string]string
+}
+
+// NetworkInfo is a user network as the host sees it.
+type NetworkInfo struct {
+	// Gateway is the host's address on the network.
+	Gateway string
+	// Bridge is the network's Linux bridge ("" when the engine does not say).
+	Bridge string
+}
+
+// Mount is a bind mount from the host.
+type Mount struct {
+	Source   string
+	Target   string
+	ReadOnly bool
+}
+
+// ContainerSpec is everything the core decides about a user container.
+// A backend adds the hardening that is never optional: all capabilities
+// dropped, no-new-privileges, an init process as PID 1.
+type ContainerSpec struct {
+	Name       string
+	Image      string
+	Labels     map[string]string
+	Env        []string // KEY=VALUE; never logged
+	Cmd        []string
+	User       string // "uid:gid"
+	WorkingDir string
+	Mounts     []Mount
+	Port       int    // the single-user port inside the container
+	PublishIP  string // publish Port on this host address (e.g. 127.0.0.1); "" = don't publish
+	Network    string // the network to attach to
+	Memory     int64  // bytes; 0 = unlimited
+	NanoCPUs   int64
+	PidsLimit  int64
+}
+
+// State is a container's state as the backend reports it.
+type State string
+
+// Container states.
+const (
+	Created    State = "created" // made, never started (a run cut off by a crash)
+	Running    State = "running"
+	Restarting State = "restarting"
+	Paused     State = "paused"
+	Exited     State = "exited"
+	Dead       State = "dead"
+	Removing   State = "removing"
+)
+
+// Container is what the core observes of one container.
+type Container struct {
+	ID         string
+	Name       string
+	Labels     map[string]string
+	State      State
+	ExitCode   int
+	OOMKilled  bool
+	Error      string
+	Created    time.Time
+	StartedAt  time.Time
+	FinishedAt time.Time
+	Image      string
+	ImageID    string
+	// Port is the single-user port inside the container (ContainerSpec.Port),
+	// as the backend recorded it.
+	Port     int
+	HostPort int    // the published host port of Port, if any
+	IP       string // the container's address on its network
+	// Partial is set when the container came from a listing: StartedAt,
+	// FinishedAt, ExitCode, OOMKilled and Error are unknown until an inspect.
+	Partial bool
+}
+
+// ContainerEvent is one container event from the engine.
+type ContainerEvent struct {
+	ID     string
+	Action string // create, start, die, oom, destroy, ...
+	Labels map[string]string
+}
+
+// Builder is what locking and building an env need from an engine.
+type Builder interface {
+	// ImageInspect returns an image's id and labels, or an errdefs not-found error.
+	ImageInspect(ctx context.Context, ref string) (ImageInfo, error)
+	// RunCapture runs a throw-away container to completion and returns its
+	// output and exit code; the container is removed in every case.
+	RunCapture(ctx context.Context, spec RunSpec) (RunResult, error)
+	// Build builds a context and tags the result; each line of the engine's
+	// output goes to onLine.
+	Build(ctx context.Context, spec BuildSpec, onLine func(BuildLine)) (imageID string, err error)
+}
+
+// ImageInfo is what the builder and doctor need to know of an image.
+type ImageInfo struct {
+	ID     string
+	Labels map[string]string
+	Size   int64
+}
+
+// RunSpec is a throw-away container for locking.
+type RunSpec struct {
+	Image   string
+	Cmd     []string
+	Network string // "" = default bridge, "host" to reach an index on 127.0.0.1
+	Labels  map[string]string
+	Env     []string // KEY=VALUE
+}
+
+// RunResult is what a throw-away container printed.
+type RunResult struct {
+	Stdout, Stderr []byte
+	ExitCode       int
+}
+
+// BuildSpec is one engine build.
+type BuildSpec struct {
+	Context io.Reader
+	Tags    []string
+	Labels  map[string]string
+	Network string
+	// NoCache builds every layer afresh.
+	NoCache bool
+	// BuildArgs are the Dockerfile's ARG values.
+	BuildArgs map[string]string
+}
+
+// BuildLine is one line of the engine's build output.
+type BuildLine struct {
+	Stream string // a line of output
+	Bytes  int64  // bytes transferred so far, if the line reports progress
+}
+
+// ImageStore reads images out of an engine and writes them in, as
+// go-containerregistry images, so pushing to a registry and saving to an
+// OCI archive share one path.
+type ImageStore interface {
+	// Image returns a local image by tag; an errdefs not-found error when absent.
+	Image(ctx context.Context, tag string) (v1.Image, error)
+	// WriteImage stores img in the engine under tag.
+	WriteImage(ctx context.Context, tag string, img v1.Image) error
+}

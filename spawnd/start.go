@@ -1,0 +1,398 @@
+package spawnd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/spawnd/spawnd/labels"
+	"github.com/spawnd/spawnd/spawnd/backend"
+)
+
+// Start starts the server (user, server) and returns it once it listens.
+// It is idempotent: a running server is returned as it is, and concurrent
+// starts of one server share one attempt and one container.
+func (m *Manager) Start(ctx context.Context, user, server string, req StartRequest) (Server, error) {
+	if _, err := m.lookup(user, server); err != nil {
+		return Server{}, err
+	}
+	p, err := resolveStart(&m.cfg, m.envs.current(), user, server, req)
+	if err != nil {
+		return Server{}, err
+	}
+	for {
+		m.mu.Lock()
+		if m.deleting[user] {
+			m.mu.Unlock()
+			return Server{}, errorf(ErrConflict, "the home of this user is being deleted; try again when that has finished")
+		}
+		rec := m.servers[p.key]
+		if rec != nil && rec.flight != nil {
+			f := rec.flight
+			m.mu.Unlock()
+			srv, err := f.wait(ctx)
+			if f.kind == opStart {
+				m.metrics.starts.WithLabelValues("joined").Inc()
+				return srv, err
+			}
+			if ctx.Err() != nil {
+				return Server{}, ctx.Err()
+			}
+			continue // a stop finished: start afresh
+		}
+		if rec != nil && rec.srv.State == StateRunning && (p.tokenHash == "" || p.tokenHash == rec.tokenHash) {
+			srv, id := rec.srv, rec.containerID
+			m.mu.Unlock()
+			m.metrics.starts.WithLabelValues("running").Inc()
+			if srv.Ready {
+				return srv, nil
+			}
+			// Running but not yet listening (a start from before a daemon
+			// restart): answer when it listens, as a fresh start would.
+			wctx, cancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
+			err := m.waitListening(wctx, rec, id, secretValues(p.environment))
+			cancel()
+			if err != nil {
+				return Server{}, err
+			}
+			return m.Status(user, server)
+		}
+		// A running container that holds another hub token than this start
+		// gives (the hub issued a new one and may have revoked the old) is
+		// replaced: never hand back a server whose token the hub no longer honours.
+		if rec == nil {
+			rec = &record{}
+			m.servers[p.key] = rec
+		}
+		f := rec.begin(opStart)
+		oldID := rec.containerID
+		rec.progress = newProgressLog()
+		rec.srv = Server{
+			User: user, Server: server, State: StatePending,
+			Env: p.envName, Profile: p.profileName, LockDigest: p.env.LockDigest, Image: p.env.Image,
+		}
+		m.mu.Unlock()
+
+		m.bg.Add(1)
+		go func() {
+			defer m.bg.Done()
+			m.runStart(p, rec, f, oldID)
+		}()
+		return f.wait(ctx)
+	}
+}
+
+// runStart runs one start in the background (a hub that gives up waiting
+// does not cut it off) and lands its flight.
+func (m *Manager) runStart(p startPlan, rec *record, f *flight, oldID string) {
+	ctx, cancel := context.WithCancel(m.baseCtx)
+	defer cancel()
+	began := time.Now()
+	log := m.log.With("user", bound(p.key.user), "server", bound(p.key.server), "env", p.envName)
+	srv, err := m.doStart(ctx, p, rec, oldID, log)
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rec.end()
+	if err != nil {
+		msg := Message(err)
+		if errors.Is(err, context.DeadlineExceeded) {
+			msg = fmt.Sprintf("the start did not finish within start_timeout (%s)", m.cfg.StartTimeout)
+		}
+		if KindOf(err) == nil {
+			log.Error("start failed", "err", err)
+		} else {
+			log.Warn("start refused", "err", err)
+		}
+		rec.containerID, rec.engineState = "", ""
+		rec.srv.State = StateFailed
+		rec.srv.Reason = "start failed: " + msg
+		if ee := (*exitError)(nil); errors.As(err, &ee) {
+			rec.srv.ExitCode = ee.code
+		}
+		rec.srv.Ready = false
+		rec.progress.add(ProgressEvent{Progress: 100, Step: StepFailed, Message: "Start failed: " + msg, Failed: true})
+		m.metrics.starts.WithLabelValues("failed").Inc()
+		f.land(srv, err)
+		return
+	}
+	m.metrics.starts.WithLabelValues("created").Inc()
+	m.metrics.startSeconds.Observe(time.Since(began).Seconds())
+	log.Info("server started", "container_id", short(srv.ContainerID), "elapsed", time.Since(began).Round(time.Millisecond))
+	f.land(rec.srv, nil)
+}
+
+func (m *Manager) doStart(ctx context.Context, p startPlan, rec *record, oldID string, log *slog.Logger) (Server, error) {
+	prog := rec.progress
+	prog.add(ProgressEvent{Progress: 0, Step: StepAccepted, Message: "Server requested"})
+
+	// Admission: at most max_concurrent_starts servers boot at once, each
+	// from the engine's create until its port listens (or it fails). Booting
+	// a single-user server is CPU-bound; letting a whole class boot at once
+	// makes every one of them slow.
+	qctx, qcancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
+	m.metrics.queued.Inc()
+	select {
+	case m.admit <- struct{}{}:
+		m.metrics.queued.Dec()
+		qcancel()
+	case <-qctx.Done():
+		m.metrics.queued.Dec()
+		qcancel()
+		if ctx.Err() == nil {
+			return Server{}, errorf(ErrUnavailable, "%d servers are booting and this start waited %s for its turn; try again shortly (max_concurrent_starts)", m.cfg.MaxConcurrentStarts, m.cfg.StartTimeout)
+		}
+		return Server{}, ctx.Err()
+	}
+	defer func() { <-m.admit }()
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
+	defer cancel()
+
+	if err := m.rt.CheckImage(ctx, p.env.Image); err != nil {
+		if errdefs.IsNotFound(err) {
+			return Server{}, errorf(ErrConflict, "the image %s of env %q is not on the engine; build it first (spawnd build)", p.env.Image, p.envName)
+		}
+		return Server{}, m.engineErr("checking the image", err)
+	}
+	prog.add(ProgressEvent{Progress: 15, Step: StepImage, Message: fmt.Sprintf("Env %s: image present", p.envName)})
+
+	home, err := m.homes.Ensure(p.key.user, p.env.User.UID, p.env.User.GID)
+	if err != nil {
+		return Server{}, err
+	}
+	for _, sh := range p.shared {
+		if fi, err := os.Stat(sh.Source); err != nil || !fi.IsDir() {
+			return Server{}, &Error{Kind: ErrConflict, Msg: "a shared folder of the user's team does not exist on the host; an admin must create it (the daemon's log names it)",
+				Cause: fmt.Errorf("shared folder %s", sh.Source)}
+		}
+	}
+	prog.add(ProgressEvent{Progress: 30, Step: StepHome, Message: "Home directory ready"})
+
+	if oldID != "" {
+		if err := m.rt.Remove(ctx, oldID, 0); err != nil {
+			return Server{}, m.engineErr("removing the previous container", err)
+		}
+	}
+	spec := containerSpec(&m.cfg, p, home)
+	c, adopted, err := m.run(ctx, spec, log)
+	if err != nil {
+		return Server{}, err
+	}
+	m.mu.Lock()
+	rec.containerID, rec.created = c.ID, time.Now()
+	rec.srv.ContainerID = c.ID
+	m.mu.Unlock()
+	prog.add(ProgressEvent{Progress: 50, Step: StepCreated, Message: "Container created"})
+
+	if adopted {
+		// An adopted container is seen as it is now.
+		if c, err = m.rt.Inspect(ctx, c.ID); err != nil {
+			return Server{}, m.engineErr("inspecting the adopted container", err)
+		}
+	}
+	prog.add(ProgressEvent{Progress: 70, Step: StepStarted, Message: "Container started; waiting for the server to listen"})
+	m.mu.Lock()
+	m.observeLocked(rec, c)
+	if rec.srv.State == StateRunning && !rec.srv.Ready && rec.probe == nil {
+		m.probeLocked(rec)
+	}
+	m.mu.Unlock()
+	if err := m.waitListening(ctx, rec, c.ID, secretValues(spec.Env)); err != nil {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if rerr := m.rt.Remove(cctx, c.ID, 0); rerr != nil {
+			log.Error("removing a container whose start failed", "container_id", short(c.ID), "err", rerr)
+		}
+		return Server{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return rec.srv, nil
+}
+
+// run runs the container, handling a name that is already taken: a stale
+// container of ours is removed and the run retried; a running one of ours is
+// adopted; anything else is a conflict an admin must resolve.
+func (m *Manager) run(ctx context.Context, spec backend.ContainerSpec, log *slog.Logger) (c backend.Container, adopted bool, err error) {
+	for attempt := 0; ; attempt++ {
+		c, err := m.rt.Run(ctx, spec)
+		if err == nil {
+			return c, false, nil
+		}
+		if !errdefs.IsConflict(err) || attempt >= 3 {
+			return c, false, m.engineErr("starting the container", err)
+		}
+		old, ierr := m.rt.Inspect(ctx, spec.Name)
+		if errdefs.IsNotFound(ierr) {
+			continue
+		}
+		if ierr != nil {
+			return c, false, m.engineErr("inspecting a container with the same name", ierr)
+		}
+		l := old.Labels
+		if l[labels.Managed] != "true" || l[labels.Instance] != m.cfg.Instance || l[labels.User] != spec.Labels[labels.User] || l[labels.Server] != spec.Labels[labels.Server] {
+			return c, false, errorf(ErrConflict, "a container named %s exists that spawnd did not create; remove or rename it", spec.Name)
+		}
+		if old.State == backend.Running {
+			log.Info("adopting a running container with the server's name", "container_id", short(old.ID))
+			return old, true, nil
+		}
+		log.Info("removing a stale container with the server's name", "container_id", short(old.ID), "state", old.State)
+		if err := m.rt.Remove(ctx, old.ID, 0); err != nil {
+			return c, false, m.engineErr("removing a stale container", err)
+		}
+	}
+}
+
+// exitError is a server that exited, or never listened, during its start.
+type exitError struct {
+	code *int
+	msg  string
+}
+
+func (e *exitError) Error() string { return e.msg }
+
+// Is makes an exitError an ErrServerFailed.
+func (e *exitError) Is(target error) bool { return target == ErrServerFailed }
+
+// Unwrap gives the message to Message: the person on the spawn page reads it.
+func (e *exitError) Unwrap() error { return &Error{Kind: ErrServerFailed, Msg: e.msg} }
+
+// logTailLines bounds the container log a failed start reports.
+const (
+	logTailLines = 20
+	logLineMax   = 300
+)
+
+// waitListening waits until the server in container id accepts connections
+// on its port, and fails as soon as the container ends first, with its exit
+// code and the last lines of its log (secrets removed).
+func (m *Manager) waitListening(ctx context.Context, rec *record, id string, secrets []string) error {
+	tick := time.NewTicker(5 * time.Millisecond) // reads memory only; the answer comes within 5 ms of the probe
+	defer tick.Stop()
+	for {
+		m.mu.Lock()
+		srv, cur := rec.srv, rec.containerID
+		m.mu.Unlock()
+		switch {
+		case cur != id:
+			return errorf(ErrConflict, "the server's container was replaced during its start")
+		case srv.Ready:
+			return nil
+		case srv.State == StateFailed || srv.State == StateStopped:
+			srv = m.settleKill(ctx, rec, id, srv)
+			msg := "the server " + srv.Reason + " before it listened"
+			if tail := m.logTail(ctx, id, secrets); tail != "" {
+				msg += "; its last log lines:\n" + tail
+			}
+			return &exitError{code: srv.ExitCode, msg: msg}
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				msg := fmt.Sprintf("the server did not listen on its port within start_timeout (%s)", m.cfg.StartTimeout)
+				if tail := m.logTail(context.WithoutCancel(ctx), id, secrets); tail != "" {
+					msg += "; its last log lines:\n" + tail
+				}
+				return &exitError{msg: msg}
+			}
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// settleKill gives the engine a moment to finish reporting a server killed
+// with SIGKILL (exit code 137): the kernel's OOM kill can reach the engine
+// after the exit, and "oom_killed" tells the person more than "code 137".
+// At most ten inspects, 50 ms apart; any other exit is returned as it is.
+func (m *Manager) settleKill(ctx context.Context, rec *record, id string, srv Server) Server {
+	for i := 0; i < 10 && srv.ExitCode != nil && *srv.ExitCode == 137 && srv.Reason != "oom_killed"; i++ {
+		select {
+		case <-ctx.Done():
+			return srv
+		case <-time.After(50 * time.Millisecond):
+		}
+		c, err := m.rt.Inspect(ctx, id)
+		if err != nil {
+			return srv
+		}
+		m.mu.Lock()
+		if rec.containerID == id {
+			m.observeLocked(rec, c)
+			srv = rec.srv
+		}
+		m.mu.Unlock()
+	}
+	return srv
+}
+
+// logTail is the end of a container's log, bounded in lines and bytes, with
+// every secret value replaced and control characters dropped. It is written
+// for the person on the spawn page; an error reading it yields "".
+func (m *Manager) logTail(ctx context.Context, id string, secrets []string) string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	out, err := m.rt.Logs(ctx, id, logTailLines)
+	if err != nil {
+		m.log.Warn("reading the log of a failed server", "container_id", short(id), "err", err)
+		return ""
+	}
+	return redactTail(out, secrets)
+}
+
+// redactTail bounds and cleans a log tail; see logTail.
+func redactTail(out string, secrets []string) string {
+	for _, s := range secrets {
+		out = strings.ReplaceAll(out, s, "[redacted]")
+	}
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) > logTailLines {
+		lines = lines[len(lines)-logTailLines:]
+	}
+	for i, l := range lines {
+		l = strings.Map(func(r rune) rune {
+			if r == '\t' {
+				return ' '
+			}
+			if r < 0x20 || r == 0x7f {
+				return -1
+			}
+			return r
+		}, strings.ToValidUTF8(l, "?"))
+		if len(l) > logLineMax {
+			l = strings.ToValidUTF8(l[:logLineMax], "") + "…"
+		}
+		lines[i] = l
+	}
+	return strings.TrimSpace(strings.Join(lines, "\n"))
+}
+
+// secretValues are the values of a container's environment that must never
+// be shown: tokens, secrets, passwords, keys.
+func secretValues(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || len(v) < 6 {
+			continue
+		}
+		uk := strings.ToUpper(k)
+		for _, w := range []string{"TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL"} {
+			if strings.Contains(uk, w) {
+				out = append(out, v)
+				break
+			}
+		}
+	}
+	// Longest first, so a secret that contains another is replaced whole.
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
