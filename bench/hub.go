@@ -26,6 +26,7 @@ import (
 	"github.com/spawnd/spawnd/daemon"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd"
 	"github.com/spawnd/spawnd/spawnd/docker"
 )
@@ -162,7 +163,7 @@ func (w *hubWorld) close() {
 		<-done
 	}
 	w.b.closeWorld(w.d)
-	removeByLabel(w.b.ctx, w.b.eng, "io.spawnd.bench-raw", w.d.cfg.Instance)
+	removeByLabel(w.b.ctx, w.b.eng, labels.BenchRaw, w.d.cfg.Instance)
 }
 
 var hubHTTP = &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
@@ -314,7 +315,7 @@ func (w *hubWorld) rawStart(user string) (time.Duration, string, error) {
 	}
 	port, _ := network.ParsePort("8888/tcp")
 	cfg := &container.Config{Image: w.image, Env: env, User: "1000:100", WorkingDir: "/home/jovyan",
-		Labels: map[string]string{"io.spawnd.bench-raw": w.d.cfg.Instance, "io.spawnd.test": "1"}, ExposedPorts: network.PortSet{port: {}}}
+		Labels: map[string]string{labels.BenchRaw: w.d.cfg.Instance, labels.Test: "1"}, ExposedPorts: network.PortSet{port: {}}}
 	init := true
 	pids := int64(0)
 	hc := &container.HostConfig{NetworkMode: container.NetworkMode(w.network), Init: &init,

@@ -200,7 +200,7 @@ func (b *bench) rawSpec(w *world, name string) backend.ContainerSpec {
 	return backend.ContainerSpec{
 		Name:   "spawnd-raw-" + w.cfg.Instance + "-" + name,
 		Image:  b.image,
-		Labels: map[string]string{"io.spawnd.instance": w.cfg.Instance + "raw", labels.Port: "8888", "io.spawnd.test": "1"},
+		Labels: map[string]string{labels.Instance: w.cfg.Instance + "raw", labels.Port: "8888", labels.Test: "1"},
 		Env:    []string{"HOME=/home/jovyan", "USER=jovyan"},
 		User:   "1000:100", WorkingDir: "/home/jovyan",
 		Mounts:    []backend.Mount{{Source: home, Target: "/home/jovyan"}},

@@ -35,3 +35,11 @@ const (
 	Lock  = "io.spawnd.lock"
 	Stage = "io.spawnd.stage" // "lock" on the apt stage image pip is resolved in
 )
+
+// Labels tests and benchmarks put on what they make, so a sweep finds it
+// even after a timeout or a panic (scripts/sweep removes by them).
+const (
+	Test        = "io.spawnd.test"        // "1" on everything a test makes
+	BenchRaw    = "io.spawnd.bench-raw"   // the raw-floor containers of a benchmark run
+	Conformance = "io.spawnd.conformance" // one run of the backend conformance suite
+)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/spawnd/spawnd/internal/ci"
+	"github.com/spawnd/spawnd/labels"
 
 	"github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
@@ -30,7 +31,7 @@ import (
 )
 
 // TestLabel marks everything tests create.
-const TestLabel = "io.spawnd.test"
+const TestLabel = labels.Test
 
 // BusyboxImage is a tiny image made from Debian's busybox-static: a user
 // jovyan (1000:100), a shell, and busybox's httpd as a stand-in single-user
@@ -91,7 +92,7 @@ func RemoveInstance(eng *docker.Engine, inst string) {
 	defer cancel()
 	cli := Client(eng)
 	f := client.Filters{}
-	f.Add("label", "io.spawnd.instance="+inst)
+	f.Add("label", labels.Instance+"="+inst)
 	res, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
 	if err == nil {
 		for _, c := range res.Items {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
@@ -73,7 +74,7 @@ func (s *suite) spec(t *testing.T, cmd []string) backend.ContainerSpec {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	run := hex.EncodeToString(b)
-	l := map[string]string{"io.spawnd.conformance": run}
+	l := map[string]string{labels.Conformance: run}
 	for k, v := range s.h.Labels {
 		l[k] = v
 	}
@@ -184,7 +185,7 @@ func (s *suite) list(t *testing.T) {
 	if cs[0].Port != spec.Port {
 		t.Errorf("List: port %d, want %d", cs[0].Port, spec.Port)
 	}
-	other := map[string]string{"io.spawnd.conformance": "none-such"}
+	other := map[string]string{labels.Conformance: "none-such"}
 	if cs, err := rt.List(s.ctx(t), other); err != nil || len(cs) != 0 {
 		t.Errorf("List by a label nobody has = %d containers, %v; want none", len(cs), err)
 	}
