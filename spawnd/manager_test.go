@@ -847,3 +847,59 @@ func TestJoinedBootFailureIsRedacted(t *testing.T) {
 		t.Fatalf("the same token made %d new container(s); it must wait on the running one", n)
 	}
 }
+
+// TestHostDetailsStayInTheLog: a home that cannot be made fails the start
+// with a message for the person (no host path), and the daemon's log holds
+// the path and the fix.
+func TestHostDetailsStayInTheLog(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, root string)
+		kind  error
+	}{
+		{"homes_root missing", func(t *testing.T, root string) { _ = os.Remove(root) }, nil},
+		{"homes_root writable by others", func(t *testing.T, root string) { _ = os.Chmod(root, 0o777) }, nil},
+		{"home is a symlink", func(t *testing.T, root string) { _ = os.Symlink("/etc", filepath.Join(root, Escape("zoe"))) }, ErrConflict},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			root := filepath.Join(t.TempDir(), "homes-secret-path")
+			if err := os.Mkdir(root, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			cfg.HomesRoot = root
+			tc.setup(t, root)
+			var logBuf strings.Builder
+			var mu sync.Mutex
+			log := slog.New(slog.NewTextHandler(&lockedWriter{w: &logBuf, mu: &mu}, nil))
+			m := newTestManagerWith(t, cfg, fakebackend.New(), log, func(context.Context, string) error { return nil })
+			_, err := m.Start(context.Background(), "zoe", "", StartRequest{})
+			if err == nil {
+				t.Fatal("the start succeeded")
+			}
+			if KindOf(err) != tc.kind {
+				t.Errorf("kind %v, want %v (%v)", KindOf(err), tc.kind, err)
+			}
+			if msg := Message(err); strings.Contains(msg, "homes-secret-path") || msg == "" {
+				t.Errorf("the caller's message %q names the host path", msg)
+			}
+			mu.Lock()
+			logged := logBuf.String()
+			mu.Unlock()
+			if !strings.Contains(logged, "homes-secret-path") {
+				t.Errorf("the log does not name the host path:\n%s", logged)
+			}
+		})
+	}
+}
+
+type lockedWriter struct {
+	w  *strings.Builder
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
