@@ -490,10 +490,24 @@ func TestEnvFromLockAndOutdated(t *testing.T) {
 	if s.Image != l1.Tag() || s.LockDigest != l1.Digest || s.Outdated {
 		t.Fatalf("server from lock: %+v", s)
 	}
-	// spawnd build writes a new lock: the running server is outdated, a new
-	// one gets the new image without a daemon restart.
+	// spawnd lock writes a new lock: until its image exists, the previous
+	// lock keeps serving (no start fails with "build it first"), and the
+	// running server is not outdated.
 	time.Sleep(10 * time.Millisecond) // a distinct mtime
 	l2 := writeTestLock(t, spec, "2")
+	time.Sleep(2500 * time.Millisecond) // two looks at the lock files
+	sw, err := m.Start(ctx, "waldo", "", StartRequest{})
+	if err != nil {
+		t.Fatalf("a start while the new lock has no image: %v", err)
+	}
+	if sw.Image != l1.Tag() {
+		t.Fatalf("a start while the new lock has no image runs %s, want the previous %s", sw.Image, l1.Tag())
+	}
+	if st, _ := m.Status("olga", ""); st.Outdated {
+		t.Fatal("a server is outdated by a lock that has no image yet")
+	}
+	// spawnd build makes the image: the env switches, the running servers
+	// are outdated, a new one gets the new image without a daemon restart.
 	rt.SetImage(l2.Tag(), "sha256:two")
 	eventually(t, "the old server to be marked outdated (locks are looked at once a second)", func() bool {
 		st, _ := m.Status("olga", "")
@@ -542,8 +556,7 @@ func TestReloadedLockIsCheckedAsAtStartup(t *testing.T) {
 			}
 			rt.SetImage(bad.Tag(), "sha256:bad")
 			eventually(t, "the refused lock to be logged", func() bool {
-				m.Offer(nil) // locks are looked at when used, at most once a second
-				return strings.Contains(logs.String(), "new lock is refused")
+				return strings.Contains(logs.String(), "new lock is refused") // locks are looked at once a second
 			})
 			if !strings.Contains(logs.String(), tc.want) {
 				t.Fatalf("the log does not name %s:\n%s", tc.want, logs.String())
@@ -869,9 +882,8 @@ func TestHostDetailsStayInTheLog(t *testing.T) {
 			}
 			cfg.HomesRoot = root
 			tc.setup(t, root)
-			var logBuf strings.Builder
-			var mu sync.Mutex
-			log := slog.New(slog.NewTextHandler(&lockedWriter{w: &logBuf, mu: &mu}, nil))
+			var logBuf lockedLog
+			log := slog.New(slog.NewTextHandler(&logBuf, nil))
 			m := newTestManagerWith(t, cfg, fakebackend.New(), log, func(context.Context, string) error { return nil })
 			_, err := m.Start(context.Background(), "zoe", "", StartRequest{})
 			if err == nil {
@@ -883,23 +895,9 @@ func TestHostDetailsStayInTheLog(t *testing.T) {
 			if msg := Message(err); strings.Contains(msg, "homes-secret-path") || msg == "" {
 				t.Errorf("the caller's message %q names the host path", msg)
 			}
-			mu.Lock()
-			logged := logBuf.String()
-			mu.Unlock()
-			if !strings.Contains(logged, "homes-secret-path") {
+			if logged := logBuf.String();  !strings.Contains(logged, "homes-secret-path") {
 				t.Errorf("the log does not name the host path:\n%s", logged)
 			}
 		})
 	}
-}
-
-type lockedWriter struct {
-	w  *strings.Builder
-	mu *sync.Mutex
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }

@@ -18,9 +18,10 @@ import (
 // subscribes to container events, reconciles with a full listing, then applies
 // events as they come. When the engine goes away it retries with backoff and
 // reconciles again once it is back, so an engine restart heals by itself. The
-// reaper runs alongside.
+// reaper and the env locks' watcher run alongside.
 func (m *Manager) Run(ctx context.Context) error {
 	go m.reapLoop(ctx)
+	go m.envs.watch(ctx, m.rt.CheckImage)
 	backoff := 100 * time.Millisecond
 	var down time.Time
 	for {
