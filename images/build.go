@@ -197,8 +197,22 @@ func toolError(s *envs.Spec, what, tool string, res backend.RunResult, asked []s
 // LockOrLoad returns the lock of a spec: the existing lock when it matches
 // the spec, a new one otherwise (written atomically next to the spec). A lock
 // whose checksum no longer matches the spec is refused unless relock is set;
-// a lock edited by hand is always refused.
+// a lock edited by hand is always refused. A running daemon keeps serving the
+// previous lock until the new lock's image exists.
 func LockOrLoad(ctx context.Context, eng Engine, s *envs.Spec, specPath string, opts Options) (*envs.Lock, bool, error) {
+	l, fresh, err := loadOrLock(ctx, eng, s, specPath, opts)
+	if err != nil || !fresh {
+		return l, fresh, err
+	}
+	if err := envs.WriteLock(envs.LockPath(specPath), l); err != nil {
+		return nil, false, err
+	}
+	return l, true, nil
+}
+
+// loadOrLock is LockOrLoad without writing: a fresh lock (true) is the
+// caller's to write.
+func loadOrLock(ctx context.Context, eng Engine, s *envs.Spec, specPath string, opts Options) (*envs.Lock, bool, error) {
 	lockPath := envs.LockPath(specPath)
 	l, err := envs.ReadLock(lockPath)
 	switch {
@@ -211,9 +225,6 @@ func LockOrLoad(ctx context.Context, eng Engine, s *envs.Spec, specPath string, 
 	}
 	nl, err := Lock(ctx, eng, s, opts)
 	if err != nil {
-		return nil, false, err
-	}
-	if err := envs.WriteLock(lockPath, nl); err != nil {
 		return nil, false, err
 	}
 	return nl, true, nil
@@ -242,21 +253,17 @@ func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Resu
 	if err != nil {
 		return Result{}, err
 	}
-	var l *envs.Lock
-	locked := false
-	if opts.Relock {
-		// Lock into memory first; the file is replaced only after the build succeeds.
-		if l, err = Lock(ctx, eng, s, opts); err != nil {
-			return Result{}, err
-		}
-		locked = true
-	} else if l, locked, err = LockOrLoad(ctx, eng, s, specPath, opts); err != nil {
+	// A new lock (first build, or relock) is made in memory and written only
+	// once its image exists: a daemon watching the file never sees a lock
+	// it cannot start, and a failed build leaves the previous lock as it was.
+	l, locked, err := loadOrLock(ctx, eng, s, specPath, opts)
+	if err != nil {
 		return Result{}, err
 	}
 	res := Result{Tag: l.Tag(), Lock: l, Locked: locked}
 	if img, err := eng.ImageInspect(ctx, res.Tag); err == nil && img.Labels[labels.LockDigest] == l.Digest {
 		res.ImageID = img.ID
-		if opts.Relock {
+		if locked {
 			if err := envs.WriteLock(envs.LockPath(specPath), l); err != nil {
 				return Result{}, err
 			}
@@ -266,8 +273,11 @@ func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Resu
 	} else if err != nil && !errdefs.IsNotFound(err) {
 		return Result{}, fmt.Errorf("inspecting %s: %w", res.Tag, err)
 	}
-	if _, err := eng.ImageInspect(ctx, l.Base.Digest); errdefs.IsNotFound(err) {
+	baseInfo, err := eng.ImageInspect(ctx, l.Base.Digest)
+	if errdefs.IsNotFound(err) {
 		return Result{}, fmt.Errorf("the lock's base image %s (%s) is not on the engine; load it, or relock against the base you have (spawnd build --relock)", l.Base.Ref, l.Base.Digest)
+	} else if err != nil {
+		return Result{}, fmt.Errorf("inspecting the base image %s: %w", l.Base.Digest, err)
 	}
 	plan := NewBuildPlan(l, StageAll)
 	opts.emit(began, api.BuildEvent{Phase: "build", Step: "start", Message: "building " + res.Tag})
@@ -279,7 +289,14 @@ func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Resu
 		// hash mismatch, apt's missing package) is in the lines before it.
 		return Result{}, fmt.Errorf("building %s: %w%s", res.Tag, err, tail.String())
 	}
-	if opts.Relock {
+	if st, ok := eng.(Store); ok {
+		// Same lock, same image: normalize what the build left (Normalize).
+		opts.emit(began, api.BuildEvent{Phase: "build", Step: "normalize", Message: "normalizing the image (same lock, same digest)"})
+		if id, err = Normalize(ctx, st, res.Tag, l.Created, baseInfo.Layers); err != nil {
+			return Result{}, err
+		}
+	}
+	if locked {
 		if err := envs.WriteLock(envs.LockPath(specPath), l); err != nil {
 			return Result{}, err
 		}

@@ -34,10 +34,19 @@ import (
 type countingEngine struct {
 	images.Engine
 	builds atomic.Int32
+	// lockPath, when set, is watched: sawLock is set if an engine build
+	// began while the file existed.
+	lockPath string
+	sawLock  atomic.Bool
 }
 
 func (c *countingEngine) Build(ctx context.Context, spec backend.BuildSpec, onLine func(backend.BuildLine)) (string, error) {
 	c.builds.Add(1)
+	if c.lockPath != "" {
+		if _, err := os.Stat(c.lockPath); err == nil {
+			c.sawLock.Store(true)
+		}
+	}
 	return c.Engine.Build(ctx, spec, onLine)
 }
 
@@ -112,9 +121,11 @@ func TestLockBuildRelockPushSaveLoad(t *testing.T) {
 	dir := t.TempDir()
 	spec := filepath.Join(dir, env+".yaml")
 	writeSpec(t, spec, env, base, ix.URL, "spawndtesta")
-	ce := &countingEngine{Engine: eng}
+	ce := &countingEngine{Engine: eng, lockPath: envs.LockPath(spec)}
 
-	// First build: locks (apt and pip, resolved by the real tools), then builds.
+	// First build: locks (apt and pip, resolved by the real tools), then
+	// builds; the lock file appears only once the image exists, so a daemon
+	// watching it never sees a lock it cannot start.
 	var log1 eventLog
 	res, err := images.Build(ctx, ce, spec, images.Options{Network: "host", Progress: log1.add})
 	if err != nil {
@@ -123,6 +134,10 @@ func TestLockBuildRelockPushSaveLoad(t *testing.T) {
 	if !res.Built || !res.Locked {
 		t.Fatalf("first build: %+v", res)
 	}
+	if ce.sawLock.Load() {
+		t.Fatal("the first build wrote its lock before the image existed")
+	}
+	ce.lockPath = ""
 	l, err := envs.ReadLock(envs.LockPath(spec))
 	if err != nil {
 		t.Fatal(err)

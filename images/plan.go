@@ -77,6 +77,11 @@ func NewBuildPlan(l *envs.Lock, upTo Stage) BuildPlan {
 	w("FROM %s", l.Base.Digest)
 	w("SHELL [\"/bin/sh\", \"-eu\", \"-c\"]")
 	w("ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8")
+	// Set while building only (an ARG is not kept in the image): py_compile
+	// then writes hash-checked .pyc files, with no source mtime in them. A
+	// fixed value keeps every layer cached across relocks; file times come
+	// from the lock when the image is normalized (Normalize).
+	w("ARG SOURCE_DATE_EPOCH=%d", buildEpoch)
 
 	if len(l.Apt) > 0 {
 		var list, sums strings.Builder
@@ -180,6 +185,9 @@ func dockerQuote(s string) string {
 	r := strings.NewReplacer("\\", "\\\\", "\"", "\\\"", "$", "\\$", "\n", " ")
 	return "\"" + r.Replace(s) + "\""
 }
+
+// buildEpoch is the SOURCE_DATE_EPOCH of every build step (2024-01-01).
+const buildEpoch = 1704067200
 
 // PipCAArg is the build argument (and, while locking, the environment
 // variable) that carries extra PEM certificates for pip to trust.

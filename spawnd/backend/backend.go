@@ -167,6 +167,8 @@ type ImageInfo struct {
 	ID     string
 	Labels map[string]string
 	Size   int64
+	// Layers is how many filesystem layers the image has.
+	Layers int
 }
 
 // RunSpec is a throw-away container for locking.

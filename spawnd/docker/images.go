@@ -27,7 +27,7 @@ func (e *Engine) ImageInspect(ctx context.Context, ref string) (backend.ImageInf
 	if err != nil {
 		return backend.ImageInfo{}, fmt.Errorf("inspecting image %s: %w", ref, err)
 	}
-	info := backend.ImageInfo{ID: img.ID, Size: img.Size}
+	info := backend.ImageInfo{ID: img.ID, Size: img.Size, Layers: len(img.RootFS.Layers)}
 	if img.Config != nil {
 		info.Labels = img.Config.Labels
 	}

@@ -1,0 +1,85 @@
+package images_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"path/filepath"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/spawnd/spawnd/envs"
+	"github.com/spawnd/spawnd/images"
+	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/labels"
+	"github.com/spawnd/spawnd/spawnd/docker"
+)
+
+// TestSameLockSameDigestOnTwoEngines builds one lock on the machine's
+// engine and on a private dockerd with its own data root and empty build
+// cache, and wants the same image: the same image ID (config digest) and
+// the same manifest digest.
+func TestSameLockSameDigestOnTwoEngines(t *testing.T) {
+	eng := testenv.Engine(t)
+	base := testenv.EnsureDebianBase(t, eng)
+	own := testenv.StartOwnEngine(t)
+	own.LoadImage(t, eng, base)
+	eng2, err := docker.New(own.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng2.Close()
+
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	env := "repro-" + hex.EncodeToString(b)
+	t.Cleanup(func() { testenv.RemoveImages(eng, labels.Env, env) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	ix := testenv.NewIndex(t)
+	ix.Add("spawndtestb", "1.0")
+	ix.Add("spawndtesta", "1.0", "spawndtestb>=1.0")
+	spec := filepath.Join(t.TempDir(), env+".yaml")
+	writeSpec(t, spec, env, base, ix.URL, "spawndtesta")
+	opts := images.Options{Network: "host"}
+	l, _, err := images.LockOrLoad(ctx, eng, mustLoad(t, spec), spec, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var ids, manifests []string
+	var built []v1.Image
+	for i, e := range []*docker.Engine{eng, eng2} {
+		res, err := images.Build(ctx, e, spec, opts)
+		if err != nil {
+			t.Fatalf("engine %d: %v", i+1, err)
+		}
+		if res.Tag != l.Tag() || !res.Built {
+			t.Fatalf("engine %d built %+v, want a build of %s", i+1, res, l.Tag())
+		}
+		img, err := e.Image(ctx, res.Tag)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := img.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, manifests, built = append(ids, res.ImageID), append(manifests, d.String()), append(built, img)
+	}
+	if ids[0] != ids[1] || manifests[0] != manifests[1] {
+		diff, err := images.Differences(built[0], built[1])
+		t.Logf("what differs (%v): %v", err, diff)
+	}
+	if ids[0] != ids[1] {
+		t.Errorf("one lock, two engines: image IDs %s and %s", ids[0], ids[1])
+	}
+	if manifests[0] != manifests[1] {
+		t.Errorf("one lock, two engines: manifest digests %s and %s", manifests[0], manifests[1])
+	}
+	if got, _ := envs.ReadLock(envs.LockPath(spec)); got == nil || got.Digest != l.Digest {
+		t.Errorf("the lock changed under the builds")
+	}
+}
