@@ -113,10 +113,10 @@ func normalizeImage(img v1.Image, epoch time.Time, dir string, keep int) (v1.Ima
 	cfg := cf.DeepCopy()
 	cfg.Architecture, cfg.OS, cfg.OSVersion, cfg.Variant = ocf.Architecture, ocf.OS, ocf.OSVersion, ocf.Variant
 	cfg.Config = ocf.Config
-	cfg.Config.Hostname = ""   // the building container's id
-	cfg.Config.Image = ""      // the classic builder's parent image id, which carries its times
-	cfg.Container = ""         // the building container
-	cfg.DockerVersion = ""     //nolint:staticcheck // the engine that built it
+	cfg.Config.Hostname = "" // the building container's id
+	cfg.Config.Image = ""    // the classic builder's parent image id, which carries its times
+	cfg.Container = ""       // the building container
+	cfg.DockerVersion = ""   //nolint:staticcheck // the engine that built it
 	cfg.Created = v1.Time{Time: epoch}
 	return mutate.ConfigFile(out, cfg)
 }

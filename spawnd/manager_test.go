@@ -895,7 +895,7 @@ func TestHostDetailsStayInTheLog(t *testing.T) {
 			if msg := Message(err); strings.Contains(msg, "homes-secret-path") || msg == "" {
 				t.Errorf("the caller's message %q names the host path", msg)
 			}
-			if logged := logBuf.String();  !strings.Contains(logged, "homes-secret-path") {
+			if logged := logBuf.String(); !strings.Contains(logged, "homes-secret-path") {
 				t.Errorf("the log does not name the host path:\n%s", logged)
 			}
 		})
