@@ -9,6 +9,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/moby/moby/client"
 
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
@@ -81,5 +82,30 @@ func TestSameLockSameDigestOnTwoEngines(t *testing.T) {
 	}
 	if got, _ := envs.ReadLock(envs.LockPath(spec)); got == nil || got.Digest != l.Digest {
 		t.Errorf("the lock changed under the builds")
+	}
+
+	// spawnd verify: a rebuild without the cache gives the same image...
+	v, err := images.Verify(ctx, eng, spec, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !v.Identical || v.RebuiltID != ids[0] {
+		t.Fatalf("verify: %+v, want identical to %s", v, ids[0])
+	}
+	// ...and an image under the lock's tag that is not the lock's is found out.
+	if _, err := testenv.Client(eng2).ImageTag(ctx, client.ImageTagOptions{Source: base, Target: l.Tag()}); err != nil {
+		t.Fatal(err)
+	}
+	v, err = images.Verify(ctx, eng2, spec, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Identical || len(v.Differences) == 0 || v.Differences[0] != "config" {
+		t.Fatalf("verify of a wrong image under the lock's tag: %+v", v)
+	}
+	for _, e := range []*docker.Engine{eng, eng2} {
+		if err := e.CheckImage(ctx, "spawnd-verify/"+env+":"+l.ShortDigest()); err == nil {
+			t.Error("verify left its scratch image")
+		}
 	}
 }

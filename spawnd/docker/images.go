@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/jsonstream"
@@ -193,4 +194,13 @@ func buildArgs(m map[string]string) map[string]*string {
 		out[k] = &v
 	}
 	return out
+}
+
+// RemoveImage removes an image by tag or id (for spawnd verify's scratch
+// image); an image that is already gone is not an error.
+func (e *Engine) RemoveImage(ctx context.Context, ref string) error {
+	if _, err := e.cli.ImageRemove(ctx, ref, client.ImageRemoveOptions{}); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("removing image %s: %w", ref, err)
+	}
+	return nil
 }

@@ -1,0 +1,99 @@
+package images
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/envs"
+	"github.com/spawnd/spawnd/spawnd/backend"
+)
+
+// VerifyEngine is what Verify needs: building, moving images, and removing
+// the scratch image it makes.
+type VerifyEngine interface {
+	Engine
+	Store
+	RemoveImage(ctx context.Context, ref string) error
+}
+
+// VerifyResult is what a verification found.
+type VerifyResult struct {
+	Tag     string // the image of the lock
+	ImageID string
+	// RebuiltID is the image the rebuild made; Identical when it is ImageID.
+	RebuiltID string
+	Identical bool
+	// Differences names what differs (Differences), when not identical.
+	Differences []string
+}
+
+// Verify rebuilds the image of a spec's lock from scratch (no build cache)
+// under a temporary tag, normalizes it as a build does, and compares it with
+// the lock's image: the same lock must give the same image. The temporary
+// image is removed; the lock and its image are never changed. It does not
+// lock: a missing or stale lock is an error that says to build first.
+func Verify(ctx context.Context, eng VerifyEngine, specPath string, opts Options) (VerifyResult, error) {
+	began := time.Now()
+	s, err := envs.Load(specPath)
+	if err != nil {
+		return VerifyResult{}, err
+	}
+	l, err := envs.ReadLock(envs.LockPath(specPath))
+	if errors.Is(err, os.ErrNotExist) {
+		return VerifyResult{}, fmt.Errorf("%s has no lock; build it first (spawnd build %s)", specPath, specPath)
+	}
+	if err != nil {
+		return VerifyResult{}, err
+	}
+	if l.Stale(s) {
+		return VerifyResult{}, fmt.Errorf("%s was made from another version of %s; build it first (spawnd build %s --relock)", envs.LockPath(specPath), specPath, specPath)
+	}
+	res := VerifyResult{Tag: l.Tag()}
+	have, err := eng.Image(ctx, res.Tag)
+	if err != nil {
+		return res, fmt.Errorf("the image of the lock, %s: %w; build it first (spawnd build %s)", res.Tag, err, specPath)
+	}
+	hid, err := have.ConfigName()
+	if err != nil {
+		return res, err
+	}
+	res.ImageID = hid.String()
+	base, err := eng.ImageInspect(ctx, l.Base.Digest)
+	if err != nil {
+		return res, fmt.Errorf("the lock's base image %s (%s): %w", l.Base.Ref, l.Base.Digest, err)
+	}
+	scratch := "spawnd-verify/" + l.Env + ":" + l.ShortDigest()
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		_ = eng.RemoveImage(rctx, scratch)
+	}()
+	opts.emit(began, api.BuildEvent{Phase: "verify", Step: "start", Message: "rebuilding " + res.Tag + " without the build cache as " + scratch})
+	lines, tail := buildLines(&opts, began, "verify"), newLineTail(12)
+	if _, err := eng.Build(ctx, backend.BuildSpec{Context: NewBuildPlan(l, StageAll).Tar(), Tags: []string{scratch}, Network: opts.Network,
+		NoCache: true, BuildArgs: opts.buildArgs()}, func(bl backend.BuildLine) { tail.add(bl.Stream); lines(bl) }); err != nil {
+		return res, fmt.Errorf("rebuilding %s: %w%s", res.Tag, err, tail.String())
+	}
+	opts.emit(began, api.BuildEvent{Phase: "verify", Step: "normalize", Message: "normalizing the rebuilt image"})
+	if res.RebuiltID, err = Normalize(ctx, eng, scratch, l.Created, base.Layers); err != nil {
+		return res, err
+	}
+	if res.RebuiltID == res.ImageID {
+		res.Identical = true
+		opts.emit(began, api.BuildEvent{Phase: "verify", Step: "done", Message: "identical: " + res.ImageID, Done: true})
+		return res, nil
+	}
+	got, err := eng.Image(ctx, scratch)
+	if err != nil {
+		return res, err
+	}
+	if res.Differences, err = Differences(have, got); err != nil {
+		return res, fmt.Errorf("comparing the images: %w", err)
+	}
+	opts.emit(began, api.BuildEvent{Phase: "verify", Step: "done", Message: fmt.Sprintf("different: %d differences", len(res.Differences)), Done: true})
+	return res, nil
+}
