@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -107,5 +109,33 @@ func TestSameLockSameDigestOnTwoEngines(t *testing.T) {
 		if err := e.CheckImage(ctx, "spawnd-verify/"+env+":"+l.ShortDigest()); err == nil {
 			t.Error("verify left its scratch image")
 		}
+	}
+}
+
+// TestMakeBaseIsReproducible: scripts/make-base, run twice, makes the same
+// base image ID (mmdebstrap with a fixed SOURCE_DATE_EPOCH, imported with no
+// time of its own).
+func TestMakeBaseIsReproducible(t *testing.T) {
+	eng := testenv.Engine(t)
+	root := testenv.RepoRoot(t)
+	var ids []string
+	for _, tag := range []string{"spawnd-test/base-repro-a:1", "spawnd-test/base-repro-b:1"} {
+		t.Cleanup(func() { _ = eng.RemoveImage(context.Background(), tag) })
+		cmd := exec.Command(filepath.Join(root, "scripts", "make-base"), tag)
+		cmd.Dir, cmd.Env = root, append(os.Environ(), "FORCE=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("make-base %s: %v\n%s", tag, err, out)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		info, err := eng.ImageInspect(ctx, tag)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, info.ID)
+	}
+	if ids[0] != ids[1] {
+		t.Fatalf("make-base twice: %s and %s", ids[0], ids[1])
 	}
 }

@@ -2,7 +2,10 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -24,7 +27,7 @@ func lockedTag(arg string) (*envs.Lock, error) {
 }
 
 func newImage() *cobra.Command {
-	img := &cobra.Command{Use: "image", Short: "Move env images: push to a registry, save to and load from OCI archives"}
+	img := &cobra.Command{Use: "image", Short: "Move env images: push to a registry, save to and load from OCI archives; import a base"}
 	var bf buildFlags
 
 	push := &cobra.Command{
@@ -98,7 +101,46 @@ other machines (and Swarm services) should pull.`,
 			return nil
 		},
 	}
-	for _, c := range []*cobra.Command{push, save, load} {
+	var ri images.RootfsImage
+	var created int64
+	importRootfs := &cobra.Command{
+		Use:   "import-rootfs FILE TAG",
+		Short: "Make a base image from a root file system tarball, reproducibly",
+		Long: `Make a one-layer image of a root file system (an uncompressed tar, e.g. from
+mmdebstrap) and store it as TAG. Unlike docker import, the image holds no
+time but --created (default: $SOURCE_DATE_EPOCH, else 0), so the same tarball
+gives the same image ID on every machine. scripts/make-base uses it.`,
+		Example: `  spawnd image import-rootfs rootfs.tar spawnd/debian:bookworm --env PATH=/usr/bin:/bin --cmd /bin/bash`,
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("created") {
+				if v := os.Getenv("SOURCE_DATE_EPOCH"); v != "" {
+					n, err := strconv.ParseInt(v, 10, 64)
+					if err != nil {
+						return fmt.Errorf("SOURCE_DATE_EPOCH: %q is not a number of seconds", v)
+					}
+					created = n
+				}
+			}
+			ri.File, ri.Created = args[0], time.Unix(created, 0)
+			eng, err := bf.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer eng.Close()
+			id, err := images.ImportRootfs(cmd.Context(), eng, args[1], ri)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", args[1], id)
+			return nil
+		},
+	}
+	importRootfs.Flags().Int64Var(&created, "created", 0, "the image's time, in seconds since 1970 (default: $SOURCE_DATE_EPOCH, else 0)")
+	importRootfs.Flags().StringArrayVar(&ri.Env, "env", nil, "KEY=VALUE in the image's environment; repeatable")
+	importRootfs.Flags().StringArrayVar(&ri.Cmd, "cmd", nil, "the image's command, one argument per flag")
+	importRootfs.Flags().StringVar(&ri.Comment, "comment", "", "a comment for the image's history")
+	for _, c := range []*cobra.Command{push, save, load, importRootfs} {
 		c.Flags().StringVar(&bf.engine, "engine", "", "Docker engine address (default: DOCKER_HOST or the local socket)")
 		img.AddCommand(c)
 	}

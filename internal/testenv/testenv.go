@@ -180,7 +180,7 @@ CMD ["/bin/sh", "-c", "exec httpd -f -p 8888 -h \"$HOME\""]
 const DebianBase = "spawnd/debian:bookworm"
 
 // EnsureDebianBase makes DebianBase with scripts/make-base if the engine
-// lacks it (about 30 s; needs root, debootstrap and Debian's mirror).
+// lacks it (about 30 s; needs root, mmdebstrap and Debian's mirror).
 func EnsureDebianBase(t testing.TB, eng *docker.Engine) string {
 	t.Helper()
 	buildOnce.Lock()
