@@ -114,6 +114,9 @@ type pipReport struct {
 			Name    string `json:"name"`
 			Version string `json:"version"`
 		} `json:"metadata"`
+		// IsYanked: the index withdrew this release (PEP 592); pip still
+		// picks it when a spec pins it with ==.
+		IsYanked bool `json:"is_yanked"`
 	} `json:"install"`
 }
 
@@ -134,6 +137,9 @@ func parsePipReport(out []byte) ([]envs.PipPackage, error) {
 	var pkgs []envs.PipPackage
 	for _, in := range r.Install {
 		name, version := in.Metadata.Name, in.Metadata.Version
+		if in.IsYanked {
+			return nil, fmt.Errorf("pip.packages: %s %s is a release its index has yanked (withdrawn, usually for a serious bug); pin another version of %s", name, version, name)
+		}
 		di := in.DownloadInfo
 		if di.DirInfo != nil || di.VCSInfo != nil || di.ArchiveInfo == nil {
 			return nil, fmt.Errorf("pip would install %s from %s, which has no archive hash; only index packages can be locked", name, di.URL)

@@ -130,6 +130,11 @@ func TestParsePipReport(t *testing.T) {
 	if _, err := parsePipReport([]byte(`{"version":"1","install":[{"download_info":{"url":"file:///src","dir_info":{}},"metadata":{"name":"x","version":"1"}}]}`)); err == nil {
 		t.Fatal("a local directory install was locked")
 	}
+	_, err = parsePipReport([]byte(`{"version":"1","install":[{"download_info":{"url":"https://x/y-1-py3-none-any.whl","archive_info":{"hashes":{"sha256":"` +
+		strings.Repeat("a", 64) + `"}}},"is_yanked":true,"metadata":{"name":"y","version":"1"}}]}`))
+	if err == nil || !strings.Contains(err.Error(), "y 1 is a release its index has yanked") {
+		t.Fatalf("a yanked release: %v", err)
+	}
 }
 
 func TestParseMicromamba(t *testing.T) {
