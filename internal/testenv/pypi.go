@@ -52,12 +52,18 @@ func StartIndex() (*Index, func(), error) {
 // module and holding VERSION; requires are its Requires-Dist lines. It
 // returns the wheel's SHA-256.
 func (ix *Index) Add(project, version string, requires ...string) string {
+	return ix.AddTagged(project, version, "py3-none-any", requires...)
+}
+
+// AddTagged is Add for a wheel with the given compatibility tag (e.g.
+// "cp311-cp311-manylinux_2_17_aarch64": a wheel for another platform).
+func (ix *Index) AddTagged(project, version, tag string, requires ...string) string {
 	module := strings.ReplaceAll(project, "-", "_")
 	dist := fmt.Sprintf("%s-%s.dist-info", module, version)
 	files := map[string]string{
 		module + "/__init__.py": fmt.Sprintf("VERSION = %q\n", version),
 		dist + "/METADATA":      "Metadata-Version: 2.1\nName: " + project + "\nVersion: " + version + "\n",
-		dist + "/WHEEL":         "Wheel-Version: 1.0\nGenerator: spawnd-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+		dist + "/WHEEL":         "Wheel-Version: 1.0\nGenerator: spawnd-test\nRoot-Is-Purelib: true\nTag: " + tag + "\n",
 	}
 	for _, r := range requires {
 		files[dist+"/METADATA"] += "Requires-Dist: " + r + "\n"
@@ -81,7 +87,7 @@ func (ix *Index) Add(project, version string, requires ...string) string {
 	_, _ = w.Write([]byte(record.String()))
 	_ = zw.Close()
 
-	file := fmt.Sprintf("%s-%s-py3-none-any.whl", module, version)
+	file := fmt.Sprintf("%s-%s-%s.whl", module, version, tag)
 	sum := sha256.Sum256(buf.Bytes())
 	hexsum := hex.EncodeToString(sum[:])
 	ix.mu.Lock()
