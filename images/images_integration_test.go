@@ -28,6 +28,7 @@ import (
 	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd/backend"
+	"github.com/spawnd/spawnd/spawnd/docker"
 )
 
 // countingEngine counts the engine builds that a build asked for.
@@ -80,6 +81,20 @@ func (l *eventLog) aptLayerCached() bool {
 	return false
 }
 
+// testEnvName is a fresh env name (prefix-<8 hex>); the env's images,
+// its lock stage included, are removed when the test ends.
+func testEnvName(t *testing.T, eng *docker.Engine, prefix string) string {
+	t.Helper()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	env := prefix + "-" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		testenv.RemoveImages(eng, labels.Env, env)
+		_, _ = testenv.Client(eng).ImageRemove(context.Background(), "spawnd-lock/"+env+":stage", client.ImageRemoveOptions{Force: true})
+	})
+	return env
+}
+
 func writeSpec(t *testing.T, path, env, base, index string, pkgs ...string) {
 	t.Helper()
 	quoted := make([]string, len(pkgs))
@@ -105,13 +120,7 @@ jupyter:
 func TestLockBuildRelockPushSaveLoad(t *testing.T) {
 	eng := testenv.Engine(t)
 	base := testenv.EnsureDebianBase(t, eng)
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	env := "itest-" + hex.EncodeToString(b)
-	t.Cleanup(func() {
-		testenv.RemoveImages(eng, labels.Env, env)
-		_, _ = testenv.Client(eng).ImageRemove(context.Background(), "spawnd-lock/"+env+":stage", client.ImageRemoveOptions{Force: true})
-	})
+	env := testEnvName(t, eng, "itest")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 
@@ -293,10 +302,7 @@ func TestLockBuildRelockPushSaveLoad(t *testing.T) {
 func TestWrongPackageHashFailsAndLeavesNoImage(t *testing.T) {
 	eng := testenv.Engine(t)
 	base := testenv.EnsureDebianBase(t, eng)
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	env := "itest-" + hex.EncodeToString(b)
-	t.Cleanup(func() { testenv.RemoveImages(eng, labels.Env, env) })
+	env := testEnvName(t, eng, "itest")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	ix := testenv.NewIndex(t)

@@ -2,8 +2,6 @@ package images_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,10 +22,7 @@ import (
 func TestWheelForAnotherPlatformIsAClearError(t *testing.T) {
 	eng := testenv.Engine(t)
 	base := testenv.EnsureDebianBase(t, eng)
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	env := "itest-" + hex.EncodeToString(b)
-	t.Cleanup(func() { testenv.RemoveImages(eng, labels.Env, env) })
+	env := testEnvName(t, eng, "itest")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	ix := testenv.NewIndex(t)

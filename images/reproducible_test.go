@@ -2,8 +2,6 @@ package images_test
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +14,6 @@ import (
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
-	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd/docker"
 )
 
@@ -35,10 +32,7 @@ func TestSameLockSameDigestOnTwoEngines(t *testing.T) {
 	}
 	defer eng2.Close()
 
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	env := "repro-" + hex.EncodeToString(b)
-	t.Cleanup(func() { testenv.RemoveImages(eng, labels.Env, env) })
+	env := testEnvName(t, eng, "repro")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	ix := testenv.NewIndex(t)

@@ -74,6 +74,27 @@ func (b *buildFlags) connect(ctx context.Context) (*docker.Engine, error) {
 	return eng, nil
 }
 
+// open is how the spec commands begin: the spec's path (checked to load),
+// the options the flags ask for, and a connected engine (the caller closes it).
+func (b *buildFlags) open(cmd *cobra.Command, arg string) (string, images.Options, *docker.Engine, error) {
+	path, err := specPath(arg)
+	if err != nil {
+		return "", images.Options{}, nil, err
+	}
+	if _, err := envs.Load(path); err != nil {
+		return "", images.Options{}, nil, err
+	}
+	opts, err := b.options(cmd)
+	if err != nil {
+		return "", images.Options{}, nil, err
+	}
+	eng, err := b.connect(cmd.Context())
+	if err != nil {
+		return "", images.Options{}, nil, err
+	}
+	return path, opts, eng, nil
+}
+
 // specPath accepts a spec file or an env name (envs/<name>.yaml).
 func specPath(arg string) (string, error) {
 	if _, err := os.Stat(arg); err == nil {
@@ -99,23 +120,15 @@ every package (dependencies included) pinned by version and SHA-256.`,
 		Example: "  spawnd lock envs/team.yaml",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			path, err := specPath(args[0])
-			if err != nil {
-				return err
-			}
-			s, err := envs.Load(path)
-			if err != nil {
-				return err
-			}
-			opts, err := bf.options(cmd)
-			if err != nil {
-				return err
-			}
-			eng, err := bf.connect(cmd.Context())
+			path, opts, eng, err := bf.open(cmd, args[0])
 			if err != nil {
 				return err
 			}
 			defer eng.Close()
+			s, err := envs.Load(path)
+			if err != nil {
+				return err
+			}
 			l, err := images.Lock(cmd.Context(), eng, s, opts)
 			if err != nil {
 				return err
@@ -152,23 +165,12 @@ reuses the apt layer.`,
   spawnd build envs/examples/pip.yaml --network host --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			path, err := specPath(args[0])
-			if err != nil {
-				return err
-			}
-			if _, err := envs.Load(path); err != nil {
-				return err
-			}
-			opts, err := bf.options(cmd)
-			if err != nil {
-				return err
-			}
-			opts.Relock = relock
-			eng, err := bf.connect(cmd.Context())
+			path, opts, eng, err := bf.open(cmd, args[0])
 			if err != nil {
 				return err
 			}
 			defer eng.Close()
+			opts.Relock = relock
 			res, err := images.Build(cmd.Context(), eng, path, opts)
 			if err != nil {
 				if errors.Is(err, context.Canceled) {

@@ -24,15 +24,7 @@ what images.TestSameLockSameDigestOnTwoEngines checks.`,
 		Example: "  spawnd verify envs/team.yaml",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			path, err := specPath(args[0])
-			if err != nil {
-				return err
-			}
-			opts, err := bf.options(cmd)
-			if err != nil {
-				return err
-			}
-			eng, err := bf.connect(cmd.Context())
+			path, opts, eng, err := bf.open(cmd, args[0])
 			if err != nil {
 				return err
 			}
