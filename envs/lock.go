@@ -49,6 +49,10 @@ type Base struct {
 	Ref string `json:"ref"`
 	// Digest is the image's content digest (its id, sha256 of its config).
 	Digest string `json:"digest"`
+	// Packages is what the base holds, as "name=version" lines from dpkg,
+	// sorted: what a machine must make to make the same base, and what a
+	// lock that does not fit a machine's base names as the difference.
+	Packages []string `json:"packages,omitempty"`
 }
 
 // AptPackage is one Debian package, dependencies included.
@@ -100,6 +104,7 @@ func LockPath(specPath string) string {
 func (l *Lock) Seal() {
 	l.LockVersion = LockVersion
 	l.Created = l.Created.UTC().Truncate(time.Second)
+	sort.Strings(l.Base.Packages)
 	sort.Slice(l.Apt, func(i, j int) bool { return l.Apt[i].Name < l.Apt[j].Name })
 	if l.Pip != nil {
 		sort.Slice(l.Pip.Packages, func(i, j int) bool { return l.Pip.Packages[i].Name < l.Pip.Packages[j].Name })

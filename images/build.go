@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -24,8 +25,14 @@ type Engine = backend.Builder
 
 // Options configure locking and building.
 type Options struct {
-	// Network for lock containers and builds ("host" reaches an index on 127.0.0.1).
+	// Network for the containers that lock and fetch packages ("host"
+	// reaches an index on 127.0.0.1). Builds always run with no network.
 	Network string
+	// CacheDir is the package cache (DefaultCacheDir when empty).
+	CacheDir string
+	// Offline forbids fetching: every package file must already be in the
+	// cache (spawnd build --from-bundle fills it first).
+	Offline bool
 	// Progress receives events; nil discards them.
 	Progress func(api.BuildEvent)
 	// Relock makes a new lock even when the lock is current.
@@ -33,10 +40,9 @@ type Options struct {
 	// NoCache rebuilds every layer, ignoring the engine's build cache.
 	NoCache bool
 	// CACerts are extra PEM certificates that pip trusts, beside the image's
-	// own, while locking and building (a company's or a network's TLS-
-	// intercepting proxy). They are given to the build as an argument and
-	// never written to the image's files; the image's build history records
-	// them (certificates are public).
+	// own, while locking and fetching (a company's or a network's TLS-
+	// intercepting proxy). They reach the lock and fetch containers only,
+	// never a build, an image's files or its history.
 	CACerts []byte
 	// Now is the clock (for tests); nil is time.Now.
 	Now func() time.Time
@@ -51,12 +57,46 @@ func (o *Options) emit(began time.Time, ev api.BuildEvent) {
 	o.Progress(ev)
 }
 
-// buildArgs are the plan's ARG values: the extra CA certificates, when given.
-func (o *Options) buildArgs() map[string]string {
-	if len(o.CACerts) == 0 {
+func (o *Options) cache() Cache {
+	if o.CacheDir != "" {
+		return Cache{Dir: o.CacheDir}
+	}
+	return Cache{Dir: DefaultCacheDir()}
+}
+
+// noNetwork is the network of every build: packages come from the cache.
+const noNetwork = "none"
+
+// buildStage builds the plan of a lock cut after a stage, offline, from the
+// package cache, and tags it.
+func buildStage(ctx context.Context, eng Engine, l *envs.Lock, upTo Stage, tag string, opts *Options, began time.Time, phase string) (string, error) {
+	ctxTar, err := NewBuildPlan(l, upTo).Tar(opts.cache())
+	if err != nil {
+		return "", err
+	}
+	return eng.Build(ctx, backend.BuildSpec{Context: ctxTar, Tags: []string{tag}, Network: noNetwork}, buildLines(opts, began, phase))
+}
+
+// stageTag is the tag of an env's apt (and conda) layers, which pip locks
+// and fetches in.
+func stageTag(env string) string { return "spawnd-lock/" + env + ":stage" }
+
+// prepare makes sure the package cache holds every file of the lock:
+// apt's fetched in a container of the base, pip's in a container of the
+// lock's apt layers (built offline from the cache).
+func prepare(ctx context.Context, eng Engine, l *envs.Lock, opts *Options, began time.Time) error {
+	c := opts.cache()
+	if err := fetch(ctx, eng, l, "apt", l.Base.Digest, c, opts, began); err != nil {
+		return err
+	}
+	if len(c.Missing(filesOf(l, "pip"))) == 0 {
 		return nil
 	}
-	return map[string]string{PipCAArg: string(o.CACerts)}
+	stage, err := buildStage(ctx, eng, l, StageConda, stageTag(l.Env), opts, began, "fetch")
+	if err != nil {
+		return fmt.Errorf("building the apt layer to fetch pip packages in: %w", err)
+	}
+	return fetch(ctx, eng, l, "pip", stage, c, opts, began)
 }
 
 func (o *Options) now() time.Time {
@@ -90,6 +130,9 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 		return nil, fmt.Errorf("inspecting base image %s: %w", s.Base, err)
 	}
 	l.Base = envs.Base{Ref: s.Base, Digest: base.ID}
+	if l.Base.Packages, err = basePackages(ctx, eng, base.ID, opts); err != nil {
+		return nil, err
+	}
 
 	if len(s.Apt) > 0 {
 		opts.emit(began, api.BuildEvent{Phase: "lock", Step: "apt", Message: fmt.Sprintf("resolving %d apt packages with apt-get", len(s.Apt))})
@@ -113,10 +156,10 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 
 	if s.Pip != nil {
 		opts.emit(began, api.BuildEvent{Phase: "lock", Step: "pip", Message: "building the apt layer to resolve pip packages in"})
-		stage := NewBuildPlan(l, StageConda)
-		stageTag := "spawnd-lock/" + s.Name + ":stage"
-		stageID, err := eng.Build(ctx, backend.BuildSpec{Context: stage.Tar(), Tags: []string{stageTag}, Network: opts.Network, BuildArgs: opts.buildArgs()},
-			buildLines(&opts, began, "lock"))
+		if err := fetch(ctx, eng, l, "apt", l.Base.Digest, opts.cache(), &opts, began); err != nil {
+			return nil, err
+		}
+		stageID, err := buildStage(ctx, eng, l, StageConda, stageTag(s.Name), &opts, began, "lock")
 		if err != nil {
 			return nil, fmt.Errorf("building the apt layer for pip: %w", err)
 		}
@@ -260,6 +303,48 @@ func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Resu
 	if err != nil {
 		return Result{}, err
 	}
+	return build(ctx, eng, specPath, l, locked, opts, began)
+}
+
+// BuildFromBundle builds the lock a bundle holds, with no network at all:
+// the packages and, when the engine lacks it, the base image come from the
+// bundle (spawnd bundle). The spec's lock, when there is one, must be the
+// bundle's; when there is none, the bundle's lock is written next to the
+// spec once its image exists.
+func BuildFromBundle(ctx context.Context, eng BundleEngine, specPath, dir string, opts Options) (Result, error) {
+	began := time.Now()
+	s, err := envs.Load(specPath)
+	if err != nil {
+		return Result{}, err
+	}
+	b, err := OpenBundle(dir)
+	if err != nil {
+		return Result{}, err
+	}
+	lockPath := envs.LockPath(specPath)
+	l, err := envs.ReadLock(lockPath)
+	locked := false
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		l, locked = b.Lock, true
+	case err != nil:
+		return Result{}, err
+	case l.Digest != b.Lock.Digest:
+		return Result{}, fmt.Errorf("bundle %s holds the lock %s of env %s, but %s is %s; a bundle rebuilds exactly its own lock", dir, b.Lock.Digest, b.Lock.Env, lockPath, l.Digest)
+	}
+	if l.Env != s.Name || l.Stale(s) {
+		return Result{}, fmt.Errorf("bundle %s holds a lock of env %s made from another version of %s (spec checksum %s, the spec's is %s)", dir, l.Env, specPath, l.SpecChecksum, s.Checksum())
+	}
+	if err := b.Import(ctx, eng, opts.cache(), opts.Progress); err != nil {
+		return Result{}, err
+	}
+	opts.Offline, opts.Relock = true, false
+	return build(ctx, eng, specPath, l, locked, opts, began)
+}
+
+// build makes the image of a lock; a fresh lock (locked) is written next to
+// the spec once the image exists.
+func build(ctx context.Context, eng Engine, specPath string, l *envs.Lock, locked bool, opts Options, began time.Time) (Result, error) {
 	res := Result{Tag: l.Tag(), Lock: l, Locked: locked}
 	if img, err := eng.ImageInspect(ctx, res.Tag); err == nil && img.Labels[labels.LockDigest] == l.Digest {
 		res.ImageID = img.ID
@@ -275,18 +360,24 @@ func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Resu
 	}
 	baseInfo, err := eng.ImageInspect(ctx, l.Base.Digest)
 	if errdefs.IsNotFound(err) {
-		return Result{}, fmt.Errorf("the lock's base image %s (%s) is not on the engine; load it, or relock against the base you have (spawnd build --relock)", l.Base.Ref, l.Base.Digest)
+		return Result{}, baseMismatch(ctx, eng, l, &opts)
 	} else if err != nil {
 		return Result{}, fmt.Errorf("inspecting the base image %s: %w", l.Base.Digest, err)
 	}
-	plan := NewBuildPlan(l, StageAll)
-	opts.emit(began, api.BuildEvent{Phase: "build", Step: "start", Message: "building " + res.Tag})
+	if err := prepare(ctx, eng, l, &opts, began); err != nil {
+		return Result{}, err
+	}
+	plan, err := NewBuildPlan(l, StageAll).Tar(opts.cache())
+	if err != nil {
+		return Result{}, err
+	}
+	opts.emit(began, api.BuildEvent{Phase: "build", Step: "start", Message: "building " + res.Tag + " (no network: every package comes from the cache)"})
 	lines, tail := buildLines(&opts, began, "build"), newLineTail(12)
-	id, err := eng.Build(ctx, backend.BuildSpec{Context: plan.Tar(), Tags: []string{res.Tag}, Network: opts.Network, NoCache: opts.NoCache, BuildArgs: opts.buildArgs()},
+	id, err := eng.Build(ctx, backend.BuildSpec{Context: plan, Tags: []string{res.Tag}, Network: noNetwork, NoCache: opts.NoCache},
 		func(bl backend.BuildLine) { tail.add(bl.Stream); lines(bl) })
 	if err != nil {
-		// The engine's error names only the failed step; the reason (pip's
-		// hash mismatch, apt's missing package) is in the lines before it.
+		// The engine's error names only the failed step; the reason (a
+		// hash mismatch, apt's missing dependency) is in the lines before it.
 		return Result{}, fmt.Errorf("building %s: %w%s", res.Tag, err, tail.String())
 	}
 	if st, ok := eng.(Store); ok {
@@ -359,4 +450,109 @@ func (t *lineTail) String() string {
 		return ""
 	}
 	return "; the build's last lines:\n  " + strings.Join(t.lines, "\n  ")
+}
+
+// basePackages lists what an image holds, by dpkg: "name=version" lines.
+func basePackages(ctx context.Context, eng Engine, image string, opts Options) ([]string, error) {
+	res, err := eng.RunCapture(ctx, backend.RunSpec{Image: image, Network: noNetwork, Labels: map[string]string{labels.Lock: "base"},
+		Cmd: []string{"dpkg-query", "-W", "-f", "${Package}=${Version}\\n"}})
+	if err != nil {
+		return nil, fmt.Errorf("listing the packages of the base image: %w", err)
+	}
+	if res.ExitCode != 0 {
+		return nil, fmt.Errorf("listing the packages of the base image %s with dpkg-query failed (exit %d): %s; the base must be a Debian image", image, res.ExitCode, quoteTool(res))
+	}
+	var pkgs []string
+	for _, ln := range strings.Split(string(res.Stdout), "\n") {
+		if ln = strings.TrimSpace(ln); ln != "" {
+			pkgs = append(pkgs, ln)
+		}
+	}
+	sort.Strings(pkgs)
+	return pkgs, nil
+}
+
+// BaseMismatchError is a lock whose base this engine does not have: what
+// the engine has under the base's name, and how its packages differ.
+type BaseMismatchError struct {
+	Ref, Want, Have string
+	// Differences are "name: lock VERSION, here VERSION" lines (a version is
+	// "none" when the package is absent).
+	Differences []string
+}
+
+func (e *BaseMismatchError) Error() string {
+	var b strings.Builder
+	if e.Have == "" {
+		fmt.Fprintf(&b, "the lock's base image %s (%s) is not on this engine", e.Ref, e.Want)
+	} else {
+		fmt.Fprintf(&b, "the lock's base image is %s %s, but %s here is %s", e.Ref, e.Want, e.Ref, e.Have)
+	}
+	if len(e.Differences) > 0 {
+		shown := e.Differences
+		if len(shown) > 10 {
+			shown = shown[:10]
+		}
+		fmt.Fprintf(&b, "; they differ in %d packages:\n  %s", len(e.Differences), strings.Join(shown, "\n  "))
+		if len(e.Differences) > len(shown) {
+			fmt.Fprintf(&b, "\n  (and %d more)", len(e.Differences)-len(shown))
+		}
+		b.WriteString("\n")
+	} else {
+		b.WriteString("; ")
+	}
+	b.WriteString("the Debian mirror has moved since the lock was made, or the base was made elsewhere. Rebuild exactly this lock from a bundle of it (spawnd build --from-bundle DIR), or make a new lock against this base (spawnd build --relock)")
+	return b.String()
+}
+
+// baseMismatch explains a lock whose base is not on the engine.
+func baseMismatch(ctx context.Context, eng Engine, l *envs.Lock, opts *Options) error {
+	e := &BaseMismatchError{Ref: l.Base.Ref, Want: l.Base.Digest}
+	have, err := eng.ImageInspect(ctx, l.Base.Ref)
+	if err != nil {
+		return e
+	}
+	e.Have = have.ID
+	pkgs, err := basePackages(ctx, eng, have.ID, *opts)
+	if err != nil || len(l.Base.Packages) == 0 {
+		return e
+	}
+	e.Differences = packageDifferences(l.Base.Packages, pkgs)
+	return e
+}
+
+// packageDifferences compares two "name=version" lists.
+func packageDifferences(lock, here []string) []string {
+	parse := func(list []string) map[string]string {
+		m := map[string]string{}
+		for _, p := range list {
+			n, v, _ := strings.Cut(p, "=")
+			m[n] = v
+		}
+		return m
+	}
+	a, b := parse(lock), parse(here)
+	names := map[string]bool{}
+	for n := range a {
+		names[n] = true
+	}
+	for n := range b {
+		names[n] = true
+	}
+	var out []string
+	for n := range names {
+		va, vb := a[n], b[n]
+		if va == vb {
+			continue
+		}
+		if va == "" {
+			va = "none"
+		}
+		if vb == "" {
+			vb = "none"
+		}
+		out = append(out, fmt.Sprintf("%s: lock %s, here %s", n, va, vb))
+	}
+	sort.Strings(out)
+	return out
 }

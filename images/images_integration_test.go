@@ -71,7 +71,7 @@ func (l *eventLog) aptLayerCached() bool {
 		if ev.Phase != "build" {
 			continue
 		}
-		if strings.HasPrefix(ev.Message, "RUN apt-get update") {
+		if strings.HasPrefix(ev.Message, "RUN cd /tmp/spawnd/apt") {
 			aptStep = ev.Step
 		}
 		if aptStep != "" && ev.Step == aptStep && ev.Cached {
@@ -297,8 +297,8 @@ func TestLockBuildRelockPushSaveLoad(t *testing.T) {
 
 // TestWrongPackageHashFailsAndLeavesNoImage: a lock whose pip hash does not
 // match the wheel the index serves (re-sealed, so the lock itself is
-// accepted: the build's own check must catch it) fails to build, names the
-// mismatch, and leaves no image under the lock's tag.
+// accepted: the fetch's own check must catch it) fails, names the package
+// and the mismatch, and leaves no image under the lock's tag.
 func TestWrongPackageHashFailsAndLeavesNoImage(t *testing.T) {
 	eng := testenv.Engine(t)
 	base := testenv.EnsureDebianBase(t, eng)
@@ -326,8 +326,8 @@ func TestWrongPackageHashFailsAndLeavesNoImage(t *testing.T) {
 		t.Fatal("a build with a wrong package hash succeeded")
 	}
 	t.Logf("refused: %s", err)
-	if !strings.Contains(err.Error(), "DO NOT MATCH THE HASHES") {
-		t.Fatalf("the error does not carry pip's hash mismatch: %v", err)
+	if !strings.Contains(err.Error(), "DO NOT MATCH THE HASHES") || !strings.Contains(err.Error(), "spawndtestc==1.0") {
+		t.Fatalf("the error does not carry pip's hash mismatch for spawndtestc: %v", err)
 	}
 	if err := eng.CheckImage(ctx, l.Tag()); err == nil {
 		t.Fatalf("a failed build left the image %s", l.Tag())

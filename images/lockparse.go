@@ -154,6 +154,9 @@ func parsePipReport(out []byte) ([]envs.PipPackage, error) {
 			return nil, fmt.Errorf("pip reported no sha256 for %s %s (%s)", name, version, di.URL)
 		}
 		file := path.Base(strings.SplitN(di.URL, "#", 2)[0])
+		if !strings.HasSuffix(file, ".whl") {
+			return nil, fmt.Errorf("pip.packages: %s %s has no wheel for the image's Python and platform, only %s; builds run without a network and install wheels only: pin a version that has a wheel, or publish a wheel to your own index", name, version, file)
+		}
 		pkgs = append(pkgs, envs.PipPackage{Name: normalizePipName(name), Version: version, SHA256: sum, File: file})
 	}
 	return pkgs, nil

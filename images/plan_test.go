@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +19,7 @@ func testLock(pipVersion string) *envs.Lock {
 		Env: "team", SpecChecksum: "sha256:spec", Created: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC),
 		Base:    envs.Base{Ref: "spawnd/debian:bookworm", Digest: "sha256:" + strings.Repeat("0", 64)},
 		Apt:     []envs.AptPackage{{Name: "git", Version: "1:2.39.5-0+deb12u2", Arch: "amd64", SHA256: strings.Repeat("1", 64)}},
-		Pip:     &envs.PipLock{IndexURL: "http://127.0.0.1:9/simple", Packages: []envs.PipPackage{{Name: "requests", Version: pipVersion, SHA256: strings.Repeat("2", 64)}}},
+		Pip:     &envs.PipLock{IndexURL: "http://127.0.0.1:9/simple", Packages: []envs.PipPackage{{Name: "requests", Version: pipVersion, SHA256: strings.Repeat("2", 64), File: "requests-" + pipVersion + "-py3-none-any.whl"}}},
 		Kernels: []envs.Kernel{{Name: "team", DisplayName: "Team (Python 3)", Python: "/usr/bin/python3"}},
 		Cmd:     []string{"jupyterhub-singleuser"},
 		User:    envs.User{Name: "jovyan", UID: 1000, GID: 100},
@@ -71,8 +72,11 @@ func TestPlanFiles(t *testing.T) {
 	if !strings.Contains(string(p.Files["kernels/team/kernel.json"]), `"display_name": "Team (Python 3)"`) {
 		t.Fatalf("kernel.json: %s", p.Files["kernels/team/kernel.json"])
 	}
-	if !strings.Contains(p.Dockerfile, "--index-url http://127.0.0.1:9/simple") {
-		t.Fatal("pip install ignores the locked index")
+	if !strings.Contains(p.Dockerfile, "--no-index --find-links /tmp/spawnd/pip") || strings.Contains(p.Dockerfile, "127.0.0.1:9") {
+		t.Fatal("pip install in the build may reach an index; it must install the context's wheels only")
+	}
+	if p.Blobs["apt/git_1%3a2.39.5-0+deb12u2_amd64.deb"] != strings.Repeat("1", 64) || len(p.Blobs) != 2 {
+		t.Fatalf("package files of the context: %v", p.Blobs)
 	}
 	stage := NewBuildPlan(testLock("2.32.3"), StageConda)
 	if strings.Contains(stage.Dockerfile, "pip") || strings.Contains(stage.Dockerfile, "USER") {
@@ -81,8 +85,8 @@ func TestPlanFiles(t *testing.T) {
 }
 
 func TestPlanTarIsDeterministic(t *testing.T) {
-	a, _ := io.ReadAll(NewBuildPlan(testLock("2.32.3"), StageAll).Tar())
-	b, _ := io.ReadAll(NewBuildPlan(testLock("2.32.3"), StageAll).Tar())
+	a, _ := io.ReadAll(mustTar(t, NewBuildPlan(testLock("2.32.3"), StageAll)))
+	b, _ := io.ReadAll(mustTar(t, NewBuildPlan(testLock("2.32.3"), StageAll)))
 	if !bytes.Equal(a, b) {
 		t.Fatal("the same plan gave different build contexts")
 	}
@@ -95,8 +99,12 @@ func TestPlanTarIsDeterministic(t *testing.T) {
 		}
 		names = append(names, h.Name)
 	}
-	if strings.Join(names, ",") != "Dockerfile,apt/,apt/packages.txt,apt/sha256sums.txt,kernels/,kernels/team/,kernels/team/kernel.json,pip/,pip/requirements.txt" {
+	if strings.Join(names, ",") != "Dockerfile,apt/,apt/git_1%3a2.39.5-0+deb12u2_amd64.deb,apt/sha256sums.txt,kernels/,kernels/team/,kernels/team/kernel.json,pip/,pip/requests-2.32.3-py3-none-any.whl,pip/requirements.txt" {
 		t.Fatalf("context: %v", names)
+	}
+	// A package file the cache does not hold: no context, an error naming it.
+	if _, err := NewBuildPlan(testLock("2.32.3"), StageAll).Tar(Cache{Dir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "git_1%3a2.39.5-0+deb12u2_amd64.deb") {
+		t.Fatalf("context without the package files: %v", err)
 	}
 }
 
@@ -154,5 +162,46 @@ func TestParseMicromamba(t *testing.T) {
 	}
 	if !strings.Contains(p.Dockerfile, "/opt/conda/bin/python -m pip") || strings.Index(p.Dockerfile, "COPY conda/") > strings.Index(p.Dockerfile, "COPY pip/") {
 		t.Fatalf("conda layer missing or after pip:\n%s", p.Dockerfile)
+	}
+}
+
+// mustTar writes a plan's context from a cache holding a stand-in file for
+// each of its package files.
+func mustTar(t *testing.T, p BuildPlan) io.Reader {
+	t.Helper()
+	c := Cache{Dir: t.TempDir()}
+	for name, sum := range p.Blobs {
+		if err := os.MkdirAll(filepath.Dir(c.Path(sum)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(c.Path(sum), []byte(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := p.Tar(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestPackageDifferences(t *testing.T) {
+	for _, c := range []struct {
+		lock, here, want []string
+	}{
+		{[]string{"a=1", "b=2"}, []string{"a=1", "b=2"}, nil},
+		{[]string{"a=1", "b=2"}, []string{"a=1", "b=3"}, []string{"b: lock 2, here 3"}},
+		{[]string{"a=1"}, []string{"a=1", "c=1:4"}, []string{"c: lock none, here 1:4"}},
+		{[]string{"a=1", "d=5"}, []string{"a=2"}, []string{"a: lock 1, here 2", "d: lock 5, here none"}},
+	} {
+		if got := packageDifferences(c.lock, c.here); strings.Join(got, "|") != strings.Join(c.want, "|") {
+			t.Errorf("packageDifferences(%v, %v) = %v, want %v", c.lock, c.here, got, c.want)
+		}
+	}
+	err := &BaseMismatchError{Ref: "spawnd/debian:bookworm", Want: "sha256:aa", Have: "sha256:bb", Differences: []string{"libc6: lock 2.36-9+deb12u10, here 2.36-9+deb12u13"}}
+	for _, want := range []string{"sha256:aa", "sha256:bb", "libc6: lock 2.36-9+deb12u10, here 2.36-9+deb12u13", "--from-bundle", "--relock"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not say %q: %v", want, err)
+		}
 	}
 }

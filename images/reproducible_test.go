@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,14 +19,16 @@ import (
 )
 
 // TestSameLockSameDigestOnTwoEngines builds one lock on the machine's
-// engine and on a private dockerd with its own data root and empty build
-// cache, and wants the same image: the same image ID (config digest) and
-// the same manifest digest.
+// engine, bundles it, and rebuilds it from the bundle on a private dockerd
+// with its own data root, no base image, an empty build cache, an empty
+// package cache and no network for anything: it wants the same image, the
+// same image ID (config digest) and the same manifest digest. On the way, a
+// bundle missing a package, holding a wrong one, or made for another lock is
+// refused, naming the package, and leaves nothing behind.
 func TestSameLockSameDigestOnTwoEngines(t *testing.T) {
 	eng := testenv.Engine(t)
 	base := testenv.EnsureDebianBase(t, eng)
 	own := testenv.StartOwnEngine(t)
-	own.LoadImage(t, eng, base)
 	eng2, err := docker.New(own.Host)
 	if err != nil {
 		t.Fatal(err)
@@ -40,23 +43,96 @@ func TestSameLockSameDigestOnTwoEngines(t *testing.T) {
 	ix.Add("spawndtesta", "1.0", "spawndtestb>=1.0")
 	spec := filepath.Join(t.TempDir(), env+".yaml")
 	writeSpec(t, spec, env, base, ix.URL, "spawndtesta")
-	opts := images.Options{Network: "host"}
+	opts := images.Options{Network: "host", CacheDir: t.TempDir()}
 	l, _, err := images.LockOrLoad(ctx, eng, mustLoad(t, spec), spec, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 
+	res, err := images.Build(ctx, eng, spec, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Tag != l.Tag() || !res.Built {
+		t.Fatalf("built %+v, want a build of %s", res, l.Tag())
+	}
+	bundle := filepath.Join(t.TempDir(), "bundle")
+	if err := images.WriteBundle(ctx, eng, l, images.Cache{Dir: opts.CacheDir}, bundle); err != nil {
+		t.Fatal(err)
+	}
+	if err := images.WriteBundle(ctx, eng, l, images.Cache{Dir: opts.CacheDir}, bundle); err == nil {
+		t.Fatal("a bundle was written over an existing directory")
+	}
+	files := images.Files(l)
+	if len(files) < 3 || files[0].Kind != "apt" || files[len(files)-1].Kind != "pip" {
+		t.Fatalf("the lock names too few package files to test bundles with: %+v", files)
+	}
+	offline := images.Options{Network: "none"} // not even a fetch may reach a network
+
+	// Broken bundles: each refused before anything is built or tagged.
+	other := *l
+	other.Description = "another lock"
+	other.Seal()
+	faults := []struct {
+		name  string
+		spoil func(t *testing.T, dir string)
+		want  string
+	}{
+		{"a missing wheel", func(t *testing.T, dir string) {
+			rm(t, filepath.Join(dir, "blobs", "sha256", files[len(files)-1].SHA256))
+		}, "lacks pip package " + files[len(files)-1].Name},
+		{"a .deb with other bytes", func(t *testing.T, dir string) {
+			write(t, filepath.Join(dir, "blobs", "sha256", files[0].SHA256), "not the package")
+		}, "apt package " + files[0].Name},
+		{"another lock", func(t *testing.T, dir string) {
+			rm(t, dir)
+			if err := images.WriteBundle(ctx, eng, &other, images.Cache{Dir: opts.CacheDir}, dir); err != nil {
+				t.Fatal(err)
+			}
+		}, "a bundle rebuilds exactly its own lock"},
+	}
+	for _, f := range faults {
+		t.Run(f.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "bundle")
+			if out, err := exec.Command("cp", "-a", bundle, dir).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			f.spoil(t, dir)
+			o := offline
+			o.CacheDir = t.TempDir()
+			_, err := images.BuildFromBundle(ctx, eng2, spec, dir, o)
+			if err == nil || !strings.Contains(err.Error(), f.want) {
+				t.Fatalf("build from %s: %v, want an error saying %q", f.name, err, f.want)
+			}
+			t.Logf("refused: %v", err)
+			if err := eng2.CheckImage(ctx, l.Tag()); err == nil {
+				t.Fatal("a refused bundle left an image")
+			}
+			if got, _ := envs.ReadLock(envs.LockPath(spec)); got == nil || got.Digest != l.Digest {
+				t.Fatal("a refused bundle changed the lock")
+			}
+			if left, _ := filepath.Glob(filepath.Join(o.CacheDir, "sha256", "*")); len(left) > 0 && f.name == "a .deb with other bytes" {
+				for _, p := range left {
+					if filepath.Base(p) == files[0].SHA256 {
+						t.Fatal("the wrong .deb reached the package cache")
+					}
+				}
+			}
+		})
+	}
+
+	offline.CacheDir = t.TempDir()
+	res2, err := images.BuildFromBundle(ctx, eng2, spec, bundle, offline)
+	if err != nil {
+		t.Fatalf("build from the bundle on a second engine: %v", err)
+	}
+	if res2.Tag != l.Tag() || !res2.Built {
+		t.Fatalf("built %+v from the bundle, want a build of %s", res2, l.Tag())
+	}
 	var ids, manifests []string
 	var built []v1.Image
 	for i, e := range []*docker.Engine{eng, eng2} {
-		res, err := images.Build(ctx, e, spec, opts)
-		if err != nil {
-			t.Fatalf("engine %d: %v", i+1, err)
-		}
-		if res.Tag != l.Tag() || !res.Built {
-			t.Fatalf("engine %d built %+v, want a build of %s", i+1, res, l.Tag())
-		}
-		img, err := e.Image(ctx, res.Tag)
+		img, err := e.Image(ctx, l.Tag())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -64,7 +140,12 @@ func TestSameLockSameDigestOnTwoEngines(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids, manifests, built = append(ids, res.ImageID), append(manifests, d.String()), append(built, img)
+		id, err := img.ConfigName()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("engine %d: image %s, manifest %s", i+1, id, d)
+		ids, manifests, built = append(ids, id.String()), append(manifests, d.String()), append(built, img)
 	}
 	if ids[0] != ids[1] || manifests[0] != manifests[1] {
 		diff, err := images.Differences(built[0], built[1])
@@ -131,5 +212,19 @@ func TestMakeBaseIsReproducible(t *testing.T) {
 	}
 	if ids[0] != ids[1] {
 		t.Fatalf("make-base twice: %s and %s", ids[0], ids[1])
+	}
+}
+
+func rm(t *testing.T, p string) {
+	t.Helper()
+	if err := os.RemoveAll(p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func write(t *testing.T, p, s string) {
+	t.Helper()
+	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

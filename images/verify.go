@@ -74,8 +74,15 @@ func Verify(ctx context.Context, eng VerifyEngine, specPath string, opts Options
 	}()
 	opts.emit(began, api.BuildEvent{Phase: "verify", Step: "start", Message: "rebuilding " + res.Tag + " without the build cache as " + scratch})
 	lines, tail := buildLines(&opts, began, "verify"), newLineTail(12)
-	if _, err := eng.Build(ctx, backend.BuildSpec{Context: NewBuildPlan(l, StageAll).Tar(), Tags: []string{scratch}, Network: opts.Network,
-		NoCache: true, BuildArgs: opts.buildArgs()}, func(bl backend.BuildLine) { tail.add(bl.Stream); lines(bl) }); err != nil {
+	if err := prepare(ctx, eng, l, &opts, began); err != nil {
+		return res, err
+	}
+	plan, err := NewBuildPlan(l, StageAll).Tar(opts.cache())
+	if err != nil {
+		return res, err
+	}
+	if _, err := eng.Build(ctx, backend.BuildSpec{Context: plan, Tags: []string{scratch}, Network: noNetwork, NoCache: true},
+		func(bl backend.BuildLine) { tail.add(bl.Stream); lines(bl) }); err != nil {
 		return res, fmt.Errorf("rebuilding %s: %w%s", res.Tag, err, tail.String())
 	}
 	opts.emit(began, api.BuildEvent{Phase: "verify", Step: "normalize", Message: "normalizing the rebuilt image"})

@@ -20,13 +20,15 @@ type buildFlags struct {
 	asJSON  bool
 	engine  string
 	caCerts []string
+	cache   string
 }
 
 func (b *buildFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&b.network, "network", "", `network for lock containers and builds ("host" to reach a package index on 127.0.0.1)`)
+	cmd.Flags().StringVar(&b.network, "network", "", `network of the containers that lock and fetch packages ("host" to reach a package index on 127.0.0.1); builds themselves always run with no network`)
+	cmd.Flags().StringVar(&b.cache, "cache-dir", "", "package cache: every .deb and wheel a lock names, by SHA-256 (default: $SPAWND_CACHE_DIR, or ~/.cache/spawnd/packages)")
 	cmd.Flags().BoolVar(&b.asJSON, "json", false, "progress as JSON lines")
 	cmd.Flags().StringVar(&b.engine, "engine", "", "Docker engine address (default: DOCKER_HOST or the local socket)")
-	cmd.Flags().StringArrayVar(&b.caCerts, "ca-cert", nil, `extra CA certificate (PEM file) that pip trusts while locking and building, e.g. a company proxy's; repeatable (default: $SPAWND_BUILD_CA_CERTS, files separated by ":")`)
+	cmd.Flags().StringArrayVar(&b.caCerts, "ca-cert", nil, `extra CA certificate (PEM file) that pip trusts while locking and fetching, e.g. a company proxy's; repeatable (default: $SPAWND_BUILD_CA_CERTS, files separated by ":")`)
 }
 
 // options are the images.Options the flags ask for.
@@ -41,7 +43,7 @@ func (b *buildFlags) options(cmd *cobra.Command) (images.Options, error) {
 	if err != nil {
 		return images.Options{}, err
 	}
-	return images.Options{Network: b.network, CACerts: pem, Progress: progressSink(cmd.ErrOrStderr(), b.asJSON)}, nil
+	return images.Options{Network: b.network, CACerts: pem, CacheDir: b.cache, Progress: progressSink(cmd.ErrOrStderr(), b.asJSON)}, nil
 }
 
 // readCACerts concatenates PEM certificate files, checking each holds at
@@ -147,6 +149,7 @@ every package (dependencies included) pinned by version and SHA-256.`,
 func newBuild() *cobra.Command {
 	var bf buildFlags
 	var relock bool
+	var fromBundle string
 	cmd := &cobra.Command{
 		Use:   "build SPEC",
 		Short: "Build the pinned image of an env spec (locking first if there is no lock)",
@@ -158,10 +161,18 @@ Without a lock, build locks first. A lock made from an older version of the
 spec is refused unless --relock is given; a lock edited by hand is always
 refused. A failed build leaves the previous lock and image in place.
 
+Every .deb and wheel the lock names is fetched first into the package cache
+(--cache-dir) and checked against the lock's SHA-256; the build itself runs
+with no network and installs only those files. With --from-bundle, the
+packages and the base image come from a bundle (spawnd bundle) and nothing
+is fetched: the lock rebuilds to the same image after its mirror and index
+have moved on.
+
 Layers run base -> apt -> conda -> pip -> kernels -> user, so a pip change
 reuses the apt layer.`,
 		Example: `  spawnd build envs/team.yaml
   spawnd build team --relock
+  spawnd build envs/team.yaml --from-bundle /srv/bundles/team-1a2b3c4d5e6f
   spawnd build envs/examples/pip.yaml --network host --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -171,7 +182,15 @@ reuses the apt layer.`,
 			}
 			defer eng.Close()
 			opts.Relock = relock
-			res, err := images.Build(cmd.Context(), eng, path, opts)
+			var res images.Result
+			if fromBundle != "" {
+				if relock {
+					return errors.New("--relock and --from-bundle do not go together: a bundle rebuilds exactly its own lock")
+				}
+				res, err = images.BuildFromBundle(cmd.Context(), eng, path, fromBundle, opts)
+			} else {
+				res, err = images.Build(cmd.Context(), eng, path, opts)
+			}
 			if err != nil {
 				if errors.Is(err, context.Canceled) {
 					return errors.New("interrupted; the previous lock and image are unchanged")
@@ -184,5 +203,57 @@ reuses the apt layer.`,
 	}
 	bf.register(cmd)
 	cmd.Flags().BoolVar(&relock, "relock", false, "make a new lock even if one exists (the new lock is written only if the build succeeds)")
+	cmd.Flags().StringVar(&fromBundle, "from-bundle", "", "build from a bundle directory (spawnd bundle): no network, the lock's packages and base from the bundle")
+	return cmd
+}
+
+func newBundle() *cobra.Command {
+	var bf buildFlags
+	cmd := &cobra.Command{
+		Use:   "bundle SPEC DIR",
+		Short: "Store everything a lock needs to rebuild offline: its base image, every .deb and wheel",
+		Long: `Write the bundle of SPEC's lock to DIR, a new OCI image layout: the lock's
+base image, and an artifact (` + images.BundleArtifactType + `) holding the lock
+and every .deb and wheel it names, each blob named by the SHA-256 the lock
+pins. Copy DIR anywhere (or push it with any OCI tool) and rebuild the same
+image there, with no network, by spawnd build SPEC --from-bundle DIR.
+
+The env must have been built on this machine first (spawnd build SPEC):
+bundling takes the base image from the engine and the packages from the
+package cache, and fetches nothing.`,
+		Example: "  spawnd bundle envs/team.yaml /srv/bundles/team-$(date +%F)",
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path, opts, eng, err := bf.open(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			defer eng.Close()
+			s, err := envs.Load(path)
+			if err != nil {
+				return err
+			}
+			l, err := envs.ReadLock(envs.LockPath(path))
+			if errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("%s has no lock; build it first (spawnd build %s)", path, path)
+			}
+			if err != nil {
+				return err
+			}
+			if l.Stale(s) {
+				return fmt.Errorf("%s was made from another version of %s; build it first (spawnd build %s --relock)", envs.LockPath(path), path, path)
+			}
+			cache := images.Cache{Dir: opts.CacheDir}
+			if cache.Dir == "" {
+				cache.Dir = images.DefaultCacheDir()
+			}
+			if err := images.WriteBundle(cmd.Context(), eng, l, cache, args[1]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s (%d package files)\n", args[1], l.Digest, len(images.Files(l)))
+			return nil
+		},
+	}
+	bf.register(cmd)
 	return cmd
 }

@@ -24,6 +24,6 @@ Client commands find the daemon with --addr (SPAWND_ADDR) and the token with
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServe(), newPs(), newStop(), newStatus(), newHome(), newLock(), newBuild(), newVerify(), newImage(), newDoctor(), newInstallSystemd())
+	root.AddCommand(newServe(), newPs(), newStop(), newStatus(), newHome(), newLock(), newBuild(), newBundle(), newVerify(), newImage(), newDoctor(), newInstallSystemd())
 	return root
 }

@@ -178,6 +178,12 @@ type RunSpec struct {
 	Network string // "" = default bridge, "host" to reach an index on 127.0.0.1
 	Labels  map[string]string
 	Env     []string // KEY=VALUE
+	// Collect, when set, is a directory in the container whose files are
+	// handed to Collected, as a tar stream, after the command exits 0 and
+	// before the container is removed. Output is for messages; files that
+	// must arrive byte for byte come this way.
+	Collect   string
+	Collected func(tarStream io.Reader) error
 }
 
 // RunResult is what a throw-away container printed.

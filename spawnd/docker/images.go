@@ -72,6 +72,16 @@ func (e *Engine) RunCapture(ctx context.Context, spec backend.RunSpec) (backend.
 		return backend.RunResult{}, fmt.Errorf("reading the output of a container of %s: %w", spec.Image, err)
 	}
 	res.Stdout, res.Stderr = stdout.Bytes(), stderr.Bytes()
+	if spec.Collect != "" && res.ExitCode == 0 {
+		cp, err := e.cli.CopyFromContainer(ctx, id, client.CopyFromContainerOptions{SourcePath: spec.Collect + "/."})
+		if err != nil {
+			return res, fmt.Errorf("collecting %s from a container of %s: %w", spec.Collect, spec.Image, err)
+		}
+		defer cp.Content.Close()
+		if err := spec.Collected(cp.Content); err != nil {
+			return res, err
+		}
+	}
 	return res, nil
 }
 
