@@ -1,8 +1,12 @@
 package main
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -715,4 +719,117 @@ func (b *bench) authTiming() {
 	spread := ratio(hi, lo)
 	b.add(row{figure: "auth: 401 medians by wrong token (2,000 each, interleaved)", spawnd: strings.Join(parts, "; "), raw: "-",
 		ratio: fmt.Sprintf("%.2f× spread", spread), target: "no difference worth measuring", pass: spread <= 1.10})
+}
+
+// fullBuild: a full build of the team env (no build cache, an empty
+// package cache: every file fetched) against `docker build --no-cache` of
+// the Dockerfile an admin would write by hand for the same env: apt-get
+// install of the spec's packages, pip install of the lock's pins with
+// hashes from PyPI, the kernel, the user. Interleaved, alternating which
+// side goes first; n rounds each.
+func (b *bench) fullBuild() {
+	teamSpec := filepath.Join(b.repo, "envs", "team.yaml")
+	l, err := envs.ReadLock(envs.LockPath(teamSpec))
+	if err != nil {
+		b.add(row{figure: "build: full team build vs docker build", target: "≤ 1.10×", note: "no team lock: " + err.Error()})
+		return
+	}
+	s, err := envs.Load(teamSpec)
+	if err != nil {
+		log.Fatal(err)
+	}
+	spec := filepath.Join(b.dir, "team.yaml")
+	data, _ := os.ReadFile(teamSpec)
+	_ = os.WriteFile(spec, data, 0o644)
+	_ = os.WriteFile(envs.LockPath(spec), l.Marshal(), 0o644)
+	ca := hostCACerts()
+
+	var req strings.Builder
+	for _, p := range l.Pip.Packages {
+		fmt.Fprintf(&req, "%s==%s --hash=sha256:%s\n", p.Name, p.Version, p.SHA256)
+	}
+	kernel := fmt.Sprintf(`{"argv": ["/usr/bin/python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": %q, "language": "python"}`, "Team (Python 3)")
+	cmd, _ := json.Marshal(l.Cmd)
+	dockerfile := fmt.Sprintf(`FROM %s
+ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends %s && rm -rf /var/lib/apt/lists/*
+COPY requirements.txt /tmp/requirements.txt
+ARG PIP_CA
+RUN if [ -n "$PIP_CA" ]; then cat /etc/ssl/certs/ca-certificates.crt > /tmp/ca.pem; printf '%%s\n' "$PIP_CA" >> /tmp/ca.pem; export PIP_CERT=/tmp/ca.pem; fi; \
+    python3 -m pip install --no-cache-dir --no-deps --require-hashes --break-system-packages -r /tmp/requirements.txt && rm -f /tmp/requirements.txt /tmp/ca.pem
+COPY kernel.json /usr/local/share/jupyter/kernels/team/kernel.json
+RUN groupadd -g %d %s 2>/dev/null || true; useradd -m -u %d -g %d -s /bin/sh %s
+USER %d:%d
+WORKDIR /home/%s
+EXPOSE 8888
+CMD %s
+`, l.Base.Ref, strings.Join(s.Apt, " "), l.User.GID, l.User.Name, l.User.UID, l.User.GID, l.User.Name, l.User.UID, l.User.GID, l.User.Name, cmd)
+	rawTag := "spawnd-bench/handwritten:" + l.ShortDigest()
+	defer func() {
+		_, _ = testenv.Client(b.eng).ImageRemove(context.Background(), rawTag, client.ImageRemoveOptions{Force: true})
+	}()
+	raw := func() (time.Duration, error) {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for _, f := range []struct{ name, body string }{{"Dockerfile", dockerfile}, {"requirements.txt", req.String()}, {"kernel.json", kernel}} {
+			_ = tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body))})
+			_, _ = tw.Write([]byte(f.body))
+		}
+		_ = tw.Close()
+		began := time.Now()
+		caArg := string(ca)
+		resp, err := testenv.Client(b.eng).ImageBuild(b.ctx, &buf, client.ImageBuildOptions{Tags: []string{rawTag}, NoCache: true, Remove: true, ForceRemove: true,
+			Labels: map[string]string{labels.Test: "bench"}, BuildArgs: map[string]*string{"PIP_CA": &caArg}})
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		out, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return 0, err
+		}
+		if bytes.Contains(out, []byte(`"errorDetail"`)) {
+			return 0, fmt.Errorf("hand-written build failed: %s", out[max(0, len(out)-600):])
+		}
+		return time.Since(began), nil
+	}
+	ours := func() (time.Duration, error) {
+		cache, err := os.MkdirTemp(b.dir, "pkgcache-")
+		if err != nil {
+			return 0, err
+		}
+		defer os.RemoveAll(cache)
+		_ = b.eng.RemoveImage(b.ctx, l.Tag())
+		began := time.Now()
+		if _, err := images.Build(b.ctx, b.eng, spec, images.Options{CACerts: ca, NoCache: true, CacheDir: cache}); err != nil {
+			return 0, err
+		}
+		return time.Since(began), nil
+	}
+	n := 2
+	var sp, rw []time.Duration
+	for i := 0; i < n; i++ {
+		sides := []func() (time.Duration, error){ours, raw}
+		if i%2 == 1 {
+			sides = []func() (time.Duration, error){raw, ours}
+		}
+		for j, side := range sides {
+			d, err := side()
+			if err != nil {
+				b.add(row{figure: "build: full team build vs docker build", target: "≤ 1.10×", note: err.Error()})
+				return
+			}
+			if (j == 0) == (i%2 == 0) {
+				sp = append(sp, d)
+			} else {
+				rw = append(rw, d)
+			}
+		}
+	}
+	m, _ := stats(sp)
+	rm, _ := stats(rw)
+	r := ratio(m, rm)
+	b.add(row{figure: fmt.Sprintf("build: full team build (no build cache, empty package cache) vs docker build of a hand-written Dockerfile (median, n=%d each, interleaved)", n),
+		spawnd: ms(m), raw: ms(rm), ratio: fmt.Sprintf("%.2f×", r), target: "≤ 1.10×", pass: r <= 1.10,
+		note: "spawnd's side fetches every file, builds offline twice over the apt layer (the pip fetch runs in it) and normalizes; samples " + fmt.Sprint(sp) + " vs " + fmt.Sprint(rw)})
 }

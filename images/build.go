@@ -74,7 +74,7 @@ func buildStage(ctx context.Context, eng Engine, l *envs.Lock, upTo Stage, tag s
 	if err != nil {
 		return "", err
 	}
-	return eng.Build(ctx, backend.BuildSpec{Context: ctxTar, Tags: []string{tag}, Network: noNetwork}, buildLines(opts, began, phase))
+	return eng.Build(ctx, backend.BuildSpec{Context: ctxTar, Tags: []string{tag}, Network: noNetwork, NoCache: opts.NoCache}, buildLines(opts, began, phase))
 }
 
 // stageTag is the tag of an env's apt (and conda) layers, which pip locks
