@@ -62,6 +62,8 @@ type AptPackage struct {
 	Arch    string `json:"arch"`
 	SHA256  string `json:"sha256"`
 	Size    int64  `json:"size,omitempty"`
+	// URL is where the mirror served the file when the lock was made.
+	URL string `json:"url,omitempty"`
 }
 
 // CondaLock is the conda part of a lock: an explicit environment.
@@ -90,8 +92,10 @@ type PipPackage struct {
 	Name    string `json:"name"`
 	Version string `json:"version"`
 	SHA256  string `json:"sha256"`
-	// File is the file name of the wheel or sdist pip chose.
+	// File is the file name of the wheel pip chose.
 	File string `json:"file,omitempty"`
+	// URL is where the index served the file when the lock was made.
+	URL string `json:"url,omitempty"`
 }
 
 // LockPath is where the lock of a spec lives: envs/team.yaml -> envs/team.lock.json.

@@ -81,11 +81,29 @@ func buildStage(ctx context.Context, eng Engine, l *envs.Lock, upTo Stage, tag s
 // and fetches in.
 func stageTag(env string) string { return "spawnd-lock/" + env + ":stage" }
 
-// prepare makes sure the package cache holds every file of the lock:
-// apt's fetched in a container of the base, pip's in a container of the
-// lock's apt layers (built offline from the cache).
+// prepare makes sure the package cache holds every file of the lock. Files
+// whose lock recorded a URL are downloaded on the host, a few at a time;
+// those of older locks are fetched with the package tools in containers:
+// apt's in a container of the base, pip's in a container of the lock's apt
+// layers (built offline from the cache).
 func prepare(ctx context.Context, eng Engine, l *envs.Lock, opts *Options, began time.Time) error {
 	c := opts.cache()
+	missing := c.Missing(Files(l))
+	if len(missing) == 0 {
+		return nil
+	}
+	if opts.Offline {
+		return fmt.Errorf("%d package files are not in the package cache %s and this build may not fetch (first: %s)", len(missing), c.Dir, missing[0])
+	}
+	var byURL []File
+	for _, f := range missing {
+		if f.URL != "" {
+			byURL = append(byURL, f)
+		}
+	}
+	if err := download(ctx, byURL, c, opts, began); err != nil {
+		return err
+	}
 	if err := fetch(ctx, eng, l, "apt", l.Base.Digest, c, opts, began); err != nil {
 		return err
 	}
@@ -156,7 +174,7 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 
 	if s.Pip != nil {
 		opts.emit(began, api.BuildEvent{Phase: "lock", Step: "pip", Message: "building the apt layer to resolve pip packages in"})
-		if err := fetch(ctx, eng, l, "apt", l.Base.Digest, opts.cache(), &opts, began); err != nil {
+		if err := download(ctx, opts.cache().Missing(filesOf(l, "apt")), opts.cache(), &opts, began); err != nil {
 			return nil, err
 		}
 		stageID, err := buildStage(ctx, eng, l, StageConda, stageTag(s.Name), &opts, began, "lock")

@@ -4,14 +4,20 @@ import (
 	"archive/tar"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spawnd/spawnd/api"
@@ -34,7 +40,8 @@ type File struct {
 	Version string
 	File    string // the file's name: apt's archive name or the wheel's
 	SHA256  string
-	Size    int64 // 0 when the lock does not say
+	Size    int64  // 0 when the lock does not say
+	URL     string // where the lock was made from; "" in locks before round 3
 }
 
 func (f File) String() string {
@@ -45,11 +52,11 @@ func (f File) String() string {
 func Files(l *envs.Lock) []File {
 	var fs []File
 	for _, a := range l.Apt {
-		fs = append(fs, File{Kind: "apt", Name: a.Name, Version: a.Version, File: AptFile(a), SHA256: a.SHA256, Size: a.Size})
+		fs = append(fs, File{Kind: "apt", Name: a.Name, Version: a.Version, File: AptFile(a), SHA256: a.SHA256, Size: a.Size, URL: a.URL})
 	}
 	if l.Pip != nil {
 		for _, p := range l.Pip.Packages {
-			fs = append(fs, File{Kind: "pip", Name: p.Name, Version: p.Version, File: p.File, SHA256: p.SHA256})
+			fs = append(fs, File{Kind: "pip", Name: p.Name, Version: p.Version, File: p.File, SHA256: p.SHA256, URL: p.URL})
 		}
 	}
 	return fs
@@ -269,4 +276,122 @@ func pythonOf(l *envs.Lock) string {
 		return "/opt/conda/bin/python"
 	}
 	return "python3"
+}
+
+// fetchWorkers is how many files are downloaded at once.
+const fetchWorkers = 6
+
+// download fetches files from the URLs their lock recorded, on the host, a
+// few at a time, each checked against the lock's SHA-256 as it enters the
+// cache. The host's proxy settings (HTTPS_PROXY, NO_PROXY) and trusted CAs
+// apply, plus opts.CACerts.
+func download(ctx context.Context, fs []File, c Cache, opts *Options, began time.Time) error {
+	if len(fs) == 0 {
+		return nil
+	}
+	hc, err := opts.httpClient()
+	if err != nil {
+		return err
+	}
+	var total int64
+	for _, f := range fs {
+		total += f.Size
+	}
+	opts.emit(began, api.BuildEvent{Phase: "fetch", Step: "download", Message: fmt.Sprintf("downloading %d package files", len(fs))})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	jobs := make(chan File)
+	errs := make(chan error, len(fs))
+	var wg sync.WaitGroup
+	var done, got atomic.Int64
+	for range min(fetchWorkers, len(fs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for f := range jobs {
+				n, err := get(ctx, hc, f, c)
+				if err != nil {
+					errs <- err
+					cancel()
+					continue
+				}
+				k := done.Add(1)
+				b := got.Add(n)
+				if k%10 == 0 || int(k) == len(fs) {
+					opts.emit(began, api.BuildEvent{Phase: "fetch", Step: "download", Message: fmt.Sprintf("%d/%d package files", k, len(fs)), Bytes: b})
+				}
+			}
+		}()
+	}
+feed:
+	for _, f := range fs {
+		select {
+		case jobs <- f:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	close(errs)
+	var first error
+	for err := range errs {
+		if first == nil || (errors.Is(first, context.Canceled) && !errors.Is(err, context.Canceled)) {
+			first = err
+		}
+	}
+	return first
+}
+
+// get downloads one file into the cache and returns its size.
+func get(ctx context.Context, hc *http.Client, f File, c Cache) (int64, error) {
+	u, err := url.Parse(f.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return 0, fmt.Errorf("%s: the lock's URL %q is not an http(s) URL", f, f.URL)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.URL, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w; is %s reachable from this host? (a bundle of the lock builds with no network: --from-bundle)", f, err, u.Host)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("%s: GET %s: %s; the mirror or index no longer serves it: build from a bundle of the lock (--from-bundle), or relock (--relock)", f, f.URL, resp.Status)
+	}
+	cr := &countingReader{r: resp.Body}
+	if err := c.Put(f, cr, u.Host); err != nil {
+		return 0, err
+	}
+	return cr.n, nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// httpClient is the host's HTTP client for fetching: its proxy settings,
+// its trusted CAs and the extra ones of the options.
+func (o *Options) httpClient() (*http.Client, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if len(o.CACerts) > 0 && !pool.AppendCertsFromPEM(o.CACerts) {
+		return nil, errors.New("the extra CA certificates hold no PEM certificate")
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr}, nil
 }

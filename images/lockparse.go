@@ -50,7 +50,7 @@ func parseAptURIs(out []byte) ([]envs.AptPackage, error) {
 		if algo, h, ok := strings.Cut(fields[3], ":"); ok && strings.EqualFold(algo, "SHA256") {
 			sum = h
 		}
-		pkgs = append(pkgs, envs.AptPackage{Name: name, Version: version, Arch: arch, SHA256: sum, Size: size})
+		pkgs = append(pkgs, envs.AptPackage{Name: name, Version: version, Arch: arch, SHA256: sum, Size: size, URL: strings.Trim(fields[0], "'")})
 	}
 	return pkgs, nil
 }
@@ -153,11 +153,12 @@ func parsePipReport(out []byte) ([]envs.PipPackage, error) {
 		if !sha256RE.MatchString(sum) {
 			return nil, fmt.Errorf("pip reported no sha256 for %s %s (%s)", name, version, di.URL)
 		}
-		file := path.Base(strings.SplitN(di.URL, "#", 2)[0])
+		fileURL := strings.SplitN(di.URL, "#", 2)[0]
+		file := path.Base(fileURL)
 		if !strings.HasSuffix(file, ".whl") {
 			return nil, fmt.Errorf("pip.packages: %s %s has no wheel for the image's Python and platform, only %s; builds run without a network and install wheels only: pin a version that has a wheel, or publish a wheel to your own index", name, version, file)
 		}
-		pkgs = append(pkgs, envs.PipPackage{Name: normalizePipName(name), Version: version, SHA256: sum, File: file})
+		pkgs = append(pkgs, envs.PipPackage{Name: normalizePipName(name), Version: version, SHA256: sum, File: file, URL: fileURL})
 	}
 	return pkgs, nil
 }
