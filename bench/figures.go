@@ -831,5 +831,5 @@ CMD %s
 	r := ratio(m, rm)
 	b.add(row{figure: fmt.Sprintf("build: full team build (no build cache, empty package cache) vs docker build of a hand-written Dockerfile (median, n=%d each, interleaved)", n),
 		spawnd: ms(m), raw: ms(rm), ratio: fmt.Sprintf("%.2f×", r), target: "≤ 1.10×", pass: r <= 1.10,
-		note: "spawnd's side fetches every file, builds offline twice over the apt layer (the pip fetch runs in it) and normalizes; samples " + fmt.Sprint(sp) + " vs " + fmt.Sprint(rw)})
+		note: "spawnd's side downloads every file (6 at a time), builds offline and normalizes (reads the image out of the engine, rewrites its layers, loads it back); samples " + fmt.Sprint(sp) + " vs " + fmt.Sprint(rw)})
 }

@@ -3,7 +3,10 @@ package images
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +20,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // Normalize rewrites the image tagged tag so that two builds of one lock,
@@ -167,7 +170,12 @@ func normalizeLayer(l v1.Layer, epoch time.Time, file string) (v1.Layer, error) 
 	if err != nil {
 		return nil, err
 	}
-	tw := tar.NewWriter(f)
+	// One pass writes the layer gzipped (fast level) and hashes both forms:
+	// loading it into the engine then copies the file as it is, with no
+	// second compression and no second read to find its digests.
+	zsum, tsum := sha256.New(), sha256.New()
+	zw, _ := gzip.NewWriterLevel(io.MultiWriter(f, zsum), gzip.BestSpeed)
+	tw := tar.NewWriter(io.MultiWriter(zw, tsum))
 	tr := tar.NewReader(rc)
 	for {
 		h, err := tr.Next()
@@ -223,11 +231,56 @@ func normalizeLayer(l v1.Layer, epoch time.Time, file string) (v1.Layer, error) 
 		f.Close()
 		return nil, err
 	}
+	if err := zw.Close(); err != nil {
+		f.Close()
+		return nil, err
+	}
 	if err := f.Close(); err != nil {
 		return nil, err
 	}
-	return tarball.LayerFromFile(file)
+	fi, err := os.Stat(file)
+	if err != nil {
+		return nil, err
+	}
+	return &gzipLayer{path: file, size: fi.Size(),
+		digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(zsum.Sum(nil))},
+		diffID: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(tsum.Sum(nil))}}, nil
 }
+
+// gzipLayer is a gzipped layer tar on disk whose digests are known.
+type gzipLayer struct {
+	path           string
+	size           int64
+	digest, diffID v1.Hash
+}
+
+func (l *gzipLayer) Digest() (v1.Hash, error)           { return l.digest, nil }
+func (l *gzipLayer) DiffID() (v1.Hash, error)           { return l.diffID, nil }
+func (l *gzipLayer) Compressed() (io.ReadCloser, error) { return os.Open(l.path) }
+func (l *gzipLayer) Size() (int64, error)               { return l.size, nil }
+func (l *gzipLayer) MediaType() (types.MediaType, error) {
+	return types.DockerLayer, nil
+}
+
+func (l *gzipLayer) Uncompressed() (io.ReadCloser, error) {
+	f, err := os.Open(l.path)
+	if err != nil {
+		return nil, err
+	}
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return readCloser{Reader: zr, close: func() error { zr.Close(); return f.Close() }}, nil
+}
+
+type readCloser struct {
+	io.Reader
+	close func() error
+}
+
+func (r readCloser) Close() error { return r.close() }
 
 // shadowDays sets the last-change field (days since 1970) of every entry of
 // a shadow file to epoch's day; useradd writes today's.
