@@ -202,6 +202,9 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 		if err != nil {
 			return nil, fmt.Errorf("locking pip packages: %w", err)
 		}
+		if err := checkYanked(ctx, pkgs, s.Pip.IndexURL, &opts); err != nil {
+			return nil, err
+		}
 		l.Pip = &envs.PipLock{IndexURL: s.Pip.IndexURL, Packages: pkgs}
 	}
 	l.Seal()

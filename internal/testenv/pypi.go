@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"html"
 	"net"
 	"net/http"
 	"sort"
@@ -18,10 +19,11 @@ import (
 // Index is a PEP 503 simple index on 127.0.0.1 serving wheels the test
 // makes, since no public index can be reached here.
 type Index struct {
-	URL   string // the /simple/ URL to give pip
-	mu    sync.Mutex
-	files map[string][]byte            // file name -> wheel
-	links map[string]map[string]string // project -> file -> sha256
+	URL    string // the /simple/ URL to give pip
+	mu     sync.Mutex
+	files  map[string][]byte            // file name -> wheel
+	links  map[string]map[string]string // project -> file -> sha256
+	yanked map[string]string            // file -> reason, for yanked files
 }
 
 // NewIndex starts an index; it stops when the test ends.
@@ -41,7 +43,7 @@ func StartIndex() (*Index, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	ix := &Index{files: map[string][]byte{}, links: map[string]map[string]string{}}
+	ix := &Index{files: map[string][]byte{}, links: map[string]map[string]string{}, yanked: map[string]string{}}
 	srv := &http.Server{Handler: ix}
 	go srv.Serve(ln)
 	ix.URL = "http://" + ln.Addr().String() + "/simple"
@@ -100,6 +102,18 @@ func (ix *Index) AddTagged(project, version, tag string, requires ...string) str
 	return hexsum
 }
 
+// Yank marks every file of a release as yanked (PEP 592), with a reason.
+func (ix *Index) Yank(project, version, reason string) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	prefix := strings.ReplaceAll(project, "-", "_") + "-" + version + "-"
+	for f := range ix.links[project] {
+		if strings.HasPrefix(f, prefix) {
+			ix.yanked[f] = reason
+		}
+	}
+}
+
 // ServeHTTP serves /simple/<project>/ and /files/<wheel>.
 func (ix *Index) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ix.mu.Lock()
@@ -115,7 +129,11 @@ func (ix *Index) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html")
 		fmt.Fprintf(w, "<!DOCTYPE html><html><body>\n")
 		for f, sum := range links {
-			fmt.Fprintf(w, "<a href=\"/files/%s#sha256=%s\">%s</a><br/>\n", f, sum, f)
+			yank := ""
+			if reason, ok := ix.yanked[f]; ok {
+				yank = fmt.Sprintf(" data-yanked=\"%s\"", html.EscapeString(reason))
+			}
+			fmt.Fprintf(w, "<a href=\"/files/%s#sha256=%s\"%s>%s</a><br/>\n", f, sum, yank, f)
 		}
 		fmt.Fprintf(w, "</body></html>\n")
 	case strings.HasPrefix(r.URL.Path, "/files/"):
