@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/envs"
@@ -44,6 +45,8 @@ type Options struct {
 	// intercepting proxy). They reach the lock and fetch containers only,
 	// never a build, an image's files or its history.
 	CACerts []byte
+	// Registry are options for reaching a registry (a bundle pushed there).
+	Registry []remote.Option
 	// Now is the clock (for tests); nil is time.Now.
 	Now func() time.Time
 }
@@ -332,13 +335,13 @@ func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Resu
 // bundle (spawnd bundle). The spec's lock, when there is one, must be the
 // bundle's; when there is none, the bundle's lock is written next to the
 // spec once its image exists.
-func BuildFromBundle(ctx context.Context, eng BundleEngine, specPath, dir string, opts Options) (Result, error) {
+func BuildFromBundle(ctx context.Context, eng BundleEngine, specPath, src string, opts Options) (Result, error) {
 	began := time.Now()
 	s, err := envs.Load(specPath)
 	if err != nil {
 		return Result{}, err
 	}
-	b, err := OpenBundle(dir)
+	b, err := OpenBundle(src, append(opts.Registry, remote.WithContext(ctx))...)
 	if err != nil {
 		return Result{}, err
 	}
@@ -351,10 +354,10 @@ func BuildFromBundle(ctx context.Context, eng BundleEngine, specPath, dir string
 	case err != nil:
 		return Result{}, err
 	case l.Digest != b.Lock.Digest:
-		return Result{}, fmt.Errorf("bundle %s holds the lock %s of env %s, but %s is %s; a bundle rebuilds exactly its own lock", dir, b.Lock.Digest, b.Lock.Env, lockPath, l.Digest)
+		return Result{}, fmt.Errorf("bundle %s holds the lock %s of env %s, but %s is %s; a bundle rebuilds exactly its own lock", src, b.Lock.Digest, b.Lock.Env, lockPath, l.Digest)
 	}
 	if l.Env != s.Name || l.Stale(s) {
-		return Result{}, fmt.Errorf("bundle %s holds a lock of env %s made from another version of %s (spec checksum %s, the spec's is %s)", dir, l.Env, specPath, l.SpecChecksum, s.Checksum())
+		return Result{}, fmt.Errorf("bundle %s holds a lock of env %s made from another version of %s (spec checksum %s, the spec's is %s)", src, l.Env, specPath, l.SpecChecksum, s.Checksum())
 	}
 	if err := b.Import(ctx, eng, opts.cache(), opts.Progress); err != nil {
 		return Result{}, err

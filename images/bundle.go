@@ -6,13 +6,16 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -36,7 +39,10 @@ const (
 
 	annRole       = "io.spawnd.bundle.role" // "base" or "packages"
 	annLockDigest = "io.spawnd.lock-digest"
-	annKind       = "io.spawnd.package.kind" // "apt" or "pip"
+	// annBaseManifest is the base image's manifest digest, in the same
+	// repository as the artifact when the bundle is in a registry.
+	annBaseManifest = "io.spawnd.bundle.base"
+	annKind         = "io.spawnd.package.kind" // "apt" or "pip"
 )
 
 // BundleEngine is what bundling needs of an engine: building, and reading
@@ -44,6 +50,44 @@ const (
 type BundleEngine interface {
 	Engine
 	Store
+}
+
+// bundleParts are the two images of a bundle: the lock's base, from the
+// engine, and the artifact of its packages, from the cache, which names the
+// base's manifest digest (a registry bundle finds its base by it).
+func bundleParts(ctx context.Context, st BundleEngine, l *envs.Lock, cache Cache) (base, art v1.Image, err error) {
+	fs := Files(l)
+	if missing := cache.Missing(fs); len(missing) > 0 {
+		return nil, nil, fmt.Errorf("%d package files of the lock are not in the package cache %s (first: %s); build the env first (spawnd build), which fetches them", len(missing), cache.Dir, missing[0])
+	}
+	if base, err = baseImage(ctx, st, l); err != nil {
+		return nil, nil, err
+	}
+	baseManifest, err := base.Digest()
+	if err != nil {
+		return nil, nil, err
+	}
+	adds := []mutate.Addendum{{Layer: static.NewLayer(l.Marshal(), mediaLock), MediaType: mediaLock,
+		Annotations: map[string]string{ocispec.AnnotationTitle: "lock.json"}}}
+	for _, f := range fs {
+		mt := mediaDeb
+		if f.Kind == "pip" {
+			mt = mediaWheel
+		}
+		fl, err := newFileLayer(cache.Path(f.SHA256), f.SHA256, mt)
+		if err != nil {
+			return nil, nil, err
+		}
+		adds = append(adds, mutate.Addendum{Layer: fl, MediaType: mt,
+			Annotations: map[string]string{ocispec.AnnotationTitle: f.File, annKind: f.Kind}})
+	}
+	art, err = mutate.Append(mutate.MediaType(mutate.ConfigMediaType(empty.Image, mediaBundleConfig), types.OCIManifestSchema1), adds...)
+	if err != nil {
+		return nil, nil, err
+	}
+	art = mutate.Annotations(art, map[string]string{annLockDigest: l.Digest, annBaseManifest: baseManifest.String(),
+		ocispec.AnnotationTitle: "spawnd bundle of env " + l.Env}).(v1.Image)
+	return base, art, nil
 }
 
 // WriteBundle writes the bundle of a lock to dir, which must not exist yet:
@@ -54,35 +98,10 @@ func WriteBundle(ctx context.Context, st BundleEngine, l *envs.Lock, cache Cache
 	if _, err := os.Stat(dir); err == nil {
 		return fmt.Errorf("%s already exists; a bundle is written to a new directory", dir)
 	}
-	fs := Files(l)
-	if missing := cache.Missing(fs); len(missing) > 0 {
-		return fmt.Errorf("%d package files of the lock are not in the package cache %s (first: %s); build the env first (spawnd build), which fetches them", len(missing), cache.Dir, missing[0])
-	}
-	base, err := baseImage(ctx, st, l)
+	base, art, err := bundleParts(ctx, st, l, cache)
 	if err != nil {
 		return err
 	}
-	lockJSON := l.Marshal()
-	adds := []mutate.Addendum{{Layer: static.NewLayer(lockJSON, mediaLock), MediaType: mediaLock,
-		Annotations: map[string]string{ocispec.AnnotationTitle: "lock.json"}}}
-	for _, f := range fs {
-		mt := mediaDeb
-		if f.Kind == "pip" {
-			mt = mediaWheel
-		}
-		fl, err := newFileLayer(cache.Path(f.SHA256), f.SHA256, mt)
-		if err != nil {
-			return err
-		}
-		adds = append(adds, mutate.Addendum{Layer: fl, MediaType: mt,
-			Annotations: map[string]string{ocispec.AnnotationTitle: f.File, annKind: f.Kind}})
-	}
-	art, err := mutate.Append(mutate.MediaType(mutate.ConfigMediaType(empty.Image, mediaBundleConfig), types.OCIManifestSchema1), adds...)
-	if err != nil {
-		return err
-	}
-	art = mutate.Annotations(art, map[string]string{annLockDigest: l.Digest, ocispec.AnnotationTitle: "spawnd bundle of env " + l.Env}).(v1.Image)
-
 	tmp := dir + ".partial"
 	_ = os.RemoveAll(tmp)
 	defer os.RemoveAll(tmp)
@@ -103,6 +122,40 @@ func WriteBundle(ctx context.Context, st BundleEngine, l *envs.Lock, cache Cache
 	return nil
 }
 
+// PushBundle pushes the bundle of a lock to a registry: the base image by
+// its digest into the same repository, then the artifact under dst's tag
+// (default: ENV-<12 hex of the lock digest>). It returns the artifact's
+// reference by digest, which build --from-bundle takes.
+func PushBundle(ctx context.Context, st BundleEngine, l *envs.Lock, cache Cache, dst string, opts ...remote.Option) (string, error) {
+	ref, err := name.ParseReference(dst, name.WeakValidation)
+	if err != nil {
+		return "", fmt.Errorf("%q is not a registry reference (REGISTRY/REPOSITORY[:TAG]): %w", dst, err)
+	}
+	if !strings.Contains(dst, ":") || strings.LastIndex(dst, ":") < strings.LastIndex(dst, "/") {
+		ref = ref.Context().Tag(l.Env + "-" + l.ShortDigest())
+	}
+	base, art, err := bundleParts(ctx, st, l, cache)
+	if err != nil {
+		return "", err
+	}
+	opts = append(opts, remote.WithContext(ctx))
+	bd, err := base.Digest()
+	if err != nil {
+		return "", err
+	}
+	if err := remote.Write(ref.Context().Digest(bd.String()), base, opts...); err != nil {
+		return "", fmt.Errorf("pushing the base image to %s: %w", ref.Context(), err)
+	}
+	if err := remote.Write(ref, art, opts...); err != nil {
+		return "", fmt.Errorf("pushing the bundle to %s: %w", ref, err)
+	}
+	ad, err := art.Digest()
+	if err != nil {
+		return "", err
+	}
+	return ref.Context().Digest(ad.String()).String(), nil
+}
+
 // baseImage is the lock's base image as the engine holds it, checked to be
 // the one the lock names.
 func baseImage(ctx context.Context, st BundleEngine, l *envs.Lock) (v1.Image, error) {
@@ -116,74 +169,107 @@ func baseImage(ctx context.Context, st BundleEngine, l *envs.Lock) (v1.Image, er
 	return st.Image(ctx, l.Base.Ref)
 }
 
-// Bundle is a bundle opened for reading.
+// Bundle is a bundle opened for reading, from an OCI layout or a registry.
 type Bundle struct {
-	Dir  string
-	Lock *envs.Lock
-	path layout.Path
-	art  v1.Image
-	base v1.Hash
-	man  *v1.Manifest
+	// Source is the layout's directory or the artifact's reference.
+	Source string
+	Lock   *envs.Lock
+	art    v1.Image
+	man    *v1.Manifest
+	base   func() (v1.Image, error)
 }
 
-// OpenBundle reads the lock a bundle holds.
-func OpenBundle(dir string) (*Bundle, error) {
-	p, err := layout.FromPath(dir)
-	if err != nil {
-		return nil, fmt.Errorf("%s is not an OCI image layout (a bundle written by spawnd bundle): %w", dir, err)
-	}
-	ix, err := p.ImageIndex()
-	if err != nil {
-		return nil, fmt.Errorf("bundle %s: %w", dir, err)
-	}
-	im, err := ix.IndexManifest()
-	if err != nil {
-		return nil, fmt.Errorf("bundle %s: %w", dir, err)
-	}
-	b := &Bundle{Dir: dir, path: p}
-	for _, d := range im.Manifests {
-		switch d.Annotations[annRole] {
-		case "base":
-			b.base = d.Digest
-		case "packages":
-			if b.art != nil {
-				return nil, fmt.Errorf("bundle %s holds more than one lock", dir)
+// OpenBundle reads the lock a bundle holds: src is a directory (an OCI
+// layout written by spawnd bundle) or a registry reference (pushed by
+// spawnd bundle --push).
+func OpenBundle(src string, opts ...remote.Option) (*Bundle, error) {
+	b := &Bundle{Source: src}
+	if fi, err := os.Stat(src); err == nil && fi.IsDir() {
+		if err := b.openLayout(src); err != nil {
+			return nil, err
+		}
+	} else {
+		ref, perr := name.ParseReference(src, name.WeakValidation)
+		if perr != nil || !strings.Contains(src, "/") {
+			return nil, fmt.Errorf("bundle %s: no such directory, nor a registry reference (REGISTRY/REPOSITORY:TAG or @sha256:...)", src)
+		}
+		if b.art, err = remote.Image(ref, opts...); err != nil {
+			return nil, fmt.Errorf("bundle %s: %w", src, err)
+		}
+		b.base = func() (v1.Image, error) {
+			d := b.man.Annotations[annBaseManifest]
+			if d == "" {
+				return nil, fmt.Errorf("bundle %s names no base image (%s)", src, annBaseManifest)
 			}
-			if b.art, err = p.Image(d.Digest); err != nil {
-				return nil, fmt.Errorf("bundle %s: %w", dir, err)
-			}
+			return remote.Image(ref.Context().Digest(d), opts...)
 		}
 	}
-	if b.art == nil || b.base == (v1.Hash{}) {
-		return nil, fmt.Errorf("bundle %s has no spawnd packages or no base image (index.json names neither role)", dir)
-	}
+	var err error
 	if b.man, err = b.art.Manifest(); err != nil {
-		return nil, fmt.Errorf("bundle %s: %w", dir, err)
+		return nil, fmt.Errorf("bundle %s: %w", src, err)
 	}
 	for _, d := range b.man.Layers {
 		if d.MediaType != mediaLock {
 			continue
 		}
-		rc, err := p.Blob(d.Digest)
+		l, err := b.art.LayerByDigest(d.Digest)
 		if err != nil {
-			return nil, fmt.Errorf("bundle %s: its lock: %w", dir, err)
+			return nil, fmt.Errorf("bundle %s: its lock: %w", src, err)
+		}
+		rc, err := l.Compressed()
+		if err != nil {
+			return nil, fmt.Errorf("bundle %s: its lock: %w", src, err)
 		}
 		raw, err := io.ReadAll(io.LimitReader(rc, 64<<20))
 		rc.Close()
 		if err != nil {
-			return nil, fmt.Errorf("bundle %s: its lock: %w", dir, err)
+			return nil, fmt.Errorf("bundle %s: its lock: %w", src, err)
 		}
-		if b.Lock, err = envs.ParseLock(dir+": lock.json", raw); err != nil {
-			return nil, fmt.Errorf("bundle %s: its lock: %w", dir, err)
+		if b.Lock, err = envs.ParseLock(src+": lock.json", raw); err != nil {
+			return nil, fmt.Errorf("bundle %s: its lock: %w", src, err)
 		}
 	}
 	if b.Lock == nil {
-		return nil, fmt.Errorf("bundle %s holds no lock", dir)
+		return nil, fmt.Errorf("bundle %s holds no lock", src)
 	}
 	if b.man.Annotations[annLockDigest] != b.Lock.Digest {
-		return nil, fmt.Errorf("bundle %s: its lock is %s, but the bundle says %s; the bundle was altered", dir, b.Lock.Digest, b.man.Annotations[annLockDigest])
+		return nil, fmt.Errorf("bundle %s: its lock is %s, but the bundle says %s; the bundle was altered", src, b.Lock.Digest, b.man.Annotations[annLockDigest])
 	}
 	return b, nil
+}
+
+func (b *Bundle) openLayout(dir string) error {
+	p, err := layout.FromPath(dir)
+	if err != nil {
+		return fmt.Errorf("%s is not an OCI image layout (a bundle written by spawnd bundle): %w", dir, err)
+	}
+	ix, err := p.ImageIndex()
+	if err != nil {
+		return fmt.Errorf("bundle %s: %w", dir, err)
+	}
+	im, err := ix.IndexManifest()
+	if err != nil {
+		return fmt.Errorf("bundle %s: %w", dir, err)
+	}
+	var base v1.Hash
+	for _, d := range im.Manifests {
+		switch d.Annotations[annRole] {
+		case "base":
+			base = d.Digest
+		case "packages":
+			if b.art != nil {
+				return fmt.Errorf("bundle %s holds more than one lock", dir)
+			}
+			if b.art, err = p.Image(d.Digest); err != nil {
+				return fmt.Errorf("bundle %s: %w", dir, err)
+			}
+		}
+	}
+	if b.art == nil || base == (v1.Hash{}) {
+		return fmt.Errorf("bundle %s has no spawnd packages or no base image (index.json names neither role)", dir)
+	}
+	b.base = func() (v1.Image, error) { return p.Image(base) }
+	return nil
 }
 
 // Import fills the cache with every package file of the bundle's lock,
@@ -202,19 +288,23 @@ func (b *Bundle) Import(ctx context.Context, st BundleEngine, cache Cache, progr
 		}
 		d, ok := byTitle[f.File]
 		if !ok {
-			return fmt.Errorf("bundle %s lacks %s", b.Dir, f)
+			return fmt.Errorf("bundle %s lacks %s", b.Source, f)
 		}
 		if d.Digest.Hex != f.SHA256 {
-			return &HashMismatchError{File: f, Got: d.Digest.Hex, From: "bundle " + b.Dir}
+			return &HashMismatchError{File: f, Got: d.Digest.Hex, From: "bundle " + b.Source}
 		}
-		rc, err := b.path.Blob(d.Digest)
+		var rc io.ReadCloser
+		l, err := b.art.LayerByDigest(d.Digest)
+		if err == nil {
+			rc, err = l.Compressed()
+		}
 		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("bundle %s lacks %s (blobs/sha256/%s is missing)", b.Dir, f, f.SHA256)
+			return fmt.Errorf("bundle %s lacks %s (blobs/sha256/%s is missing)", b.Source, f, f.SHA256)
 		}
 		if err != nil {
-			return fmt.Errorf("bundle %s: %s: %w", b.Dir, f, err)
+			return fmt.Errorf("bundle %s lacks %s: %w", b.Source, f, err)
 		}
-		err = cache.Put(f, rc, "bundle "+b.Dir)
+		err = cache.Put(f, rc, "bundle "+b.Source)
 		rc.Close()
 		if err != nil {
 			return err
@@ -230,12 +320,12 @@ func (b *Bundle) Import(ctx context.Context, st BundleEngine, cache Cache, progr
 	if err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("inspecting %s: %w", b.Lock.Base.Ref, err)
 	}
-	img, err := b.path.Image(b.base)
+	img, err := b.base()
 	if err != nil {
-		return fmt.Errorf("bundle %s: the base image: %w", b.Dir, err)
+		return fmt.Errorf("bundle %s: the base image: %w", b.Source, err)
 	}
 	if id, err := img.ConfigName(); err != nil || id.String() != b.Lock.Base.Digest {
-		return fmt.Errorf("bundle %s: its base image is %v, but its lock names %s; the bundle was altered", b.Dir, id, b.Lock.Base.Digest)
+		return fmt.Errorf("bundle %s: its base image is %v, but its lock names %s; the bundle was altered", b.Source, id, b.Lock.Base.Digest)
 	}
 	if err := st.WriteImage(ctx, b.Lock.Base.Ref, img); err != nil {
 		return fmt.Errorf("loading the base image %s from the bundle: %w", b.Lock.Base.Ref, err)

@@ -2,6 +2,9 @@ package images_test
 
 import (
 	"context"
+	"io"
+	"log"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/moby/client"
 
@@ -129,6 +133,39 @@ func TestSameLockSameDigestOnTwoEngines(t *testing.T) {
 	if res2.Tag != l.Tag() || !res2.Built {
 		t.Fatalf("built %+v from the bundle, want a build of %s", res2, l.Tag())
 	}
+	// The same bundle through a registry: pushed (the base by digest, the
+	// artifact by tag), then taken by its reference on the second engine,
+	// which has lost its base tag and gets an empty package cache: the base
+	// comes back from the registry, every file arrives checked, and the
+	// image, already there, is not built again.
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer reg.Close()
+	pushed, err := images.PushBundle(ctx, eng, l, images.Cache{Dir: opts.CacheDir}, strings.TrimPrefix(reg.URL, "http://")+"/spawnd/bundles")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("pushed the bundle as %s", pushed)
+	if _, err := testenv.Client(eng2).ImageRemove(ctx, base, client.ImageRemoveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	viaRegistry := images.Options{Network: "none", CacheDir: t.TempDir()}
+	res3, err := images.BuildFromBundle(ctx, eng2, spec, pushed, viaRegistry)
+	if err != nil {
+		t.Fatalf("build from the registry bundle: %v", err)
+	}
+	if res3.Built || res3.Tag != l.Tag() {
+		t.Fatalf("build from the registry bundle: %+v, want the existing %s", res3, l.Tag())
+	}
+	if info, err := eng2.ImageInspect(ctx, base); err != nil || info.ID != l.Base.Digest {
+		t.Fatalf("the base did not come back from the registry: %v %+v", err, info)
+	}
+	if m := (images.Cache{Dir: viaRegistry.CacheDir}).Missing(files); len(m) != 0 {
+		t.Fatalf("%d files did not arrive from the registry (first %s)", len(m), m[0])
+	}
+	if _, err := images.BuildFromBundle(ctx, eng2, spec, strings.TrimPrefix(reg.URL, "http://")+"/spawnd/bundles:absent", viaRegistry); err == nil || !strings.Contains(err.Error(), "bundle ") {
+		t.Fatalf("a bundle reference that does not exist: %v", err)
+	}
+
 	var ids, manifests []string
 	var built []v1.Image
 	for i, e := range []*docker.Engine{eng, eng2} {
@@ -161,26 +198,35 @@ func TestSameLockSameDigestOnTwoEngines(t *testing.T) {
 		t.Errorf("the lock changed under the builds")
 	}
 
-	// spawnd verify: a rebuild without the cache gives the same image...
-	v, err := images.Verify(ctx, eng, spec, opts)
+	// spawnd verify: a rebuild in a scratch engine (docker.StartScratch: an
+	// empty store, no network) gives the same image...
+	sc, err := docker.StartScratch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	v, err := images.Verify(ctx, eng, sc, spec, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !v.Identical || v.RebuiltID != ids[0] {
-		t.Fatalf("verify: %+v, want identical to %s", v, ids[0])
+		t.Fatalf("verify in a scratch engine: %+v, want identical to %s", v, ids[0])
 	}
-	// ...and an image under the lock's tag that is not the lock's is found out.
-	if _, err := testenv.Client(eng2).ImageTag(ctx, client.ImageTagOptions{Source: base, Target: l.Tag()}); err != nil {
+	// ...and an image under the lock's tag that is not the lock's is found
+	// out (rebuilt on the same engine, --same-engine).
+	if _, err := testenv.Client(eng2).ImageTag(ctx, client.ImageTagOptions{Source: l.Base.Digest, Target: l.Tag()}); err != nil {
 		t.Fatal(err)
 	}
-	v, err = images.Verify(ctx, eng2, spec, opts)
+	v, err = images.Verify(ctx, eng2, eng2, spec, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if v.Identical || len(v.Differences) == 0 || v.Differences[0] != "config" {
 		t.Fatalf("verify of a wrong image under the lock's tag: %+v", v)
 	}
-	for _, e := range []*docker.Engine{eng, eng2} {
+	for _, e := range []interface {
+		CheckImage(context.Context, string) error
+	}{eng, eng2, sc} {
 		if err := e.CheckImage(ctx, "spawnd-verify/"+env+":"+l.ShortDigest()); err == nil {
 			t.Error("verify left its scratch image")
 		}

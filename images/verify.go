@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/spawnd/backend"
@@ -36,7 +37,13 @@ type VerifyResult struct {
 // the lock's image: the same lock must give the same image. The temporary
 // image is removed; the lock and its image are never changed. It does not
 // lock: a missing or stale lock is an error that says to build first.
-func Verify(ctx context.Context, eng VerifyEngine, specPath string, opts Options) (VerifyResult, error) {
+//
+// The rebuild runs in the engine in: a scratch engine (an empty image store
+// and build cache of its own, docker.StartScratch) checks the build against
+// another engine's; in == eng checks it on the same one. The base image is
+// copied into in when in lacks it; package files come from the cache (or
+// are fetched through eng).
+func Verify(ctx context.Context, eng, in VerifyEngine, specPath string, opts Options) (VerifyResult, error) {
 	began := time.Now()
 	s, err := envs.Load(specPath)
 	if err != nil {
@@ -62,7 +69,21 @@ func Verify(ctx context.Context, eng VerifyEngine, specPath string, opts Options
 		return res, err
 	}
 	res.ImageID = hid.String()
-	base, err := eng.ImageInspect(ctx, l.Base.Digest)
+	if _, err := in.ImageInspect(ctx, l.Base.Digest); errdefs.IsNotFound(err) {
+		opts.emit(began, api.BuildEvent{Phase: "verify", Step: "base", Message: "copying the base image " + l.Base.Ref + " into the engine that rebuilds"})
+		info, err := eng.ImageInspect(ctx, l.Base.Ref)
+		if err != nil || info.ID != l.Base.Digest {
+			return res, baseMismatch(ctx, eng, l, &opts)
+		}
+		img, err := eng.Image(ctx, l.Base.Ref)
+		if err != nil {
+			return res, err
+		}
+		if err := in.WriteImage(ctx, l.Base.Ref, img); err != nil {
+			return res, err
+		}
+	}
+	base, err := in.ImageInspect(ctx, l.Base.Digest)
 	if err != nil {
 		return res, fmt.Errorf("the lock's base image %s (%s): %w", l.Base.Ref, l.Base.Digest, err)
 	}
@@ -70,7 +91,7 @@ func Verify(ctx context.Context, eng VerifyEngine, specPath string, opts Options
 	defer func() {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		_ = eng.RemoveImage(rctx, scratch)
+		_ = in.RemoveImage(rctx, scratch)
 	}()
 	opts.emit(began, api.BuildEvent{Phase: "verify", Step: "start", Message: "rebuilding " + res.Tag + " without the build cache as " + scratch})
 	lines, tail := buildLines(&opts, began, "verify"), newLineTail(12)
@@ -81,12 +102,12 @@ func Verify(ctx context.Context, eng VerifyEngine, specPath string, opts Options
 	if err != nil {
 		return res, err
 	}
-	if _, err := eng.Build(ctx, backend.BuildSpec{Context: plan, Tags: []string{scratch}, Network: noNetwork, NoCache: true},
+	if _, err := in.Build(ctx, backend.BuildSpec{Context: plan, Tags: []string{scratch}, Network: noNetwork, NoCache: true},
 		func(bl backend.BuildLine) { tail.add(bl.Stream); lines(bl) }); err != nil {
 		return res, fmt.Errorf("rebuilding %s: %w%s", res.Tag, err, tail.String())
 	}
 	opts.emit(began, api.BuildEvent{Phase: "verify", Step: "normalize", Message: "normalizing the rebuilt image"})
-	if res.RebuiltID, err = Normalize(ctx, eng, scratch, l.Created, base.Layers); err != nil {
+	if res.RebuiltID, err = Normalize(ctx, in, scratch, l.Created, base.Layers); err != nil {
 		return res, err
 	}
 	if res.RebuiltID == res.ImageID {
@@ -94,7 +115,7 @@ func Verify(ctx context.Context, eng VerifyEngine, specPath string, opts Options
 		opts.emit(began, api.BuildEvent{Phase: "verify", Step: "done", Message: "identical: " + res.ImageID, Done: true})
 		return res, nil
 	}
-	got, err := eng.Image(ctx, scratch)
+	got, err := in.Image(ctx, scratch)
 	if err != nil {
 		return res, err
 	}

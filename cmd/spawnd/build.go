@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 
 	"github.com/spawnd/spawnd/envs"
@@ -187,6 +189,7 @@ reuses the apt layer.`,
 				if relock {
 					return errors.New("--relock and --from-bundle do not go together: a bundle rebuilds exactly its own lock")
 				}
+				opts.Registry = []remote.Option{remote.WithAuthFromKeychain(authn.DefaultKeychain)}
 				res, err = images.BuildFromBundle(cmd.Context(), eng, path, fromBundle, opts)
 			} else {
 				res, err = images.Build(cmd.Context(), eng, path, opts)
@@ -203,27 +206,38 @@ reuses the apt layer.`,
 	}
 	bf.register(cmd)
 	cmd.Flags().BoolVar(&relock, "relock", false, "make a new lock even if one exists (the new lock is written only if the build succeeds)")
-	cmd.Flags().StringVar(&fromBundle, "from-bundle", "", "build from a bundle directory (spawnd bundle): no network, the lock's packages and base from the bundle")
+	cmd.Flags().StringVar(&fromBundle, "from-bundle", "", "build from a bundle (spawnd bundle): a directory, or a registry reference; the lock's packages and base come from it and nothing is fetched")
 	return cmd
 }
 
 func newBundle() *cobra.Command {
 	var bf buildFlags
+	var push string
 	cmd := &cobra.Command{
-		Use:   "bundle SPEC DIR",
+		Use:   "bundle SPEC [DIR]",
 		Short: "Store everything a lock needs to rebuild offline: its base image, every .deb and wheel",
 		Long: `Write the bundle of SPEC's lock to DIR, a new OCI image layout: the lock's
 base image, and an artifact (` + images.BundleArtifactType + `) holding the lock
 and every .deb and wheel it names, each blob named by the SHA-256 the lock
-pins. Copy DIR anywhere (or push it with any OCI tool) and rebuild the same
-image there, with no network, by spawnd build SPEC --from-bundle DIR.
+pins. Copy DIR anywhere and rebuild the same image there, with no network,
+by spawnd build SPEC --from-bundle DIR.
+
+With --push REGISTRY/REPOSITORY[:TAG] instead of DIR, the base image goes to
+the repository by its digest and the artifact under the tag (default
+ENV-<12 hex of the lock digest>); it prints the artifact's reference by
+digest, which --from-bundle takes as well. Credentials come from the Docker
+config (~/.docker/config.json), as docker login leaves them.
 
 The env must have been built on this machine first (spawnd build SPEC):
 bundling takes the base image from the engine and the packages from the
 package cache, and fetches nothing.`,
-		Example: "  spawnd bundle envs/team.yaml /srv/bundles/team-$(date +%F)",
-		Args:    cobra.ExactArgs(2),
+		Example: `  spawnd bundle envs/team.yaml /srv/bundles/team-$(date +%F)
+  spawnd bundle envs/team.yaml --push registry.example.edu/spawnd/bundles`,
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if (len(args) == 2) == (push != "") {
+				return errors.New("give a directory to write the bundle to, or --push REGISTRY/REPOSITORY[:TAG]; one of the two")
+			}
 			path, opts, eng, err := bf.open(cmd, args[0])
 			if err != nil {
 				return err
@@ -247,6 +261,14 @@ package cache, and fetches nothing.`,
 			if cache.Dir == "" {
 				cache.Dir = images.DefaultCacheDir()
 			}
+			if push != "" {
+				ref, err := images.PushBundle(cmd.Context(), eng, l, cache, push, remote.WithAuthFromKeychain(authn.DefaultKeychain))
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s %s (%d package files)\n", ref, l.Digest, len(images.Files(l)))
+				return nil
+			}
 			if err := images.WriteBundle(cmd.Context(), eng, l, cache, args[1]); err != nil {
 				return err
 			}
@@ -255,5 +277,6 @@ package cache, and fetches nothing.`,
 		},
 	}
 	bf.register(cmd)
+	cmd.Flags().StringVar(&push, "push", "", "push the bundle to a registry (REGISTRY/REPOSITORY[:TAG]) instead of writing a directory")
 	return cmd
 }

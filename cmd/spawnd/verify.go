@@ -6,21 +6,26 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/spawnd/spawnd/images"
+	"github.com/spawnd/spawnd/spawnd/docker"
 )
 
 func newVerify() *cobra.Command {
 	var bf buildFlags
+	var sameEngine bool
 	cmd := &cobra.Command{
 		Use:   "verify SPEC",
 		Short: "Rebuild an env's lock from scratch and check it gives the same image",
-		Long: `Rebuild the image of SPEC's lock without the build cache, under a temporary
-tag, normalize it as spawnd build does, and compare it with the lock's image.
-Prints "identical" and the image ID, or every file that differs (exit 1).
-The lock and its image are never changed; the temporary image is removed.
+		Long: `Rebuild the image of SPEC's lock in a scratch engine, normalize it as spawnd
+build does, and compare it with the lock's image on the engine. Prints
+"identical" and the image ID, or every file that differs (exit 1). The lock
+and its image are never changed.
 
-The rebuild runs on the same engine as the image (not a scratch engine), so
-it checks that the build itself is deterministic; that two engines agree is
-what images.TestSameLockSameDigestOnTwoEngines checks.`,
+The scratch engine is a private dockerd with a data root of its own in
+/tmp (an empty image store and build cache, no network), started for the
+rebuild and removed after it; it needs root and dockerd. The base image is
+copied into it from the engine, the package files come from the package
+cache. With --same-engine the rebuild runs on the engine itself, without
+its build cache, under a temporary tag that is removed.`,
 		Example: "  spawnd verify envs/team.yaml",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -29,7 +34,16 @@ what images.TestSameLockSameDigestOnTwoEngines checks.`,
 				return err
 			}
 			defer eng.Close()
-			res, err := images.Verify(cmd.Context(), eng, path, opts)
+			in := images.VerifyEngine(eng)
+			if !sameEngine {
+				sc, err := docker.StartScratch(cmd.Context())
+				if err != nil {
+					return fmt.Errorf("%w; or rebuild on the engine itself with --same-engine", err)
+				}
+				defer sc.Close()
+				in = sc
+			}
+			res, err := images.Verify(cmd.Context(), eng, in, path, opts)
 			if err != nil {
 				return err
 			}
@@ -46,5 +60,6 @@ what images.TestSameLockSameDigestOnTwoEngines checks.`,
 		},
 	}
 	bf.register(cmd)
+	cmd.Flags().BoolVar(&sameEngine, "same-engine", false, "rebuild on the engine itself (without its build cache) instead of a scratch engine")
 	return cmd
 }
