@@ -33,6 +33,7 @@ func TestPipFaultsAreClearErrors(t *testing.T) {
 		{"a wheel for another platform only", func(ix *testenv.Index) {
 			ix.AddTagged("spawndtestp", "1.0", "cp311-cp311-manylinux_2_17_s390x")
 		}, "spawndtestp", []string{`pip.packages[0]`, `could not resolve "spawndtestp"`, "No matching distribution"}},
+		{"an index that is down", nil, "spawndtestq", []string{`pip.packages[0]`, `could not resolve "spawndtestq"`, "Connection refused"}},
 		{"a yanked release", func(ix *testenv.Index) {
 			ix.Add("spawndtesty", "1.0")
 			ix.Yank("spawndtesty", "1.0", "corrupts data")
@@ -42,10 +43,14 @@ func TestPipFaultsAreClearErrors(t *testing.T) {
 			env := testEnvName(t, eng, "itest")
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
-			ix := testenv.NewIndex(t)
-			c.publish(ix)
+			index := "http://127.0.0.1:9/simple" // the discard port: nothing listens
+			if c.publish != nil {
+				ix := testenv.NewIndex(t)
+				c.publish(ix)
+				index = ix.URL
+			}
 			spec := filepath.Join(t.TempDir(), env+".yaml")
-			writeSpec(t, spec, env, base, ix.URL, c.ask)
+			writeSpec(t, spec, env, base, index, c.ask)
 
 			_, err := images.Build(ctx, eng, spec, images.Options{Network: "host"})
 			if err == nil {
