@@ -11,8 +11,9 @@ import (
 	"time"
 )
 
-// Scratch is a throw-away dockerd with a data root of its own: an empty
-// image store and build cache, no default bridge, no iptables rules. It
+// Scratch is a throw-away dockerd with a data root and a network namespace
+// of its own: an empty image store and build cache, no default bridge, no
+// iptables rules, and nothing it does reaches the machine's links. It
 // serves offline builds (spawnd verify) and ends with Close, or with the
 // process that started it.
 type Scratch struct {
@@ -47,7 +48,11 @@ func StartScratch(ctx context.Context) (*Scratch, error) {
 		"-H", host, "--pidfile", filepath.Join(dir, "docker.pid"),
 		"--bridge=none", "--iptables=false", "--ip-masq=false", "--ip-forward=false")
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	// A network namespace of its own: it builds with no network, and what a
+	// dockerd does to links at start (with --bridge=none it deletes any
+	// "docker0", which would be the machine's engine's) stays inside it.
+	// Its socket is a file, reachable from here.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM, Cloneflags: syscall.CLONE_NEWNET}
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("starting a scratch dockerd: %w", err)
