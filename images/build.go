@@ -60,6 +60,9 @@ func (o *Options) emit(began time.Time, ev api.BuildEvent) {
 	o.Progress(ev)
 }
 
+// PackageCache is the package cache the options name.
+func (o *Options) PackageCache() Cache { return o.cache() }
+
 func (o *Options) cache() Cache {
 	if o.CacheDir != "" {
 		return Cache{Dir: o.CacheDir}

@@ -45,19 +45,9 @@ type VerifyResult struct {
 // are fetched through eng).
 func Verify(ctx context.Context, eng, in VerifyEngine, specPath string, opts Options) (VerifyResult, error) {
 	began := time.Now()
-	s, err := envs.Load(specPath)
+	l, err := CurrentLock(specPath)
 	if err != nil {
 		return VerifyResult{}, err
-	}
-	l, err := envs.ReadLock(envs.LockPath(specPath))
-	if errors.Is(err, os.ErrNotExist) {
-		return VerifyResult{}, fmt.Errorf("%s has no lock; build it first (spawnd build %s)", specPath, specPath)
-	}
-	if err != nil {
-		return VerifyResult{}, err
-	}
-	if l.Stale(s) {
-		return VerifyResult{}, fmt.Errorf("%s was made from another version of %s; build it first (spawnd build %s --relock)", envs.LockPath(specPath), specPath, specPath)
 	}
 	res := VerifyResult{Tag: l.Tag()}
 	have, err := eng.Image(ctx, res.Tag)
@@ -124,4 +114,24 @@ func Verify(ctx context.Context, eng, in VerifyEngine, specPath string, opts Opt
 	}
 	opts.emit(began, api.BuildEvent{Phase: "verify", Step: "done", Message: fmt.Sprintf("different: %d differences", len(res.Differences)), Done: true})
 	return res, nil
+}
+
+// CurrentLock is the lock of a spec that exists and was made from the spec
+// as it is: a missing or stale lock is an error that says to build first.
+func CurrentLock(specPath string) (*envs.Lock, error) {
+	s, err := envs.Load(specPath)
+	if err != nil {
+		return nil, err
+	}
+	l, err := envs.ReadLock(envs.LockPath(specPath))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s has no lock; build it first (spawnd build %s)", specPath, specPath)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if l.Stale(s) {
+		return nil, fmt.Errorf("%s was made from another version of %s; build it first (spawnd build %s --relock)", envs.LockPath(specPath), specPath, specPath)
+	}
+	return l, nil
 }

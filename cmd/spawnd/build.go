@@ -243,24 +243,11 @@ package cache, and fetches nothing.`,
 				return err
 			}
 			defer eng.Close()
-			s, err := envs.Load(path)
+			l, err := images.CurrentLock(path)
 			if err != nil {
 				return err
 			}
-			l, err := envs.ReadLock(envs.LockPath(path))
-			if errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("%s has no lock; build it first (spawnd build %s)", path, path)
-			}
-			if err != nil {
-				return err
-			}
-			if l.Stale(s) {
-				return fmt.Errorf("%s was made from another version of %s; build it first (spawnd build %s --relock)", envs.LockPath(path), path, path)
-			}
-			cache := images.Cache{Dir: opts.CacheDir}
-			if cache.Dir == "" {
-				cache.Dir = images.DefaultCacheDir()
-			}
+			cache := opts.PackageCache()
 			if push != "" {
 				ref, err := images.PushBundle(cmd.Context(), eng, l, cache, push, remote.WithAuthFromKeychain(authn.DefaultKeychain))
 				if err != nil {
