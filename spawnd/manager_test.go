@@ -722,6 +722,49 @@ func TestStartFailsFastWithTheLogTailWhenTheServerExits(t *testing.T) {
 	}
 }
 
+// TestStartSeesAnExitReportedBeforeTheEngineAnswered: a server that exits
+// at once can have its "die" event handled before the engine's answer to
+// the start arrives, while the start does not yet know the container's ID.
+// The start still fails at once with the exit code (it once waited for
+// start_timeout: CI saw it when the goroutine of the test above ran late).
+func TestStartSeesAnExitReportedBeforeTheEngineAnswered(t *testing.T) {
+	rt := fakebackend.New()
+	cfg := testConfig(t)
+	cfg.StartTimeout = time.Minute
+	m := newTestManager(t, cfg, rt)
+	m.Dial = func(context.Context, string) error { return errors.New("connection refused") }
+	rt.OnRunning = func(id string) {
+		rt.Log(id, "Traceback: boom")
+		rt.Exit(id, 3, false)
+	}
+	// Hold the engine's answer until the event loop has handled the exit
+	// and the start event after it: the order this test is about.
+	rt.AfterRun = func(id string) {
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			m.mu.Lock()
+			_, seen := m.servers[key{"mona", ""}].ended[id]
+			m.mu.Unlock()
+			if seen && rt.PendingEvents() == 0 {
+				time.Sleep(20 * time.Millisecond) // the last event's inspect
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Error("the event loop never handled the exit")
+	}
+	_, err := m.Start(context.Background(), "mona", "", StartRequest{})
+	if err == nil {
+		t.Fatal("a server that exited during its start was reported started")
+	}
+	if msg := Message(err); !strings.Contains(msg, "exited with code 3") || !strings.Contains(msg, "Traceback: boom") {
+		t.Fatalf("message %q lacks the exit code or the log tail", msg)
+	}
+	if s, err := m.Status("mona", ""); err != nil || s.State != StateFailed {
+		t.Fatalf("status after the failed start: %+v, %v", s, err)
+	}
+}
+
 func TestRedactTail(t *testing.T) {
 	long := strings.Repeat("x", 2*logLineMax)
 	var many strings.Builder

@@ -147,7 +147,16 @@ func (m *Manager) adoptLocked(c backend.Container) {
 		m.servers[k] = rec
 	case rec.containerID == c.ID:
 	case rec.flight != nil:
-		return // the operation in flight owns the key; this is a container it replaced or is replacing
+		// The operation in flight owns the key: this is a container it
+		// replaced, or the one it is starting, whose ID it does not know
+		// yet. An end is kept for it to read (see record.ended).
+		if c.State == backend.Exited || c.State == backend.Dead {
+			if rec.ended == nil {
+				rec.ended = map[string]backend.Container{}
+			}
+			rec.ended[c.ID] = c
+		}
+		return
 	case rec.containerID != "" && !c.Created.After(rec.created):
 		return // an older container than the one we know
 	}

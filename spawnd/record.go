@@ -3,6 +3,8 @@ package spawnd
 import (
 	"context"
 	"time"
+
+	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
 // key names one server: a user and a server name ("" is the default server).
@@ -62,6 +64,10 @@ type record struct {
 	// and port. A published port is no good: the engine's userland proxy
 	// accepts connections there before the server listens.
 	probeAddr string
+	// ended is what the engine said of a container that ended before the
+	// operation in flight learnt its ID: a server that exits at once can
+	// report "die" before the engine's answer to its start arrives.
+	ended map[string]backend.Container
 }
 
 // begin starts an operation of kind on the record: no other may begin until
@@ -73,7 +79,7 @@ func (r *record) begin(kind opKind) *flight {
 }
 
 // end clears the operation in flight.
-func (r *record) end() { r.flight = nil }
+func (r *record) end() { r.flight, r.ended = nil, nil }
 
 // starting reports whether a start is in flight.
 func (r *record) starting() bool { return r.flight != nil && r.flight.kind == opStart }

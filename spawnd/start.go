@@ -200,6 +200,9 @@ func (m *Manager) doStart(ctx context.Context, p startPlan, rec *record, oldID s
 	prog.add(ProgressEvent{Progress: 70, Step: StepStarted, Message: "Container started; waiting for the server to listen"})
 	m.mu.Lock()
 	m.observeLocked(rec, c)
+	if e, ok := rec.ended[c.ID]; ok {
+		m.observeLocked(rec, e) // it ended before the engine answered the start
+	}
 	if rec.srv.State == StateRunning && !rec.srv.Ready && rec.probe == nil {
 		m.probeLocked(rec)
 	}

@@ -202,6 +202,9 @@ func (f *Runtime) Exit(id string, code int, oom bool) {
 	f.events <- backend.ContainerEvent{ID: id, Action: "die"}
 }
 
+// PendingEvents is how many events wait for the daemon to read them.
+func (f *Runtime) PendingEvents() int { return len(f.events) }
+
 // BreakEvents ends the event stream with err, as an engine restart would.
 func (f *Runtime) BreakEvents(err error) { f.eventsErr <- err }
 
