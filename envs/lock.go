@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -66,9 +67,12 @@ type AptPackage struct {
 	URL string `json:"url,omitempty"`
 }
 
-// CondaLock is the conda part of a lock: an explicit environment.
+// CondaLock is the conda part of a lock: an explicit environment, solved
+// with py-rattler for the image's platform.
 type CondaLock struct {
-	Channels []string       `json:"channels"`
+	Channels []string `json:"channels"`
+	// Platform is the conda subdir solved for ("linux-64").
+	Platform string         `json:"platform,omitempty"`
 	Packages []CondaPackage `json:"packages"`
 }
 
@@ -76,9 +80,15 @@ type CondaLock struct {
 type CondaPackage struct {
 	Name    string `json:"name"`
 	Version string `json:"version"`
+	Build   string `json:"build,omitempty"`
 	URL     string `json:"url"`
-	SHA256  string `json:"sha256,omitempty"`
-	MD5     string `json:"md5,omitempty"`
+	// Channel is the channel the solver found it in.
+	Channel string `json:"channel,omitempty"`
+	// File is the package file's name (name-version-build.conda).
+	File   string `json:"file,omitempty"`
+	SHA256 string `json:"sha256,omitempty"`
+	MD5    string `json:"md5,omitempty"`
+	Size   int64  `json:"size,omitempty"`
 }
 
 // PipLock is the pip part of a lock.
@@ -151,6 +161,8 @@ func (l *Lock) Marshal() []byte {
 	return buf.Bytes()
 }
 
+var sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
 // ErrLockTampered says a lock's content does not match its digest.
 var ErrLockTampered = errors.New("the lock does not match its digest (was it edited by hand?); regenerate it with spawnd lock")
 
@@ -170,6 +182,13 @@ func ParseLock(file string, data []byte) (*Lock, error) {
 	}
 	if l.Digest != l.computeDigest() {
 		return nil, fmt.Errorf("%s: %w", file, ErrLockTampered)
+	}
+	if l.Conda != nil {
+		for i, c := range l.Conda.Packages {
+			if c.Name == "" || c.URL == "" || !sha256RE.MatchString(c.SHA256) {
+				return nil, fmt.Errorf("%s: conda.packages[%d] (%s): a conda package needs a name, a URL and a SHA-256; regenerate the lock with spawnd lock", file, i, c.Name)
+			}
+		}
 	}
 	return &l, nil
 }

@@ -45,6 +45,9 @@ type Options struct {
 	// intercepting proxy). They reach the lock and fetch containers only,
 	// never a build, an image's files or its history.
 	CACerts []byte
+	// CondaPython is a Python with py-rattler, which solves and installs
+	// conda packages ($SPAWND_CONDA_PYTHON, else DefaultCondaPython).
+	CondaPython string
 	// Registry are options for reaching a registry (a bundle pushed there).
 	Registry []remote.Option
 	// Now is the clock (for tests); nil is time.Now.
@@ -96,7 +99,7 @@ func prepare(ctx context.Context, eng Engine, l *envs.Lock, opts *Options, began
 	c := opts.cache()
 	missing := c.Missing(Files(l))
 	if len(missing) == 0 {
-		return nil
+		return ensureCondaTree(ctx, l, c, opts, began)
 	}
 	if opts.Offline {
 		return fmt.Errorf("%d package files are not in the package cache %s and this build may not fetch (first: %s)", len(missing), c.Dir, missing[0])
@@ -111,6 +114,12 @@ func prepare(ctx context.Context, eng Engine, l *envs.Lock, opts *Options, began
 		return err
 	}
 	if err := fetch(ctx, eng, l, "apt", l.Base.Digest, c, opts, began); err != nil {
+		return err
+	}
+	if len(c.Missing(filesOf(l, "conda"))) > 0 {
+		return fmt.Errorf("conda packages: %s was not downloaded", c.Missing(filesOf(l, "conda"))[0])
+	}
+	if err := ensureCondaTree(ctx, l, c, opts, began); err != nil {
 		return err
 	}
 	if len(c.Missing(filesOf(l, "pip"))) == 0 {
@@ -137,7 +146,8 @@ func (o *Options) now() time.Time {
 
 // Lock resolves a spec with the real tools in containers of its base and
 // returns the lock: the base's digest, apt's exact versions and SHA-256s
-// (apt-get --print-uris), conda's explicit packages (micromamba), and pip's
+// (apt-get --print-uris), conda's packages by URL and SHA-256 (py-rattler,
+// on the host), and pip's
 // exact versions and SHA-256s (pip's installation report).
 func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lock, error) {
 	began := time.Now()
@@ -175,12 +185,17 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 	}
 
 	if s.Conda != nil {
-		return nil, fmt.Errorf("%s: conda: locking needs micromamba in the base image and a reachable channel; see docs/ENVS.md (conda support is planned and tested only as far as the lock format)", s.PosOf("conda"))
+		if l.Conda, err = lockConda(ctx, s, l.Base.Packages, &opts, began); err != nil {
+			return nil, err
+		}
 	}
 
 	if s.Pip != nil {
-		opts.emit(began, api.BuildEvent{Phase: "lock", Step: "pip", Message: "building the apt layer to resolve pip packages in"})
-		if err := download(ctx, opts.cache().Missing(filesOf(l, "apt")), opts.cache(), &opts, began); err != nil {
+		opts.emit(began, api.BuildEvent{Phase: "lock", Step: "pip", Message: "building the apt and conda layers to resolve pip packages in"})
+		if err := download(ctx, opts.cache().Missing(Files(l)), opts.cache(), &opts, began); err != nil {
+			return nil, err
+		}
+		if err := ensureCondaTree(ctx, l, opts.cache(), &opts, began); err != nil {
 			return nil, err
 		}
 		stageID, err := buildStage(ctx, eng, l, StageConda, stageTag(s.Name), &opts, began, "lock")
@@ -214,8 +229,15 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 		l.Pip = &envs.PipLock{IndexURL: s.Pip.IndexURL, Packages: pkgs}
 	}
 	l.Seal()
-	opts.emit(began, api.BuildEvent{Phase: "lock", Step: "done", Message: fmt.Sprintf("locked %s: %d apt, %d pip packages", l.Digest[:19], len(l.Apt), pipCount(l)), Done: true})
+	opts.emit(began, api.BuildEvent{Phase: "lock", Step: "done", Message: fmt.Sprintf("locked %s: %d apt, %d conda, %d pip packages", l.Digest[:19], len(l.Apt), condaCount(l), pipCount(l)), Done: true})
 	return l, nil
+}
+
+func condaCount(l *envs.Lock) int {
+	if l.Conda == nil {
+		return 0
+	}
+	return len(l.Conda.Packages)
 }
 
 func pipCount(l *envs.Lock) int {

@@ -27,7 +27,7 @@ import (
 // A bundle is everything a lock needs to be rebuilt with no network, kept
 // as an OCI image layout (a directory any OCI tool reads): the lock's base
 // image, and an artifact whose config is empty and whose blobs are the
-// lock itself and every .deb and wheel it names. A blob's digest is the
+// lock itself and every .deb, conda package and wheel it names. A blob's digest is the
 // SHA-256 the lock pins, so the layout's own integrity is the lock's.
 const (
 	// BundleArtifactType marks the artifact in the layout's index.
@@ -36,13 +36,14 @@ const (
 	mediaLock          = types.MediaType("application/vnd.spawnd.lock.v1+json")
 	mediaDeb           = types.MediaType("application/vnd.debian.binary-package")
 	mediaWheel         = types.MediaType("application/vnd.spawnd.python.wheel")
+	mediaConda         = types.MediaType("application/vnd.spawnd.conda.package")
 
 	annRole       = "io.spawnd.bundle.role" // "base" or "packages"
 	annLockDigest = "io.spawnd.lock-digest"
 	// annBaseManifest is the base image's manifest digest, in the same
 	// repository as the artifact when the bundle is in a registry.
 	annBaseManifest = "io.spawnd.bundle.base"
-	annKind         = "io.spawnd.package.kind" // "apt" or "pip"
+	annKind         = "io.spawnd.package.kind" // "apt", "conda" or "pip"
 )
 
 // BundleEngine is what bundling needs of an engine: building, and reading
@@ -70,10 +71,7 @@ func bundleParts(ctx context.Context, st BundleEngine, l *envs.Lock, cache Cache
 	adds := []mutate.Addendum{{Layer: static.NewLayer(l.Marshal(), mediaLock), MediaType: mediaLock,
 		Annotations: map[string]string{ocispec.AnnotationTitle: "lock.json"}}}
 	for _, f := range fs {
-		mt := mediaDeb
-		if f.Kind == "pip" {
-			mt = mediaWheel
-		}
+		mt := map[string]types.MediaType{"apt": mediaDeb, "conda": mediaConda, "pip": mediaWheel}[f.Kind]
 		fl, err := newFileLayer(cache.Path(f.SHA256), f.SHA256, mt)
 		if err != nil {
 			return nil, nil, err

@@ -35,7 +35,7 @@ import (
 
 // File is one package file a lock names.
 type File struct {
-	Kind    string // "apt" or "pip"
+	Kind    string // "apt", "conda" or "pip"
 	Name    string // package name
 	Version string
 	File    string // the file's name: apt's archive name or the wheel's
@@ -48,11 +48,16 @@ func (f File) String() string {
 	return fmt.Sprintf("%s package %s %s (%s)", f.Kind, f.Name, f.Version, f.File)
 }
 
-// Files lists the package files of a lock: apt's, then pip's.
+// Files lists the package files of a lock: apt's, conda's, then pip's.
 func Files(l *envs.Lock) []File {
 	var fs []File
 	for _, a := range l.Apt {
 		fs = append(fs, File{Kind: "apt", Name: a.Name, Version: a.Version, File: AptFile(a), SHA256: a.SHA256, Size: a.Size, URL: a.URL})
+	}
+	if l.Conda != nil {
+		for _, c := range l.Conda.Packages {
+			fs = append(fs, File{Kind: "conda", Name: c.Name, Version: c.Version, File: condaFile(c), SHA256: c.SHA256, Size: c.Size, URL: c.URL})
+		}
 	}
 	if l.Pip != nil {
 		for _, p := range l.Pip.Packages {
@@ -269,11 +274,15 @@ func quoteTool(res backend.RunResult) string {
 	return strings.Join(keep, "\n  ")
 }
 
-// pythonOf is the Python that pip installs into: conda's when the lock has
-// conda packages, Debian's otherwise.
+// pythonOf is the Python that pip installs into: conda's when the lock's
+// conda packages include Python, Debian's otherwise.
 func pythonOf(l *envs.Lock) string {
-	if l.Conda != nil && len(l.Conda.Packages) > 0 {
-		return "/opt/conda/bin/python"
+	if l.Conda != nil {
+		for _, c := range l.Conda.Packages {
+			if c.Name == "python" {
+				return CondaPrefix + "/bin/python"
+			}
+		}
 	}
 	return "python3"
 }

@@ -3,6 +3,7 @@ package images
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -145,23 +146,95 @@ func TestParsePipReport(t *testing.T) {
 	}
 }
 
-func TestParseMicromamba(t *testing.T) {
-	b, _ := os.ReadFile("testdata/micromamba-dry-run.json")
-	pkgs, err := parseMicromamba(b)
+// TestCondaPlan: a lock with conda packages copies the installed tree to
+// /opt/conda before pip, pip uses conda's Python when the lock has one, and
+// the context carries the tree with fixed owners, modes and times and its
+// symlinks as symlinks. The tree's key follows the packages' hashes.
+func TestCondaPlan(t *testing.T) {
+	l := testLock("1")
+	l.Conda = &envs.CondaLock{Channels: []string{"conda-forge"}, Platform: "linux-64", Packages: []envs.CondaPackage{
+		{Name: "python", Version: "3.12.1", URL: "https://conda.example/linux-64/python-3.12.1-0.conda", SHA256: strings.Repeat("a", 64)},
+		{Name: "tzdata", Version: "2024a", URL: "https://conda.example/noarch/tzdata-2024a-0.conda", SHA256: strings.Repeat("b", 64)},
+	}}
+	p := NewBuildPlan(l, StageAll)
+	if !strings.Contains(p.Dockerfile, "COPY conda/ /opt/conda/\n") || !strings.Contains(p.Dockerfile, "/opt/conda/bin/python -m pip") ||
+		strings.Index(p.Dockerfile, "COPY conda/") > strings.Index(p.Dockerfile, "COPY pip/") {
+		t.Fatalf("conda layer missing, or after pip, or pip not in conda's Python:\n%s", p.Dockerfile)
+	}
+	key := CondaTreeKey(l)
+	if p.Trees["conda"] != key {
+		t.Fatalf("plan trees %v, want conda=%s", p.Trees, key)
+	}
+	l2 := *l
+	c2 := *l.Conda
+	c2.Packages = append([]envs.CondaPackage(nil), l.Conda.Packages...)
+	c2.Packages[1].SHA256 = strings.Repeat("c", 64)
+	l2.Conda = &c2
+	if CondaTreeKey(&l2) == key {
+		t.Fatal("another package hash gives the same tree key")
+	}
+
+	c := Cache{Dir: t.TempDir()}
+	tree := c.TreePath(key)
+	for name, mode := range map[string]os.FileMode{"bin/python3.12": 0o700, "conda-meta/history": 0o600, "lib/x.py": 0o664} {
+		if err := os.MkdirAll(filepath.Join(tree, filepath.Dir(name)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(tree, name), []byte(name), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("python3.12", filepath.Join(tree, "bin/python")); err != nil {
+		t.Fatal(err)
+	}
+	for name, sum := range p.Blobs {
+		if err := os.MkdirAll(filepath.Dir(c.Path(sum)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(c.Path(sum), []byte(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := p.Tar(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(pkgs) != 2 || pkgs[1].URL != "https://conda.anaconda.org/conda-forge/noarch/tzdata-2024a-h0c530f3_0.conda" {
-		t.Fatalf("parsed %+v", pkgs)
+	got := map[string]string{}
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(h.Name, "conda/") {
+			continue
+		}
+		if h.Uid != 0 || h.Gid != 0 || h.ModTime.Unix() != 0 {
+			t.Errorf("%s: owner %d:%d time %v", h.Name, h.Uid, h.Gid, h.ModTime)
+		}
+		got[h.Name] = fmt.Sprintf("%c %o %s", h.Typeflag, h.Mode, h.Linkname)
 	}
-	l := testLock("1")
-	l.Conda = &envs.CondaLock{Channels: []string{"conda-forge"}, Packages: pkgs}
-	p := NewBuildPlan(l, StageAll)
-	if !strings.HasPrefix(string(p.Files["conda/explicit.txt"]), "@EXPLICIT\nhttps://conda.anaconda.org/conda-forge/linux-64/numpy-1.26.4-py311h64a7726_0.conda#a502d7aad449a1206efb366d6a12c52d\n") {
-		t.Fatalf("explicit file: %s", p.Files["conda/explicit.txt"])
+	want := map[string]string{
+		"conda/":                   "5 755 ",
+		"conda/bin/":               "5 755 ",
+		"conda/bin/python":         "2 777 python3.12",
+		"conda/bin/python3.12":     "0 755 ",
+		"conda/conda-meta/":        "5 755 ",
+		"conda/conda-meta/history": "0 644 ",
+		"conda/lib/":               "5 755 ",
+		"conda/lib/x.py":           "0 644 ",
 	}
-	if !strings.Contains(p.Dockerfile, "/opt/conda/bin/python -m pip") || strings.Index(p.Dockerfile, "COPY conda/") > strings.Index(p.Dockerfile, "COPY pip/") {
-		t.Fatalf("conda layer missing or after pip:\n%s", p.Dockerfile)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("context's conda tree:\n got %v\nwant %v", got, want)
+	}
+	if err := os.RemoveAll(tree); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Tar(c); err == nil || !strings.Contains(err.Error(), "installed tree") {
+		t.Fatalf("a context whose tree is not in the cache: %v", err)
 	}
 }
 
