@@ -25,7 +25,7 @@ type Spec struct {
 	Base string `yaml:"base" json:"base"`
 	// Apt lists Debian packages; the lock pins each to a version and SHA-256.
 	Apt []string `yaml:"apt,omitempty" json:"apt,omitempty"`
-	// Conda installs packages with micromamba into /opt/conda.
+	// Conda packages are solved and installed with py-rattler into /opt/conda.
 	Conda *Conda `yaml:"conda,omitempty" json:"conda,omitempty"`
 	// Pip installs Python packages; the lock pins each to a version and SHA-256.
 	Pip *Pip `yaml:"pip,omitempty" json:"pip,omitempty"`

@@ -1,6 +1,6 @@
 // Package images owns how an env becomes an image: locking a spec with the
 // real package tools in containers of its base (apt's own resolver, pip's
-// install report, micromamba's solver), the build plan that a lock turns into
+// install report; py-rattler for conda, on the host), the build plan that a lock turns into
 // (a Dockerfile whose layers run base → apt → conda → pip → kernels → user),
 // building it through the engine with progress events, the image's tag and
 // labels, and moving images with go-containerregistry (push to a registry,
