@@ -18,6 +18,10 @@ type envBuilder struct {
 	eng  images.Engine
 	log  *slog.Logger
 
+	// caCerts are extra CA certificates for locking and fetching, from
+	// $SPAWND_BUILD_CA_CERTS in the daemon's environment.
+	caCerts []byte
+
 	mu      sync.Mutex
 	running map[string]bool
 }
@@ -45,7 +49,7 @@ func (b *envBuilder) BuildEnv(ctx context.Context, env string, relock bool, fn f
 
 	began := time.Now()
 	fn(api.BuildEvent{Time: began, Phase: "build", Step: "accepted", Message: "build of env " + env + " accepted"})
-	res, err := images.Build(ctx, b.eng, e.Spec, images.Options{Relock: relock, Progress: fn})
+	res, err := images.Build(ctx, b.eng, e.Spec, images.Options{Relock: relock, Progress: fn, CACerts: b.caCerts})
 	last := api.BuildEvent{Time: time.Now(), Phase: "build", Step: "result", Done: true, ElapsedMS: time.Since(began).Milliseconds()}
 	if err != nil {
 		b.log.Warn("env build failed", "env", env, "err", err)

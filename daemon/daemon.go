@@ -18,6 +18,7 @@ import (
 
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/api/server"
+	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/spawnd"
 	"github.com/spawnd/spawnd/spawnd/egress"
 )
@@ -252,7 +253,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		info.EngineVersion, info.EngineAPI = ei.Version, ei.APIVersion
 	}
 	vcancel()
-	builder := &envBuilder{envs: mgr.Config().Envs, eng: d.engine, log: d.log, running: map[string]bool{}}
+	caCerts, err := images.ReadCACerts(images.CAFilesFromEnv())
+	if err != nil {
+		return fmt.Errorf("%s: %w", images.CACertsEnv, err)
+	}
+	builder := &envBuilder{envs: mgr.Config().Envs, eng: d.engine, log: d.log, running: map[string]bool{}, caCerts: caCerts}
 	h, err := server.New(mgr, server.Options{Token: d.cfg.Token, MetricsToken: d.cfg.MetricsToken, Version: info, Registry: reg, Logger: d.log, Builder: builder})
 	if err != nil {
 		return err

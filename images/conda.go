@@ -73,6 +73,16 @@ func runCondaHelper(ctx context.Context, opts *Options, req, ans any) error {
 	// what the helper runs.
 	cmd := exec.CommandContext(ctx, py, "-I", "-c", string(condaHelper))
 	cmd.Stdin = bytes.NewReader(in)
+	if len(opts.CACerts) > 0 {
+		// py-rattler trusts the system's certificates and, through
+		// SSL_CERT_FILE, a bundle of them plus the extra ones.
+		bundle, err := caBundle(opts.CACerts)
+		if err != nil {
+			return err
+		}
+		defer os.Remove(bundle)
+		cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+bundle)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = 5 * time.Second
@@ -97,6 +107,37 @@ func runCondaHelper(ctx context.Context, opts *Options, req, ans any) error {
 		return fmt.Errorf("conda helper (%s) answered %q: %w", py, lastLines(stdout.String(), 2), err)
 	}
 	return nil
+}
+
+// systemCABundles are where Linux distributions keep the system's trusted
+// certificates, in one PEM file.
+var systemCABundles = []string{"/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"}
+
+// caBundle writes a temporary PEM file of the system's certificates (or
+// $SSL_CERT_FILE's) and extra: SSL_CERT_FILE replaces the system's list.
+func caBundle(extra []byte) (string, error) {
+	var pem []byte
+	files := systemCABundles
+	if f := os.Getenv("SSL_CERT_FILE"); f != "" {
+		files = []string{f}
+	}
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil {
+			pem = append(b, '\n')
+			break
+		}
+	}
+	pem = append(pem, extra...)
+	f, err := os.CreateTemp("", "spawnd-ca-*.pem")
+	if err != nil {
+		return "", fmt.Errorf("writing the CA bundle for py-rattler: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Write(pem); err != nil {
+		os.Remove(f.Name())
+		return "", fmt.Errorf("writing the CA bundle for py-rattler: %w", err)
+	}
+	return f.Name(), nil
 }
 
 func lastLines(s string, n int) string {
@@ -197,6 +238,9 @@ func condaSolveError(s *envs.Spec, err error) error {
 				return fmt.Errorf("%s: %s: no package %q in the channels %s for this platform:\n  %s", s.PosOf(f), f, p, strings.Join(s.Conda.Channels, ", "), msg)
 			}
 		}
+	}
+	if strings.Contains(msg, "certificate") || strings.Contains(msg, "UnknownIssuer") {
+		return fmt.Errorf("%s: conda.channels: a channel of %s has a certificate this machine does not trust; behind a TLS-intercepting proxy, give its CA to the build (--ca-cert, or SPAWND_BUILD_CA_CERTS):\n  %s", s.PosOf("conda.channels"), strings.Join(s.Conda.Channels, ", "), msg)
 	}
 	if strings.Contains(msg, "GatewayError") || strings.Contains(msg, "connect") || strings.Contains(msg, "status code") {
 		return fmt.Errorf("%s: conda.channels: a channel of %s could not be read (is it up, and is its URL right?):\n  %s", s.PosOf("conda.channels"), strings.Join(s.Conda.Channels, ", "), msg)

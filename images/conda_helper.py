@@ -58,7 +58,11 @@ async def solve(req):
         rattler.GenericVirtualPackage(rattler.PackageName(v["name"]), rattler.Version(v["version"]), rattler.BuildString(v["build"]))
         for v in req.get("virtual", [])
     ]
-    gateway = rattler.Gateway(cache_dir=req["cache_dir"]) if req.get("cache_dir") else None
+    # The system's certificates (and SSL_CERT_FILE's, which spawnd sets when
+    # it was given extra CAs), not only the ones py-rattler was built with:
+    # a company's TLS-intercepting proxy is trusted there.
+    client = rattler.Client.from_config(rattler.Config.from_toml('tls-root-certs = "system"'))
+    gateway = rattler.Gateway(cache_dir=req.get("cache_dir") or None, client=client)
     records = await rattler.solve(
         sources=req["channels"],
         specs=req["specs"],

@@ -252,3 +252,43 @@ func TestCondaFaultsAreClearErrors(t *testing.T) {
 		}
 	})
 }
+
+// TestCondaChannelBehindAPrivateCA: a channel served over HTTPS with a
+// certificate of a CA the machine does not trust (as behind a company's
+// TLS-intercepting proxy) is refused with an error that names the
+// channels; given the CA as extra certificates (SPAWND_BUILD_CA_CERTS,
+// --ca-cert), the lock, the download and the build succeed.
+func TestCondaChannelBehindAPrivateCA(t *testing.T) {
+	eng := testenv.Engine(t)
+	base := testenv.EnsureDebianBase(t, eng)
+	py := testenv.CondaPython(t)
+	ca := testenv.NewTestCA(t)
+	ch := testenv.NewCondaChannelTLS(t, ca, testenv.CondaPackage{Name: "spawnd-dep", Version: "1.0",
+		Files: map[string]testenv.CondaFile{"share/spawnd-dep/README": {Text: "spawnd-dep 1.0 is here\n"}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	env := testEnvName(t, eng, "itest-conda")
+	spec := filepath.Join(t.TempDir(), env+".yaml")
+	writeCondaSpec(t, spec, env, base, ch.URL, "spawnd-dep")
+
+	_, err := images.Build(ctx, eng, spec, images.Options{CacheDir: t.TempDir(), CondaPython: py})
+	if err == nil || !strings.Contains(err.Error(), "conda.channels") || !strings.Contains(err.Error(), "does not trust") {
+		t.Fatalf("a channel with an untrusted certificate: %v", err)
+	}
+	t.Logf("refused: %v", err)
+	if _, err := os.Stat(envs.LockPath(spec)); !os.IsNotExist(err) {
+		t.Errorf("a lock was written (%v)", err)
+	}
+
+	res, err := images.Build(ctx, eng, spec, images.Options{CacheDir: t.TempDir(), CondaPython: py, CACerts: ca.PEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Lock.Conda.Packages) != 1 || !strings.HasPrefix(res.Lock.Conda.Packages[0].URL, "https://127.0.0.1:") {
+		t.Fatalf("locked %+v", res.Lock.Conda)
+	}
+	run, err := eng.RunCapture(ctx, backend.RunSpec{Image: res.Tag, Network: "none", Cmd: []string{"cat", "/opt/conda/share/spawnd-dep/README"}})
+	if err != nil || !strings.Contains(string(run.Stdout), "spawnd-dep 1.0 is here") {
+		t.Fatalf("the image: %v %s%s", err, run.Stdout, run.Stderr)
+	}
+}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -30,40 +29,20 @@ func (b *buildFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&b.cache, "cache-dir", "", "package cache: every .deb and wheel a lock names, by SHA-256 (default: $SPAWND_CACHE_DIR, or ~/.cache/spawnd/packages)")
 	cmd.Flags().BoolVar(&b.asJSON, "json", false, "progress as JSON lines")
 	cmd.Flags().StringVar(&b.engine, "engine", "", "Docker engine address (default: DOCKER_HOST or the local socket)")
-	cmd.Flags().StringArrayVar(&b.caCerts, "ca-cert", nil, `extra CA certificate (PEM file) that pip trusts while locking and fetching, e.g. a company proxy's; repeatable (default: $SPAWND_BUILD_CA_CERTS, files separated by ":")`)
+	cmd.Flags().StringArrayVar(&b.caCerts, "ca-cert", nil, `extra CA certificate (PEM file) that pip, py-rattler and downloads trust while locking and fetching, e.g. a company proxy's; repeatable (default: $SPAWND_BUILD_CA_CERTS, files separated by ":")`)
 }
 
 // options are the images.Options the flags ask for.
 func (b *buildFlags) options(cmd *cobra.Command) (images.Options, error) {
 	files := b.caCerts
 	if len(files) == 0 {
-		if v := os.Getenv("SPAWND_BUILD_CA_CERTS"); v != "" {
-			files = filepath.SplitList(v)
-		}
+		files = images.CAFilesFromEnv()
 	}
-	pem, err := readCACerts(files)
+	pem, err := images.ReadCACerts(files)
 	if err != nil {
-		return images.Options{}, err
+		return images.Options{}, fmt.Errorf("--ca-cert: %w", err)
 	}
 	return images.Options{Network: b.network, CACerts: pem, CacheDir: b.cache, Progress: progressSink(cmd.ErrOrStderr(), b.asJSON)}, nil
-}
-
-// readCACerts concatenates PEM certificate files, checking each holds at
-// least one certificate.
-func readCACerts(files []string) ([]byte, error) {
-	var out []byte
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("--ca-cert: %w", err)
-		}
-		if !bytes.Contains(b, []byte("-----BEGIN CERTIFICATE-----")) {
-			return nil, fmt.Errorf("--ca-cert %s: no PEM certificate in the file (want -----BEGIN CERTIFICATE-----)", f)
-		}
-		out = append(out, bytes.TrimSpace(b)...)
-		out = append(out, '\n')
-	}
-	return out, nil
 }
 
 func (b *buildFlags) connect(ctx context.Context) (*docker.Engine, error) {

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"crypto/tls"
 	_ "embed"
 	"encoding/json"
 	"net"
@@ -58,8 +59,21 @@ func CondaPython(t testing.TB) string {
 	return py
 }
 
-// NewCondaChannel makes and serves a channel of pkgs until the test ends.
+// NewCondaChannel makes and serves a channel of pkgs over HTTP until the
+// test ends.
 func NewCondaChannel(t testing.TB, pkgs ...CondaPackage) *CondaChannel {
+	t.Helper()
+	return newCondaChannel(t, nil, pkgs)
+}
+
+// NewCondaChannelTLS is NewCondaChannel over HTTPS, with a certificate of
+// ca, which no client trusts unless told to.
+func NewCondaChannelTLS(t testing.TB, ca *TestCA, pkgs ...CondaPackage) *CondaChannel {
+	t.Helper()
+	return newCondaChannel(t, ca, pkgs)
+}
+
+func newCondaChannel(t testing.TB, ca *TestCA, pkgs []CondaPackage) *CondaChannel {
 	t.Helper()
 	py := CondaPython(t)
 	dir := t.TempDir()
@@ -76,7 +90,12 @@ func NewCondaChannel(t testing.TB, pkgs ...CondaPackage) *CondaChannel {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &CondaChannel{URL: "http://" + ln.Addr().String() + "/", Dir: dir, srv: &http.Server{Handler: http.FileServer(http.Dir(dir))}}
+	scheme := "http"
+	if ca != nil {
+		scheme = "https"
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{ca.Server}, MinVersion: tls.VersionTLS12})
+	}
+	c := &CondaChannel{URL: scheme + "://" + ln.Addr().String() + "/", Dir: dir, srv: &http.Server{Handler: http.FileServer(http.Dir(dir))}}
 	go c.srv.Serve(ln)
 	t.Cleanup(c.Close)
 	return c
