@@ -16,8 +16,8 @@ import argparse
 import json
 import re
 import sys
+import time
 
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect, sync_playwright
 
 # The progress messages the spawn page receives, kept across the redirect
@@ -65,6 +65,9 @@ def main():
                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.set_default_timeout(60_000)
+        # Assertions wait as long as actions (Playwright's default is 5 s,
+        # too short for JupyterLab on a loaded machine: CI saw it).
+        expect.set_options(timeout=60_000)
         page.add_init_script(RECORD_PROGRESS)
 
         def snap(name):
@@ -121,15 +124,21 @@ def main():
             if text != a.pandas:
                 sys.exit(f"browser: pandas {text!r} on the team kernel, the lock pins {a.pandas}")
             page.keyboard.press("Control+s")  # saved to the home, as a person would
+            # JupyterLab 4 may ask for a name on an untitled notebook's first
+            # save: wait for that dialog or for the save itself, whichever
+            # comes (a fixed few seconds for the dialog was too short on a
+            # loaded machine and would miss it).
             dialog = page.locator(".jp-Dialog")
-            try:  # JupyterLab 4 asks for a name on an untitled notebook's first save
-                dialog.wait_for(state="visible", timeout=5_000)
-            except PlaywrightTimeout:
-                pass
-            else:
+            dirty = page.locator(".lm-TabBar-tab.jp-mod-dirty")
+            deadline = time.monotonic() + 120
+            while not dialog.is_visible() and dirty.count() > 0:
+                if time.monotonic() > deadline:
+                    sys.exit("browser: the notebook neither saved nor asked for a name within 120 s of Ctrl+S")
+                page.wait_for_timeout(200)
+            if dialog.is_visible():
                 dialog.get_by_role("textbox").fill("first-day.ipynb")
                 dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
-            expect(page.locator(".lm-TabBar-tab.jp-mod-dirty")).to_have_count(0, timeout=30_000)
+            expect(dirty).to_have_count(0, timeout=120_000)
             snap("notebook")
 
             step("stop the server from the hub's control panel")
