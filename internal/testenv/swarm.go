@@ -1,0 +1,306 @@
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+
+	"github.com/spawnd/spawnd/internal/ci"
+	"github.com/spawnd/spawnd/spawnd/docker"
+)
+
+// Swarm is a real multi-node Docker Swarm on this machine: one dockerd per
+// node, each in a network namespace of its own (spawnd-test-sw<id><n>) with
+// its own data root, exec root, socket and containerd, joined over a host
+// bridge (spbrsw<id>, 198.19.<net>.0/24: the benchmarking range, never
+// routed outside). Node 0 is the manager; the others are workers. The nodes
+// share this machine's file system, so a host path exists on every node.
+type Swarm struct {
+	ID     string
+	Bridge string
+	Nodes  []*SwarmNode
+	rule   []string // the FORWARD rule that lets the bridge's ports talk
+}
+
+// SwarmNode is one dockerd of a Swarm.
+type SwarmNode struct {
+	Name string     // the network namespace
+	Addr netip.Addr // its address on the bridge
+	Host string     // its socket, for docker.New
+	ID   string     // its swarm node ID
+	dir  string
+	cmd  *exec.Cmd
+}
+
+// SwarmLabel is a node label the harness sets: the node's index ("0", "1", …).
+const SwarmLabel = "io.spawnd.test.node"
+
+// NewSwarm starts a swarm of n nodes on 198.19.<net>.0/24 and takes it
+// down when the test ends: services removed, dockerds stopped by PID,
+// their mounts, directories, namespaces, bridge and FORWARD rule removed
+// (scripts/sweep removes what a killed test leaves).
+func NewSwarm(t testing.TB, n int, net byte) *Swarm {
+	t.Helper()
+	if os.Getuid() != 0 {
+		ci.Skip(t, "a swarm of private dockerds needs root")
+	}
+	for _, bin := range []string{"dockerd", "ip", "nsenter", "iptables"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			ci.Skip(t, "no %s on PATH", bin)
+		}
+	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	s := &Swarm{ID: hex.EncodeToString(b)}
+	s.Bridge = "spbrsw" + s.ID
+	gw := netip.AddrFrom4([4]byte{198, 19, net, 1})
+	ipcmd := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+	}
+	t.Cleanup(s.down)
+	ipcmd("link", "add", s.Bridge, "type", "bridge")
+	ipcmd("addr", "add", gw.String()+"/24", "dev", s.Bridge)
+	ipcmd("link", "set", s.Bridge, "up")
+	// The machine's engine sets FORWARD's policy to DROP: let the nodes
+	// talk to each other across the bridge.
+	s.rule = []string{"FORWARD", "-i", s.Bridge, "-o", s.Bridge, "-j", "ACCEPT", "-m", "comment", "--comment", "spawnd-test-swarm"}
+	if out, err := exec.Command("iptables", append([]string{"-I"}, s.rule...)...).CombinedOutput(); err != nil {
+		t.Fatalf("iptables: %v %s", err, out)
+	}
+	for i := 0; i < n; i++ {
+		node := &SwarmNode{Name: fmt.Sprintf("%ssw%s%d", NetnsPrefix, s.ID, i), Addr: netip.AddrFrom4([4]byte{198, 19, net, byte(10 + i)})}
+		s.Nodes = append(s.Nodes, node)
+		hostIf, nsIf := fmt.Sprintf("spsh%s%d", s.ID, i), fmt.Sprintf("spsn%s%d", s.ID, i)
+		ipcmd("netns", "add", node.Name)
+		ipcmd("link", "add", hostIf, "type", "veth", "peer", "name", nsIf)
+		ipcmd("link", "set", hostIf, "master", s.Bridge, "up")
+		ipcmd("link", "set", nsIf, "netns", node.Name)
+		ipcmd("-n", node.Name, "addr", "add", node.Addr.String()+"/24", "dev", nsIf)
+		ipcmd("-n", node.Name, "link", "set", nsIf, "up")
+		ipcmd("-n", node.Name, "link", "set", "lo", "up")
+		ipcmd("-n", node.Name, "route", "add", "default", "via", gw.String())
+		dir, err := os.MkdirTemp("", "spawnd-dockerd-sw-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		node.dir, node.Host = dir, "unix://"+filepath.Join(dir, "docker.sock")
+		node.start(t)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	mgr := s.client(t, 0)
+	defer mgr.Close()
+	if _, err := Client(mgr).SwarmInit(ctx, client.SwarmInitOptions{ListenAddr: s.Nodes[0].Addr.String() + ":2377",
+		AdvertiseAddr: s.Nodes[0].Addr.String() + ":2377"}); err != nil {
+		t.Fatalf("swarm init on %s: %v", s.Nodes[0].Name, err)
+	}
+	sw, err := Client(mgr).SwarmInspect(ctx, client.SwarmInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, node := range s.Nodes[1:] {
+		c := s.client(t, i+1)
+		_, err := Client(c).SwarmJoin(ctx, client.SwarmJoinOptions{ListenAddr: node.Addr.String() + ":2377", AdvertiseAddr: node.Addr.String() + ":2377",
+			RemoteAddrs: []string{s.Nodes[0].Addr.String() + ":2377"}, JoinToken: sw.Swarm.JoinTokens.Worker})
+		c.Close()
+		if err != nil {
+			t.Fatalf("%s joining the swarm: %v", node.Name, err)
+		}
+	}
+	// Every node Ready, and labelled with its index (all share one host name).
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		nodes, err := Client(mgr).NodeList(ctx, client.NodeListOptions{})
+		ready := 0
+		if err == nil {
+			for _, nd := range nodes.Items {
+				if nd.Status.State == swarm.NodeStateReady {
+					ready++
+				}
+			}
+		}
+		if ready == n {
+			for _, nd := range nodes.Items {
+				for i, node := range s.Nodes {
+					if nd.Status.Addr == node.Addr.String() {
+						node.ID = nd.ID
+						spec := nd.Spec
+						if spec.Labels == nil {
+							spec.Labels = map[string]string{}
+						}
+						spec.Labels[SwarmLabel] = fmt.Sprint(i)
+						if _, err := Client(mgr).NodeUpdate(ctx, nd.ID, client.NodeUpdateOptions{Version: nd.Version, Spec: spec}); err != nil {
+							t.Fatalf("labelling node %d: %v", i, err)
+						}
+					}
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d swarm nodes ready after 90 s (%v)", ready, n, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for i, node := range s.Nodes {
+		if node.ID == "" {
+			t.Fatalf("swarm node %d (%s) is not in the manager's node list", i, node.Addr)
+		}
+	}
+	return s
+}
+
+func (node *SwarmNode) start(t testing.TB) {
+	t.Helper()
+	logf, err := os.OpenFile(filepath.Join(node.dir, "dockerd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	// nsenter, not "ip netns exec": that remounts /sys, and dockerd then
+	// fails with "Devices cgroup isn't mounted". nsenter execs dockerd, so
+	// the PID is dockerd's; it ends with the test binary.
+	cmd := exec.Command("nsenter", "--net=/var/run/netns/"+node.Name, "dockerd",
+		"--data-root", filepath.Join(node.dir, "data"), "--exec-root", filepath.Join(node.dir, "exec"),
+		"--pidfile", filepath.Join(node.dir, "docker.pid"), "-H", node.Host, "--bridge", "none",
+		"--containerd-namespace", "sw"+filepath.Base(node.dir), "--containerd-plugins-namespace", "sw"+filepath.Base(node.dir)+"p")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	node.cmd = cmd
+	eng, err := docker.New(node.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := eng.Ping(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(node.dir, "dockerd.log"))
+			t.Fatalf("swarm node %s: dockerd did not start: %v\n%s", node.Name, err, tail(b))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// client is an engine client of node i.
+func (s *Swarm) client(t testing.TB, i int) *docker.Engine {
+	t.Helper()
+	eng, err := docker.New(s.Nodes[i].Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eng
+}
+
+// Manager is an engine client of the manager node; the test closes it.
+func (s *Swarm) Manager(t testing.TB) *docker.Engine {
+	t.Helper()
+	eng := s.client(t, 0)
+	t.Cleanup(func() { eng.Close() })
+	return eng
+}
+
+// Node is an engine client of node i; the test closes it.
+func (s *Swarm) Node(t testing.TB, i int) *docker.Engine {
+	t.Helper()
+	eng := s.client(t, i)
+	t.Cleanup(func() { eng.Close() })
+	return eng
+}
+
+// LoadImage copies an image from the machine's engine into every node.
+func (s *Swarm) LoadImage(t testing.TB, from *docker.Engine, ref string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	img, err := from.Image(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range s.Nodes {
+		to := s.client(t, i)
+		err := to.WriteImage(ctx, ref, img)
+		to.Close()
+		if err != nil {
+			t.Fatalf("loading %s into swarm node %d: %v", ref, i, err)
+		}
+	}
+}
+
+// Kill ends node i's dockerd with SIGKILL, as a machine that dies.
+func (s *Swarm) Kill(i int) {
+	node := s.Nodes[i]
+	if node.cmd == nil {
+		return
+	}
+	_ = syscall.Kill(-node.cmd.Process.Pid, syscall.SIGKILL)
+	_ = node.cmd.Wait()
+	node.cmd = nil
+}
+
+// down takes the swarm apart, workers first.
+func (s *Swarm) down() {
+	for i := len(s.Nodes) - 1; i >= 0; i-- {
+		node := s.Nodes[i]
+		if node.cmd != nil {
+			if eng, err := docker.New(node.Host); err == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				_, _ = Client(eng).SwarmLeave(ctx, client.SwarmLeaveOptions{Force: true})
+				cancel()
+				eng.Close()
+			}
+			_ = node.cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { _ = node.cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				_ = syscall.Kill(-node.cmd.Process.Pid, syscall.SIGKILL)
+				<-done
+			}
+			node.cmd = nil
+		}
+		if node.dir != "" {
+			(&OwnEngine{dir: node.dir}).reapLeftovers()
+			_ = os.RemoveAll(node.dir)
+		}
+		_ = exec.Command("ip", "netns", "del", node.Name).Run()
+	}
+	if s.rule != nil {
+		_ = exec.Command("iptables", append([]string{"-D"}, s.rule...)...).Run()
+	}
+	_ = exec.Command("ip", "link", "del", s.Bridge).Run()
+}
+
+// String names the swarm's nodes, for logs.
+func (s *Swarm) String() string {
+	var b strings.Builder
+	for i, n := range s.Nodes {
+		fmt.Fprintf(&b, "node %d %s %s; ", i, n.Name, n.Addr)
+	}
+	return b.String()
+}
