@@ -7,6 +7,7 @@ import (
 
 	"github.com/spawnd/spawnd/spawnd/backend"
 	"github.com/spawnd/spawnd/spawnd/docker"
+	"github.com/spawnd/spawnd/spawnd/swarm"
 )
 
 // engine is what the daemon needs of a backend: the lifecycle for the core,
@@ -17,10 +18,14 @@ type engine interface {
 	io.Closer
 }
 
-// backends makes the backend engine.backend names. A new backend (Swarm) is
-// one entry here, once it passes spawnd/backend/backendtest.
-var backends = map[string]func(EngineConfig) (engine, error){
-	"docker": func(c EngineConfig) (engine, error) { return docker.New(c.Host) },
+// backends makes the backend engine.backend names. A backend is one entry
+// here, once it passes spawnd/backend/backendtest.
+var backends = map[string]func(*Config) (engine, error){
+	"docker": func(c *Config) (engine, error) { return docker.New(c.Engine.Host) },
+	"swarm": func(c *Config) (engine, error) {
+		return swarm.New(swarm.Options{Host: c.Engine.Host, Registry: c.Engine.Registry, Insecure: c.Engine.InsecureRegistry,
+			PendingTimeout: c.Engine.PendingTimeout, StopGrace: c.StopGrace})
+	},
 }
 
 func backendNames() []string {

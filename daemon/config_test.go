@@ -26,7 +26,7 @@ func TestConfigTokenFilesAndBackend(t *testing.T) {
 		{name: "metrics token readable by others", mode: 0o600, metrics: 0o604, want: "metrics_token_file: "},
 		{name: "private metrics token", mode: 0o600, metrics: 0o400},
 		{name: "docker backend", mode: 0o600, backend: "docker"},
-		{name: "unknown backend", mode: 0o600, backend: "swarm", want: `engine.backend: "swarm" is not one of [docker]`},
+		{name: "unknown backend", mode: 0o600, backend: "kubernetes", want: `engine.backend: "kubernetes" is not one of [docker swarm]`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

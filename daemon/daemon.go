@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -44,7 +46,7 @@ type Config struct {
 	MetricsToken string `mapstructure:"metrics_token"`
 	// TLS serves the API over HTTPS when both files are set.
 	TLS TLSConfig `mapstructure:"tls"`
-	// Engine is the Docker engine to drive.
+	// Engine is the backend, and the engine (or swarm manager) it drives.
 	Engine EngineConfig `mapstructure:"engine"`
 	// LogLevel is debug, info, warn or error. Default info.
 	LogLevel string `mapstructure:"log_level"`
@@ -65,10 +67,21 @@ type TLSConfig struct {
 // EngineConfig says which backend runs the containers, and where its engine is.
 type EngineConfig struct {
 	// Backend is the backend that runs user containers: docker (one Docker
-	// engine). Default docker.
+	// engine) or swarm (a service per server on a Docker Swarm; Host is a
+	// manager; docs/SWARM.md). Default docker.
 	Backend string `mapstructure:"backend"`
 	// Host is the engine address (unix:///var/run/docker.sock, tcp://...). Default: DOCKER_HOST or the local socket.
 	Host string `mapstructure:"host"`
+	// Registry (swarm) is the registry every node pulls env images from,
+	// host[:port]; push them with spawnd image push ENV REGISTRY. Servers
+	// run the image by digest.
+	Registry string `mapstructure:"registry"`
+	// InsecureRegistry (swarm) reaches the registry over plain HTTP (a
+	// private network; each node's dockerd lists it in insecure-registries).
+	InsecureRegistry bool `mapstructure:"insecure_registry"`
+	// PendingTimeout (swarm) is how long a server may wait for a node that
+	// can take it before its start fails with Swarm's reason. Default 60s.
+	PendingTimeout time.Duration `mapstructure:"pending_timeout"`
 }
 
 func (e *EngineConfig) defaults() {
@@ -80,6 +93,36 @@ func (e *EngineConfig) defaults() {
 func (e *EngineConfig) validate() error {
 	if _, ok := backends[e.Backend]; !ok {
 		return fmt.Errorf("engine.backend: %q is not one of %v", e.Backend, backendNames())
+	}
+	if e.Backend != "swarm" && (e.Registry != "" || e.InsecureRegistry || e.PendingTimeout != 0) {
+		return fmt.Errorf("engine: registry, insecure_registry and pending_timeout are for engine.backend: swarm (this one is %s)", e.Backend)
+	}
+	if e.PendingTimeout < 0 {
+		return fmt.Errorf("engine.pending_timeout: %s is negative", e.PendingTimeout)
+	}
+	if e.Backend == "swarm" && e.Registry == "" {
+		return errors.New("engine.registry: swarm nodes pull env images from a registry; name it (host:port) and push envs there with spawnd image push ENV REGISTRY")
+	}
+	return nil
+}
+
+// validateSwarm checks what one host allows and a swarm does not.
+func (c *Config) validateSwarm() error {
+	if c.Engine.Backend != "swarm" {
+		for _, name := range slices.Sorted(maps.Keys(c.Profiles)) {
+			if len(c.Profiles[name].Placement) > 0 {
+				return fmt.Errorf("profiles.%s.placement: one engine has no nodes to place on; placement needs engine.backend: swarm", name)
+			}
+		}
+		return nil
+	}
+	if c.Network.Egress.On() {
+		return errors.New("network.egress: the fence is nftables on the daemon's own host, and swarm servers run on other nodes; " +
+			"set network.egress.enabled: false and fence the nodes' user traffic there (docs/SWARM.md)")
+	}
+	if !c.Network.ICC {
+		return errors.New("network.icc: a swarm overlay network cannot block traffic between the servers on it; " +
+			"set network.icc: true to accept that (each server still requires its own token; docs/SWARM.md)")
 	}
 	return nil
 }
@@ -142,6 +185,9 @@ func (c *Config) Validate() error {
 	if err := c.Config.Validate(); err != nil {
 		return err
 	}
+	if err := c.validateSwarm(); err != nil {
+		return err
+	}
 	if c.Network.Egress.On() {
 		host := c.Engine.Host
 		if host == "" {
@@ -200,7 +246,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if log == nil {
 		log = cfg.Logger()
 	}
-	eng, err := backends[cfg.Engine.Backend](cfg.Engine)
+	eng, err := backends[cfg.Engine.Backend](&cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -71,7 +71,12 @@ func TestBrowserFirstDay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("screenshots: %s", shots)
+	t.Logf("screenshots: %s (kept if the test fails)", shots)
+	t.Cleanup(func() {
+		if !t.Failed() {
+			os.RemoveAll(shots)
+		}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(venv, "bin", "python"), filepath.Join(root, "e2e", "browser", "first_day.py"),

@@ -196,6 +196,10 @@ type ProfileConfig struct {
 	CPUs float64 `mapstructure:"cpus"`
 	// Pids limit. Default 1024; 0 is not allowed (unlimited forks).
 	Pids int64 `mapstructure:"pids"`
+	// Placement constrains the nodes the profile's servers may run on, as
+	// Swarm constraints (node.labels.gpu==true, node.hostname!=db1);
+	// engine.backend swarm only.
+	Placement []string `mapstructure:"placement"`
 
 	memoryBytes int64
 }
@@ -203,7 +207,10 @@ type ProfileConfig struct {
 // MemoryBytes is the parsed memory limit.
 func (p ProfileConfig) MemoryBytes() int64 { return p.memoryBytes }
 
-var instanceRE = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
+var (
+	instanceRE  = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
+	placementRE = regexp.MustCompile(`^node\.(id|hostname|role|platform\.os|platform\.arch|labels\.[A-Za-z0-9._-]+)\s*(==|!=)\s*[A-Za-z0-9._-]+$`)
+)
 
 // Validate fills the defaults and then checks every section, naming the key
 // of the first mistake and what to do about it. Each section fills its own
@@ -404,6 +411,11 @@ func (p *ProfileConfig) validate(key string) error {
 	}
 	if p.Pids < 16 {
 		return fmt.Errorf("%s.pids: %d is too low for a Jupyter server; use at least 16", key, p.Pids)
+	}
+	for i, c := range p.Placement {
+		if !placementRE.MatchString(c) {
+			return fmt.Errorf("%s.placement[%d]: %q is not a constraint like node.labels.gpu==true or node.hostname!=db1", key, i, c)
+		}
 	}
 	return nil
 }

@@ -175,11 +175,19 @@ func (m *Manager) observeLocked(rec *record, c backend.Container) {
 		s.State, s.ExitCode, s.Reason = StateRunning, nil, ""
 		if m.cfg.Network.Mode == "publish" {
 			s.Host, s.Port = m.cfg.Network.PublishIP, c.HostPort
+			if c.HostIP != "" {
+				s.Host = c.HostIP // the backend chose the address (Swarm: the node's)
+			}
 		} else {
 			s.Host, s.Port = c.IP, c.Port
 		}
 		rec.probeAddr = ""
-		if c.IP != "" && c.Port != 0 {
+		switch {
+		case c.HostIP != "" && c.HostPort != 0:
+			// The container's own address may be on another machine's
+			// overlay; its published port is where the hub reaches it.
+			rec.probeAddr = net.JoinHostPort(c.HostIP, strconv.Itoa(c.HostPort))
+		case c.IP != "" && c.Port != 0:
 			rec.probeAddr = net.JoinHostPort(c.IP, strconv.Itoa(c.Port))
 		}
 		// During a start, the start itself probes once it has reported the

@@ -157,6 +157,7 @@ func containerSpec(cfg *Config, p startPlan, home string) backend.ContainerSpec 
 		Memory:     p.profile.MemoryBytes(),
 		NanoCPUs:   int64(p.profile.CPUs * 1e9),
 		PidsLimit:  p.profile.Pids,
+		Placement:  p.profile.Placement,
 	}
 	for _, sh := range p.shared {
 		s.Mounts = append(s.Mounts, backend.Mount{Source: sh.Source, Target: sh.Target, ReadOnly: sh.ReadOnly})

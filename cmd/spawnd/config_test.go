@@ -99,6 +99,13 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"bad egress port", goodConfig + "network: {egress: {host_ports: [8081, 70000]}}\n", "network.egress.host_ports[1]"},
 		{"unknown egress key", goodConfig + "network: {egress: {allow: [1.2.3.4]}}\n", "allow"},
 		{"egress with a remote engine", goodConfig + "engine: {host: tcp://10.0.0.5:2376}\n", "network.egress"},
+		{"swarm without a registry", goodConfig + "engine: {backend: swarm}\n", "engine.registry"},
+		{"swarm with the egress fence", goodConfig + "engine: {backend: swarm, registry: reg:5000}\n", "network.egress"},
+		{"swarm with icc off", goodConfig + "engine: {backend: swarm, registry: reg:5000}\nnetwork: {egress: {enabled: false}}\n", "network.icc"},
+		{"registry without swarm", goodConfig + "engine: {registry: reg:5000}\n", "engine: registry"},
+		{"placement on one engine", strings.Replace(goodConfig, "pids: 256}", "pids: 256, placement: [node.labels.gpu==true]}", 1), "profiles.small.placement"},
+		{"bad placement", strings.Replace(goodConfig, "pids: 256}", "pids: 256, placement: [gpu=yes]}", 1) +
+			"engine: {backend: swarm, registry: reg:5000}\nnetwork: {icc: true, egress: {enabled: false}}\n", "profiles.small.placement[0]"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -34,6 +34,8 @@ var rules = []rule{
 	{module + "/spawnd/backend/...", engineClients, true, "the contract and its fake and suite are backend-neutral"},
 	{module + "/spawnd/docker", []string{module + "/spawnd", module + "/doctor", module + "/images", module + "/api/...", module + "/daemon"}, false,
 		"a backend implements spawnd/backend and returns its types, never a caller's"},
+	{module + "/spawnd/swarm", []string{module + "/spawnd", module + "/doctor", module + "/images", module + "/api/...", module + "/daemon"}, false,
+		"a backend implements spawnd/backend and returns its types, never a caller's"},
 	{module + "/api", []string{module + "/..."}, true, "api is the wire contract any client imports; it imports no other spawnd package"},
 	{module + "/images", []string{module + "/spawnd", module + "/daemon"}, false, "the builder reaches an engine only through backend.Builder and backend.ImageStore"},
 	{module + "/images", engineClients, false, "the builder reaches an engine only through backend.Builder and backend.ImageStore"},

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 
@@ -31,7 +34,13 @@ type Swarm struct {
 	ID     string
 	Bridge string
 	Nodes  []*SwarmNode
-	rule   []string // the FORWARD rule that lets the bridge's ports talk
+	// Registry is the swarm's registry (host:port, plain HTTP): Debian's
+	// docker-registry, the distribution server, on the bridge's gateway;
+	// every node lists it in --insecure-registry.
+	Registry string
+	rule     []string // the FORWARD rule that lets the bridge's ports talk
+	registry *exec.Cmd
+	dir      string
 }
 
 // SwarmNode is one dockerd of a Swarm.
@@ -56,7 +65,7 @@ func NewSwarm(t testing.TB, n int, net byte) *Swarm {
 	if os.Getuid() != 0 {
 		ci.Skip(t, "a swarm of private dockerds needs root")
 	}
-	for _, bin := range []string{"dockerd", "ip", "nsenter", "iptables"} {
+	for _, bin := range []string{"dockerd", "ip", "nsenter", "iptables", "docker-registry"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			ci.Skip(t, "no %s on PATH", bin)
 		}
@@ -82,6 +91,7 @@ func NewSwarm(t testing.TB, n int, net byte) *Swarm {
 	if out, err := exec.Command("iptables", append([]string{"-I"}, s.rule...)...).CombinedOutput(); err != nil {
 		t.Fatalf("iptables: %v %s", err, out)
 	}
+	s.startRegistry(t, gw)
 	for i := 0; i < n; i++ {
 		node := &SwarmNode{Name: fmt.Sprintf("%ssw%s%d", NetnsPrefix, s.ID, i), Addr: netip.AddrFrom4([4]byte{198, 19, net, byte(10 + i)})}
 		s.Nodes = append(s.Nodes, node)
@@ -99,7 +109,7 @@ func NewSwarm(t testing.TB, n int, net byte) *Swarm {
 			t.Fatal(err)
 		}
 		node.dir, node.Host = dir, "unix://"+filepath.Join(dir, "docker.sock")
-		node.start(t)
+		node.start(t, s.Registry)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -165,7 +175,71 @@ func NewSwarm(t testing.TB, n int, net byte) *Swarm {
 	return s
 }
 
-func (node *SwarmNode) start(t testing.TB) {
+// startRegistry runs docker-registry on gw:5000 with its storage in a
+// directory of the swarm's, and waits until it answers.
+func (s *Swarm) startRegistry(t testing.TB, gw netip.Addr) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "spawnd-registry-sw-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.dir = dir
+	s.Registry = gw.String() + ":5000"
+	cfg := fmt.Sprintf("version: 0.1\nlog: {level: warn}\nstorage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\nhttp: {addr: %q}\n",
+		filepath.Join(dir, "data"), s.Registry)
+	if err := os.WriteFile(filepath.Join(dir, "config.yml"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "registry.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("docker-registry", "serve", filepath.Join(dir, "config.yml"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting docker-registry: %v", err)
+	}
+	s.registry = cmd
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		res, err := http.Get("http://" + s.Registry + "/v2/")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
+			t.Fatalf("docker-registry on %s did not answer within 30 s: %v\n%s", s.Registry, err, tail(b))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Push copies an image from the machine's engine to the swarm's registry
+// as repo:tag and returns the reference (by tag) nodes pull.
+func (s *Swarm) Push(t testing.TB, from *docker.Engine, ref, repoTag string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	img, err := from.Image(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := name.ParseReference(s.Registry+"/"+repoTag, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(dst, img, remote.WithContext(ctx)); err != nil {
+		t.Fatalf("pushing %s to %s: %v", ref, dst, err)
+	}
+	return dst.String()
+}
+
+func (node *SwarmNode) start(t testing.TB, registry string) {
 	t.Helper()
 	logf, err := os.OpenFile(filepath.Join(node.dir, "dockerd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -177,7 +251,7 @@ func (node *SwarmNode) start(t testing.TB) {
 	// the PID is dockerd's; it ends with the test binary.
 	cmd := exec.Command("nsenter", "--net=/var/run/netns/"+node.Name, "dockerd",
 		"--data-root", filepath.Join(node.dir, "data"), "--exec-root", filepath.Join(node.dir, "exec"),
-		"--pidfile", filepath.Join(node.dir, "docker.pid"), "-H", node.Host, "--bridge", "none",
+		"--pidfile", filepath.Join(node.dir, "docker.pid"), "-H", node.Host, "--bridge", "none", "--insecure-registry", registry,
 		"--containerd-namespace", "sw"+filepath.Base(node.dir), "--containerd-plugins-namespace", "sw"+filepath.Base(node.dir)+"p")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
@@ -289,6 +363,13 @@ func (s *Swarm) down() {
 			_ = os.RemoveAll(node.dir)
 		}
 		_ = exec.Command("ip", "netns", "del", node.Name).Run()
+	}
+	if s.registry != nil {
+		_ = syscall.Kill(-s.registry.Process.Pid, syscall.SIGKILL)
+		_ = s.registry.Wait()
+	}
+	if s.dir != "" {
+		_ = os.RemoveAll(s.dir)
 	}
 	if s.rule != nil {
 		_ = exec.Command("iptables", append([]string{"-D"}, s.rule...)...).Run()

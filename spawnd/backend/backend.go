@@ -103,6 +103,9 @@ type ContainerSpec struct {
 	Memory     int64  // bytes; 0 = unlimited
 	NanoCPUs   int64
 	PidsLimit  int64
+	// Placement constrains which nodes may run it (Swarm constraints such
+	// as node.labels.gpu==true); a single-engine backend refuses any.
+	Placement []string
 }
 
 // State is a container's state as the backend reports it.
@@ -136,8 +139,11 @@ type Container struct {
 	// Port is the single-user port inside the container (ContainerSpec.Port),
 	// as the backend recorded it.
 	Port     int
-	HostPort int    // the published host port of Port, if any
-	IP       string // the container's address on its network
+	HostPort int // the published host port of Port, if any
+	// HostIP is the address HostPort is published on when the backend
+	// decides it (Swarm: the node that runs it); "" = the spec's PublishIP.
+	HostIP string
+	IP     string // the container's address on its network
 	// Partial is set when the container came from a listing: StartedAt,
 	// FinishedAt, ExitCode, OOMKilled and Error are unknown until an inspect.
 	Partial bool

@@ -139,6 +139,10 @@ func (e *Engine) removeQuietly(ctx context.Context, id string) {
 }
 
 func (e *Engine) create(ctx context.Context, s backend.ContainerSpec) (string, error) {
+	if len(s.Placement) > 0 {
+		return "", fmt.Errorf("placement %v: one engine has no nodes to choose among (placement needs engine.backend: swarm): %w",
+			s.Placement, errdefs.ErrInvalidArgument)
+	}
 	port, ok := network.PortFrom(uint16(s.Port), network.TCP)
 	if !ok {
 		return "", fmt.Errorf("invalid port %d", s.Port)

@@ -1,0 +1,707 @@
+// Package swarm is the Docker Swarm backend (spawnd/backend): each user
+// server is a Swarm service of one replica that is never restarted, placed
+// by the swarm's scheduler on any node, named by its image's digest in a
+// registry every node pulls from, and published in host mode on the node
+// that runs it (no VIP: IPVS drops idle websockets after 900 s).
+//
+// A backend.Container is a service: its ID is the service's ID and its state
+// is that of the service's newest task (new … starting are Created, running
+// is Running, the ends are Exited with the task's exit code and error). The
+// engine reports no task events, so Events polls the manager. Builds go to
+// the manager's own engine (spawnd/docker).
+package swarm
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/api/types/registry"
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+
+	"github.com/spawnd/spawnd/spawnd/backend"
+	"github.com/spawnd/spawnd/spawnd/docker"
+)
+
+// Options configure the backend.
+type Options struct {
+	// Host is a manager's engine address ("" = DOCKER_HOST or the local socket).
+	Host string
+	// Registry is the registry every node pulls env images from
+	// (host[:port]). An image reference without a registry (spawnd/team:…,
+	// as `spawnd build` tags it) is looked up there, where
+	// `spawnd image push ENV REGISTRY` put it.
+	Registry string
+	// Insecure lets the registry be plain HTTP (a registry on a private
+	// network; every node's dockerd must list it in insecure-registries).
+	Insecure bool
+	// PendingTimeout is how long a server may wait for a node that can take
+	// it (Swarm would retry forever); then it is removed with Swarm's
+	// reason. Default 60s.
+	PendingTimeout time.Duration
+	// StopGrace is how long a stopping server has between SIGTERM and SIGKILL. Default 3s.
+	StopGrace time.Duration
+	// PollInterval is how often Events asks the manager for task states. Default 1s.
+	PollInterval time.Duration
+	// Keychain finds registry credentials. Default: authn.DefaultKeychain
+	// (the daemon user's ~/.docker/config.json and credential helpers).
+	Keychain authn.Keychain
+}
+
+// Swarm is the backend on a swarm manager.
+type Swarm struct {
+	cli *client.Client
+	eng *docker.Engine // the manager's engine: builds and images
+	opt Options
+}
+
+var (
+	_ backend.Runtime = (*Swarm)(nil)
+	_ backend.Builder = (*Swarm)(nil)
+)
+
+// New connects to a manager. It does not check that it is one: EnsureNetwork
+// (the daemon's first call) does, with an error that says what to fix.
+func New(opt Options) (*Swarm, error) {
+	if opt.PendingTimeout <= 0 {
+		opt.PendingTimeout = 60 * time.Second
+	}
+	if opt.StopGrace <= 0 {
+		opt.StopGrace = 3 * time.Second
+	}
+	if opt.PollInterval <= 0 {
+		opt.PollInterval = time.Second
+	}
+	if opt.Keychain == nil {
+		opt.Keychain = authn.DefaultKeychain
+	}
+	copts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if opt.Host != "" {
+		copts = append(copts, client.WithHost(opt.Host))
+	}
+	cli, err := client.New(copts...)
+	if err != nil {
+		return nil, fmt.Errorf("creating the engine client: %w", err)
+	}
+	eng, err := docker.New(cli.DaemonHost())
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	return &Swarm{cli: cli, eng: eng, opt: opt}, nil
+}
+
+// Close releases both clients.
+func (s *Swarm) Close() error {
+	return errors.Join(s.cli.Close(), s.eng.Close())
+}
+
+// Host is the manager's address.
+func (s *Swarm) Host() string { return s.cli.DaemonHost() }
+
+// ImageInspect implements backend.Builder on the manager's engine.
+func (s *Swarm) ImageInspect(ctx context.Context, ref string) (backend.ImageInfo, error) {
+	return s.eng.ImageInspect(ctx, ref)
+}
+
+// RunCapture implements backend.Builder on the manager's engine.
+func (s *Swarm) RunCapture(ctx context.Context, spec backend.RunSpec) (backend.RunResult, error) {
+	return s.eng.RunCapture(ctx, spec)
+}
+
+// Build implements backend.Builder on the manager's engine: an env is
+// built there and pushed to the registry for the nodes (spawnd image push).
+func (s *Swarm) Build(ctx context.Context, spec backend.BuildSpec, onLine func(backend.BuildLine)) (string, error) {
+	return s.eng.Build(ctx, spec, onLine)
+}
+
+// Info implements backend.Runtime.
+func (s *Swarm) Info(ctx context.Context) (backend.Info, error) {
+	in, err := s.eng.Info(ctx)
+	in.Backend = "swarm"
+	return in, err
+}
+
+// checkManager returns nil when the engine is an active swarm manager.
+func (s *Swarm) checkManager(ctx context.Context) error {
+	res, err := s.cli.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		return fmt.Errorf("engine.host: asking %s for its swarm state: %w", s.cli.DaemonHost(), err)
+	}
+	sw := res.Info.Swarm
+	switch {
+	case sw.LocalNodeState != swarm.LocalNodeStateActive:
+		return fmt.Errorf("engine.host: the engine at %s is not in a swarm (state %q); run `docker swarm init` there, or point engine.host at a manager: %w",
+			s.cli.DaemonHost(), sw.LocalNodeState, errdefs.ErrInvalidArgument)
+	case !sw.ControlAvailable:
+		return fmt.Errorf("engine.host: the engine at %s is a swarm worker, not a manager; point engine.host at a manager (docker node ls shows them): %w",
+			s.cli.DaemonHost(), errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// EnsureNetwork implements backend.Runtime: an attachable overlay network.
+// Overlays cannot keep containers on them apart, so spec.ICC must be true:
+// the config says so knowingly (docs/SWARM.md).
+func (s *Swarm) EnsureNetwork(ctx context.Context, n backend.NetworkSpec) (backend.NetworkInfo, error) {
+	if err := s.checkManager(ctx); err != nil {
+		return backend.NetworkInfo{}, err
+	}
+	if !n.ICC {
+		return backend.NetworkInfo{}, fmt.Errorf("network.icc: a swarm overlay network cannot block traffic between the servers on it; "+
+			"set network.icc: true to accept that (each server still requires its own token; docs/SWARM.md): %w", errdefs.ErrInvalidArgument)
+	}
+	inspect := func() (client.NetworkInspectResult, error) {
+		return s.cli.NetworkInspect(ctx, n.Name, client.NetworkInspectOptions{Scope: "swarm"})
+	}
+	res, err := inspect()
+	if errdefs.IsNotFound(err) {
+		_, err = s.cli.NetworkCreate(ctx, n.Name, client.NetworkCreateOptions{Driver: "overlay", Attachable: true, Scope: "swarm", Labels: n.Labels})
+		if err != nil && !errdefs.IsConflict(err) {
+			return backend.NetworkInfo{}, fmt.Errorf("creating overlay network %s: %w", n.Name, err)
+		}
+		res, err = inspect()
+	}
+	// The manager allocates a new network a moment after creating it;
+	// until then it reports no driver and no subnet.
+	for wait := 20 * time.Millisecond; err == nil && res.Network.Driver == ""; wait = min(2*wait, 500*time.Millisecond) {
+		select {
+		case <-ctx.Done():
+			return backend.NetworkInfo{}, fmt.Errorf("network %s: the manager did not allocate it: %w", n.Name, ctx.Err())
+		case <-time.After(wait):
+		}
+		res, err = inspect()
+	}
+	if err != nil {
+		return backend.NetworkInfo{}, fmt.Errorf("inspecting network %s: %w", n.Name, err)
+	}
+	if res.Network.Driver != "overlay" || !res.Network.Attachable {
+		return backend.NetworkInfo{}, fmt.Errorf("network.name: the network %q exists with driver %q (attachable %v); swarm needs an attachable overlay: "+
+			"remove it (docker network rm %s) or name another network: %w", n.Name, res.Network.Driver, res.Network.Attachable, n.Name, errdefs.ErrInvalidArgument)
+	}
+	return backend.NetworkInfo{}, nil
+}
+
+// Pin resolves an env image to the reference by digest services run: the
+// image must be in the registry (a reference without one is looked up in
+// Options.Registry). A missing image is an errdefs not-found error that
+// names the push to run.
+func (s *Swarm) Pin(ctx context.Context, ref string) (string, error) {
+	full := ref
+	if s.opt.Registry != "" && !hasRegistry(ref) {
+		full = s.opt.Registry + "/" + ref
+	}
+	if !hasRegistry(full) {
+		return "", fmt.Errorf("image %s: no registry in the reference and engine.registry is not set; every node pulls from a registry "+
+			"(set engine.registry and run spawnd image push ENV REGISTRY): %w", ref, errdefs.ErrInvalidArgument)
+	}
+	var nopts []name.Option
+	if s.opt.Insecure {
+		nopts = append(nopts, name.Insecure)
+	}
+	r, err := name.ParseReference(full, nopts...)
+	if err != nil {
+		return "", fmt.Errorf("image %s: %w: %w", full, err, errdefs.ErrInvalidArgument)
+	}
+	if d, ok := r.(name.Digest); ok && s.opt.Registry == "" {
+		return d.String(), nil // pinned already, and no registry of ours to ask
+	}
+	desc, err := remote.Head(r, remote.WithContext(ctx), remote.WithAuthFromKeychain(s.opt.Keychain))
+	if err != nil {
+		var te *transport.Error
+		if errors.As(err, &te) && (te.StatusCode == http.StatusNotFound || te.StatusCode == http.StatusUnauthorized && s.opt.Registry != "") {
+			return "", fmt.Errorf("image %s is not in the registry %s; push it: spawnd image push ENV %s: %w",
+				full, r.Context().RegistryStr(), r.Context().RegistryStr(), errdefs.ErrNotFound)
+		}
+		return "", fmt.Errorf("asking the registry %s for %s: %w: %w", r.Context().RegistryStr(), full, err, errdefs.ErrUnavailable)
+	}
+	return r.Context().Digest(desc.Digest.String()).String(), nil
+}
+
+// hasRegistry reports whether a reference names its registry (a first
+// component with a dot or a colon, or localhost).
+func hasRegistry(ref string) bool {
+	first, _, ok := strings.Cut(ref, "/")
+	return ok && (strings.ContainsAny(first, ".:") || first == "localhost")
+}
+
+// CheckImage implements backend.Runtime: the image is in the registry.
+func (s *Swarm) CheckImage(ctx context.Context, ref string) error {
+	_, err := s.Pin(ctx, ref)
+	return err
+}
+
+// registryAuth is the X-Registry-Auth value for ref's registry ("" = anonymous).
+func (s *Swarm) registryAuth(ref string) (string, error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return "", err
+	}
+	a, err := s.opt.Keychain.Resolve(r.Context())
+	if err != nil || a == authn.Anonymous {
+		return "", err
+	}
+	cfg, err := a.Authorization()
+	if err != nil {
+		return "", err
+	}
+	b, err := json.Marshal(registry.AuthConfig{Username: cfg.Username, Password: cfg.Password, Auth: cfg.Auth,
+		IdentityToken: cfg.IdentityToken, RegistryToken: cfg.RegistryToken, ServerAddress: r.Context().RegistryStr()})
+	if err != nil {
+		return "", err
+	}
+	return base64.URLEncoding.EncodeToString(b), nil
+}
+
+// serviceSpec is the service of one server: one replica, never restarted,
+// the hardening of one host (capabilities dropped, no new privileges, an
+// init, the pids limit), memory reserved as well as limited so the
+// scheduler places by it, the single-user port published in host mode.
+func (s *Swarm) serviceSpec(c backend.ContainerSpec, image string) swarm.ServiceSpec {
+	one := uint64(1)
+	init := true
+	grace := s.opt.StopGrace
+	cs := &swarm.ContainerSpec{
+		Image: image, Labels: c.Labels, Env: c.Env, Args: c.Cmd, User: c.User, Dir: c.WorkingDir,
+		Init: &init, StopGracePeriod: &grace, CapabilityDrop: []string{"ALL"},
+		Privileges: &swarm.Privileges{NoNewPrivileges: true},
+	}
+	for _, m := range c.Mounts {
+		cs.Mounts = append(cs.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+	}
+	res := &swarm.ResourceRequirements{Limits: &swarm.Limit{MemoryBytes: c.Memory, NanoCPUs: c.NanoCPUs, Pids: c.PidsLimit}}
+	if c.Memory > 0 {
+		res.Reservations = &swarm.Resources{MemoryBytes: c.Memory}
+	}
+	spec := swarm.ServiceSpec{
+		Annotations: swarm.Annotations{Name: c.Name, Labels: c.Labels},
+		TaskTemplate: swarm.TaskSpec{
+			ContainerSpec: cs,
+			Resources:     res,
+			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
+			Placement:     &swarm.Placement{Constraints: c.Placement},
+			LogDriver:     &swarm.Driver{Name: "json-file", Options: map[string]string{"max-size": "10m", "max-file": "2"}},
+		},
+		Mode:         swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &one}},
+		EndpointSpec: &swarm.EndpointSpec{Mode: swarm.ResolutionModeDNSRR},
+	}
+	if c.Network != "" {
+		spec.TaskTemplate.Networks = []swarm.NetworkAttachmentConfig{{Target: c.Network}}
+	}
+	if c.PublishIP != "" {
+		spec.EndpointSpec.Ports = []swarm.PortConfig{{Protocol: network.TCP, TargetPort: uint32(c.Port), PublishMode: swarm.PortConfigPublishModeHost}}
+	}
+	if spec.Annotations.Labels == nil {
+		spec.Annotations.Labels = map[string]string{}
+	}
+	spec.Annotations.Labels = cloneWith(spec.Annotations.Labels, portLabel, strconv.Itoa(c.Port))
+	return spec
+}
+
+// portLabel keeps the single-user port in the service's own record.
+const portLabel = "io.spawnd.swarm.port"
+
+func cloneWith(m map[string]string, k, v string) map[string]string {
+	out := make(map[string]string, len(m)+1)
+	for a, b := range m {
+		out[a] = b
+	}
+	out[k] = v
+	return out
+}
+
+// Run implements backend.Runtime: create the service and wait until its
+// task runs, ends, or waits for a node longer than PendingTimeout. A task
+// that never ran (rejected: an image no node can pull, a mount source
+// missing on the node) and a task no node takes leave no service behind;
+// a server that ran and exited is returned as exited, for its log.
+func (s *Swarm) Run(ctx context.Context, c backend.ContainerSpec) (backend.Container, error) {
+	image, err := s.Pin(ctx, c.Image)
+	if err != nil {
+		return backend.Container{}, err
+	}
+	auth, err := s.registryAuth(image)
+	if err != nil {
+		return backend.Container{}, fmt.Errorf("registry credentials for %s: %w", image, err)
+	}
+	res, err := s.cli.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: s.serviceSpec(c, image), EncodedRegistryAuth: auth})
+	if err != nil {
+		if strings.Contains(err.Error(), "name conflicts with an existing object") && !errdefs.IsConflict(err) {
+			err = fmt.Errorf("%w: %w", err, errdefs.ErrConflict)
+		}
+		return backend.Container{}, fmt.Errorf("creating service %s: %w", c.Name, err)
+	}
+	begun := time.Now()
+	for wait := 50 * time.Millisecond; ; wait = min(wait*2, 500*time.Millisecond) {
+		got, err := s.inspect(ctx, res.ID)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			s.removeQuietly(ctx, res.ID)
+			return backend.Container{}, fmt.Errorf("service %s: %w", c.Name, ctx.Err())
+		case err != nil:
+			// Keep asking until the deadline: a manager may be busy.
+		case got.State == backend.Running:
+			return got.Container, nil
+		case got.State == backend.Exited && got.taskRan:
+			return got.Container, nil
+		case got.State == backend.Exited:
+			s.removeQuietly(ctx, res.ID)
+			return backend.Container{}, fmt.Errorf("service %s: no node could start it: %s: %w", c.Name, got.Error, classify(got.Error))
+		case got.pending && time.Since(begun) > s.opt.PendingTimeout:
+			s.removeQuietly(ctx, res.ID)
+			return backend.Container{}, fmt.Errorf("service %s: no node took it within %s: %s: %w",
+				c.Name, s.opt.PendingTimeout, explainPending(got.Error, c), errdefs.ErrUnavailable)
+		}
+		select {
+		case <-ctx.Done():
+			s.removeQuietly(ctx, res.ID)
+			reason := ""
+			if err == nil && got.Error != "" {
+				reason = " (" + got.Error + ")"
+			}
+			return backend.Container{}, fmt.Errorf("service %s: not running before the deadline%s: %w", c.Name, reason, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+}
+
+// classify makes a task's error an errdefs class.
+func classify(taskErr string) error {
+	switch {
+	case strings.Contains(taskErr, "No such image"), strings.Contains(taskErr, "not found"), strings.Contains(taskErr, "manifest unknown"):
+		return errdefs.ErrNotFound
+	case strings.Contains(taskErr, "invalid mount config"), strings.Contains(taskErr, "bind source path does not exist"):
+		return errdefs.ErrInvalidArgument
+	}
+	return errdefs.ErrUnavailable
+}
+
+// explainPending turns Swarm's scheduling message into what to fix.
+func explainPending(taskErr string, c backend.ContainerSpec) string {
+	switch {
+	case strings.Contains(taskErr, "insufficient resources"):
+		return fmt.Sprintf("no node has %d MiB of memory free to reserve (%s); free memory on a node, add a node, or choose a smaller profile",
+			c.Memory>>20, taskErr)
+	case strings.Contains(taskErr, "constraints not satisfied"), strings.Contains(taskErr, "scheduling constraints"):
+		return fmt.Sprintf("no node matches the placement %v (%s); label a node (docker node update --label-add) or change the profile's placement",
+			c.Placement, taskErr)
+	case taskErr == "":
+		return "Swarm gave no reason"
+	}
+	return taskErr
+}
+
+func (s *Swarm) removeQuietly(ctx context.Context, id string) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	_ = s.Remove(rctx, id, 0)
+}
+
+// observed is a service as a Container, with what Run needs besides.
+type observed struct {
+	backend.Container
+	pending bool // the task waits for a node
+	taskRan bool // the task's container existed
+}
+
+// Inspect implements backend.Runtime: the service and its newest task.
+func (s *Swarm) Inspect(ctx context.Context, idOrName string) (backend.Container, error) {
+	o, err := s.inspect(ctx, idOrName)
+	return o.Container, err
+}
+
+func (s *Swarm) inspect(ctx context.Context, idOrName string) (observed, error) {
+	svc, err := s.cli.ServiceInspect(ctx, idOrName, client.ServiceInspectOptions{})
+	if err != nil {
+		return observed{}, fmt.Errorf("inspecting service %s: %w", idOrName, err)
+	}
+	f := client.Filters{}
+	f.Add("service", svc.Service.ID)
+	tasks, err := s.cli.TaskList(ctx, client.TaskListOptions{Filters: f})
+	if err != nil {
+		return observed{}, fmt.Errorf("listing the tasks of service %s: %w", idOrName, err)
+	}
+	nodes, err := s.nodes(ctx)
+	if err != nil {
+		return observed{}, err
+	}
+	return fromService(svc.Service, tasks.Items, nodes), nil
+}
+
+// nodeInfo is what a container needs of its node.
+type nodeInfo struct {
+	addr, host string
+	down       bool
+}
+
+func (s *Swarm) nodes(ctx context.Context) (map[string]nodeInfo, error) {
+	res, err := s.cli.NodeList(ctx, client.NodeListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing the swarm's nodes: %w", err)
+	}
+	out := make(map[string]nodeInfo, len(res.Items))
+	for _, n := range res.Items {
+		out[n.ID] = nodeInfo{addr: n.Status.Addr, host: n.Description.Hostname, down: n.Status.State == swarm.NodeStateDown}
+	}
+	return out, nil
+}
+
+// fromService makes a Container of a service and its tasks.
+func fromService(svc swarm.Service, tasks []swarm.Task, nodes map[string]nodeInfo) observed {
+	o := observed{Container: backend.Container{
+		ID: svc.ID, Name: svc.Spec.Name, Labels: map[string]string{}, Created: svc.CreatedAt, State: backend.Created,
+	}}
+	for k, v := range svc.Spec.Labels {
+		if k != portLabel {
+			o.Labels[k] = v
+		}
+	}
+	o.Port, _ = strconv.Atoi(svc.Spec.Labels[portLabel])
+	if cs := svc.Spec.TaskTemplate.ContainerSpec; cs != nil {
+		o.Image = cs.Image
+		if _, d, ok := strings.Cut(cs.Image, "@"); ok {
+			o.ImageID = d
+		}
+	}
+	if len(tasks) == 0 {
+		return o // a service whose task is not made yet (or replicas 0)
+	}
+	t := slices.MaxFunc(tasks, func(a, b swarm.Task) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	st := t.Status
+	node := nodes[t.NodeID]
+	o.Error = st.Err
+	if st.ContainerStatus != nil {
+		o.ExitCode = st.ContainerStatus.ExitCode
+		o.taskRan = st.ContainerStatus.ContainerID != ""
+	}
+	for _, na := range t.NetworksAttachments {
+		if len(na.Addresses) > 0 && na.Network.Spec.Name != "ingress" {
+			o.IP = na.Addresses[0].Addr().String()
+			break
+		}
+	}
+	for _, p := range st.PortStatus.Ports {
+		if int(p.TargetPort) == o.Port {
+			o.HostPort, o.HostIP = int(p.PublishedPort), node.addr
+		}
+	}
+	switch st.State {
+	case swarm.TaskStateRunning:
+		o.State, o.StartedAt = backend.Running, st.Timestamp
+	case swarm.TaskStateComplete, swarm.TaskStateFailed, swarm.TaskStateRejected, swarm.TaskStateShutdown, swarm.TaskStateOrphaned, swarm.TaskStateRemove:
+		o.State, o.FinishedAt = backend.Exited, st.Timestamp
+		if st.State == swarm.TaskStateRejected && o.ExitCode == 0 {
+			o.ExitCode = 128 // it never ran: not a clean exit
+		}
+	case swarm.TaskStatePending, swarm.TaskStateNew, swarm.TaskStateAllocated:
+		o.pending = true
+		if st.Err == "" && st.Message != "" && st.Message != "pending task scheduling" {
+			o.Error = st.Message
+		}
+	}
+	if t.DesiredState != swarm.TaskStateRunning && o.State == backend.Running {
+		o.State = backend.Removing // being shut down
+	}
+	if node.down && (o.State == backend.Running || o.State == backend.Created || o.State == backend.Removing) {
+		// The node is gone; so is the server on it.
+		o.State, o.ExitCode, o.FinishedAt = backend.Exited, 137, time.Time{}
+		o.Error = fmt.Sprintf("node %s (%s) is down", node.host, node.addr)
+	}
+	return o
+}
+
+// Logs implements backend.Runtime: the service's log through the manager.
+func (s *Swarm) Logs(ctx context.Context, id string, tail int) (string, error) {
+	rc, err := s.cli.ServiceLogs(ctx, id, client.ServiceLogsOptions{ShowStdout: true, ShowStderr: true, Tail: strconv.Itoa(tail)})
+	if err != nil {
+		return "", fmt.Errorf("reading the logs of service %s: %w", id, err)
+	}
+	defer rc.Close()
+	var buf bytes.Buffer
+	lw := &limitWriter{w: &buf, n: 64 << 10}
+	if _, err := stdcopy.StdCopy(lw, lw, rc); err != nil && !errors.Is(err, errLimit) && !errors.Is(err, io.EOF) {
+		return buf.String(), fmt.Errorf("reading the logs of service %s: %w", id, err)
+	}
+	return buf.String(), nil
+}
+
+var errLimit = errors.New("log limit reached")
+
+type limitWriter struct {
+	w io.Writer
+	n int
+}
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if len(p) > l.n {
+		_, _ = l.w.Write(p[:l.n])
+		l.n = 0
+		return 0, errLimit
+	}
+	l.n -= len(p)
+	return l.w.Write(p)
+}
+
+// Remove implements backend.Runtime: remove the service, then wait (at most
+// the grace and 15 s) until its task's container is gone, so a home is
+// not written by two servers at once. The grace is the service's
+// StopGracePeriod (Options.StopGrace); grace here only bounds the wait.
+func (s *Swarm) Remove(ctx context.Context, id string, grace time.Duration) error {
+	if _, err := s.cli.ServiceRemove(ctx, id, client.ServiceRemoveOptions{}); err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("removing service %s: %w", id, err)
+	}
+	f := client.Filters{}
+	f.Add("service", id)
+	deadline := time.Now().Add(max(grace, s.opt.StopGrace) + 15*time.Second)
+	for time.Now().Before(deadline) {
+		tasks, err := s.cli.TaskList(ctx, client.TaskListOptions{Filters: f})
+		if err != nil || len(tasks.Items) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil // removed; the wait is a courtesy
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// List implements backend.Runtime: every service with all labels, each
+// complete (a task says everything an inspect would).
+func (s *Swarm) List(ctx context.Context, labels map[string]string) ([]backend.Container, error) {
+	os, err := s.list(ctx, labels)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]backend.Container, len(os))
+	for i, o := range os {
+		out[i] = o.Container
+	}
+	return out, nil
+}
+
+func (s *Swarm) list(ctx context.Context, labels map[string]string) ([]observed, error) {
+	f := client.Filters{}
+	for k, v := range labels {
+		f.Add("label", k+"="+v)
+	}
+	svcs, err := s.cli.ServiceList(ctx, client.ServiceListOptions{Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("listing services: %w", err)
+	}
+	if len(svcs.Items) == 0 {
+		return nil, nil
+	}
+	tf := client.Filters{}
+	for _, svc := range svcs.Items {
+		tf.Add("service", svc.ID)
+	}
+	tasks, err := s.cli.TaskList(ctx, client.TaskListOptions{Filters: tf})
+	if err != nil {
+		return nil, fmt.Errorf("listing tasks: %w", err)
+	}
+	byService := map[string][]swarm.Task{}
+	for _, t := range tasks.Items {
+		byService[t.ServiceID] = append(byService[t.ServiceID], t)
+	}
+	nodes, err := s.nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]observed, 0, len(svcs.Items))
+	for _, svc := range svcs.Items {
+		out = append(out, fromService(svc, byService[svc.ID], nodes))
+	}
+	return out, nil
+}
+
+// Events implements backend.Runtime. Swarm reports no task events, so the
+// manager is asked every PollInterval and changes become events: create,
+// start (running), die (ended, or its node went down), destroy (gone).
+func (s *Swarm) Events(ctx context.Context, labels map[string]string) (<-chan backend.ContainerEvent, <-chan error) {
+	out := make(chan backend.ContainerEvent, 64)
+	errc := make(chan error, 1)
+	go func() {
+		defer close(out)
+		var last map[string]backend.Container
+		for {
+			lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			cs, err := s.List(lctx, labels)
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				errc <- err
+				return
+			}
+			now := make(map[string]backend.Container, len(cs))
+			for _, c := range cs {
+				now[c.ID] = c
+			}
+			if last != nil {
+				for _, ev := range diff(last, now) {
+					select {
+					case out <- ev:
+					case <-ctx.Done():
+						return
+					}
+				}
+			}
+			last = now
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(s.opt.PollInterval):
+			}
+		}
+	}()
+	return out, errc
+}
+
+// diff is the events between two pollings.
+func diff(last, now map[string]backend.Container) []backend.ContainerEvent {
+	var evs []backend.ContainerEvent
+	for id, c := range now {
+		was, ok := last[id]
+		if !ok {
+			evs = append(evs, backend.ContainerEvent{ID: id, Action: "create", Labels: c.Labels})
+		}
+		if c.State != was.State || c.StartedAt != was.StartedAt {
+			switch c.State {
+			case backend.Running:
+				evs = append(evs, backend.ContainerEvent{ID: id, Action: "start", Labels: c.Labels})
+			case backend.Exited:
+				evs = append(evs, backend.ContainerEvent{ID: id, Action: "die", Labels: c.Labels})
+			}
+		}
+	}
+	for id, c := range last {
+		if _, ok := now[id]; !ok {
+			evs = append(evs, backend.ContainerEvent{ID: id, Action: "destroy", Labels: c.Labels})
+		}
+	}
+	return evs
+}

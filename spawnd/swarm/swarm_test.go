@@ -1,0 +1,236 @@
+package swarm_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+
+	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/spawnd/backend"
+	"github.com/spawnd/spawnd/spawnd/backend/backendtest"
+	spawndswarm "github.com/spawnd/spawnd/spawnd/swarm"
+)
+
+// TestSwarm runs the backend on a real three-node swarm (testenv.NewSwarm:
+// a dockerd per network namespace, Debian's docker-registry on the
+// bridge): the backend contract every Runtime keeps, then what only a
+// swarm has: servers published on the node that runs them, a task no
+// node can take, a node that dies.
+func TestSwarm(t *testing.T) {
+	eng := testenv.Engine(t)
+	busybox := testenv.EnsureBusybox(t, eng)
+	sw := testenv.NewSwarm(t, 3, 42)
+	image := sw.Push(t, eng, busybox, "spawnd-test/busybox:1")
+	mgr := sw.Manager(t)
+	inst := testenv.Instance(t, eng)
+	lbl := map[string]string{"io.spawnd.instance": inst, testenv.TestLabel: "1"}
+	netName := "spawnd-test-" + inst
+	opts := spawndswarm.Options{Host: mgr.Host(), Registry: sw.Registry, Insecure: true, PollInterval: 250 * time.Millisecond}
+	rt := newSwarm(t, opts)
+	if _, err := rt.EnsureNetwork(ctxFor(t, 30*time.Second), backend.NetworkSpec{Name: netName, ICC: true, Labels: lbl}); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("Conformance", func(t *testing.T) {
+		backendtest.Run(t, backendtest.Harness{
+			New: func(t *testing.T) (backend.Runtime, backend.Runtime) {
+				return rt, newSwarm(t, opts)
+			},
+			Image: image, Port: 8888, Network: netName, Labels: lbl,
+			Serve:    []string{"httpd", "-f", "-p", "8888"},
+			ExitWith: func(code int) []string { return []string{"sh", "-c", fmt.Sprintf("sleep 1; exit %d", code)} },
+			MakeHalf: func(t *testing.T, spec backend.ContainerSpec) string {
+				// What a crash leaves: a service whose task was never made.
+				zero := uint64(0)
+				res, err := testenv.Client(mgr).ServiceCreate(context.Background(), client.ServiceCreateOptions{Spec: swarm.ServiceSpec{
+					Annotations:  swarm.Annotations{Name: spec.Name, Labels: spec.Labels},
+					TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: image, Args: spec.Cmd}},
+					Mode:         swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &zero}},
+				}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return res.ID
+			},
+		})
+	})
+
+	t.Run("NotAManager", func(t *testing.T) {
+		w := newSwarm(t, spawndswarm.Options{Host: sw.Nodes[1].Host, Registry: sw.Registry, Insecure: true})
+		_, err := w.EnsureNetwork(context.Background(), backend.NetworkSpec{Name: netName, ICC: true, Labels: lbl})
+		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "worker, not a manager") {
+			t.Fatalf("a worker as engine.host: %v; want an error that says it is not a manager", err)
+		}
+		_, err = rt.EnsureNetwork(context.Background(), backend.NetworkSpec{Name: netName, ICC: false, Labels: lbl})
+		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "network.icc") {
+			t.Fatalf("icc false on an overlay: %v; want an error naming network.icc", err)
+		}
+	})
+
+	// A server published in host mode answers on its node's address, which
+	// is what the spawner hands the hub's proxy; the hardening is in place.
+	t.Run("PublishedOnTheNode", func(t *testing.T) {
+		spec := serverSpec(t, image, netName, lbl)
+		spec.PublishIP = "0.0.0.0"
+		c, err := rt.Run(ctxFor(t, time.Minute), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rt.Remove(context.Background(), c.ID, 0)
+		if c.HostIP == "" || c.HostPort == 0 {
+			t.Fatalf("Run = host %q port %d; want the node's address and a published port", c.HostIP, c.HostPort)
+		}
+		addr := net.JoinHostPort(c.HostIP, strconv.Itoa(c.HostPort))
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			res, err := http.Get("http://" + addr + "/")
+			if err == nil {
+				res.Body.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the server at %s (its node's published port) did not answer within 30 s: %v", addr, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		node := -1
+		for i, n := range sw.Nodes {
+			if n.Addr.String() == c.HostIP {
+				node = i
+			}
+		}
+		if node < 0 {
+			t.Fatalf("HostIP %s is no node's address (%s)", c.HostIP, sw)
+		}
+		// The hardening, as the kernel sees it in the server's container.
+		f := client.Filters{}
+		f.Add("service", c.ID)
+		tasks, err := testenv.Client(mgr).TaskList(ctxFor(t, 10*time.Second), client.TaskListOptions{Filters: f})
+		if err != nil || len(tasks.Items) != 1 || tasks.Items[0].Status.ContainerStatus == nil {
+			t.Fatalf("the service's task: %+v, %v", tasks, err)
+		}
+		code, out, err := testenv.Exec(ctxFor(t, 30*time.Second), sw.Node(t, node), tasks.Items[0].Status.ContainerStatus.ContainerID,
+			[]string{"sh", "-c", "grep -E '^(CapEff|CapBnd|NoNewPrivs):' /proc/self/status; id -u"})
+		if err != nil || code != 0 {
+			t.Fatalf("exec in the server: %d %v %s", code, err, out)
+		}
+		if !strings.Contains(out, "CapEff:\t0000000000000000") || !strings.Contains(out, "CapBnd:\t0000000000000000") {
+			t.Errorf("capabilities in the server:\n%s\nwant none (all dropped)", out)
+		}
+		t.Logf("in the server (engine %s):\n%s", engineVersion(t, mgr), out)
+	})
+
+	// A task no node can take (it reserves more memory than any node has)
+	// ends after PendingTimeout with Swarm's reason, and leaves no service.
+	t.Run("PendingPastTheDeadline", func(t *testing.T) {
+		o := opts
+		o.PendingTimeout = 3 * time.Second
+		short := newSwarm(t, o)
+		spec := serverSpec(t, image, netName, lbl)
+		spec.Memory = 1 << 50 // a pebibyte
+		ctx := ctxFor(t, time.Minute)
+		_, err := short.Run(ctx, spec)
+		if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "no node has") || !strings.Contains(err.Error(), "MiB of memory free") {
+			t.Fatalf("Run of a server no node can hold: %v; want unavailable, naming the memory no node has", err)
+		}
+		t.Logf("the error: %v", err)
+		if cs, err := rt.List(ctx, spec.Labels); err != nil || len(cs) != 0 {
+			t.Errorf("after the deadline: %d services, %v; want none", len(cs), err)
+		}
+		spec = serverSpec(t, image, netName, lbl)
+		spec.Placement = []string{"node.labels.spawnd-test-none==1"}
+		if _, err := short.Run(ctx, spec); !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "no node matches the placement") {
+			t.Fatalf("Run with a placement nothing matches: %v; want unavailable, naming the placement", err)
+		}
+	})
+
+	// A node that dies takes its server to exited with the reason, and the
+	// next start of that name runs on a node that is up.
+	t.Run("NodeDies", func(t *testing.T) {
+		spec := serverSpec(t, image, netName, lbl)
+		spec.Placement = []string{"node.labels." + testenv.SwarmLabel + "==2"}
+		ctx := ctxFor(t, 4*time.Minute)
+		c, err := rt.Run(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rt.Remove(context.Background(), c.ID, 0)
+		sw.Kill(2)
+		deadline := time.Now().Add(2 * time.Minute)
+		var got backend.Container
+		for {
+			got, err = rt.Inspect(context.Background(), c.ID)
+			if err == nil && got.State == backend.Exited {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("2 min after its node died the server is %s (%v)", got.State, err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		if !strings.Contains(got.Error, "is down") {
+			t.Errorf("the server of a dead node: error %q; want it to say the node is down", got.Error)
+		}
+		if err := rt.Remove(context.Background(), c.ID, 0); err != nil {
+			t.Fatal(err)
+		}
+		spec.Placement = nil
+		again, err := rt.Run(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rt.Remove(context.Background(), again.ID, 0)
+		if again.HostIP == sw.Nodes[2].Addr.String() {
+			t.Errorf("the next start ran on the dead node")
+		}
+	})
+}
+
+func engineVersion(t *testing.T, eng interface {
+	Info(context.Context) (backend.Info, error)
+}) string {
+	in, err := eng.Info(ctxFor(t, 10*time.Second))
+	if err != nil {
+		return err.Error()
+	}
+	return in.Version + " API " + in.APIVersion
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newSwarm(t *testing.T, o spawndswarm.Options) *spawndswarm.Swarm {
+	t.Helper()
+	s, err := spawndswarm.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+var specN int
+
+func serverSpec(t *testing.T, image, netName string, lbl map[string]string) backend.ContainerSpec {
+	specN++
+	l := map[string]string{"io.spawnd.test.case": fmt.Sprintf("%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), specN)}
+	for k, v := range lbl {
+		l[k] = v
+	}
+	return backend.ContainerSpec{
+		Name: fmt.Sprintf("spawnd-test-%d-%d", time.Now().UnixNano()%1e9, specN), Image: image, Labels: l,
+		Cmd: []string{"httpd", "-f", "-p", "8888"}, Port: 8888, Network: netName, Memory: 64 << 20, PidsLimit: 64,
+	}
+}
