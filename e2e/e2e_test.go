@@ -556,7 +556,13 @@ func hubScenario(t *testing.T, eng *docker.Engine, specText, venv string) {
 
 func (w *world) waitStopped(user, server string) {
 	w.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	w.waitStoppedWithin(user, server, 60*time.Second)
+}
+
+// waitStoppedWithin waits until the hub has no such server, at most d.
+func (w *world) waitStoppedWithin(user, server string, d time.Duration) {
+	w.t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		var u hubUser
 		w.hubAPI("GET", "/users/"+user, nil, &u)
