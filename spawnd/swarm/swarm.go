@@ -448,8 +448,8 @@ func (s *Swarm) inspect(ctx context.Context, idOrName string) (observed, error) 
 
 // nodeInfo is what a container needs of its node.
 type nodeInfo struct {
-	addr, host string
-	down       bool
+	addr, host    string
+	down, drained bool
 }
 
 func (s *Swarm) nodes(ctx context.Context) (map[string]nodeInfo, error) {
@@ -459,7 +459,8 @@ func (s *Swarm) nodes(ctx context.Context) (map[string]nodeInfo, error) {
 	}
 	out := make(map[string]nodeInfo, len(res.Items))
 	for _, n := range res.Items {
-		out[n.ID] = nodeInfo{addr: n.Status.Addr, host: n.Description.Hostname, down: n.Status.State == swarm.NodeStateDown}
+		out[n.ID] = nodeInfo{addr: n.Status.Addr, host: n.Description.Hostname, down: n.Status.State == swarm.NodeStateDown,
+			drained: n.Spec.Availability == swarm.NodeAvailabilityDrain}
 	}
 	return out, nil
 }
@@ -516,6 +517,16 @@ func fromService(svc swarm.Service, tasks []swarm.Task, nodes map[string]nodeInf
 		if st.Err == "" && st.Message != "" && st.Message != "pending task scheduling" {
 			o.Error = st.Message
 		}
+	}
+	if o.State == backend.Exited && o.Error == "" && node.drained {
+		// Draining shuts the task down; with restart none nothing replaces it.
+		o.Error = fmt.Sprintf("node %s (%s) was drained", node.host, node.addr)
+	}
+	if len(tasks) > 1 && o.State != backend.Exited {
+		// Swarm replaced the task spawnd started (it never should, with
+		// restart none): the server the hub knew is gone.
+		o.State, o.FinishedAt = backend.Exited, time.Time{}
+		o.Error = "the swarm replaced the server's task on another node"
 	}
 	if t.DesiredState != swarm.TaskStateRunning && o.State == backend.Running {
 		o.State = backend.Removing // being shut down

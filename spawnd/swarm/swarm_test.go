@@ -17,6 +17,7 @@ import (
 	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/spawnd/backend"
 	"github.com/spawnd/spawnd/spawnd/backend/backendtest"
+	"github.com/spawnd/spawnd/spawnd/docker"
 	spawndswarm "github.com/spawnd/spawnd/spawnd/swarm"
 )
 
@@ -153,6 +154,54 @@ func TestSwarm(t *testing.T) {
 		}
 	})
 
+	// A drained node's servers end with the reason; new ones go elsewhere.
+	t.Run("Drain", func(t *testing.T) {
+		spec := serverSpec(t, image, netName, lbl)
+		spec.PublishIP = "0.0.0.0"
+		c, err := rt.Run(ctxFor(t, time.Minute), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rt.Remove(context.Background(), c.ID, 0)
+		node := -1
+		for i, n := range sw.Nodes {
+			if n.Addr.String() == c.HostIP {
+				node = i
+			}
+		}
+		if node < 0 {
+			t.Fatalf("HostIP %s is no node's", c.HostIP)
+		}
+		setAvailability(t, mgr, sw.Nodes[node].ID, swarm.NodeAvailabilityDrain)
+		defer setAvailability(t, mgr, sw.Nodes[node].ID, swarm.NodeAvailabilityActive)
+		deadline := time.Now().Add(time.Minute)
+		var got backend.Container
+		for {
+			got, err = rt.Inspect(context.Background(), c.ID)
+			if err == nil && got.State == backend.Exited {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("a minute after its node was drained the server is %s (%v)", got.State, err)
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if !strings.Contains(got.Error, "was drained") {
+			t.Errorf("the server of a drained node: error %q; want it to say the node was drained", got.Error)
+		}
+		if err := rt.Remove(context.Background(), c.ID, 0); err != nil {
+			t.Fatal(err)
+		}
+		again, err := rt.Run(ctxFor(t, time.Minute), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rt.Remove(context.Background(), again.ID, 0)
+		if again.HostIP == c.HostIP {
+			t.Errorf("the next start ran on the drained node %s", c.HostIP)
+		}
+	})
+
 	// A node that dies takes its server to exited with the reason, and the
 	// next start of that name runs on a node that is up.
 	t.Run("NodeDies", func(t *testing.T) {
@@ -193,6 +242,21 @@ func TestSwarm(t *testing.T) {
 			t.Errorf("the next start ran on the dead node")
 		}
 	})
+}
+
+func setAvailability(t *testing.T, mgr *docker.Engine, nodeID string, a swarm.NodeAvailability) {
+	t.Helper()
+	cli := testenv.Client(mgr)
+	ctx := ctxFor(t, 30*time.Second)
+	nd, err := cli.NodeInspect(ctx, nodeID, client.NodeInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := nd.Node.Spec
+	spec.Availability = a
+	if _, err := cli.NodeUpdate(ctx, nodeID, client.NodeUpdateOptions{Version: nd.Node.Version, Spec: spec}); err != nil {
+		t.Fatalf("setting node %s %s: %v", nodeID, a, err)
+	}
 }
 
 func engineVersion(t *testing.T, eng interface {
