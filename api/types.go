@@ -95,6 +95,7 @@ const (
 	StepAccepted  = "accepted"
 	StepImage     = "image"
 	StepHome      = "home"
+	StepPlacing   = "placing"
 	StepCreated   = "created"
 	StepStarted   = "started"
 	StepListening = "listening"

@@ -143,6 +143,9 @@ func (m *Manager) engineErr(doing string, err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return err
 	}
+	if up := (*backend.Unplaceable)(nil); errors.As(err, &up) {
+		return &Error{Kind: ErrUnavailable, Msg: "No machine can run this server now: " + up.Reason, Cause: err}
+	}
 	if errdefs.IsUnavailable(err) || isConnErr(err) {
 		return &Error{Kind: ErrUnavailable, Msg: fmt.Sprintf("the container engine is not reachable (%s)", doing), Cause: err}
 	}

@@ -402,6 +402,35 @@ func TestFailedStartLeavesNoContainer(t *testing.T) {
 	}
 }
 
+// TestUnplaceableReachesTheSpawnPage: a backend that can place a server on
+// no machine says why, and that reason (not "the engine is not reachable")
+// is the start's error and its last progress line; what the backend said
+// while it waited is progress too.
+func TestUnplaceableReachesTheSpawnPage(t *testing.T) {
+	rt := fakebackend.New()
+	rt.Waiting = "Waiting for a machine with room for the server"
+	rt.RunErr = &backend.Unplaceable{Reason: "no node has 4096 MiB of memory free to reserve", Err: errdefs.ErrUnavailable}
+	m := newTestManager(t, testConfig(t), rt)
+	_, err := m.Start(context.Background(), "mona", "", StartRequest{})
+	var se *Error
+	if !errors.As(err, &se) || !errors.Is(err, ErrUnavailable) || !strings.Contains(se.Msg, "no node has 4096 MiB") {
+		t.Fatalf("start: %#v; want unavailable with the backend's reason", err)
+	}
+	var events []ProgressEvent
+	_ = m.Progress(context.Background(), "mona", "", func(ev ProgressEvent) error {
+		events = append(events, ev)
+		return nil
+	})
+	var placing bool
+	for _, ev := range events {
+		placing = placing || ev.Step == StepPlacing && ev.Message == rt.Waiting
+	}
+	last := events[len(events)-1]
+	if !placing || !last.Failed || !strings.Contains(last.Message, "no node has 4096 MiB") {
+		t.Fatalf("progress %+v; want the wait as a placing step and the reason last", events)
+	}
+}
+
 func TestProgressInOrder(t *testing.T) {
 	rt := fakebackend.New()
 	m := newTestManager(t, testConfig(t), rt)

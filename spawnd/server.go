@@ -53,6 +53,7 @@ const (
 	StepAccepted  Step = "accepted"
 	StepImage     Step = "image"
 	StepHome      Step = "home"
+	StepPlacing   Step = "placing" // a backend that places (Swarm) waits for a node and its pull
 	StepCreated   Step = "created"
 	StepStarted   Step = "started"
 	StepListening Step = "listening"

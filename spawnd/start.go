@@ -181,6 +181,9 @@ func (m *Manager) doStart(ctx context.Context, p startPlan, rec *record, oldID s
 		}
 	}
 	spec := containerSpec(&m.cfg, p, home)
+	spec.Waiting = func(msg string) {
+		prog.add(ProgressEvent{Progress: 40, Step: StepPlacing, Message: msg})
+	}
 	c, adopted, err := m.run(ctx, spec, log)
 	if err != nil {
 		return Server{}, err

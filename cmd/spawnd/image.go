@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -11,6 +13,8 @@ import (
 
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
+	"github.com/spawnd/spawnd/labels"
+	"github.com/spawnd/spawnd/spawnd/swarm"
 )
 
 // lockedTag finds the image tag of an env from its lock.
@@ -140,8 +144,61 @@ gives the same image ID on every machine. scripts/make-base uses it.`,
 	importRootfs.Flags().StringArrayVar(&ri.Env, "env", nil, "KEY=VALUE in the image's environment; repeatable")
 	importRootfs.Flags().StringArrayVar(&ri.Cmd, "cmd", nil, "the image's command, one argument per flag")
 	importRootfs.Flags().StringVar(&ri.Comment, "comment", "", "a comment for the image's history")
-	for _, c := range []*cobra.Command{push, save, load, importRootfs} {
-		c.Flags().StringVar(&bf.engine, "engine", "", "Docker engine address (default: DOCKER_HOST or the local socket)")
+	var pp struct {
+		registry string
+		insecure bool
+		timeout  time.Duration
+	}
+	prepull := &cobra.Command{
+		Use:   "prepull ENV",
+		Short: "Pull an env's image onto every node of a swarm, so no start waits for a pull",
+		Long: `Put the image of ENV (a spec file or an env name) on every active node of the
+swarm whose manager --engine names: a global job of the image, one task per
+node, each pulling the image by digest from --registry (where
+spawnd image push put it) and exiting at once; the job is removed at the end.
+Each node's progress is printed; the exit status is non-zero if any node
+failed, naming it and why.`,
+		Example: "  spawnd image prepull team --engine unix:///var/run/docker.sock --registry registry.example.edu:5000",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lockedTag(args[0])
+			if err != nil {
+				return err
+			}
+			if pp.registry == "" {
+				return errors.New("--registry: name the registry the nodes pull from (engine.registry in spawnd.yaml)")
+			}
+			sw, err := swarm.New(swarm.Options{Host: bf.engine, Registry: pp.registry, Insecure: pp.insecure})
+			if err != nil {
+				return err
+			}
+			defer sw.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), pp.timeout)
+			defer cancel()
+			began := time.Now()
+			ref, err := sw.Prepull(ctx, l.Tag(), map[string]string{labels.Env: l.Env}, func(ev swarm.PrepullEvent) {
+				line := fmt.Sprintf("[%6.1fs] %-8s %s  (%d/%d nodes ready)", time.Since(began).Seconds(), ev.State, ev.Node, ev.Ready, ev.Nodes)
+				if ev.Err != "" {
+					line += ": " + ev.Err
+				}
+				fmt.Fprintln(cmd.ErrOrStderr(), line)
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), ref)
+			return nil
+		},
+	}
+	prepull.Flags().StringVar(&pp.registry, "registry", "", "the registry every node pulls from, host[:port] (engine.registry)")
+	prepull.Flags().BoolVar(&pp.insecure, "insecure-registry", false, "reach the registry over plain HTTP (engine.insecure_registry)")
+	prepull.Flags().DurationVar(&pp.timeout, "timeout", 30*time.Minute, "give up after this long")
+	for _, c := range []*cobra.Command{push, save, load, importRootfs, prepull} {
+		what := "Docker engine address"
+		if c == prepull {
+			what = "a swarm manager's engine address"
+		}
+		c.Flags().StringVar(&bf.engine, "engine", "", what+" (default: DOCKER_HOST or the local socket)")
 		img.AddCommand(c)
 	}
 	return img

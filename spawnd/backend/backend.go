@@ -106,7 +106,25 @@ type ContainerSpec struct {
 	// Placement constrains which nodes may run it (Swarm constraints such
 	// as node.labels.gpu==true); a single-engine backend refuses any.
 	Placement []string
+	// Waiting, when set, hears what Run waits for, in words for the
+	// person who started the server (Swarm: the node chosen, the image
+	// pull there). It is called from Run's goroutine.
+	Waiting func(msg string)
 }
+
+// Unplaceable is Run's error for a container no node can run now (Swarm:
+// none has the memory it reserves, or matches its placement). Reason is
+// written for the person who asked and holds no host path; the core shows
+// it on the spawn page.
+type Unplaceable struct {
+	Reason string
+	Err    error // the backend's own error, for the log
+}
+
+func (e *Unplaceable) Error() string { return e.Reason + ": " + e.Err.Error() }
+
+// Unwrap returns the backend's error.
+func (e *Unplaceable) Unwrap() error { return e.Err }
 
 // State is a container's state as the backend reports it.
 type State string

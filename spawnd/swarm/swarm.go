@@ -349,7 +349,7 @@ func (s *Swarm) Run(ctx context.Context, c backend.ContainerSpec) (backend.Conta
 		}
 		return backend.Container{}, fmt.Errorf("creating service %s: %w", c.Name, err)
 	}
-	begun := time.Now()
+	begun, said := time.Now(), ""
 	for wait := 50 * time.Millisecond; ; wait = min(wait*2, 500*time.Millisecond) {
 		got, err := s.inspect(ctx, res.ID)
 		switch {
@@ -367,8 +367,14 @@ func (s *Swarm) Run(ctx context.Context, c backend.ContainerSpec) (backend.Conta
 			return backend.Container{}, fmt.Errorf("service %s: no node could start it: %s: %w", c.Name, got.Error, classify(got.Error))
 		case got.pending && time.Since(begun) > s.opt.PendingTimeout:
 			s.removeQuietly(ctx, res.ID)
-			return backend.Container{}, fmt.Errorf("service %s: no node took it within %s: %s: %w",
-				c.Name, s.opt.PendingTimeout, explainPending(got.Error, c), errdefs.ErrUnavailable)
+			return backend.Container{}, &backend.Unplaceable{Reason: explainPending(got.Error, c),
+				Err: fmt.Errorf("service %s: no node took it within %s: %s: %w", c.Name, s.opt.PendingTimeout, got.Error, errdefs.ErrUnavailable)}
+		}
+		if err == nil && c.Waiting != nil {
+			if msg := waitingFor(got); msg != "" && msg != said {
+				said = msg
+				c.Waiting(msg)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -394,19 +400,33 @@ func classify(taskErr string) error {
 	return errdefs.ErrUnavailable
 }
 
+// waitingFor says what a start waits for, in the spawn page's words.
+func waitingFor(o observed) string {
+	on := o.node.host
+	switch o.taskState {
+	case swarm.TaskStateNew, swarm.TaskStatePending, swarm.TaskStateAllocated:
+		return "Waiting for a machine with room for the server"
+	case swarm.TaskStateAssigned, swarm.TaskStateAccepted:
+		return "Placed on " + on
+	case swarm.TaskStatePreparing:
+		return on + " is pulling the env's image (the first start there waits for it)"
+	case swarm.TaskStateReady, swarm.TaskStateStarting:
+		return "Starting on " + on
+	}
+	return ""
+}
+
 // explainPending turns Swarm's scheduling message into what to fix.
 func explainPending(taskErr string, c backend.ContainerSpec) string {
 	switch {
 	case strings.Contains(taskErr, "insufficient resources"):
-		return fmt.Sprintf("no node has %d MiB of memory free to reserve (%s); free memory on a node, add a node, or choose a smaller profile",
-			c.Memory>>20, taskErr)
+		return fmt.Sprintf("no node has %d MiB of memory free to reserve; try a smaller profile, or ask an admin to free or add a node", c.Memory>>20)
 	case strings.Contains(taskErr, "constraints not satisfied"), strings.Contains(taskErr, "scheduling constraints"):
-		return fmt.Sprintf("no node matches the placement %v (%s); label a node (docker node update --label-add) or change the profile's placement",
-			c.Placement, taskErr)
+		return fmt.Sprintf("no node matches the profile's placement %v; ask an admin to label a node or change the profile", c.Placement)
 	case taskErr == "":
-		return "Swarm gave no reason"
+		return "no node took it, and Swarm gave no reason"
 	}
-	return taskErr
+	return "no node took it: " + taskErr
 }
 
 func (s *Swarm) removeQuietly(ctx context.Context, id string) {
@@ -418,8 +438,10 @@ func (s *Swarm) removeQuietly(ctx context.Context, id string) {
 // observed is a service as a Container, with what Run needs besides.
 type observed struct {
 	backend.Container
-	pending bool // the task waits for a node
-	taskRan bool // the task's container existed
+	pending   bool // the task waits for a node
+	taskRan   bool // the task's container existed
+	taskState swarm.TaskState
+	node      nodeInfo
 }
 
 // Inspect implements backend.Runtime: the service and its newest task.
@@ -488,6 +510,7 @@ func fromService(svc swarm.Service, tasks []swarm.Task, nodes map[string]nodeInf
 	t := slices.MaxFunc(tasks, func(a, b swarm.Task) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	st := t.Status
 	node := nodes[t.NodeID]
+	o.taskState, o.node = st.State, node
 	o.Error = st.Err
 	if st.ContainerStatus != nil {
 		o.ExitCode = st.ContainerStatus.ExitCode
@@ -715,4 +738,106 @@ func diff(last, now map[string]backend.Container) []backend.ContainerEvent {
 		}
 	}
 	return evs
+}
+
+// PrepullEvent is one node's progress in Prepull.
+type PrepullEvent struct {
+	Node  string // the node's host name and address
+	State string // "pulling", "ready" or "failed"
+	Err   string // why it failed
+	Ready int    // nodes that have the image so far
+	Nodes int    // nodes that will have it
+}
+
+// Prepull puts an env image on every node that can run servers, so that no
+// start waits for a pull: a global job of the image (one task per active
+// node, each pulling it by digest and exiting at once) that is removed at
+// the end. progress hears each node's changes. The error names every node
+// that failed and why.
+func (s *Swarm) Prepull(ctx context.Context, ref string, labels map[string]string, progress func(PrepullEvent)) (string, error) {
+	image, err := s.Pin(ctx, ref)
+	if err != nil {
+		return "", err
+	}
+	auth, err := s.registryAuth(image)
+	if err != nil {
+		return "", fmt.Errorf("registry credentials for %s: %w", image, err)
+	}
+	l := cloneWith(labels, prepullLabel, "true")
+	res, err := s.cli.ServiceCreate(ctx, client.ServiceCreateOptions{EncodedRegistryAuth: auth, Spec: swarm.ServiceSpec{
+		Annotations: swarm.Annotations{Name: "spawnd-prepull-" + shortDigest(image), Labels: l},
+		TaskTemplate: swarm.TaskSpec{
+			ContainerSpec: &swarm.ContainerSpec{Image: image, Labels: l, Command: []string{"sh", "-c", "exit 0"},
+				CapabilityDrop: []string{"ALL"}, User: "65534:65534"},
+			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
+		},
+		Mode: swarm.ServiceMode{GlobalJob: &swarm.GlobalJob{}},
+	}})
+	if err != nil {
+		return "", fmt.Errorf("creating the prepull job for %s: %w", image, err)
+	}
+	defer s.removeQuietly(ctx, res.ID)
+	f := client.Filters{}
+	f.Add("service", res.ID)
+	seen := map[string]string{} // node ID -> state reported
+	for {
+		tasks, err := s.cli.TaskList(ctx, client.TaskListOptions{Filters: f})
+		if err != nil {
+			return "", fmt.Errorf("following the prepull of %s: %w", image, err)
+		}
+		nodes, err := s.nodes(ctx)
+		if err != nil {
+			return "", err
+		}
+		ready, failed, done := 0, []string{}, 0
+		states := make(map[string]string, len(tasks.Items))
+		for _, t := range tasks.Items {
+			state := "pulling"
+			switch t.Status.State {
+			case swarm.TaskStateRunning, swarm.TaskStateComplete:
+				state = "ready"
+				ready++
+				if t.Status.State == swarm.TaskStateComplete {
+					done++
+				}
+			case swarm.TaskStateFailed, swarm.TaskStateRejected, swarm.TaskStateShutdown, swarm.TaskStateOrphaned:
+				state = "failed"
+				done++
+				n := nodes[t.NodeID]
+				failed = append(failed, fmt.Sprintf("%s (%s): %s", n.host, n.addr, t.Status.Err))
+			}
+			states[t.NodeID] = state
+		}
+		for _, t := range tasks.Items {
+			if state := states[t.NodeID]; seen[t.NodeID] != state {
+				seen[t.NodeID] = state
+				if progress != nil {
+					n := nodes[t.NodeID]
+					progress(PrepullEvent{Node: n.host + " (" + n.addr + ")", State: state, Err: t.Status.Err, Ready: ready, Nodes: len(tasks.Items)})
+				}
+			}
+		}
+		if len(tasks.Items) > 0 && done == len(tasks.Items) {
+			if len(failed) > 0 {
+				return image, fmt.Errorf("%s is on %d of %d nodes; it failed on %s", image, ready, len(tasks.Items), strings.Join(failed, "; "))
+			}
+			return image, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("prepulling %s: %d of %d nodes ready when the deadline came: %w", image, ready, len(tasks.Items), ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// prepullLabel marks a prepull job (a sweep may remove one a killed run left).
+const prepullLabel = "io.spawnd.prepull"
+
+func shortDigest(ref string) string {
+	_, d, _ := strings.Cut(ref, "@sha256:")
+	if len(d) > 12 {
+		d = d[:12]
+	}
+	return d
 }

@@ -2,6 +2,7 @@ package swarm_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -82,11 +83,17 @@ func TestSwarm(t *testing.T) {
 	t.Run("PublishedOnTheNode", func(t *testing.T) {
 		spec := serverSpec(t, image, netName, lbl)
 		spec.PublishIP = "0.0.0.0"
+		var waited []string
+		spec.Waiting = func(msg string) { waited = append(waited, msg) }
 		c, err := rt.Run(ctxFor(t, time.Minute), spec)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer rt.Remove(context.Background(), c.ID, 0)
+		t.Logf("progress of the start: %q", waited)
+		if len(waited) == 0 {
+			t.Errorf("Run told the start nothing of what it waited for")
+		}
 		if c.HostIP == "" || c.HostPort == 0 {
 			t.Fatalf("Run = host %q port %d; want the node's address and a published port", c.HostIP, c.HostPort)
 		}
@@ -139,9 +146,15 @@ func TestSwarm(t *testing.T) {
 		spec := serverSpec(t, image, netName, lbl)
 		spec.Memory = 1 << 50 // a pebibyte
 		ctx := ctxFor(t, time.Minute)
+		var waited []string
+		spec.Waiting = func(msg string) { waited = append(waited, msg) }
 		_, err := short.Run(ctx, spec)
-		if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "no node has") || !strings.Contains(err.Error(), "MiB of memory free") {
-			t.Fatalf("Run of a server no node can hold: %v; want unavailable, naming the memory no node has", err)
+		var up *backend.Unplaceable
+		if !errors.As(err, &up) || !errdefs.IsUnavailable(err) || !strings.Contains(up.Reason, "no node has 1073741824 MiB of memory free") {
+			t.Fatalf("Run of a server no node can hold: %v; want it unplaceable, naming the memory no node has", err)
+		}
+		if len(waited) != 1 || !strings.Contains(waited[0], "Waiting for a machine") {
+			t.Errorf("progress while pending: %q; want one line saying it waits for a machine", waited)
 		}
 		t.Logf("the error: %v", err)
 		if cs, err := rt.List(ctx, spec.Labels); err != nil || len(cs) != 0 {
@@ -149,7 +162,7 @@ func TestSwarm(t *testing.T) {
 		}
 		spec = serverSpec(t, image, netName, lbl)
 		spec.Placement = []string{"node.labels.spawnd-test-none==1"}
-		if _, err := short.Run(ctx, spec); !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "no node matches the placement") {
+		if _, err := short.Run(ctx, spec); !errors.As(err, &up) || !strings.Contains(up.Reason, "no node matches the profile's placement") {
 			t.Fatalf("Run with a placement nothing matches: %v; want unavailable, naming the placement", err)
 		}
 	})
@@ -199,6 +212,47 @@ func TestSwarm(t *testing.T) {
 		defer rt.Remove(context.Background(), again.ID, 0)
 		if again.HostIP == c.HostIP {
 			t.Errorf("the next start ran on the drained node %s", c.HostIP)
+		}
+	})
+
+	// Prepull puts an image on every node, reporting each, and leaves no job.
+	t.Run("Prepull", func(t *testing.T) {
+		ref := sw.Push(t, eng, busybox, "spawnd-test/prepull:1")
+		pinned, err := rt.Pin(ctxFor(t, 30*time.Second), ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range sw.Nodes {
+			if _, err := sw.Node(t, i).ImageInspect(ctxFor(t, 10*time.Second), pinned); !errdefs.IsNotFound(err) {
+				t.Fatalf("node %d has %s before the prepull (%v)", i, pinned, err)
+			}
+		}
+		var events []spawndswarm.PrepullEvent
+		got, err := rt.Prepull(ctxFor(t, 3*time.Minute), ref, lbl, func(ev spawndswarm.PrepullEvent) { events = append(events, ev) })
+		if err != nil || got != pinned {
+			t.Fatalf("Prepull = %s, %v; want %s", got, err, pinned)
+		}
+		for i := range sw.Nodes {
+			if _, err := sw.Node(t, i).ImageInspect(ctxFor(t, 10*time.Second), pinned); err != nil {
+				t.Errorf("node %d lacks %s after the prepull: %v", i, pinned, err)
+			}
+		}
+		readyNodes := map[string]bool{}
+		for _, ev := range events {
+			if ev.State == "ready" {
+				readyNodes[ev.Node] = true
+			}
+		}
+		if len(readyNodes) != len(sw.Nodes) {
+			t.Errorf("progress said ready for %d nodes, want %d: %+v", len(readyNodes), len(sw.Nodes), events)
+		}
+		f := client.Filters{}
+		f.Add("label", "io.spawnd.prepull=true")
+		if svcs, err := testenv.Client(mgr).ServiceList(ctxFor(t, 10*time.Second), client.ServiceListOptions{Filters: f}); err != nil || len(svcs.Items) != 0 {
+			t.Errorf("after the prepull: %d prepull services, %v; want none", len(svcs.Items), err)
+		}
+		if _, err := rt.Prepull(ctxFor(t, 30*time.Second), "spawnd-test/absent:1", lbl, nil); !errdefs.IsNotFound(err) {
+			t.Errorf("prepull of an image not in the registry: %v; want not-found", err)
 		}
 	})
 

@@ -36,6 +36,9 @@ type Runtime struct {
 	OnRunning func(id string)
 	// AfterRun is called when Run returns.
 	AfterRun func(id string)
+	// Waiting, when set, is said to a spec's Waiting hook by Run, as a
+	// backend that places containers says what it waits for.
+	Waiting string
 	// RunErr makes Run create the container and then fail to start it (the
 	// container is removed again, as the contract says).
 	RunErr error
@@ -99,6 +102,9 @@ func (f *Runtime) Run(_ context.Context, s backend.ContainerSpec) (backend.Conta
 	id := fmt.Sprintf("c%063d", f.seq)
 	if f.AfterRun != nil {
 		defer f.AfterRun(id)
+	}
+	if f.Waiting != "" && s.Waiting != nil {
+		s.Waiting(f.Waiting)
 	}
 	if f.RunErr != nil {
 		f.mu.Unlock()
