@@ -62,7 +62,7 @@ type bench struct {
 
 func main() {
 	md := flag.String("md", "", "also write the results as Markdown to this file")
-	only := flag.String("only", "", "comma-separated figures: spawn,http,class,burst,status,reconcile,memory,restart,stop,build,pip,fullbuild,auth,hub")
+	only := flag.String("only", "", "comma-separated figures: spawn,http,class,burst,status,reconcile,memory,restart,stop,build,pip,fullbuild,auth,hub,swarm")
 	rounds := flag.Int("rounds", 20, "rounds for the per-spawn figures (a p95 needs at least 20; fewer report the max)")
 	classes := flag.String("class", "20,50,100", "class sizes for the hub figures")
 	flag.Parse()
@@ -114,6 +114,7 @@ func main() {
 		{"fullbuild", b.fullBuild},
 		{"auth", b.authTiming},
 		{"hub", b.hubFigures},
+		{"swarm", b.swarmFigures},
 	}
 	for _, f := range figures {
 		if len(want) > 0 && !want[f.name] {

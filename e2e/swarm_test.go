@@ -89,6 +89,19 @@ envs:
 	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(testenv.RepoRoot(t), "cmd", "spawnd")).CombinedOutput(); err != nil {
 		t.Fatalf("building spawnd: %v\n%s", err, out)
 	}
+	// The env goes onto every node before the class, as docs/SWARM.md says.
+	pp := exec.CommandContext(ctx, bin, "image", "prepull", spec, "--engine", sw.Nodes[0].Host, "--registry", sw.Registry, "--insecure-registry")
+	var ppErr strings.Builder
+	pp.Stderr = &ppErr
+	ppOut, err := pp.Output()
+	if err != nil {
+		t.Fatalf("spawnd image prepull: %v\n%s", err, ppErr.String())
+	}
+	if !strings.Contains(string(ppOut), sw.Registry+"/"+strings.Split(built.Tag, ":")[0]+"@sha256:") ||
+		!strings.Contains(ppErr.String(), "(3/3 nodes ready)") {
+		t.Fatalf("spawnd image prepull printed %q and\n%s\nwant the reference by digest and three nodes ready", ppOut, ppErr.String())
+	}
+	t.Logf("prepull:\n%s", ppErr.String())
 	c, _ := api.NewClient(w.spawndAddr, w.cfg.Token)
 	var proc *exec.Cmd
 	startProc := func() {

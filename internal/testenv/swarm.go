@@ -53,6 +53,15 @@ type SwarmNode struct {
 	cmd  *exec.Cmd
 }
 
+// TB is what the swarm harness needs of a test; a *testing.T is one, and
+// bench/ gives its own to stand a swarm up outside go test.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
 // SwarmLabel is a node label the harness sets: the node's index ("0", "1", …).
 const SwarmLabel = "io.spawnd.test.node"
 
@@ -60,14 +69,20 @@ const SwarmLabel = "io.spawnd.test.node"
 // down when the test ends: services removed, dockerds stopped by PID,
 // their mounts, directories, namespaces, bridge and FORWARD rule removed
 // (scripts/sweep removes what a killed test leaves).
-func NewSwarm(t testing.TB, n int, net byte) *Swarm {
+func NewSwarm(t TB, n int, net byte) *Swarm {
 	t.Helper()
+	skip := func(format string, args ...any) {
+		if tb, ok := t.(testing.TB); ok {
+			ci.Skip(tb, format, args...)
+		}
+		t.Fatalf(format, args...)
+	}
 	if os.Getuid() != 0 {
-		ci.Skip(t, "a swarm of private dockerds needs root")
+		skip("a swarm of private dockerds needs root")
 	}
 	for _, bin := range []string{"dockerd", "ip", "nsenter", "iptables", "docker-registry"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			ci.Skip(t, "no %s on PATH", bin)
+			skip("no %s on PATH (scripts/test installs it)", bin)
 		}
 	}
 	b := make([]byte, 3)
@@ -177,7 +192,7 @@ func NewSwarm(t testing.TB, n int, net byte) *Swarm {
 
 // startRegistry runs docker-registry on gw:5000 with its storage in a
 // directory of the swarm's, and waits until it answers.
-func (s *Swarm) startRegistry(t testing.TB, gw netip.Addr) {
+func (s *Swarm) startRegistry(t TB, gw netip.Addr) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "spawnd-registry-sw-")
 	if err != nil {
@@ -221,7 +236,7 @@ func (s *Swarm) startRegistry(t testing.TB, gw netip.Addr) {
 
 // Push copies an image from the machine's engine to the swarm's registry
 // as repo:tag and returns the reference (by tag) nodes pull.
-func (s *Swarm) Push(t testing.TB, from *docker.Engine, ref, repoTag string) string {
+func (s *Swarm) Push(t TB, from *docker.Engine, ref, repoTag string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -239,7 +254,7 @@ func (s *Swarm) Push(t testing.TB, from *docker.Engine, ref, repoTag string) str
 	return dst.String()
 }
 
-func (node *SwarmNode) start(t testing.TB, registry string) {
+func (node *SwarmNode) start(t TB, registry string) {
 	t.Helper()
 	logf, err := os.OpenFile(filepath.Join(node.dir, "dockerd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -281,7 +296,7 @@ func (node *SwarmNode) start(t testing.TB, registry string) {
 }
 
 // client is an engine client of node i.
-func (s *Swarm) client(t testing.TB, i int) *docker.Engine {
+func (s *Swarm) client(t TB, i int) *docker.Engine {
 	t.Helper()
 	eng, err := docker.New(s.Nodes[i].Host)
 	if err != nil {
@@ -291,7 +306,7 @@ func (s *Swarm) client(t testing.TB, i int) *docker.Engine {
 }
 
 // Manager is an engine client of the manager node; the test closes it.
-func (s *Swarm) Manager(t testing.TB) *docker.Engine {
+func (s *Swarm) Manager(t TB) *docker.Engine {
 	t.Helper()
 	eng := s.client(t, 0)
 	t.Cleanup(func() { eng.Close() })
@@ -299,7 +314,7 @@ func (s *Swarm) Manager(t testing.TB) *docker.Engine {
 }
 
 // Node is an engine client of node i; the test closes it.
-func (s *Swarm) Node(t testing.TB, i int) *docker.Engine {
+func (s *Swarm) Node(t TB, i int) *docker.Engine {
 	t.Helper()
 	eng := s.client(t, i)
 	t.Cleanup(func() { eng.Close() })
@@ -307,7 +322,7 @@ func (s *Swarm) Node(t testing.TB, i int) *docker.Engine {
 }
 
 // LoadImage copies an image from the machine's engine into every node.
-func (s *Swarm) LoadImage(t testing.TB, from *docker.Engine, ref string) {
+func (s *Swarm) LoadImage(t TB, from *docker.Engine, ref string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
