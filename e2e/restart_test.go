@@ -19,6 +19,55 @@ import (
 	"github.com/spawnd/spawnd/spawnd"
 )
 
+// spawndProcess is `spawnd serve` as its own process, built from the tree,
+// to be killed -9 and started again.
+type spawndProcess struct {
+	w      *world
+	bin    string
+	config string
+	c      *api.Client
+	proc   *exec.Cmd
+}
+
+func (w *world) newSpawndProcess(config string, c *api.Client) *spawndProcess {
+	w.t.Helper()
+	bin := filepath.Join(w.dir, "spawnd")
+	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(testenv.RepoRoot(w.t), "cmd", "spawnd")).CombinedOutput(); err != nil {
+		w.t.Fatalf("building spawnd: %v\n%s", err, out)
+	}
+	return &spawndProcess{w: w, bin: bin, config: config, c: c}
+}
+
+// start runs spawnd serve and waits (at most 60 s) until its engine is up.
+func (p *spawndProcess) start() {
+	p.w.t.Helper()
+	p.proc = exec.Command(p.bin, "serve", "--config", p.config)
+	p.proc.Stdout, p.proc.Stderr = p.w.hubLog, p.w.hubLog
+	p.proc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // gone with the test, even after a -timeout kill
+	if err := p.proc.Start(); err != nil {
+		p.w.t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		h, err := p.c.Health(ctx)
+		cancel()
+		if err == nil && h.Engine == "up" {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.w.t.Fatalf("spawnd did not come up:\n%s", p.w.logTail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// kill9 kills it as a crash would.
+func (p *spawndProcess) kill9() {
+	_ = p.proc.Process.Signal(syscall.SIGKILL)
+	_ = p.proc.Wait()
+}
+
 // TestClassStartSurvivesRestarts starts a class through a real JupyterHub 6
 // and a real `spawnd serve` process, and restarts first the hub, then spawnd
 // with kill -9, while the starts are in flight.
@@ -73,35 +122,9 @@ envs:
 `, w.spawndAddr, tokFile, inst, homes, inst, parsed.Name, spec)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(dir, "spawnd")
-	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(testenv.RepoRoot(t), "cmd", "spawnd")).CombinedOutput(); err != nil {
-		t.Fatalf("building spawnd: %v\n%s", err, out)
-	}
 	c, _ := api.NewClient(w.spawndAddr, w.cfg.Token)
-	var proc *exec.Cmd
-	startProc := func() {
-		t.Helper()
-		proc = exec.Command(bin, "serve", "--config", config)
-		proc.Stdout, proc.Stderr = logf, logf
-		proc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // gone with the test, even after a -timeout kill
-		if err := proc.Start(); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			if h, err := c.Health(ctx); err == nil && h.Engine == "up" {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("spawnd did not come up:\n%s", w.logTail())
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	kill9 := func() {
-		_ = proc.Process.Signal(syscall.SIGKILL)
-		_ = proc.Wait()
-	}
+	sp := w.newSpawndProcess(config, c)
+	startProc, kill9 := sp.start, sp.kill9
 	startProc()
 	defer kill9()
 	opts, err := c.Options(ctx)

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -85,12 +84,11 @@ envs:
 `, w.spawndAddr, tokFile, inst, homes, sw.Nodes[0].Host, sw.Registry, inst, spec)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(dir, "spawnd")
-	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(testenv.RepoRoot(t), "cmd", "spawnd")).CombinedOutput(); err != nil {
-		t.Fatalf("building spawnd: %v\n%s", err, out)
-	}
+	c, _ := api.NewClient(w.spawndAddr, w.cfg.Token)
+	sp := w.newSpawndProcess(config, c)
+	startProc, kill9 := sp.start, sp.kill9
 	// The env goes onto every node before the class, as docs/SWARM.md says.
-	pp := exec.CommandContext(ctx, bin, "image", "prepull", spec, "--engine", sw.Nodes[0].Host, "--registry", sw.Registry, "--insecure-registry")
+	pp := exec.CommandContext(ctx, sp.bin, "image", "prepull", spec, "--engine", sw.Nodes[0].Host, "--registry", sw.Registry, "--insecure-registry")
 	var ppErr strings.Builder
 	pp.Stderr = &ppErr
 	ppOut, err := pp.Output()
@@ -102,31 +100,6 @@ envs:
 		t.Fatalf("spawnd image prepull printed %q and\n%s\nwant the reference by digest and three nodes ready", ppOut, ppErr.String())
 	}
 	t.Logf("prepull:\n%s", ppErr.String())
-	c, _ := api.NewClient(w.spawndAddr, w.cfg.Token)
-	var proc *exec.Cmd
-	startProc := func() {
-		t.Helper()
-		proc = exec.Command(bin, "serve", "--config", config)
-		proc.Stdout, proc.Stderr = logf, logf
-		proc.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := proc.Start(); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			if h, err := c.Health(ctx); err == nil && h.Engine == "up" {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("spawnd did not come up on the swarm:\n%s", w.logTail())
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	kill9 := func() {
-		_ = proc.Process.Signal(syscall.SIGKILL)
-		_ = proc.Wait()
-	}
 	startProc()
 	defer kill9()
 	// Servers on the nodes reach the hub at the host's bridge address.

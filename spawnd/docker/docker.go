@@ -197,10 +197,21 @@ func (e *Engine) Logs(ctx context.Context, id string, tail int) (string, error) 
 		return "", fmt.Errorf("reading the logs of container %s: %w", id, err)
 	}
 	defer rc.Close()
+	out, err := ReadLogs(rc)
+	if err != nil {
+		return out, fmt.Errorf("reading the logs of container %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// ReadLogs reads an engine's multiplexed log stream (stdout and stderr
+// interleaved) into a string of at most 64 KiB; Swarm's service logs are
+// the same stream.
+func ReadLogs(r io.Reader) (string, error) {
 	var buf bytes.Buffer
 	w := &limitWriter{w: &buf, n: 64 << 10}
-	if _, err := stdcopy.StdCopy(w, w, rc); err != nil && !errors.Is(err, errLimit) {
-		return buf.String(), fmt.Errorf("reading the logs of container %s: %w", id, err)
+	if _, err := stdcopy.StdCopy(w, w, r); err != nil && !errors.Is(err, errLimit) {
+		return buf.String(), err
 	}
 	return buf.String(), nil
 }

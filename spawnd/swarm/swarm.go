@@ -12,7 +12,6 @@
 package swarm
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -30,7 +29,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
-	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/api/types/registry"
@@ -350,7 +348,14 @@ func (s *Swarm) Run(ctx context.Context, c backend.ContainerSpec) (backend.Conta
 		return backend.Container{}, fmt.Errorf("creating service %s: %w", c.Name, err)
 	}
 	begun, said := time.Now(), ""
-	for wait := 50 * time.Millisecond; ; wait = min(wait*2, 500*time.Millisecond) {
+	for {
+		// The answer is the user's wait: ask every 25 ms while a task
+		// usually starts (a few seconds; three small calls to the
+		// manager each time), then every 250 ms (a pull, a full swarm).
+		wait := 25 * time.Millisecond
+		if time.Since(begun) > 5*time.Second {
+			wait = 250 * time.Millisecond
+		}
 		got, err := s.inspect(ctx, res.ID)
 		switch {
 		case err != nil && ctx.Err() != nil:
@@ -569,29 +574,11 @@ func (s *Swarm) Logs(ctx context.Context, id string, tail int) (string, error) {
 		return "", fmt.Errorf("reading the logs of service %s: %w", id, err)
 	}
 	defer rc.Close()
-	var buf bytes.Buffer
-	lw := &limitWriter{w: &buf, n: 64 << 10}
-	if _, err := stdcopy.StdCopy(lw, lw, rc); err != nil && !errors.Is(err, errLimit) && !errors.Is(err, io.EOF) {
-		return buf.String(), fmt.Errorf("reading the logs of service %s: %w", id, err)
+	out, err := docker.ReadLogs(rc)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return out, fmt.Errorf("reading the logs of service %s: %w", id, err)
 	}
-	return buf.String(), nil
-}
-
-var errLimit = errors.New("log limit reached")
-
-type limitWriter struct {
-	w io.Writer
-	n int
-}
-
-func (l *limitWriter) Write(p []byte) (int, error) {
-	if len(p) > l.n {
-		_, _ = l.w.Write(p[:l.n])
-		l.n = 0
-		return 0, errLimit
-	}
-	l.n -= len(p)
-	return l.w.Write(p)
+	return out, nil
 }
 
 // Remove implements backend.Runtime: remove the service, then wait (at most

@@ -187,18 +187,7 @@ func TestSwarm(t *testing.T) {
 		}
 		setAvailability(t, mgr, sw.Nodes[node].ID, swarm.NodeAvailabilityDrain)
 		defer setAvailability(t, mgr, sw.Nodes[node].ID, swarm.NodeAvailabilityActive)
-		deadline := time.Now().Add(time.Minute)
-		var got backend.Container
-		for {
-			got, err = rt.Inspect(context.Background(), c.ID)
-			if err == nil && got.State == backend.Exited {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("a minute after its node was drained the server is %s (%v)", got.State, err)
-			}
-			time.Sleep(250 * time.Millisecond)
-		}
+		got := waitExited(t, rt, c.ID, time.Minute, "its node was drained")
 		if !strings.Contains(got.Error, "was drained") {
 			t.Errorf("the server of a drained node: error %q; want it to say the node was drained", got.Error)
 		}
@@ -268,18 +257,7 @@ func TestSwarm(t *testing.T) {
 		}
 		defer rt.Remove(context.Background(), c.ID, 0)
 		sw.Kill(2)
-		deadline := time.Now().Add(2 * time.Minute)
-		var got backend.Container
-		for {
-			got, err = rt.Inspect(context.Background(), c.ID)
-			if err == nil && got.State == backend.Exited {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("2 min after its node died the server is %s (%v)", got.State, err)
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
+		got := waitExited(t, rt, c.ID, 2*time.Minute, "its node died")
 		if !strings.Contains(got.Error, "is down") {
 			t.Errorf("the server of a dead node: error %q; want it to say the node is down", got.Error)
 		}
@@ -296,6 +274,22 @@ func TestSwarm(t *testing.T) {
 			t.Errorf("the next start ran on the dead node")
 		}
 	})
+}
+
+// waitExited waits until the backend reports the container exited, at most d.
+func waitExited(t *testing.T, rt backend.Runtime, id string, d time.Duration, after string) backend.Container {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		got, err := rt.Inspect(context.Background(), id)
+		if err == nil && got.State == backend.Exited {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s after %s the server is %s (%v)", d, after, got.State, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 func setAvailability(t *testing.T, mgr *docker.Engine, nodeID string, a swarm.NodeAvailability) {
