@@ -664,13 +664,33 @@ func (s *Swarm) list(ctx context.Context, labels map[string]string) ([]observed,
 func (s *Swarm) Events(ctx context.Context, labels map[string]string) (<-chan backend.ContainerEvent, <-chan error) {
 	out := make(chan backend.ContainerEvent, 64)
 	errc := make(chan error, 1)
+	poll := func() (map[string]backend.Container, error) {
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		cs, err := s.List(lctx, labels)
+		now := make(map[string]backend.Container, len(cs))
+		for _, c := range cs {
+			now[c.ID] = c
+		}
+		return now, err
+	}
+	// The first listing is taken before Events returns: whatever happens
+	// after the call is an event, as with an engine's subscription.
+	last, err := poll()
+	if err != nil {
+		errc <- err
+		close(out)
+		return out, errc
+	}
 	go func() {
 		defer close(out)
-		var last map[string]backend.Container
 		for {
-			lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			cs, err := s.List(lctx, labels)
-			cancel()
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(s.opt.PollInterval):
+			}
+			now, err := poll()
 			if ctx.Err() != nil {
 				return
 			}
@@ -678,25 +698,14 @@ func (s *Swarm) Events(ctx context.Context, labels map[string]string) (<-chan ba
 				errc <- err
 				return
 			}
-			now := make(map[string]backend.Container, len(cs))
-			for _, c := range cs {
-				now[c.ID] = c
-			}
-			if last != nil {
-				for _, ev := range diff(last, now) {
-					select {
-					case out <- ev:
-					case <-ctx.Done():
-						return
-					}
+			for _, ev := range diff(last, now) {
+				select {
+				case out <- ev:
+				case <-ctx.Done():
+					return
 				}
 			}
 			last = now
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(s.opt.PollInterval):
-			}
 		}
 	}()
 	return out, errc
