@@ -10,11 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/moby/moby/api/types/swarm"
@@ -37,10 +39,11 @@ type Swarm struct {
 	// Registry is the swarm's registry (host:port, plain HTTP): Debian's
 	// docker-registry, the distribution server, on the bridge's gateway;
 	// every node lists it in --insecure-registry.
-	Registry string
-	rule     []string // the FORWARD rule that lets the bridge's ports talk
-	registry *exec.Cmd
-	dir      string
+	Registry   string
+	rule       []string // the FORWARD rule that lets the bridge's ports talk
+	registries []*exec.Cmd
+	dir        string
+	gw         netip.Addr
 }
 
 // SwarmNode is one dockerd of a Swarm.
@@ -199,9 +202,42 @@ func (s *Swarm) startRegistry(t TB, gw netip.Addr) {
 		t.Fatal(err)
 	}
 	s.dir = dir
+	s.gw = gw
 	s.Registry = gw.String() + ":5000"
-	cfg := fmt.Sprintf("version: 0.1\nlog: {level: warn}\nstorage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\nhttp: {addr: %q}\n",
-		filepath.Join(dir, "data"), s.Registry)
+	s.runRegistry(t, "open", s.Registry, "")
+}
+
+// AuthRegistryPort is where StartAuthRegistry listens on the gateway;
+// every node lists it in --insecure-registry too.
+const AuthRegistryPort = 5001
+
+// StartAuthRegistry runs a second docker-registry, on gw:5001, that
+// answers only user with password (htpasswd, bcrypt), and returns its address.
+func (s *Swarm) StartAuthRegistry(t TB, user, password string) string {
+	t.Helper()
+	out, err := exec.Command("htpasswd", "-Bbn", user, password).Output()
+	if err != nil {
+		t.Fatalf("htpasswd (apache2-utils; scripts/test installs it): %v", err)
+	}
+	file := filepath.Join(s.dir, "htpasswd")
+	if err := os.WriteFile(file, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("%s:%d", s.gw, AuthRegistryPort)
+	s.runRegistry(t, "auth", addr, fmt.Sprintf("auth: {htpasswd: {realm: spawnd-test, path: %s}}\n", file))
+	return addr
+}
+
+// runRegistry starts docker-registry (named name, in a subdirectory of the
+// swarm's) on addr with extra config, and waits until it answers.
+func (s *Swarm) runRegistry(t TB, name, addr, extra string) {
+	t.Helper()
+	dir := filepath.Join(s.dir, name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("version: 0.1\nlog: {level: warn}\nstorage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\nhttp: {addr: %q}\n%s",
+		filepath.Join(dir, "data"), addr, extra)
 	if err := os.WriteFile(filepath.Join(dir, "config.yml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -216,19 +252,19 @@ func (s *Swarm) startRegistry(t TB, gw netip.Addr) {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting docker-registry: %v", err)
 	}
-	s.registry = cmd
+	s.registries = append(s.registries, cmd)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		res, err := http.Get("http://" + s.Registry + "/v2/")
+		res, err := http.Get("http://" + addr + "/v2/")
 		if err == nil {
 			res.Body.Close()
-			if res.StatusCode == http.StatusOK {
+			if res.StatusCode == http.StatusOK || res.StatusCode == http.StatusUnauthorized {
 				return
 			}
 		}
 		if time.Now().After(deadline) {
 			b, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
-			t.Fatalf("docker-registry on %s did not answer within 30 s: %v\n%s", s.Registry, err, tail(b))
+			t.Fatalf("docker-registry on %s did not answer within 30 s: %v\n%s", addr, err, tail(b))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -238,20 +274,27 @@ func (s *Swarm) startRegistry(t TB, gw netip.Addr) {
 // as repo:tag and returns the reference (by tag) nodes pull.
 func (s *Swarm) Push(t TB, from *docker.Engine, ref, repoTag string) string {
 	t.Helper()
+	return s.PushTo(t, from, ref, s.Registry+"/"+repoTag, authn.Anonymous)
+}
+
+// PushTo copies an image from the machine's engine to dst (a plain-HTTP
+// registry of the swarm's) with auth, and returns dst.
+func (s *Swarm) PushTo(t TB, from *docker.Engine, ref, dst string, auth authn.Authenticator) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	img, err := from.Image(ctx, ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst, err := name.ParseReference(s.Registry+"/"+repoTag, name.Insecure)
+	r, err := name.ParseReference(dst, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(dst, img, remote.WithContext(ctx)); err != nil {
-		t.Fatalf("pushing %s to %s: %v", ref, dst, err)
+	if err := remote.Write(r, img, remote.WithContext(ctx), remote.WithAuth(auth)); err != nil {
+		t.Fatalf("pushing %s to %s: %v", ref, r, err)
 	}
-	return dst.String()
+	return r.String()
 }
 
 func (node *SwarmNode) start(t TB, registry string) {
@@ -267,6 +310,7 @@ func (node *SwarmNode) start(t TB, registry string) {
 	cmd := exec.Command("nsenter", "--net=/var/run/netns/"+node.Name, "dockerd",
 		"--data-root", filepath.Join(node.dir, "data"), "--exec-root", filepath.Join(node.dir, "exec"),
 		"--pidfile", filepath.Join(node.dir, "docker.pid"), "-H", node.Host, "--bridge", "none", "--insecure-registry", registry,
+		"--insecure-registry", strings.Split(registry, ":")[0]+":"+strconv.Itoa(AuthRegistryPort),
 		"--containerd-namespace", "sw"+filepath.Base(node.dir), "--containerd-plugins-namespace", "sw"+filepath.Base(node.dir)+"p")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
@@ -379,9 +423,9 @@ func (s *Swarm) down() {
 		}
 		_ = exec.Command("ip", "netns", "del", node.Name).Run()
 	}
-	if s.registry != nil {
-		_ = syscall.Kill(-s.registry.Process.Pid, syscall.SIGKILL)
-		_ = s.registry.Wait()
+	for _, r := range s.registries {
+		_ = syscall.Kill(-r.Process.Pid, syscall.SIGKILL)
+		_ = r.Wait()
 	}
 	if s.dir != "" {
 		_ = os.RemoveAll(s.dir)

@@ -225,9 +225,14 @@ func (s *Swarm) Pin(ctx context.Context, ref string) (string, error) {
 	desc, err := remote.Head(r, remote.WithContext(ctx), remote.WithAuthFromKeychain(s.opt.Keychain))
 	if err != nil {
 		var te *transport.Error
-		if errors.As(err, &te) && (te.StatusCode == http.StatusNotFound || te.StatusCode == http.StatusUnauthorized && s.opt.Registry != "") {
-			return "", fmt.Errorf("image %s is not in the registry %s; push it: spawnd image push ENV %s: %w",
-				full, r.Context().RegistryStr(), r.Context().RegistryStr(), errdefs.ErrNotFound)
+		reg := r.Context().RegistryStr()
+		switch {
+		case errors.As(err, &te) && te.StatusCode == http.StatusNotFound:
+			return "", fmt.Errorf("image %s is not in the registry %s; push it: spawnd image push ENV %s: %w", full, reg, reg, errdefs.ErrNotFound)
+		case errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden):
+			return "", fmt.Errorf("the registry %s refused spawnd for %s (%d %s): log in as the user spawnd runs as "+
+				"(docker login %s, which writes its ~/.docker/config.json or $DOCKER_CONFIG), or check that account's access: %w",
+				reg, full, te.StatusCode, http.StatusText(te.StatusCode), reg, errdefs.ErrUnauthenticated)
 		}
 		return "", fmt.Errorf("asking the registry %s for %s: %w: %w", r.Context().RegistryStr(), full, err, errdefs.ErrUnavailable)
 	}

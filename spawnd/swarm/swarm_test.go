@@ -2,16 +2,20 @@ package swarm_test
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 
@@ -201,6 +205,48 @@ func TestSwarm(t *testing.T) {
 		defer rt.Remove(context.Background(), again.ID, 0)
 		if again.HostIP == c.HostIP {
 			t.Errorf("the next start ran on the drained node %s", c.HostIP)
+		}
+	})
+
+	// A registry with a password: the daemon's Docker config (the
+	// keychain) lets spawnd resolve the image, and its credentials reach
+	// the node that pulls it (no node has any of its own), never the
+	// service's spec. Without them, the error says to log in.
+	t.Run("PrivateRegistry", func(t *testing.T) {
+		const user, password = "spawnd", "s3cret-for-the-test-registry"
+		reg := sw.StartAuthRegistry(t, user, password)
+		ref := sw.PushTo(t, eng, busybox, reg+"/spawnd-test/private:1", &authn.Basic{Username: user, Password: password})
+
+		t.Setenv("DOCKER_CONFIG", t.TempDir()) // no credentials
+		o := opts
+		o.Registry = reg
+		if _, err := newSwarm(t, o).Run(ctxFor(t, time.Minute), serverSpec(t, ref, netName, lbl)); !errdefs.IsUnauthorized(err) ||
+			!strings.Contains(err.Error(), "docker login "+reg) {
+			t.Fatalf("Run without credentials: %v; want unauthenticated, saying to docker login %s", err, reg)
+		}
+
+		cfgDir := t.TempDir()
+		auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
+		if err := os.WriteFile(filepath.Join(cfgDir, "config.json"), []byte(`{"auths": {"`+reg+`": {"auth": "`+auth+`"}}}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("DOCKER_CONFIG", cfgDir)
+		spec := serverSpec(t, ref, netName, lbl)
+		spec.PublishIP = "0.0.0.0"
+		c, err := newSwarm(t, o).Run(ctxFor(t, 2*time.Minute), spec)
+		if err != nil {
+			t.Fatalf("Run with the keychain's credentials: %v", err)
+		}
+		defer rt.Remove(context.Background(), c.ID, 0)
+		if c.State != backend.Running || !strings.HasPrefix(c.Image, reg+"/spawnd-test/private@sha256:") {
+			t.Fatalf("Run = %s %s; want running from %s by digest", c.State, c.Image, reg)
+		}
+		res, err := testenv.Client(mgr).ServiceInspect(ctxFor(t, 10*time.Second), c.ID, client.ServiceInspectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(res.Raw), password) || strings.Contains(string(res.Raw), auth) {
+			t.Errorf("the service's record holds the registry password")
 		}
 	})
 
