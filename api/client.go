@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -178,6 +179,53 @@ func (c *Client) Health(ctx context.Context) (Health, error) {
 // of the user exists).
 func (c *Client) DeleteHome(ctx context.Context, user string) error {
 	return c.do(ctx, http.MethodDelete, "/"+Version+"/users/"+PathEscape(user)+"/home?confirm=yes", nil, nil)
+}
+
+// Logs returns the last tail lines of a server's log (secrets redacted).
+func (c *Client) Logs(ctx context.Context, user, server string, tail int) (string, error) {
+	resp, err := c.send(ctx, http.MethodGet, ServerPath(user, server)+"/logs?tail="+strconv.Itoa(tail), nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	return string(b), err
+}
+
+// FollowLogs writes a server's last tail log lines to w, then each line as
+// the server writes it, until ctx ends or the server's container does.
+func (c *Client) FollowLogs(ctx context.Context, user, server string, tail int, w io.Writer) error {
+	resp, err := c.send(ctx, http.MethodGet, ServerPath(user, server)+"/logs?follow=1&tail="+strconv.Itoa(tail), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(w, resp.Body); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("reading the log stream: %w", err)
+	}
+	return nil
+}
+
+// Envs reports each env's current lock and the servers on each lock.
+func (c *Client) Envs(ctx context.Context) (EnvReport, error) {
+	var r EnvReport
+	err := c.do(ctx, http.MethodGet, "/"+Version+"/envs", nil, &r)
+	return r, err
+}
+
+// Rollout moves servers of env on an older lock onto the current one.
+func (c *Client) Rollout(ctx context.Context, env string, req RolloutRequest) (RolloutResult, error) {
+	var r RolloutResult
+	err := c.do(ctx, http.MethodPost, "/"+Version+"/envs/"+PathEscape(env)+"/rollout", req, &r)
+	return r, err
+}
+
+// MoveHome moves a user's node-pinned home to node (an admin action; refused
+// while a server of the user exists).
+func (c *Client) MoveHome(ctx context.Context, user, node string) (HomeMove, error) {
+	var mv HomeMove
+	err := c.do(ctx, http.MethodPost, "/"+Version+"/users/"+PathEscape(user)+"/home/move", HomeMoveRequest{Node: node}, &mv)
+	return mv, err
 }
 
 // Progress calls fn for each progress event of the server's current start,

@@ -61,6 +61,10 @@ type Server struct {
 	// Reason says why a server stopped or failed ("oom_killed", "exited",
 	// "start_failed: ...").
 	Reason string `json:"reason,omitempty"`
+	// LogTail is the end of the container's log when the server failed
+	// (its start, or an exit nobody asked for): at most 20 lines, secrets
+	// and token-like strings replaced.
+	LogTail string `json:"log_tail,omitempty"`
 	// Host and Port are where the hub reaches the single-user server.
 	Host        string    `json:"host,omitempty"`
 	Port        int       `json:"port,omitempty"`
@@ -93,6 +97,7 @@ type ProgressEvent struct {
 // Progress steps, in order.
 const (
 	StepAccepted  = "accepted"
+	StepNotice    = "notice" // something the user should know before the server starts (a rollout moved it)
 	StepImage     = "image"
 	StepHome      = "home"
 	StepPlacing   = "placing"
@@ -254,4 +259,83 @@ func ErrorMessage(err error) string {
 		return e.Message
 	}
 	return "internal error; see the daemon's log"
+}
+
+// HomeMoveRequest is the body of POST /v1/users/{user}/home/move.
+type HomeMoveRequest struct {
+	// Node is the node to move the home to: its host name, or its ID.
+	Node string `json:"node"`
+}
+
+// HomeMove is what moving a node-pinned home did.
+type HomeMove struct {
+	From    string `json:"from"`     // the node it left, by host name
+	To      string `json:"to"`       // the node it is on now
+	Bytes   int64  `json:"bytes"`    // the size of the archive that crossed
+	SHA256  string `json:"sha256"`   // its digest, as both ends computed it
+	OldCopy string `json:"old_copy"` // the name the home keeps on the node it left
+}
+
+// EnvReport is the answer of GET /v1/envs: each env's current lock, and
+// the servers on each lock (who still runs an older one).
+type EnvReport struct {
+	Envs []EnvDrift `json:"envs"`
+}
+
+// EnvDrift is one env in an EnvReport.
+type EnvDrift struct {
+	Env string `json:"env"`
+	// Configured is false for an env the config no longer has but servers still run.
+	Configured bool   `json:"configured"`
+	LockDigest string `json:"lock_digest"` // the current lock
+	Image      string `json:"image"`       // its image
+	// ImageSize is the current image's size in bytes (0: not on the engine).
+	ImageSize int64 `json:"image_size,omitempty"`
+	// Built is when the current lock was made (the image's
+	// org.opencontainers.image.created; builds are reproducible, so the
+	// image carries the lock's time).
+	Built   string        `json:"built,omitempty"`
+	Current int           `json:"current"` // servers on the current lock
+	Older   int           `json:"older"`   // servers on any older lock
+	Locks   []LockServers `json:"locks"`   // the current lock first
+}
+
+// LockServers is the servers of an env that run one lock.
+type LockServers struct {
+	LockDigest string      `json:"lock_digest"`
+	Current    bool        `json:"current"`
+	Image      string      `json:"image"`
+	Servers    []ServerRef `json:"servers"`
+}
+
+// ServerRef names a server in a report.
+type ServerRef struct {
+	User   string `json:"user"`
+	Server string `json:"server,omitempty"`
+	State  State  `json:"state"`
+}
+
+// RolloutRequest is the body of POST /v1/envs/{env}/rollout.
+type RolloutRequest struct {
+	All         bool     `json:"all,omitempty"`          // every server on an older lock
+	Users       []string `json:"users,omitempty"`        // only these users' servers
+	IdleSeconds int      `json:"idle_seconds,omitempty"` // otherwise: idle at least this long (default 3600)
+	DryRun      bool     `json:"dry_run,omitempty"`      // say who would move
+	Concurrency int      `json:"concurrency,omitempty"`  // stops at once (default 4)
+}
+
+// RolloutResult is what a rollout did, server by server.
+type RolloutResult struct {
+	Env   string        `json:"env"`
+	To    string        `json:"to"` // the current lock digest
+	Items []RolloutItem `json:"items"`
+}
+
+// RolloutItem is one server a rollout looked at.
+type RolloutItem struct {
+	User   string `json:"user"`
+	Server string `json:"server,omitempty"`
+	From   string `json:"from"` // its lock digest
+	Moved  bool   `json:"moved"`
+	Why    string `json:"why"`
 }

@@ -23,8 +23,12 @@ type engine interface {
 var backends = map[string]func(*Config) (engine, error){
 	"docker": func(c *Config) (engine, error) { return docker.New(c.Engine.Host) },
 	"swarm": func(c *Config) (engine, error) {
+		ports, err := c.Engine.portRange()
+		if err != nil {
+			return nil, err
+		}
 		return swarm.New(swarm.Options{Host: c.Engine.Host, Registry: c.Engine.Registry, Insecure: c.Engine.InsecureRegistry,
-			PendingTimeout: c.Engine.PendingTimeout, StopGrace: c.StopGrace})
+			PendingTimeout: c.Engine.PendingTimeout, StopGrace: c.StopGrace, Ports: ports})
 	},
 }
 

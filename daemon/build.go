@@ -2,10 +2,12 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/spawnd"
@@ -14,9 +16,11 @@ import (
 // envBuilder runs `spawnd build` for the API (POST /v1/envs/{env}/build),
 // one build per env at a time. The daemon picks the new lock up by itself.
 type envBuilder struct {
-	envs map[string]spawnd.EnvConfig
-	eng  images.Engine
-	log  *slog.Logger
+	envs func() map[string]spawnd.EnvConfig // the config's, as last (re)loaded
+	// seconds observes each build's duration by status (success, failure).
+	seconds *prometheus.HistogramVec
+	eng     images.Engine
+	log     *slog.Logger
 
 	// caCerts are extra CA certificates for locking and fetching, from
 	// $SPAWND_BUILD_CA_CERTS in the daemon's environment.
@@ -27,7 +31,7 @@ type envBuilder struct {
 }
 
 func (b *envBuilder) BuildEnv(ctx context.Context, env string, relock bool, fn func(api.BuildEvent)) error {
-	e, ok := b.envs[env]
+	e, ok := b.envs()[env]
 	if !ok {
 		return api.Errorf(api.CodeNotFound, "no env %q", trim(env))
 	}
@@ -51,6 +55,13 @@ func (b *envBuilder) BuildEnv(ctx context.Context, env string, relock bool, fn f
 	fn(api.BuildEvent{Time: began, Phase: "build", Step: "accepted", Message: "build of env " + env + " accepted"})
 	res, err := images.Build(ctx, b.eng, e.Spec, images.Options{Relock: relock, Progress: fn, CACerts: b.caCerts})
 	last := api.BuildEvent{Time: time.Now(), Phase: "build", Step: "result", Done: true, ElapsedMS: time.Since(began).Milliseconds()}
+	status := "success"
+	if err != nil {
+		status = "failure"
+	}
+	if b.seconds != nil {
+		b.seconds.WithLabelValues(status).Observe(time.Since(began).Seconds())
+	}
 	if err != nil {
 		b.log.Warn("env build failed", "env", env, "err", err)
 		last.Error = err.Error()
@@ -61,6 +72,28 @@ func (b *envBuilder) BuildEnv(ctx context.Context, env string, relock bool, fn f
 		last.Message = "image " + res.Tag + " ready"
 	}
 	fn(last)
+	return nil
+}
+
+// forStart builds env's current lock (no relock) for the starts that wait
+// for its image: the build's messages go to progress; its failure, with
+// the builder's reason, is the error.
+func (b *envBuilder) forStart(ctx context.Context, env string, progress func(string)) error {
+	var failed string
+	err := b.BuildEnv(ctx, env, false, func(ev api.BuildEvent) {
+		if ev.Error != "" {
+			failed = ev.Error
+		}
+		if ev.Message != "" {
+			progress(ev.Message)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if failed != "" {
+		return errors.New(failed)
+	}
 	return nil
 }
 

@@ -10,8 +10,12 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/url"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,11 +27,50 @@ import (
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/spawnd"
 	"github.com/spawnd/spawnd/spawnd/egress"
+	"github.com/spawnd/spawnd/spawnd/swarm"
 )
 
 // Version is the daemon's version, set at build time with
-// -ldflags "-X github.com/spawnd/spawnd/daemon.Version=...".
+// -ldflags "-X github.com/spawnd/spawnd/daemon.Version=..." (scripts/release
+// does). Unset, it comes from the build info: the module's version (go
+// install …@v1.2.3) or the commit it was built from.
 var Version = "dev"
+
+func init() {
+	if Version == "dev" {
+		Version = buildVersion(debug.ReadBuildInfo())
+	}
+}
+
+// buildVersion is the version a build's info gives: the main module's
+// version, else "dev+" and the VCS revision (with "-dirty" for uncommitted
+// changes), else "dev".
+func buildVersion(bi *debug.BuildInfo, ok bool) string {
+	if !ok {
+		return "dev"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return strings.TrimPrefix(v, "v")
+	}
+	var rev string
+	dirty := false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "dev"
+	}
+	v := "dev+" + rev[:min(12, len(rev))]
+	if dirty {
+		v += "-dirty"
+	}
+	return v
+}
 
 // Config is everything `spawnd serve` reads from spawnd.yaml, SPAWND_* env
 // and flags.
@@ -48,6 +91,9 @@ type Config struct {
 	TLS TLSConfig `mapstructure:"tls"`
 	// Engine is the backend, and the engine (or swarm manager) it drives.
 	Engine EngineConfig `mapstructure:"engine"`
+	// Hub is how the daemon reads the hub's activity, so that spawnd
+	// rollout moves only idle servers. Optional.
+	Hub HubConfig `mapstructure:"hub"`
 	// LogLevel is debug, info, warn or error. Default info.
 	LogLevel string `mapstructure:"log_level"`
 	// LogFormat is text or json. Default text.
@@ -62,6 +108,38 @@ type TLSConfig struct {
 	CertFile string `mapstructure:"cert_file"`
 	// KeyFile is the certificate's private key (PEM).
 	KeyFile string `mapstructure:"key_file"`
+}
+
+// HubConfig is how the daemon reads JupyterHub's REST API.
+type HubConfig struct {
+	// URL is the hub's API, e.g. http://127.0.0.1:8081/hub/api.
+	URL string `mapstructure:"url"`
+	// TokenFile holds a hub API token with the scopes list:users,
+	// read:users:activity and read:servers and no others (a hub service's;
+	// docs/ENVS.md shows the hub config).
+	TokenFile string `mapstructure:"token_file"`
+	// Token is that token itself; prefer token_file.
+	Token string `mapstructure:"token"`
+}
+
+func (h *HubConfig) validate() error {
+	if h.URL == "" {
+		if h.TokenFile != "" || h.Token != "" {
+			return errors.New("hub: a token without hub.url; name the hub's API (e.g. http://127.0.0.1:8081/hub/api)")
+		}
+		return nil
+	}
+	u, err := url.Parse(h.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("hub.url: %q is not an http(s) URL of the hub's API (e.g. http://127.0.0.1:8081/hub/api)", h.URL)
+	}
+	if err := fillSecret("hub.token_file", &h.Token, h.TokenFile); err != nil {
+		return err
+	}
+	if h.Token == "" {
+		return errors.New("hub.token_file: hub.url needs a hub API token (scopes list:users, read:users:activity, read:servers)")
+	}
+	return nil
 }
 
 // EngineConfig says which backend runs the containers, and where its engine is.
@@ -82,11 +160,25 @@ type EngineConfig struct {
 	// PendingTimeout (swarm) is how long a server may wait for a node that
 	// can take it before its start fails with Swarm's reason. Default 60s.
 	PendingTimeout time.Duration `mapstructure:"pending_timeout"`
+	// Ports (swarm) is the range of host ports servers are published on,
+	// FIRST-LAST, one port per server across the swarm (the hub reaches a
+	// server at its node's address and this port; open it between the
+	// hub and the nodes). Default 30000-32767.
+	Ports string `mapstructure:"ports"`
+	// Homes is where users' homes live: shared (homes_root on the daemon's
+	// host; on Swarm, a file system every node mounts at that path) or node
+	// (swarm: each home on the local disk of one node, at homes_root there;
+	// the user's servers run on that node; spawnd home move USER --to NODE
+	// moves it). Default shared.
+	Homes string `mapstructure:"homes"`
 }
 
 func (e *EngineConfig) defaults() {
 	if e.Backend == "" {
 		e.Backend = "docker"
+	}
+	if e.Homes == "" {
+		e.Homes = "shared"
 	}
 }
 
@@ -94,8 +186,17 @@ func (e *EngineConfig) validate() error {
 	if _, ok := backends[e.Backend]; !ok {
 		return fmt.Errorf("engine.backend: %q is not one of %v", e.Backend, backendNames())
 	}
-	if e.Backend != "swarm" && (e.Registry != "" || e.InsecureRegistry || e.PendingTimeout != 0) {
-		return fmt.Errorf("engine: registry, insecure_registry and pending_timeout are for engine.backend: swarm (this one is %s)", e.Backend)
+	if e.Backend != "swarm" && (e.Registry != "" || e.InsecureRegistry || e.PendingTimeout != 0 || e.Ports != "") {
+		return fmt.Errorf("engine: registry, insecure_registry, pending_timeout and ports are for engine.backend: swarm (this one is %s)", e.Backend)
+	}
+	if _, err := e.portRange(); err != nil {
+		return err
+	}
+	switch {
+	case e.Homes != "shared" && e.Homes != "node":
+		return fmt.Errorf("engine.homes: %q is not shared or node", e.Homes)
+	case e.Homes == "node" && e.Backend != "swarm":
+		return fmt.Errorf("engine.homes: node pins homes to swarm nodes; one engine has one disk (use shared, or engine.backend: swarm)")
 	}
 	if e.PendingTimeout < 0 {
 		return fmt.Errorf("engine.pending_timeout: %s is negative", e.PendingTimeout)
@@ -104,6 +205,25 @@ func (e *EngineConfig) validate() error {
 		return errors.New("engine.registry: swarm nodes pull env images from a registry; name it (host:port) and push envs there with spawnd image push ENV REGISTRY")
 	}
 	return nil
+}
+
+// portRange is engine.ports parsed; the zero range if unset.
+func (e *EngineConfig) portRange() (swarm.PortRange, error) {
+	if e.Ports == "" {
+		return swarm.PortRange{}, nil
+	}
+	var r swarm.PortRange
+	a, b, ok := strings.Cut(e.Ports, "-")
+	first, err1 := strconv.Atoi(strings.TrimSpace(a))
+	last, err2 := strconv.Atoi(strings.TrimSpace(b))
+	if !ok || err1 != nil || err2 != nil {
+		return r, fmt.Errorf("engine.ports: %q is not FIRST-LAST, like 30000-32767", e.Ports)
+	}
+	r = swarm.PortRange{First: first, Last: last}
+	if err := r.Validate(); err != nil {
+		return r, fmt.Errorf("engine.ports: %w", err)
+	}
+	return r, nil
 }
 
 // validateSwarm checks what one host allows and a swarm does not.
@@ -124,6 +244,11 @@ func (c *Config) validateSwarm() error {
 		return errors.New("network.icc: a swarm overlay network cannot block traffic between the servers on it; " +
 			"set network.icc: true to accept that (each server still requires its own token; docs/SWARM.md)")
 	}
+	for _, name := range slices.Sorted(maps.Keys(c.Profiles)) {
+		if c.Profiles[name].GPURequest() != nil {
+			return fmt.Errorf("profiles.%s.gpus: %w (docs/SWARM.md)", name, swarm.ErrNoGPUs)
+		}
+	}
 	return nil
 }
 
@@ -134,17 +259,14 @@ func (c *Config) Validate() error {
 	if err := c.Engine.validate(); err != nil {
 		return err
 	}
+	if err := c.Hub.validate(); err != nil {
+		return err
+	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return errors.New("tls: set both tls.cert_file and tls.key_file, or neither")
 	}
-	if c.Token == "" && c.TokenFile != "" {
-		var err error
-		if c.Token, err = readSecret("token_file", c.TokenFile); err != nil {
-			return err
-		}
-		if err := api.CheckTokenFile(c.TokenFile); err != nil {
-			return fmt.Errorf("token_file: %w", err)
-		}
+	if err := fillSecret("token_file", &c.Token, c.TokenFile); err != nil {
+		return err
 	}
 	if c.Token == "" {
 		return errors.New("token_file: no API token; set token_file (or SPAWND_TOKEN) to a secret of at least 16 characters, e.g. from: openssl rand -hex 32")
@@ -153,12 +275,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("token_file: %w", err)
 	}
 	if c.MetricsToken == "" && c.MetricsTokenFile != "" {
-		var err error
-		if c.MetricsToken, err = readSecret("metrics_token_file", c.MetricsTokenFile); err != nil {
+		if err := fillSecret("metrics_token_file", &c.MetricsToken, c.MetricsTokenFile); err != nil {
 			return err
-		}
-		if err := api.CheckTokenFile(c.MetricsTokenFile); err != nil {
-			return fmt.Errorf("metrics_token_file: %w", err)
 		}
 		if c.MetricsToken == "" {
 			return fmt.Errorf("metrics_token_file: %s is empty", c.MetricsTokenFile)
@@ -234,6 +352,7 @@ type Daemon struct {
 	manager *spawnd.Manager
 	ln      net.Listener
 	reg     *prometheus.Registry
+	builder *envBuilder
 }
 
 // New connects to the engine, builds the core and opens the listener. It does
@@ -251,11 +370,36 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "spawnd_build_info",
+		Help: "1, labelled with spawnd's version, the Go it was built with, and the engine backend."}, []string{"version", "goversion", "backend"})
+	buildInfo.WithLabelValues(Version, runtime.Version(), cfg.Engine.Backend).Set(1)
+	buildSeconds := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "spawnd_build_duration_seconds",
+		Help:    "Env image builds through the daemon (the API, and starts that wait for an image), by status (success, failure).",
+		Buckets: []float64{1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800}}, []string{"status"})
+	buildSeconds.WithLabelValues("success")
+	buildSeconds.WithLabelValues("failure")
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo, buildSeconds)
 	mgr, err := spawnd.NewManager(cfg.Config, eng, log, reg)
 	if err != nil {
 		eng.Close()
 		return nil, err
+	}
+	if cfg.Hub.URL != "" {
+		mgr.UseActivity(&hubActivity{url: cfg.Hub.URL, token: cfg.Hub.Token})
+	}
+	caCerts, err := images.ReadCACerts(images.CAFilesFromEnv())
+	if err != nil {
+		eng.Close()
+		return nil, fmt.Errorf("%s: %w", images.CACertsEnv, err)
+	}
+	builder := &envBuilder{envs: func() map[string]spawnd.EnvConfig { return mgr.Config().Envs }, seconds: buildSeconds, eng: eng, log: log, running: map[string]bool{}, caCerts: caCerts}
+	if cfg.Engine.Backend == "docker" {
+		// A start whose env has no image builds it and waits. (On Swarm the
+		// image must reach the registry: spawnd build, then spawnd image push.)
+		mgr.UseBuilds(builder.forStart, 0)
+	}
+	if cfg.Engine.Homes == "node" {
+		mgr.UseHomes(eng.(*swarm.Swarm).NodeHomes(cfg.HomesRoot, cfg.Network.Name))
 	}
 	if err := fence(mgr, cfg, log); err != nil {
 		eng.Close()
@@ -266,7 +410,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 		eng.Close()
 		return nil, err
 	}
-	return &Daemon{cfg: cfg, log: log, engine: eng, manager: mgr, ln: ln, reg: reg}, nil
+	return &Daemon{cfg: cfg, log: log, engine: eng, manager: mgr, ln: ln, reg: reg, builder: builder}, nil
 }
 
 // Addr is the address the API listens on.
@@ -299,12 +443,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		info.EngineVersion, info.EngineAPI = ei.Version, ei.APIVersion
 	}
 	vcancel()
-	caCerts, err := images.ReadCACerts(images.CAFilesFromEnv())
-	if err != nil {
-		return fmt.Errorf("%s: %w", images.CACertsEnv, err)
-	}
-	builder := &envBuilder{envs: mgr.Config().Envs, eng: d.engine, log: d.log, running: map[string]bool{}, caCerts: caCerts}
-	h, err := server.New(mgr, server.Options{Token: d.cfg.Token, MetricsToken: d.cfg.MetricsToken, Version: info, Registry: reg, Logger: d.log, Builder: builder})
+	h, err := server.New(mgr, server.Options{Token: d.cfg.Token, MetricsToken: d.cfg.MetricsToken, Version: info, Registry: reg, Logger: d.log, Builder: d.builder, Images: d.engine})
 	if err != nil {
 		return err
 	}
@@ -313,6 +452,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		"homes_root", d.cfg.HomesRoot, "instance", d.cfg.Instance, "servers", len(servers), "synced", servers != nil)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- server.Serve(ctx, d.ln, h, d.cfg.TLS.CertFile, d.cfg.TLS.KeyFile) }()
+	// The listener was bound in New: connections from here on are served.
+	if err := sdNotify(fmt.Sprintf("READY=1\nSTATUS=serving %d servers on %s", len(servers), d.ln.Addr())); err != nil {
+		d.log.Warn("could not tell systemd the daemon is ready", "err", err)
+	}
 	select {
 	case err = <-serveErr:
 		cancel()
@@ -354,6 +497,23 @@ func fence(mgr *spawnd.Manager, cfg Config, log *slog.Logger) error {
 }
 
 // readSecret reads a one-line secret from the file a config key names.
+// fillSecret reads *value from file (config key key) when the value itself
+// is not set, and checks the file is not readable by others.
+func fillSecret(key string, value *string, file string) error {
+	if *value != "" || file == "" {
+		return nil
+	}
+	v, err := readSecret(key, file)
+	if err != nil {
+		return err
+	}
+	if err := api.CheckTokenFile(file); err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	*value = v
+	return nil
+}
+
 func readSecret(key, path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -38,6 +38,7 @@ type harness struct {
 	cancel context.CancelFunc
 	done   chan error
 	addr   string
+	d      *daemon.Daemon
 }
 
 func token() string {
@@ -84,7 +85,7 @@ func startDaemonLogger(t *testing.T, eng *docker.Engine, cfg daemon.Config, log 
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{t: t, eng: eng, cfg: cfg, cancel: cancel, done: make(chan error, 1), addr: d.Addr().String()}
+	h := &harness{t: t, eng: eng, cfg: cfg, cancel: cancel, done: make(chan error, 1), addr: d.Addr().String(), d: d}
 	go func() { h.done <- d.Run(ctx); d.Close() }()
 	h.client, err = api.NewClient(d.Addr().String(), cfg.Token)
 	if err != nil {

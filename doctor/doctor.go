@@ -1,14 +1,18 @@
 // Package doctor checks a spawnd installation and says how to fix each
 // problem: the engine (reachable, API version, runc against known container
 // escapes, live-restore), homes_root (exists, owner, mode, free space), each
-// env (lock present and current, image present and matching), the token, the
-// hub's login (its config read for a login that lets strangers in, and the
+// env (lock present and current, image present and matching), GPUs (a
+// profile that asks for them on an engine without the NVIDIA runtime), the
+// user network (inter-container traffic), homes_root in the systemd unit's
+// sandbox, the running hub's JupyterHub against each env's locked one, the
+// token, the hub's login (its config read for a login that lets strangers in, and the
 // running hub tried with a made-up user and password), and the hub. It only
 // reads; it changes nothing (unless a running hub lets the made-up user in).
 package doctor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -72,6 +76,9 @@ type Input struct {
 	// MinFreeBytes below which homes_root fails (default 1 GiB); below 5×
 	// that it warns.
 	MinFreeBytes uint64
+	// Unit is spawnd's systemd unit, for the sandbox check ("": the first
+	// of Units that exists; none: skipped).
+	Unit string
 }
 
 // Run runs every check and returns the results in order.
@@ -85,22 +92,30 @@ func Run(ctx context.Context, in Input) []Result {
 	}
 	add(checkToken(in))
 	engineOK := false
-	for _, r := range checkEngine(ctx, in) {
+	var info backend.Info
+	for _, r := range checkEngine(ctx, in, &info) {
 		add(r)
 		if r.Check == "engine" && r.Status == OK {
 			engineOK = true
 		}
 	}
+	if in.Config != nil && engineOK {
+		add(checkGPUs(in.Config, info))
+	}
 	if in.Config != nil {
 		add(checkHomes(in.Config.HomesRoot, in.MinFreeBytes))
+		add(checkSandbox(in.Unit, in.Config.HomesRoot))
 		add(checkNetwork(ctx, in.Config.Network, in.Engine, engineOK))
 		for _, name := range sortedEnvs(in.Config) {
 			add(checkEnv(ctx, name, in.Config.Envs[name], in.Engine, engineOK))
 		}
 	}
 	add(checkHubConfig(in.HubConfig))
-	hub := checkHub(ctx, in.HubURL)
+	hub, hubVersion := checkHub(ctx, in.HubURL)
 	add(hub)
+	if in.Config != nil && hub.Status != Skip {
+		add(checkHubVersions(in.Config, hubVersion))
+	}
 	if hub.Status == OK {
 		add(probeLogin(ctx, in.HubURL))
 	}
@@ -131,7 +146,8 @@ func checkToken(in Input) Result {
 	return Result{"token", OK, "set, private", ""}
 }
 
-func checkEngine(ctx context.Context, in Input) []Result {
+// checkEngine checks the engine and fills info with what it says.
+func checkEngine(ctx context.Context, in Input, info *backend.Info) []Result {
 	if in.Engine == nil {
 		msg := "no engine client"
 		if in.EngineErr != nil {
@@ -145,10 +161,11 @@ func checkEngine(ctx context.Context, in Input) []Result {
 		return []Result{{"engine", Fail, "the Docker engine does not answer: " + oneLine(err),
 			"start it: systemctl start docker (or scripts/engine-up); check engine.host / DOCKER_HOST"}}
 	}
-	info, err := in.Engine.Info(pctx)
+	got, err := in.Engine.Info(pctx)
 	if err != nil {
 		return []Result{{"engine", Fail, "asking the engine for its info: " + oneLine(err), "check the engine's log"}}
 	}
+	*info = got
 	rs := []Result{{"engine", OK, fmt.Sprintf("Docker %s, API %s", info.Version, info.APIVersion), ""}}
 	rs = append(rs, checkRunc(info.RuncVersion))
 	if info.LiveRestore {
@@ -158,6 +175,27 @@ func checkEngine(ctx context.Context, in Input) []Result {
 			`add "live-restore": true to /etc/docker/daemon.json, then systemctl reload docker`})
 	}
 	return rs
+}
+
+// checkGPUs says whether the engine can give servers GPUs, and fails when
+// a profile asks for them and it cannot.
+func checkGPUs(c *spawnd.Config, info backend.Info) Result {
+	var want []string
+	for _, name := range slices.Sorted(maps.Keys(c.Profiles)) {
+		if g := c.Profiles[name].GPURequest(); g != nil {
+			want = append(want, fmt.Sprintf("%s (gpus: %s)", name, g))
+		}
+	}
+	switch {
+	case len(want) == 0 && info.GPURuntime:
+		return Result{"gpus", OK, "the engine has the NVIDIA runtime; no profile asks for GPUs (profiles.<name>.gpus)", ""}
+	case len(want) == 0:
+		return Result{"gpus", OK, "no profile asks for GPUs, and the engine has no NVIDIA runtime", ""}
+	case info.GPURuntime:
+		return Result{"gpus", OK, "the engine has the NVIDIA runtime for " + strings.Join(want, ", "), ""}
+	}
+	return Result{"gpus", Fail, "profiles " + strings.Join(want, ", ") + " ask for GPUs, and the engine lists no NVIDIA runtime: their starts will fail",
+		"install the NVIDIA Container Toolkit on the engine's host and run: nvidia-ctk runtime configure --runtime=docker; systemctl restart docker (or remove gpus from those profiles)"}
 }
 
 // advisory is a runc container-escape advisory and the upstream releases that fix it.
@@ -298,26 +336,34 @@ func checkEnv(ctx context.Context, name string, e spawnd.EnvConfig, eng Engine, 
 	return Result{check, OK, "image " + image + " matches its lock", ""}
 }
 
-func checkHub(ctx context.Context, url string) Result {
+// checkHub asks the hub's API root, which answers without a token with
+// JupyterHub's version.
+func checkHub(ctx context.Context, url string) (Result, string) {
 	if url == "" {
-		return Result{"hub", Skip, "not checked (pass --hub-url http://127.0.0.1:8000)", ""}
+		return Result{"hub", Skip, "not checked (pass --hub-url http://127.0.0.1:8000)", ""}, ""
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, "GET", strings.TrimRight(url, "/")+"/hub/api/", nil)
 	if err != nil {
-		return Result{"hub", Fail, oneLine(err), "pass the hub's public URL"}
+		return Result{"hub", Fail, oneLine(err), "pass the hub's public URL"}, ""
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return Result{"hub", Fail, "the hub does not answer at " + url + ": " + oneLine(err), "start JupyterHub (systemctl start jupyterhub) or fix --hub-url"}
+		return Result{"hub", Fail, "the hub does not answer at " + url + ": " + oneLine(err), "start JupyterHub (systemctl start jupyterhub) or fix --hub-url"}, ""
 	}
 	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
-	if resp.StatusCode != 200 {
-		return Result{"hub", Fail, fmt.Sprintf("%s/hub/api/ answered %d", url, resp.StatusCode), "check the hub's log"}
+	var root struct {
+		Version string `json:"version"`
 	}
-	return Result{"hub", OK, "JupyterHub answers at " + url, ""}
+	err = json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&root)
+	if resp.StatusCode != 200 {
+		return Result{"hub", Fail, fmt.Sprintf("%s/hub/api/ answered %d", url, resp.StatusCode), "check the hub's log"}, ""
+	}
+	if err != nil || root.Version == "" {
+		return Result{"hub", Warn, url + "/hub/api/ answers, but not with JupyterHub's version", "check --hub-url is the hub's public URL"}, ""
+	}
+	return Result{"hub", OK, "JupyterHub " + root.Version + " answers at " + url, ""}, root.Version
 }
 
 func sortedEnvs(c *spawnd.Config) []string {
@@ -355,6 +401,9 @@ func checkNetwork(ctx context.Context, n spawnd.NetworkConfig, eng Engine, engin
 		}
 		return Result{check, Fail, why, strings.TrimSuffix(fix, ": invalid argument")}
 	}
-	state := map[bool]string{true: "on", false: "off"}[n.ICC]
-	return Result{check, OK, n.Name + ": spawnd's own bridge (or made at start), inter-container traffic " + state, ""}
+	if n.ICC {
+		return Result{check, Warn, n.Name + ": inter-container traffic is on (network.icc): a user's server can reach another user's server's port (each still asks for its own token)",
+			"set network.icc: false, the default (on Swarm it cannot be off: docs/SWARM.md)"}
+	}
+	return Result{check, OK, n.Name + ": spawnd's own bridge (or made at start), inter-container traffic off", ""}
 }

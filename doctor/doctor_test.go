@@ -3,6 +3,7 @@ package doctor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -126,6 +127,9 @@ func TestBrokenSetups(t *testing.T) {
 		{"network contradicts the config", func(t *testing.T, in *Input, _ string) {
 			in.Engine.(*fakeEngine).netErr = errors.New(`network.icc: the network "u" exists with inter-container traffic on, but network.icc says off; remove it (docker network rm u) or set network.icc: true: invalid argument`)
 		}, "network", "docker network rm"},
+		{"GPU profile without the NVIDIA runtime", func(t *testing.T, in *Input, _ string) {
+			in.Config.Profiles = map[string]spawnd.ProfileConfig{"ml": {GPUs: "all"}}
+		}, "gpus", "nvidia-ctk runtime configure"},
 		{"old upstream runc", func(t *testing.T, in *Input, _ string) { in.Engine.(*fakeEngine).info.RuncVersion = "1.1.11" }, "runc", "upgrade runc"},
 	}
 	for _, tc := range cases {
@@ -145,6 +149,30 @@ func TestBrokenSetups(t *testing.T) {
 }
 
 func specContent() string { return spec }
+
+func TestGPUCheck(t *testing.T) {
+	gpu := &spawnd.Config{Profiles: map[string]spawnd.ProfileConfig{"ml": {GPUs: "2"}, "cpu": {}}}
+	none := &spawnd.Config{Profiles: map[string]spawnd.ProfileConfig{"cpu": {}}}
+	for _, tc := range []struct {
+		name    string
+		cfg     *spawnd.Config
+		runtime bool
+		want    Status
+		detail  string
+	}{
+		{"GPU profile, runtime", gpu, true, OK, "NVIDIA runtime for ml (gpus: 2)"},
+		{"GPU profile, no runtime", gpu, false, Fail, "ml (gpus: 2) ask for GPUs"},
+		{"no GPU profile, runtime", none, true, OK, "the engine has the NVIDIA runtime"},
+		{"no GPU profile, no runtime", none, false, OK, "no NVIDIA runtime"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := checkGPUs(tc.cfg, backend.Info{GPURuntime: tc.runtime})
+			if r.Status != tc.want || !strings.Contains(r.Detail, tc.detail) {
+				t.Errorf("%+v; want %s with %q", r, tc.want, tc.detail)
+			}
+		})
+	}
+}
 
 func TestRuncAdvisories(t *testing.T) {
 	cases := []struct {
@@ -167,5 +195,89 @@ func TestLiveRestoreOffWarns(t *testing.T) {
 	in.Engine.(*fakeEngine).info.LiveRestore = false
 	if r := find(t, Run(context.Background(), in), "live-restore"); r.Status != Warn {
 		t.Fatalf("live-restore: %+v", r)
+	}
+}
+
+func TestSandboxCheck(t *testing.T) {
+	dir := t.TempDir()
+	unit := func(body string) string {
+		p := filepath.Join(dir, fmt.Sprintf("u%d.service", len(body)))
+		if err := os.WriteFile(p, []byte("[Service]\n"+body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	strict := "ProtectSystem=strict\nReadWritePaths=/srv/spawnd -/var/lib/extra\nStateDirectory=spawnd\nProtectHome=true\n"
+	for _, tc := range []struct {
+		name, unit, homes string
+		want              Status
+		fix               string
+	}{
+		{"no unit", filepath.Join(dir, "none.service"), "/srv/spawnd/homes", Skip, ""},
+		{"under ReadWritePaths", unit(strict), "/srv/spawnd/homes", OK, ""},
+		{"under an optional path", unit(strict), "/var/lib/extra/homes", OK, ""},
+		{"under StateDirectory", unit(strict), "/var/lib/spawnd/homes", OK, ""},
+		{"elsewhere", unit(strict), "/data/homes", Fail, "ReadWritePaths=/data/homes"},
+		{"a sibling that only shares a prefix", unit(strict), "/srv/spawnd-homes", Fail, "ReadWritePaths"},
+		{"hidden by ProtectHome", unit(strict), "/home/jupyter", Fail, "ProtectHome"},
+		{"not strict", unit("ProtectSystem=full\n"), "/data/homes", OK, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := checkSandbox(tc.unit, tc.homes)
+			if r.Status != tc.want || !strings.Contains(r.Fix, tc.fix) {
+				t.Errorf("%+v; want %s with a fix naming %q", r, tc.want, tc.fix)
+			}
+		})
+	}
+	// The unit spawnd ships, with the homes_root its example config uses.
+	if r := checkSandbox(filepath.Join("..", "deploy", "systemd", "spawnd.service"), "/srv/spawnd/homes"); r.Status != OK {
+		t.Errorf("the shipped unit with the shipped homes_root: %+v", r)
+	}
+}
+
+func TestHubVersionCheck(t *testing.T) {
+	dir := t.TempDir()
+	env := func(name, jh string) spawnd.EnvConfig {
+		sub, err := os.MkdirTemp(dir, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		specPath := filepath.Join(sub, name+".yaml")
+		if err := os.WriteFile(specPath, []byte(spec), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sp, err := envs.Load(specPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := &envs.Lock{Env: name, SpecChecksum: sp.Checksum(), Base: envs.Base{Ref: "b", Digest: "sha256:b"}, Cmd: []string{"x"}, User: *sp.User}
+		if jh != "" {
+			l.Pip = &envs.PipLock{Packages: []envs.PipPackage{{Name: "tornado", Version: "6.4"}, {Name: "JupyterHub", Version: jh}}}
+		}
+		l.Seal()
+		if err := envs.WriteLock(envs.LockPath(specPath), l); err != nil {
+			t.Fatal(err)
+		}
+		return spawnd.EnvConfig{Spec: specPath}
+	}
+	for _, tc := range []struct {
+		name   string
+		envs   map[string]spawnd.EnvConfig
+		hub    string
+		want   Status
+		detail string
+	}{
+		{"same major", map[string]spawnd.EnvConfig{"team": env("team", "5.3.0")}, "5.5.4", OK, "team 5.3.0"},
+		{"another major", map[string]spawnd.EnvConfig{"team": env("team", "5.3.0"), "old": env("old", "4.1.6")}, "5.5.4", Fail, "old locks jupyterhub 4.1.6"},
+		{"no jupyterhub locked", map[string]spawnd.EnvConfig{"bare": env("bare", "")}, "6.1.1", Warn, "bare (locks no jupyterhub)"},
+		{"given by image", map[string]spawnd.EnvConfig{"team": env("team", "6.0.0"), "img": {Image: "x"}}, "6.1.1", OK, "img (given by image)"},
+		{"hub unknown", map[string]spawnd.EnvConfig{"team": env("team", "6.0.0")}, "", Skip, "unknown"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := checkHubVersions(&spawnd.Config{Envs: tc.envs}, tc.hub)
+			if r.Status != tc.want || !strings.Contains(r.Detail, tc.detail) {
+				t.Errorf("%+v; want %s with %q", r, tc.want, tc.detail)
+			}
+		})
 	}
 }

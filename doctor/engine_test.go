@@ -3,10 +3,12 @@ package doctor_test
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/spawnd/spawnd/doctor"
 	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/spawnd"
 	"github.com/spawnd/spawnd/spawnd/docker"
 )
 
@@ -34,4 +36,20 @@ func TestRealEngineUp(t *testing.T) {
 	if seen["engine"] != doctor.OK || seen["runc"] == "" || seen["live-restore"] == "" {
 		t.Fatalf("real engine: %+v", rs)
 	}
+}
+
+// TestRealEngineHasNoGPUs: this machine's engine has no NVIDIA runtime, so
+// a GPU profile is a failure doctor names, with the fix.
+func TestRealEngineHasNoGPUs(t *testing.T) {
+	eng := testenv.Engine(t)
+	cfg := &spawnd.Config{HomesRoot: t.TempDir(), Profiles: map[string]spawnd.ProfileConfig{"ml": {GPUs: "all"}}}
+	for _, r := range doctor.Run(context.Background(), doctor.Input{Engine: eng, Config: cfg, Token: "0123456789abcdef"}) {
+		if r.Check == "gpus" {
+			if r.Status != doctor.Fail || !strings.Contains(r.Detail, "no NVIDIA runtime") || !strings.Contains(r.Fix, "NVIDIA Container Toolkit") {
+				t.Fatalf("gpus on an engine without the NVIDIA runtime: %+v", r)
+			}
+			return
+		}
+	}
+	t.Fatal("doctor ran no gpus check")
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spawnd/spawnd/internal/ci"
+	"github.com/spawnd/spawnd/spawnd/docker"
 
 	"github.com/moby/moby/client"
 
@@ -65,6 +66,7 @@ func TestComposeStack(t *testing.T) {
 		_, _ = testenv.Client(eng).NetworkRemove(ctx, project+"-users", client.NetworkRemoveOptions{})
 	})
 	run()
+	waitHealthy(t, eng, project, []string{"spawnd", "hub", "caddy"})
 
 	password, err := os.ReadFile(filepath.Join(state, "hub", "password"))
 	if err != nil {
@@ -73,6 +75,43 @@ func TestComposeStack(t *testing.T) {
 	checkHTTPS(t, fmt.Sprintf("https://localhost:%d", httpsPort), filepath.Join(state, "caddy", "caddy", "pki", "authorities", "local", "root.crt"))
 	loginAndSpawn(t, fmt.Sprintf("http://127.0.0.1:%d", hubPort), "dana", strings.TrimSpace(string(password)))
 	run("down")
+}
+
+// waitHealthy waits until each service of the compose project has a
+// container whose healthcheck says healthy: the checks in the compose file
+// run and pass against the real stack.
+func waitHealthy(t *testing.T, eng *docker.Engine, project string, services []string) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for _, svc := range services {
+		for {
+			f := client.Filters{}
+			f.Add("label", "com.docker.compose.project="+project)
+			f.Add("label", "com.docker.compose.service="+svc)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			list, err := testenv.Client(eng).ContainerList(ctx, client.ContainerListOptions{Filters: f})
+			status := "no container"
+			if err == nil && len(list.Items) == 1 {
+				ins, ierr := testenv.Client(eng).ContainerInspect(ctx, list.Items[0].ID, client.ContainerInspectOptions{})
+				switch {
+				case ierr != nil:
+					status = ierr.Error()
+				case ins.Container.State.Health == nil:
+					status = "no healthcheck"
+				default:
+					status = string(ins.Container.State.Health.Status)
+				}
+			}
+			cancel()
+			if status == "healthy" {
+				break
+			}
+			if status == "no healthcheck" || time.Now().After(deadline) {
+				t.Fatalf("compose service %s: %s; want healthy", svc, status)
+			}
+			time.Sleep(time.Second)
+		}
+	}
 }
 
 // loginAndSpawn logs in through the hub's login form as a person would

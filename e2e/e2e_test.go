@@ -439,9 +439,15 @@ func hubScenario(t *testing.T, eng *docker.Engine, specText, venv string) {
 	defer w.stopHub()
 	// The tests' own hub logs in anyone (dummy, no password): spawnd doctor
 	// must catch that on the running hub.
-	probe := findResult(doctor.Run(ctx, doctor.Input{HubURL: fmt.Sprintf("http://127.0.0.1:%d", w.proxyPort)}), "hub probe")
+	rs := doctor.Run(ctx, doctor.Input{HubURL: fmt.Sprintf("http://127.0.0.1:%d", w.proxyPort), Config: &w.cfg.Config})
+	probe := findResult(rs, "hub probe")
 	if probe.Status != doctor.Fail || !strings.Contains(probe.Detail, "made-up user") {
 		t.Fatalf("doctor did not catch a hub that logs anyone in: %+v", probe)
+	}
+	// doctor reads the running hub's version and the env's locked
+	// jupyterhub: the same major here.
+	if r := findResult(rs, "hub version"); r.Status != doctor.OK || !strings.Contains(r.Detail, "the hub runs JupyterHub ") || !strings.Contains(r.Detail, "; envs lock ") {
+		t.Errorf("doctor's hub version check against a real hub: %+v", r)
 	}
 
 	for _, u := range []string{"alice", "bob"} {

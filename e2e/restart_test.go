@@ -17,7 +17,33 @@ import (
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/spawnd/docker"
 )
+
+// newProcessWorld is a world whose spawnd runs as its own process: homes,
+// the hub's log, the API token in a file, free ports, all in dir. The
+// caller writes spawnd.yaml (w.spawndAddr, tokFile, w.homes) and runs it
+// with w.newSpawndProcess.
+func newProcessWorld(t *testing.T, eng *docker.Engine, venv, dir string) (w *world, tokFile string) {
+	t.Helper()
+	homes := filepath.Join(dir, "homes")
+	if err := os.MkdirAll(homes, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "hub.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logf.Close() })
+	w = &world{t: t, eng: eng, dir: dir, hubLog: logf, adminToken: randHex(16), venv: venv, homes: homes,
+		hubPort: freePort(t), proxyPort: freePort(t), spawndAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+	w.cfg = daemon.Config{Token: randHex(16)}
+	tokFile = filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(w.cfg.Token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return w, tokFile
+}
 
 // spawndProcess is `spawnd serve` as its own process, built from the tree,
 // to be killed -9 and started again.
@@ -93,23 +119,9 @@ func TestClassStartSurvivesRestarts(t *testing.T) {
 	if _, err := images.Build(ctx, eng, spec, images.Options{CACerts: testenv.HostCACerts(t)}); err != nil {
 		t.Fatal(err)
 	}
-	homes := filepath.Join(dir, "homes")
-	if err := os.MkdirAll(homes, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "hub.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
+	w, tokFile := newProcessWorld(t, eng, venv, dir)
+	homes := w.homes
 	inst := testenv.Instance(t, eng)
-	w := &world{t: t, eng: eng, dir: dir, hubLog: logf, adminToken: randHex(16), venv: venv,
-		hubPort: freePort(t), proxyPort: freePort(t), spawndAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	w.cfg = daemon.Config{Token: randHex(16)}
-	tokFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokFile, []byte(w.cfg.Token+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	config := filepath.Join(dir, "spawnd.yaml")
 	if err := os.WriteFile(config, []byte(fmt.Sprintf(`listen: %s
 token_file: %s

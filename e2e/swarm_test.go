@@ -15,12 +15,181 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/spawnd/spawnd/api"
-	"github.com/spawnd/spawnd/daemon"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd"
 )
+
+// swarmClass is a class's world on a real three-node swarm: the hub env
+// built and pushed to the swarm's registry, prepulled with `spawnd image
+// prepull`, a `spawnd serve` process (engine.backend swarm) and a real
+// JupyterHub 6 whose servers run on the nodes. Everything ends with the test.
+type swarmClass struct {
+	t       *testing.T
+	ctx     context.Context
+	w       *world
+	sw      *testenv.Swarm
+	mgr     *client.Client
+	c       *api.Client
+	sp      *spawndProcess
+	inst    string
+	homes   string // homes_root as the config says it
+	tokFile string // the daemon's API token, for the CLI
+}
+
+// newSwarmClass stands a swarmClass up on 198.19.<net>.0/24; engineExtra is
+// more of the config's engine section (e.g. "homes: node").
+func newSwarmClass(t *testing.T, net byte, engineExtra string) *swarmClass {
+	venv := testenv.HubVenv(t, 6)
+	eng := testenv.Engine(t)
+	testenv.EnsureDebianBase(t, eng)
+	dir := t.TempDir()
+	spec := filepath.Join(dir, "jh6.yaml")
+	if err := os.WriteFile(spec, []byte(hubEnvSpec(6)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	t.Cleanup(cancel)
+	built, err := images.Build(ctx, eng, spec, images.Options{CACerts: testenv.HostCACerts(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw := testenv.NewSwarm(t, 3, net)
+	sw.Push(t, eng, built.Tag, built.Tag)
+	s := &swarmClass{t: t, ctx: ctx, sw: sw, mgr: testenv.Client(sw.Manager(t)), inst: testenv.Instance(t, eng)}
+
+	w, tokFile := newProcessWorld(t, eng, venv, dir)
+	s.w, s.homes, s.tokFile = w, w.homes, tokFile
+	if strings.Contains(engineExtra, "homes: node") {
+		// Each node's own disk holds homes_root (root's, 0755) at the same path.
+		s.homes = filepath.Join(sw.LocalPath, "homes")
+		for _, n := range sw.Nodes {
+			if err := os.Mkdir(filepath.Join(n.Local, "homes"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	gw := strings.TrimSuffix(sw.Registry, ":5000") // the host's address on the swarm's bridge
+	config := filepath.Join(dir, "spawnd.yaml")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf(`listen: %s
+token_file: %s
+instance: %s
+homes_root: %s
+engine: {backend: swarm, host: %q, registry: %q, insecure_registry: true, %s}
+network: {name: spawnd-%s, icc: true, egress: {enabled: false}}
+start_timeout: 4m
+profiles:
+  small: {memory: 512m, pids: 256}
+envs:
+  jh6: {spec: %s}
+`, w.spawndAddr, tokFile, s.inst, s.homes, sw.Nodes[0].Host, sw.Registry, engineExtra, s.inst, spec)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.c, _ = api.NewClient(w.spawndAddr, w.cfg.Token)
+	s.sp = w.newSpawndProcess(config, s.c)
+	// The env goes onto every node before the class, as docs/SWARM.md says.
+	pp := exec.CommandContext(ctx, s.sp.bin, "image", "prepull", spec, "--engine", sw.Nodes[0].Host, "--registry", sw.Registry, "--insecure-registry")
+	var ppErr strings.Builder
+	pp.Stderr = &ppErr
+	ppOut, err := pp.Output()
+	if err != nil {
+		t.Fatalf("spawnd image prepull: %v\n%s", err, ppErr.String())
+	}
+	if !strings.Contains(string(ppOut), sw.Registry+"/"+strings.Split(built.Tag, ":")[0]+"@sha256:") ||
+		!strings.Contains(ppErr.String(), "(3/3 nodes ready)") {
+		t.Fatalf("spawnd image prepull printed %q and\n%s\nwant the reference by digest and three nodes ready", ppOut, ppErr.String())
+	}
+	t.Logf("prepull:\n%s", ppErr.String())
+	s.sp.start()
+	t.Cleanup(s.sp.kill9)
+	// Servers on the nodes reach the hub at the host's bridge address.
+	w.startHub(gw)
+	t.Cleanup(w.stopHub)
+	return s
+}
+
+// cli runs the spawnd CLI against the daemon and returns its output
+// (stdout and stderr) and error.
+func (s *swarmClass) cli(args ...string) (string, error) {
+	args = append(args, "--addr", s.w.spawndAddr, "--token-file", s.tokFile)
+	out, err := exec.CommandContext(s.ctx, s.sp.bin, args...).CombinedOutput()
+	return string(out), err
+}
+
+// start asks the hub to start each user's server, all at once.
+func (s *swarmClass) start(us []string) {
+	var wg sync.WaitGroup
+	for _, u := range us {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.w.hubAPI("POST", "/users/"+u+"/server", nil, nil) }()
+	}
+	wg.Wait()
+}
+
+// ready waits until every one of us is ready in the hub and answers
+// through the proxy; a start the hub gave up on is not asked again.
+func (s *swarmClass) ready(what string, us []string) {
+	t, w := s.t, s.w
+	t.Helper()
+	deadline := time.Now().Add(8 * time.Minute)
+	left := map[string]bool{}
+	for _, u := range us {
+		left[u] = true
+	}
+	for len(left) > 0 {
+		for u := range left {
+			var hu hubUser
+			w.hubAPI("GET", "/users/"+u, nil, &hu)
+			if srv, ok := hu.Servers[""]; ok && srv.Ready {
+				delete(left, u)
+			} else if !ok {
+				t.Fatalf("%s: the hub has no server for %s (its start failed):\n%s", what, u, w.logTail())
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d of %d servers not ready after 8 minutes\n%s", what, len(left), len(us), w.logTail())
+		}
+		time.Sleep(time.Second)
+	}
+	for _, u := range us {
+		if code := w.serverAPI(u, "", w.userToken(u), "GET", "", nil, nil); code != 200 {
+			t.Fatalf("%s: %s's server does not answer through the proxy: %d", what, u, code)
+		}
+	}
+}
+
+// nodeOf is the node (index) each user's server runs on, from the manager's tasks.
+func (s *swarmClass) nodeOf() map[string]int {
+	t := s.t
+	t.Helper()
+	f := client.Filters{}
+	f.Add("label", labels.Instance+"="+s.inst)
+	svcs, err := s.mgr.ServiceList(s.ctx, client.ServiceListOptions{Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	userOf := map[string]string{}
+	tf := client.Filters{}
+	tf.Add("desired-state", "running")
+	for _, svc := range svcs.Items {
+		userOf[svc.ID] = svc.Spec.Labels[labels.User]
+		tf.Add("service", svc.ID)
+	}
+	tasks, err := s.mgr.TaskList(s.ctx, client.TaskListOptions{Filters: tf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, tk := range tasks.Items {
+		for i, node := range s.sw.Nodes {
+			if node.ID == tk.NodeID && tk.Status.State == swarm.TaskStateRunning {
+				out[userOf[tk.ServiceID]] = i
+			}
+		}
+	}
+	return out
+}
 
 // TestSwarmClassThroughJupyterHub is a class on a real three-node swarm
 // (testenv.NewSwarm) through a real JupyterHub 6 and a real `spawnd serve`
@@ -33,155 +202,13 @@ import (
 // every service.
 func TestSwarmClassThroughJupyterHub(t *testing.T) {
 	const n = 30
-	venv := testenv.HubVenv(t, 6)
-	eng := testenv.Engine(t)
-	testenv.EnsureDebianBase(t, eng)
-	dir := t.TempDir()
-	spec := filepath.Join(dir, "jh6.yaml")
-	if err := os.WriteFile(spec, []byte(hubEnvSpec(6)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	defer cancel()
-	built, err := images.Build(ctx, eng, spec, images.Options{CACerts: testenv.HostCACerts(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sw := testenv.NewSwarm(t, 3, 44)
-	sw.Push(t, eng, built.Tag, built.Tag)
-	mgr := testenv.Client(sw.Manager(t))
-
-	homes := filepath.Join(dir, "homes")
-	if err := os.MkdirAll(homes, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "hub.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	inst := testenv.Instance(t, eng)
-	gw := strings.TrimSuffix(sw.Registry, ":5000") // the host's address on the swarm's bridge
-	w := &world{t: t, eng: eng, dir: dir, hubLog: logf, adminToken: randHex(16), venv: venv,
-		hubPort: freePort(t), proxyPort: freePort(t), spawndAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	w.cfg = daemon.Config{Token: randHex(16)}
-	tokFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokFile, []byte(w.cfg.Token+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	config := filepath.Join(dir, "spawnd.yaml")
-	if err := os.WriteFile(config, []byte(fmt.Sprintf(`listen: %s
-token_file: %s
-instance: %s
-homes_root: %s
-engine: {backend: swarm, host: %q, registry: %q, insecure_registry: true}
-network: {name: spawnd-%s, icc: true, egress: {enabled: false}}
-start_timeout: 4m
-profiles:
-  small: {memory: 512m, pids: 256}
-envs:
-  jh6: {spec: %s}
-`, w.spawndAddr, tokFile, inst, homes, sw.Nodes[0].Host, sw.Registry, inst, spec)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c, _ := api.NewClient(w.spawndAddr, w.cfg.Token)
-	sp := w.newSpawndProcess(config, c)
-	startProc, kill9 := sp.start, sp.kill9
-	// The env goes onto every node before the class, as docs/SWARM.md says.
-	pp := exec.CommandContext(ctx, sp.bin, "image", "prepull", spec, "--engine", sw.Nodes[0].Host, "--registry", sw.Registry, "--insecure-registry")
-	var ppErr strings.Builder
-	pp.Stderr = &ppErr
-	ppOut, err := pp.Output()
-	if err != nil {
-		t.Fatalf("spawnd image prepull: %v\n%s", err, ppErr.String())
-	}
-	if !strings.Contains(string(ppOut), sw.Registry+"/"+strings.Split(built.Tag, ":")[0]+"@sha256:") ||
-		!strings.Contains(ppErr.String(), "(3/3 nodes ready)") {
-		t.Fatalf("spawnd image prepull printed %q and\n%s\nwant the reference by digest and three nodes ready", ppOut, ppErr.String())
-	}
-	t.Logf("prepull:\n%s", ppErr.String())
-	startProc()
-	defer kill9()
-	// Servers on the nodes reach the hub at the host's bridge address.
-	w.startHub(gw)
-	defer w.stopHub()
-
-	var users []string
-	for i := range n {
-		users = append(users, fmt.Sprintf("sw%02d", i))
-	}
+	s := newSwarmClass(t, 44, "")
+	w, sw, c, ctx, homes := s.w, s.sw, s.c, s.ctx, s.homes
+	start, ready, nodeOf := s.start, s.ready, s.nodeOf
+	users := classUsers("sw", n)
 	if code := w.hubAPI("POST", "/users", map[string]any{"usernames": users}, nil); code != 201 {
 		t.Fatalf("creating users: %d", code)
 	}
-	start := func(us []string) {
-		var wg sync.WaitGroup
-		for _, u := range us {
-			wg.Add(1)
-			go func() { defer wg.Done(); w.hubAPI("POST", "/users/"+u+"/server", nil, nil) }()
-		}
-		wg.Wait()
-	}
-	// ready waits until every one of us is ready in the hub and answers
-	// through the proxy; a start the hub gave up on is not asked again.
-	ready := func(what string, us []string) {
-		t.Helper()
-		deadline := time.Now().Add(8 * time.Minute)
-		left := map[string]bool{}
-		for _, u := range us {
-			left[u] = true
-		}
-		for len(left) > 0 {
-			for u := range left {
-				var hu hubUser
-				w.hubAPI("GET", "/users/"+u, nil, &hu)
-				if srv, ok := hu.Servers[""]; ok && srv.Ready {
-					delete(left, u)
-				} else if !ok {
-					t.Fatalf("%s: the hub has no server for %s (its start failed):\n%s", what, u, w.logTail())
-				}
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d of %d servers not ready after 8 minutes\n%s", what, len(left), len(us), w.logTail())
-			}
-			time.Sleep(time.Second)
-		}
-		for _, u := range us {
-			if code := w.serverAPI(u, "", w.userToken(u), "GET", "", nil, nil); code != 200 {
-				t.Fatalf("%s: %s's server does not answer through the proxy: %d", what, u, code)
-			}
-		}
-	}
-	// nodeOf is the node (index) each user's server runs on, from the manager's tasks.
-	nodeOf := func() map[string]int {
-		t.Helper()
-		f := client.Filters{}
-		f.Add("label", labels.Instance+"="+inst)
-		svcs, err := mgr.ServiceList(ctx, client.ServiceListOptions{Filters: f})
-		if err != nil {
-			t.Fatal(err)
-		}
-		userOf := map[string]string{}
-		tf := client.Filters{}
-		tf.Add("desired-state", "running")
-		for _, svc := range svcs.Items {
-			userOf[svc.ID] = svc.Spec.Labels[labels.User]
-			tf.Add("service", svc.ID)
-		}
-		tasks, err := mgr.TaskList(ctx, client.TaskListOptions{Filters: tf})
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := map[string]int{}
-		for _, tk := range tasks.Items {
-			for i, node := range sw.Nodes {
-				if node.ID == tk.NodeID && tk.Status.State == swarm.TaskStateRunning {
-					out[userOf[tk.ServiceID]] = i
-				}
-			}
-		}
-		return out
-	}
-
 	began := time.Now()
 	start(users)
 	ready("the class start", users)
@@ -255,8 +282,8 @@ envs:
 	}
 
 	// spawnd dies and comes back: it adopts every service.
-	kill9()
-	startProc()
+	s.sp.kill9()
+	s.sp.start()
 	servers, err := c.List(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -275,4 +302,13 @@ envs:
 			t.Errorf("%s's home: %v", u, err)
 		}
 	}
+}
+
+// classUsers is n user names: prefix00, prefix01, …
+func classUsers(prefix string, n int) []string {
+	var us []string
+	for i := range n {
+		us = append(us, fmt.Sprintf("%s%02d", prefix, i))
+	}
+	return us
 }

@@ -52,6 +52,8 @@ type Options struct {
 	Registry []remote.Option
 	// Now is the clock (for tests); nil is time.Now.
 	Now func() time.Time
+
+	rollback bool // a Rollback's build: the history is not written
 }
 
 func (o *Options) emit(began time.Time, ev api.BuildEvent) {
@@ -340,6 +342,11 @@ type Result struct {
 // without any build. A failed build leaves the previous image and lock as
 // they were.
 func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Result, error) {
+	unlock, err := lockBuilds(false) // no prune while this builds
+	if err != nil {
+		return Result{}, err
+	}
+	defer unlock()
 	began := time.Now()
 	s, err := envs.Load(specPath)
 	if err != nil {
@@ -361,6 +368,11 @@ func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Resu
 // bundle's; when there is none, the bundle's lock is written next to the
 // spec once its image exists.
 func BuildFromBundle(ctx context.Context, eng BundleEngine, specPath, src string, opts Options) (Result, error) {
+	unlock, err := lockBuilds(false) // no prune while this builds
+	if err != nil {
+		return Result{}, err
+	}
+	defer unlock()
 	began := time.Now()
 	s, err := envs.Load(specPath)
 	if err != nil {
@@ -402,6 +414,9 @@ func build(ctx context.Context, eng Engine, specPath string, l *envs.Lock, locke
 				return Result{}, err
 			}
 		}
+		if err := remember(specPath, l, opts); err != nil {
+			return Result{}, err
+		}
 		opts.emit(began, api.BuildEvent{Phase: "build", Step: "done", Message: "image " + res.Tag + " is up to date; nothing to build", Done: true, Cached: true})
 		return res, nil
 	} else if err != nil && !errdefs.IsNotFound(err) {
@@ -441,8 +456,85 @@ func build(ctx context.Context, eng Engine, specPath string, l *envs.Lock, locke
 			return Result{}, err
 		}
 	}
+	if err := remember(specPath, l, opts); err != nil {
+		return Result{}, err
+	}
 	res.ImageID, res.Built = id, true
 	opts.emit(began, api.BuildEvent{Phase: "build", Step: "done", Message: "built " + res.Tag, Done: true})
+	return res, nil
+}
+
+// remember keeps a built lock in the env's history (envs.Remember), with
+// the spec it was made from, unless the build is a rollback's (whose lock
+// is already there, and whose spec on disk is not that lock's yet).
+func remember(specPath string, l *envs.Lock, opts Options) error {
+	if opts.rollback {
+		return nil
+	}
+	return envs.Remember(specPath, l)
+}
+
+// Rollback makes a remembered lock of the env current again: to is its
+// digest (or a unique prefix); "" is the newest remembered lock created
+// before the current one. Its image is built from the lock if the engine
+// no longer has it (packages from the cache, or fetched as the lock pins
+// them); then the lock and the spec it was made from are put back, the lock
+// first. A running daemon switches to it within a second; servers of the
+// lock rolled back from show as outdated until they restart.
+func Rollback(ctx context.Context, eng Engine, specPath, to string, opts Options) (Result, error) {
+	unlock, err := lockBuilds(false) // no prune while this builds
+	if err != nil {
+		return Result{}, err
+	}
+	defer unlock()
+	began := time.Now()
+	hist, err := envs.History(specPath)
+	if err != nil {
+		return Result{}, err
+	}
+	cur, err := envs.ReadLock(envs.LockPath(specPath))
+	if err != nil {
+		return Result{}, fmt.Errorf("reading the current lock of %s: %w", specPath, err)
+	}
+	var target envs.HistoryEntry
+	if to != "" {
+		if target, err = envs.FindInHistory(hist, to); err != nil {
+			return Result{}, fmt.Errorf("%s: %w (spawnd envs history %s)", specPath, err, specPath)
+		}
+	} else {
+		for _, e := range hist {
+			if e.Lock.Digest != cur.Digest && e.Lock.Created.Before(cur.Created) {
+				target = e
+				break
+			}
+		}
+		if target.Lock == nil {
+			return Result{}, fmt.Errorf("%s: no lock older than the current one (%s) is remembered; spawnd envs history %s lists what is", specPath, cur.ShortDigest(), specPath)
+		}
+	}
+	if target.Lock.Digest == cur.Digest {
+		return Result{}, fmt.Errorf("%s: lock %s is already the current one", specPath, cur.ShortDigest())
+	}
+	if target.Lock.Env != cur.Env {
+		return Result{}, fmt.Errorf("%s: the remembered lock %s is of env %q, not %q", specPath, target.Lock.ShortDigest(), target.Lock.Env, cur.Env)
+	}
+	if len(target.Spec) == 0 {
+		return Result{}, fmt.Errorf("%s: the history has lock %s but not the spec it was made from; put it back by hand", specPath, target.Lock.ShortDigest())
+	}
+	opts.rollback = true
+	opts.emit(began, api.BuildEvent{Phase: "rollback", Step: "target", Message: fmt.Sprintf("rolling %s back from lock %s to %s (made %s)",
+		cur.Env, cur.ShortDigest(), target.Lock.ShortDigest(), target.Lock.Created.UTC().Format(time.RFC3339))})
+	res, err := build(ctx, eng, specPath, target.Lock, false, opts, began)
+	if err != nil {
+		return Result{}, fmt.Errorf("rebuilding the image of lock %s: %w", target.Lock.ShortDigest(), err)
+	}
+	if err := envs.WriteLock(envs.LockPath(specPath), target.Lock); err != nil {
+		return Result{}, err
+	}
+	if err := envs.WriteSpec(specPath, target.Spec); err != nil {
+		return Result{}, fmt.Errorf("the lock is rolled back to %s, but the spec could not be: %w; put back %s from %s by hand",
+			target.Lock.ShortDigest(), err, specPath, envs.HistoryDir(specPath))
+	}
 	return res, nil
 }
 

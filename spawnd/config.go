@@ -9,11 +9,13 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	units "github.com/docker/go-units"
 	"github.com/spawnd/spawnd/envs"
+	"github.com/spawnd/spawnd/spawnd/backend"
 	"github.com/spawnd/spawnd/spawnd/egress"
 )
 
@@ -163,6 +165,12 @@ type EnvConfig struct {
 	Spec string `mapstructure:"spec"`
 	// Image is a pinned image to run, for envs not built by spawnd.
 	Image string `mapstructure:"image"`
+	// Pull says when the engine pulls an image env's image: if-not-present
+	// (the default: the first start on a host without it pulls it, with the
+	// daemon user's registry credentials), always (every start pulls, so a
+	// moved tag is followed), or never (a missing image fails the start).
+	// An env built from its spec is never pulled: spawnd build makes it.
+	Pull string `mapstructure:"pull"`
 	// LockDigest is the digest of the env's lock, reported on every server.
 	LockDigest string `mapstructure:"lock_digest"`
 	// User is the non-root user the container runs as and who owns the home.
@@ -200,12 +208,65 @@ type ProfileConfig struct {
 	// Swarm constraints (node.labels.gpu==true, node.hostname!=db1);
 	// engine.backend swarm only.
 	Placement []string `mapstructure:"placement"`
+	// GPUs the profile's servers get: all, a count (2), or devices by
+	// index or UUID (device=0, or 0,1, or GPU-3a4b…). Needs the NVIDIA
+	// Container Toolkit on the engine (spawnd doctor checks); one engine
+	// only (Swarm services cannot request devices). Empty = none.
+	GPUs string `mapstructure:"gpus"`
+	// ShmSize is the size of /dev/shm, e.g. "1g" (PyTorch's data loaders
+	// share tensors through it; the engine's default is 64m). It counts
+	// against the memory limit. Empty = the engine's default.
+	ShmSize string `mapstructure:"shm_size"`
+	// MemoryReservation is the memory a server is promised, at most the
+	// limit, e.g. "1g": Swarm places servers by it (default there: the
+	// limit); one engine takes memory back down to it under pressure.
+	MemoryReservation string `mapstructure:"memory_reservation"`
+	// CPUReservation is the CPUs a server is promised, at most cpus, e.g.
+	// 0.5: Swarm places by it; one engine weighs CPU time by it under
+	// contention (CPU shares). 0 = none.
+	CPUReservation float64 `mapstructure:"cpu_reservation"`
 
-	memoryBytes int64
+	memoryBytes, shmBytes, memoryReservation int64
 }
 
 // MemoryBytes is the parsed memory limit.
 func (p ProfileConfig) MemoryBytes() int64 { return p.memoryBytes }
+
+// GPURequest is the parsed gpus; nil for none (or not valid: Validate
+// says so).
+func (p ProfileConfig) GPURequest() *backend.GPURequest {
+	g, _ := parseGPUs(p.GPUs)
+	return g
+}
+
+var gpuIDRE = regexp.MustCompile(`^([0-9]+|(GPU|MIG)-[A-Za-z0-9/-]+)$`)
+
+// parseGPUs reads a profile's gpus: all, a count, or device ids.
+func parseGPUs(v string) (*backend.GPURequest, error) {
+	v = strings.TrimSpace(v)
+	switch {
+	case v == "":
+		return nil, nil
+	case v == "all":
+		return &backend.GPURequest{Count: -1}, nil
+	}
+	ids, named := strings.CutPrefix(v, "device=")
+	if n, err := strconv.Atoi(v); err == nil && !named {
+		if n < 1 {
+			return nil, fmt.Errorf("%d GPUs: a count is at least 1 (leave gpus out for none)", n)
+		}
+		return &backend.GPURequest{Count: n}, nil
+	}
+	var list []string
+	for id := range strings.SplitSeq(ids, ",") {
+		id = strings.TrimSpace(id)
+		if !gpuIDRE.MatchString(id) {
+			return nil, fmt.Errorf("%q is not all, a count, or devices (device=0 for GPU 0; 0,1 or GPU-3a4b… separated by commas)", v)
+		}
+		list = append(list, id)
+	}
+	return &backend.GPURequest{DeviceIDs: list}, nil
+}
 
 var (
 	instanceRE  = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
@@ -345,6 +406,9 @@ func (e EnvConfig) resolve(key string) (EnvConfig, error) {
 		return e, fmt.Errorf("%s: %w", key, err)
 	}
 	if e.Spec != "" {
+		if e.Pull != "" && e.Pull != PullNever {
+			return e, fmt.Errorf("%s.pull: %q, but an env built from its spec is built by spawnd build, never pulled; remove pull (or give image instead of spec)", key, e.Pull)
+		}
 		ne, err := fromLock(e)
 		if err != nil {
 			return e, fmt.Errorf("%s.spec: %w", key, err)
@@ -364,7 +428,20 @@ func (e EnvConfig) resolve(key string) (EnvConfig, error) {
 // name is the env's name: the last part of its key.
 func (EnvConfig) name(key string) string { return strings.TrimPrefix(key, "envs.") }
 
+// Pull policies of an image env.
+const (
+	PullIfNotPresent = "if-not-present"
+	PullAlways       = "always"
+	PullNever        = "never"
+)
+
 func (e *EnvConfig) defaults() {
+	if e.Pull == "" {
+		e.Pull = PullIfNotPresent
+		if e.Spec != "" {
+			e.Pull = PullNever
+		}
+	}
 	if e.User.Name == "" {
 		e.User.Name = "jovyan"
 	}
@@ -385,6 +462,11 @@ func (e EnvConfig) validate(key string) error {
 	}
 	if e.Port < 1 || e.Port > 65535 {
 		return fmt.Errorf("%s.port: %d is not a TCP port", key, e.Port)
+	}
+	switch e.Pull {
+	case PullIfNotPresent, PullAlways, PullNever:
+	default:
+		return fmt.Errorf("%s.pull: %q is not if-not-present, always or never", key, e.Pull)
 	}
 	for i, kv := range e.Environment {
 		k, _, ok := strings.Cut(kv, "=")
@@ -408,6 +490,32 @@ func (p *ProfileConfig) validate(key string) error {
 	}
 	if p.CPUs < 0 || p.CPUs > 1024 {
 		return fmt.Errorf("%s.cpus: %v must be between 0 (unlimited) and 1024", key, p.CPUs)
+	}
+	if p.ShmSize != "" {
+		b, err := units.RAMInBytes(p.ShmSize)
+		if err != nil || b < 1<<20 {
+			return fmt.Errorf("%s.shm_size: %q is not a size of at least 1m (e.g. 256m, 2g)", key, p.ShmSize)
+		}
+		if p.memoryBytes > 0 && b > p.memoryBytes {
+			return fmt.Errorf("%s.shm_size: %s is more than the memory limit %s; /dev/shm is memory, so it could never be filled", key, p.ShmSize, p.Memory)
+		}
+		p.shmBytes = b
+	}
+	if p.MemoryReservation != "" {
+		b, err := units.RAMInBytes(p.MemoryReservation)
+		if err != nil || b < 6*1024*1024 {
+			return fmt.Errorf("%s.memory_reservation: %q is not a memory size of at least 6m (e.g. 512m, 2g)", key, p.MemoryReservation)
+		}
+		if p.memoryBytes > 0 && b > p.memoryBytes {
+			return fmt.Errorf("%s.memory_reservation: %s is more than the limit %s; a reservation is at most the limit", key, p.MemoryReservation, p.Memory)
+		}
+		p.memoryReservation = b
+	}
+	if p.CPUReservation < 0 || (p.CPUs > 0 && p.CPUReservation > p.CPUs) {
+		return fmt.Errorf("%s.cpu_reservation: %v must be between 0 and the profile's cpus (%v)", key, p.CPUReservation, p.CPUs)
+	}
+	if _, err := parseGPUs(p.GPUs); err != nil {
+		return fmt.Errorf("%s.gpus: %w", key, err)
 	}
 	if p.Pids < 16 {
 		return fmt.Errorf("%s.pids: %d is too low for a Jupyter server; use at least 16", key, p.Pids)

@@ -1,12 +1,17 @@
 package spawnd
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
 // Homes owns the users' home directories under one root on the host:
@@ -145,4 +150,67 @@ func CheckHomesRoot(path string, fi fs.FileInfo) error {
 // home could not be prepared, the daemon's log says where and how to fix it.
 func homeErr(format string, args ...any) error {
 	return internal(fmt.Errorf(format, args...), "the user's home could not be prepared; an admin can find why in the daemon's log")
+}
+
+// HomeStore keeps users' homes where their servers run. Homes, a directory
+// on the daemon's host (on Swarm: a file system every node mounts at the
+// same path), is the default; the swarm backend's node-pinned homes are the
+// other (the daemon wires it with Manager.UseHomes).
+type HomeStore interface {
+	// Ensure makes the home exist and says where a server finds it.
+	Ensure(ctx context.Context, h backend.HomeSpec) (backend.Home, error)
+	// Delete removes the home and everything in it; NotFound if there is none.
+	Delete(ctx context.Context, h backend.HomeSpec) error
+}
+
+// HomeMover is a HomeStore whose homes each live on one node and can move
+// to another.
+type HomeMover interface {
+	Move(ctx context.Context, h backend.HomeSpec, node string) (backend.HomeMove, error)
+}
+
+// hostHomes is Homes as a HomeStore: every server mounts the home from the
+// same host path, wherever it runs.
+type hostHomes struct{ h *Homes }
+
+func (s hostHomes) Ensure(_ context.Context, h backend.HomeSpec) (backend.Home, error) {
+	src, err := s.h.Ensure(h.User, h.UID, h.GID)
+	return backend.Home{Source: src}, err
+}
+
+func (s hostHomes) Delete(_ context.Context, h backend.HomeSpec) error { return s.h.Delete(h.User) }
+
+// storeErr classifies a failure of a home store on the nodes: its own
+// kinds (errdefs) become the core's, with its message, which names nodes
+// and never a host path; anything else is for the log.
+func storeErr(err error) error {
+	var e *Error
+	var up *backend.Unplaceable
+	switch {
+	case errors.As(err, &e), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return err
+	case errors.As(err, &up):
+		return &Error{Kind: ErrUnavailable, Msg: "No machine can hold this user's home now: " + up.Reason, Cause: err}
+	case errdefs.IsInvalidArgument(err):
+		return &Error{Kind: ErrInvalid, Msg: err.Error()}
+	case errdefs.IsNotFound(err):
+		return &Error{Kind: ErrNotFound, Msg: err.Error()}
+	case errdefs.IsConflict(err):
+		return &Error{Kind: ErrConflict, Msg: err.Error()}
+	case errdefs.IsUnavailable(err):
+		return &Error{Kind: ErrUnavailable, Msg: err.Error()}
+	}
+	return internal(err, "the user's home could not be prepared; an admin can find why in the daemon's log")
+}
+
+// adminStoreErr is storeErr for an admin's call (delete, move): what would
+// be internal keeps its detail in the message, which names nodes and the
+// helpers' reasons, for the admin who asked (the daemon's token holder).
+func adminStoreErr(err error) error {
+	err = storeErr(err)
+	var e *Error
+	if errors.As(err, &e) && e.Kind == nil && e.Cause != nil {
+		return &Error{Msg: e.Cause.Error()}
+	}
+	return err
 }

@@ -25,9 +25,10 @@ import (
 // reconcile.go keeps the view in step with the engine, resolve.go turns a
 // request into a plan; this file holds the view and answers from it.
 type Manager struct {
-	cfg   Config
+	cfg   Config                  // as started; its policy part is pol's (reload.go)
+	pol   atomic.Pointer[choices] // envs' defaults, profiles and teams: what a reload changes
 	rt    backend.Runtime
-	homes *Homes
+	homes HomeStore
 	log   *slog.Logger
 	admit chan struct{}
 	// Dial checks that a server's port accepts connections; tests may replace it.
@@ -39,7 +40,13 @@ type Manager struct {
 
 	mu       sync.Mutex
 	servers  map[key]*record
-	deleting map[string]bool // users whose home is being deleted
+	homeBusy map[string]string // users whose home is being "deleted" or "moved"
+	notices  map[key]string    // what a server's next start tells its user (a rollout moved it)
+	activity ActivitySource    // the hub's activity, for rollouts of idle servers
+
+	build      EnvBuild                // nil: a start of an env without an image fails
+	buildLimit time.Duration           // how long one such build may run
+	builds     map[string]*buildFlight // env -> its build that starts wait for
 
 	engineUp atomic.Bool
 	envs     *envTable
@@ -60,6 +67,10 @@ type Fence interface {
 // (network.egress) in place before any server starts. Call before Run.
 func (m *Manager) UseFence(f Fence) { m.fence = f }
 
+// UseHomes keeps users' homes in s instead of under homes_root on the
+// daemon's host (the swarm backend's node-pinned homes). Call before Run.
+func (m *Manager) UseHomes(s HomeStore) { m.homes = s }
+
 // NewManager returns a Manager for a config (defaults filled, then
 // validated). reg may be nil.
 func NewManager(cfg Config, rt backend.Runtime, log *slog.Logger, reg prometheus.Registerer) (*Manager, error) {
@@ -77,23 +88,27 @@ func NewManager(cfg Config, rt backend.Runtime, log *slog.Logger, reg prometheus
 	m := &Manager{
 		cfg:        cfg,
 		rt:         rt,
-		homes:      homes,
+		homes:      hostHomes{homes},
 		log:        log,
 		admit:      make(chan struct{}, cfg.MaxConcurrentStarts),
 		Dial:       dialTCP,
 		baseCtx:    ctx,
 		cancelBase: cancel,
 		servers:    make(map[key]*record),
-		deleting:   make(map[string]bool),
+		homeBusy:   make(map[string]string),
+		notices:    make(map[key]string),
+		builds:     make(map[string]*buildFlight),
 		synced:     make(chan struct{}),
 		envs:       newEnvTable(cfg.Envs, log),
 	}
+	m.pol.Store(choicesOf(&cfg))
 	m.metrics = newMetrics(m, reg)
 	return m, nil
 }
 
-// Config returns the validated config.
-func (m *Manager) Config() Config { return m.cfg }
+// Config returns the validated config, with the policy (profiles, teams,
+// defaults) of the last reload.
+func (m *Manager) Config() Config { return *m.config() }
 
 // EngineUp reports whether the last contact with the engine succeeded.
 func (m *Manager) EngineUp() bool { return m.engineUp.Load() }
@@ -175,7 +190,7 @@ func (m *Manager) observeLocked(rec *record, c backend.Container) {
 	}
 	switch c.State {
 	case backend.Running, backend.Restarting, backend.Paused:
-		s.State, s.ExitCode, s.Reason = StateRunning, nil, ""
+		s.State, s.ExitCode, s.Reason, s.LogTail = StateRunning, nil, "", ""
 		if m.cfg.Network.Mode == "publish" {
 			s.Host, s.Port = m.cfg.Network.PublishIP, c.HostPort
 			if c.HostIP != "" {
@@ -204,6 +219,7 @@ func (m *Manager) observeLocked(rec *record, c backend.Container) {
 		if c.Partial && rec.engineState == string(c.State) && s.ExitCode != nil {
 			break // a listing adds nothing to what an inspect already said
 		}
+		wasRunning := s.State == StateRunning
 		code := c.ExitCode
 		s.ExitCode, s.Ready = &code, false
 		if c.Partial {
@@ -221,11 +237,40 @@ func (m *Manager) observeLocked(rec *record, c backend.Container) {
 			s.Reason += ": " + c.Error
 		}
 		rec.stopProbe()
-		if rec.progress != nil && !rec.starting() {
-			// During a start, the start itself reports the failure, with the log tail.
+		unasked := wasRunning && rec.flight == nil && s.State == StateFailed && s.ExitCode != nil
+		switch {
+		case unasked:
+			// An exit nobody asked for: its log says why. During a start,
+			// the start itself reports the failure, with the log tail.
+			m.explainExitLocked(rec, c.ID, "Server stopped: "+s.Reason)
+		case rec.progress != nil && !rec.starting():
 			rec.progress.add(ProgressEvent{Progress: 100, Step: StepFailed, Message: "Server stopped: " + s.Reason, Failed: true})
 		}
 	}
+}
+
+// explainExitLocked reads the end of the log of a server that failed on
+// its own, in the background, and puts it in the server's status (and in
+// the last event of its progress, for a reader still on it). m.mu must be
+// held.
+func (m *Manager) explainExitLocked(rec *record, id, msg string) {
+	secrets, prog := rec.secrets, rec.progress
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		tail := m.logTail(m.baseCtx, id, secrets)
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if rec.containerID == id && rec.srv.State == StateFailed {
+			rec.srv.LogTail = tail
+		}
+		if prog != nil {
+			if tail != "" {
+				msg += "; its last log lines:\n" + tail
+			}
+			prog.add(ProgressEvent{Progress: 100, Step: StepFailed, Message: msg, Failed: true})
+		}
+	}()
 }
 
 // probeLocked starts a readiness probe of rec's server. m.mu must be held.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -222,7 +223,7 @@ func TestDeleteHomeRefusedWhileServerExists(t *testing.T) {
 	if err := m.DeleteHome(ctx, "carol"); !errors.Is(err, ErrConflict) {
 		t.Fatalf("delete while running: %v, want conflict", err)
 	}
-	if ok, _ := m.homes.Exists("carol"); !ok {
+	if ok, _ := m.homes.(hostHomes).h.Exists("carol"); !ok {
 		t.Fatal("home gone after a refused delete")
 	}
 	if _, err := m.Stop(ctx, "carol", "named"); err != nil {
@@ -231,7 +232,7 @@ func TestDeleteHomeRefusedWhileServerExists(t *testing.T) {
 	if err := m.DeleteHome(ctx, "carol"); err != nil {
 		t.Fatal(err)
 	}
-	if ok, _ := m.homes.Exists("carol"); ok {
+	if ok, _ := m.homes.(hostHomes).h.Exists("carol"); ok {
 		t.Fatal("home still there after delete")
 	}
 	if err := m.DeleteHome(ctx, "carol"); !errors.Is(err, ErrNotFound) {
@@ -255,18 +256,26 @@ func TestExitReportedFromEvents(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rt := fakebackend.New()
 			m := newTestManager(t, testConfig(t), rt)
-			s, err := m.Start(context.Background(), "dave", "", StartRequest{})
+			const secret = "s3cret-hub-token-value"
+			s, err := m.Start(context.Background(), "dave", "", StartRequest{Environment: map[string]string{"JUPYTERHUB_API_TOKEN": secret}})
 			if err != nil {
 				t.Fatal(err)
 			}
+			rt.Log(s.ContainerID, "kernel started", "token "+secret, "MemoryError: the reason it died")
 			rt.Exit(s.ContainerID, tc.code, tc.oom)
+			failed := tc.state == StateFailed
 			eventually(t, "the exit to be seen", func() bool {
 				st, _ := m.Status("dave", "")
-				return st.State != StateRunning
+				return st.State != StateRunning && (!failed || st.LogTail != "")
 			})
 			st, _ := m.Status("dave", "")
 			if st.State != tc.state || st.Reason != tc.reason || st.ExitCode == nil || *st.ExitCode != tc.code {
 				t.Fatalf("got %s %q %v, want %s %q %d", st.State, st.Reason, st.ExitCode, tc.state, tc.reason, tc.code)
+			}
+			// A failure nobody asked for carries the end of its log, secrets
+			// replaced, in its status.
+			if failed != strings.Contains(st.LogTail, "the reason it died") || strings.Contains(st.LogTail, secret) {
+				t.Errorf("log tail %q (failed: %v)", st.LogTail, failed)
 			}
 			// A start after an exit replaces the container with a new one.
 			s2, err := m.Start(context.Background(), "dave", "", StartRequest{})
@@ -971,5 +980,91 @@ func TestHostDetailsStayInTheLog(t *testing.T) {
 				t.Errorf("the log does not name the host path:\n%s", logged)
 			}
 		})
+	}
+}
+
+// pinnedHomes is a HomeStore whose homes live on "nodes" (a map), for the
+// core's side of node-pinned homes: placement from the store, moves
+// refused while a server exists, a start refused while a move runs.
+type pinnedHomes struct {
+	mu      sync.Mutex
+	node    map[string]string // user -> node
+	moving  chan struct{}     // closed to let a Move finish
+	entered chan struct{}     // closed when a Move began
+}
+
+func (p *pinnedHomes) Ensure(_ context.Context, h backend.HomeSpec) (backend.Home, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.node[h.User] == "" {
+		p.node[h.User] = "node-a"
+	}
+	return backend.Home{Source: "/homes/" + h.Dir, Placement: []string{"node.id==" + p.node[h.User]}}, nil
+}
+
+func (p *pinnedHomes) Delete(_ context.Context, h backend.HomeSpec) error { return nil }
+
+func (p *pinnedHomes) Move(_ context.Context, h backend.HomeSpec, node string) (backend.HomeMove, error) {
+	close(p.entered)
+	<-p.moving
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	from := p.node[h.User]
+	p.node[h.User] = node
+	return backend.HomeMove{From: from, To: node}, nil
+}
+
+func TestMoveHome(t *testing.T) {
+	rt := fakebackend.New()
+	cfg := testConfig(t)
+	ctx := context.Background()
+
+	plain := newTestManager(t, cfg, rt)
+	if _, err := plain.MoveHome(ctx, "dan", "node-b"); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "not pinned to nodes") {
+		t.Fatalf("a move where homes are shared: %v; want a conflict that says why", err)
+	}
+
+	frt := fakebackend.New()
+	m := newTestManager(t, testConfig(t), frt)
+	store := &pinnedHomes{node: map[string]string{}, moving: make(chan struct{}), entered: make(chan struct{})}
+	m.UseHomes(store)
+	if _, err := m.Start(ctx, "dan", "", StartRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := m.Status("dan", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := frt.Spec(srv.ContainerID).Placement; !slices.Contains(p, "node.id==node-a") {
+		t.Fatalf("the server's placement %v lacks its home's node", p)
+	}
+	if _, err := m.MoveHome(ctx, "dan", "node-b"); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "stop it") {
+		t.Fatalf("a move while the server runs: %v; want a conflict", err)
+	}
+	if _, err := m.Stop(ctx, "dan", ""); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		mv, err := m.MoveHome(ctx, "dan", "node-b")
+		if err == nil && (mv.From != "node-a" || mv.To != "node-b") {
+			err = fmt.Errorf("moved %+v", mv)
+		}
+		done <- err
+	}()
+	<-store.entered
+	if _, err := m.Start(ctx, "dan", "", StartRequest{}); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "being moved") {
+		t.Fatalf("a start during the move: %v; want a conflict", err)
+	}
+	close(store.moving)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Start(ctx, "dan", "", StartRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	srv, _ = m.Status("dan", "")
+	if p := frt.Spec(srv.ContainerID).Placement; !slices.Contains(p, "node.id==node-b") {
+		t.Fatalf("after the move the server's placement is %v; want node-b's", p)
 	}
 }

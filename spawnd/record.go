@@ -68,6 +68,9 @@ type record struct {
 	// operation in flight learnt its ID: a server that exits at once can
 	// report "die" before the engine's answer to its start arrives.
 	ended map[string]backend.Container
+	// secrets are the values of the current container's environment that
+	// its log must never show (memory only; unknown for an adopted one).
+	secrets []string
 }
 
 // begin starts an operation of kind on the record: no other may begin until

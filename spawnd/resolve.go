@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -126,9 +127,9 @@ func resolveStart(cfg *Config, envs map[string]EnvConfig, user, server string, r
 	return p, nil
 }
 
-// containerSpec is the container a resolved start runs, with its home at
-// home on the host. Pure, like resolveStart.
-func containerSpec(cfg *Config, p startPlan, home string) backend.ContainerSpec {
+// containerSpec is the container a resolved start runs, with its home
+// where the home store put it. Pure, like resolveStart.
+func containerSpec(cfg *Config, p startPlan, home backend.Home) backend.ContainerSpec {
 	l := map[string]string{
 		labels.Managed:    "true",
 		labels.Instance:   cfg.Instance,
@@ -151,13 +152,18 @@ func containerSpec(cfg *Config, p startPlan, home string) backend.ContainerSpec 
 		Cmd:        p.cmd,
 		User:       fmt.Sprintf("%d:%d", p.env.User.UID, p.env.User.GID),
 		WorkingDir: p.env.Home,
-		Mounts:     []backend.Mount{{Source: home, Target: p.env.Home}},
+		Mounts:     []backend.Mount{{Source: home.Source, Target: p.env.Home}},
 		Port:       p.env.Port,
 		Network:    cfg.Network.Name,
 		Memory:     p.profile.MemoryBytes(),
 		NanoCPUs:   int64(p.profile.CPUs * 1e9),
 		PidsLimit:  p.profile.Pids,
-		Placement:  p.profile.Placement,
+
+		MemoryReservation: p.profile.memoryReservation,
+		CPUReservation:    int64(p.profile.CPUReservation * 1e9),
+		ShmSize:           p.profile.shmBytes,
+		GPUs:              p.profile.GPURequest(),
+		Placement:         slices.Concat(p.profile.Placement, home.Placement),
 	}
 	for _, sh := range p.shared {
 		s.Mounts = append(s.Mounts, backend.Mount{Source: sh.Source, Target: sh.Target, ReadOnly: sh.ReadOnly})

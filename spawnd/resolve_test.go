@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/spawnd/spawnd/labels"
+	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
 // resolveConfig is a validated config with two envs, two profiles and two
@@ -131,7 +132,7 @@ func TestContainerSpec(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s := containerSpec(cfg, p, "/srv/homes/ann")
+			s := containerSpec(cfg, p, backend.Home{Source: "/srv/homes/ann"})
 			if s.Name != ContainerName("unit", "Ann@Example.org", "lab") || s.Image != "img:1" || s.User != "1000:100" || s.WorkingDir != "/home/jovyan" {
 				t.Errorf("spec %+v", s)
 			}

@@ -33,16 +33,19 @@ type Server struct {
 	Ready        bool   // the single-user port accepts connections
 	ExitCode     *int   // set when stopped or failed
 	Reason       string // why it stopped or failed
-	Host         string // where the hub reaches the single-user server
-	Port         int
-	Env          string
-	Profile      string
-	LockDigest   string
-	Image        string
-	ImageID      string
-	ContainerID  string
-	StartedAt    time.Time
-	Outdated     bool // its lock digest is no longer its env's
+	// LogTail is the end of the log of a server that failed (a start, or
+	// an exit nobody asked for): bounded, secrets replaced.
+	LogTail     string
+	Host        string // where the hub reaches the single-user server
+	Port        int
+	Env         string
+	Profile     string
+	LockDigest  string
+	Image       string
+	ImageID     string
+	ContainerID string
+	StartedAt   time.Time
+	Outdated    bool // its lock digest is no longer its env's
 }
 
 // Step is one step of a start, in order.
@@ -51,6 +54,7 @@ type Step string
 // The steps of a start.
 const (
 	StepAccepted  Step = "accepted"
+	StepNotice    Step = "notice" // what the user should know first (a rollout moved the server)
 	StepImage     Step = "image"
 	StepHome      Step = "home"
 	StepPlacing   Step = "placing" // a backend that places (Swarm) waits for a node and its pull

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -23,15 +24,15 @@ func (m *Manager) Start(ctx context.Context, user, server string, req StartReque
 	if _, err := m.lookup(user, server); err != nil {
 		return Server{}, err
 	}
-	p, err := resolveStart(&m.cfg, m.envs.current(), user, server, req)
+	p, err := resolveStart(m.config(), m.envs.current(), user, server, req)
 	if err != nil {
 		return Server{}, err
 	}
 	for {
 		m.mu.Lock()
-		if m.deleting[user] {
+		if doing := m.homeBusy[user]; doing != "" {
 			m.mu.Unlock()
-			return Server{}, errorf(ErrConflict, "the home of this user is being deleted; try again when that has finished")
+			return Server{}, errorf(ErrConflict, "the home of this user is being %s; try again when that has finished", doing)
 		}
 		rec := m.servers[p.key]
 		if rec != nil && rec.flight != nil {
@@ -39,7 +40,7 @@ func (m *Manager) Start(ctx context.Context, user, server string, req StartReque
 			m.mu.Unlock()
 			srv, err := f.wait(ctx)
 			if f.kind == opStart {
-				m.metrics.starts.WithLabelValues("joined").Inc()
+				m.metrics.starts.WithLabelValues(startJoined).Inc()
 				return srv, err
 			}
 			if ctx.Err() != nil {
@@ -50,7 +51,7 @@ func (m *Manager) Start(ctx context.Context, user, server string, req StartReque
 		if rec != nil && rec.srv.State == StateRunning && (p.tokenHash == "" || p.tokenHash == rec.tokenHash) {
 			srv, id := rec.srv, rec.containerID
 			m.mu.Unlock()
-			m.metrics.starts.WithLabelValues("running").Inc()
+			m.metrics.starts.WithLabelValues(startRunning).Inc()
 			if srv.Ready {
 				return srv, nil
 			}
@@ -114,17 +115,20 @@ func (m *Manager) runStart(p startPlan, rec *record, f *flight, oldID string) {
 		rec.containerID, rec.engineState = "", ""
 		rec.srv.State = StateFailed
 		rec.srv.Reason = "start failed: " + msg
+		rec.srv.LogTail = ""
 		if ee := (*exitError)(nil); errors.As(err, &ee) {
-			rec.srv.ExitCode = ee.code
+			rec.srv.ExitCode, rec.srv.LogTail = ee.code, ee.tail
 		}
 		rec.srv.Ready = false
 		rec.progress.add(ProgressEvent{Progress: 100, Step: StepFailed, Message: "Start failed: " + msg, Failed: true})
-		m.metrics.starts.WithLabelValues("failed").Inc()
+		m.metrics.starts.WithLabelValues(startFailure).Inc()
+		m.metrics.failures.WithLabelValues(failureReason(err)).Inc()
+		m.metrics.startSeconds.WithLabelValues(startFailure).Observe(time.Since(began).Seconds())
 		f.land(srv, err)
 		return
 	}
-	m.metrics.starts.WithLabelValues("created").Inc()
-	m.metrics.startSeconds.Observe(time.Since(began).Seconds())
+	m.metrics.starts.WithLabelValues(startSuccess).Inc()
+	m.metrics.startSeconds.WithLabelValues(startSuccess).Observe(time.Since(began).Seconds())
 	log.Info("server started", "container_id", short(srv.ContainerID), "elapsed", time.Since(began).Round(time.Millisecond))
 	f.land(rec.srv, nil)
 }
@@ -132,6 +136,19 @@ func (m *Manager) runStart(p startPlan, rec *record, f *flight, oldID string) {
 func (m *Manager) doStart(ctx context.Context, p startPlan, rec *record, oldID string, log *slog.Logger) (Server, error) {
 	prog := rec.progress
 	prog.add(ProgressEvent{Progress: 0, Step: StepAccepted, Message: "Server requested"})
+	if n := m.takeNotice(p.key); n != "" {
+		prog.add(ProgressEvent{Progress: 1, Step: StepNotice, Message: n})
+		log.Info("the start tells the user their env was updated by a rollout")
+	}
+
+	// The image first, outside admission: a pull or a build waits on the
+	// network and the builder, not on the CPU admission guards.
+	ictx, icancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
+	err := m.ensureImage(ictx, p, prog)
+	icancel()
+	if err != nil {
+		return Server{}, err
+	}
 
 	// Admission: at most max_concurrent_starts servers boot at once, each
 	// from the engine's create until its port listens (or it fails). Booting
@@ -155,17 +172,10 @@ func (m *Manager) doStart(ctx context.Context, p startPlan, rec *record, oldID s
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
 	defer cancel()
 
-	if err := m.rt.CheckImage(ctx, p.env.Image); err != nil {
-		if errdefs.IsNotFound(err) {
-			return Server{}, errorf(ErrConflict, "the image %s of env %q is not on the engine; build it first (spawnd build)", p.env.Image, p.envName)
-		}
-		return Server{}, m.engineErr("checking the image", err)
-	}
-	prog.add(ProgressEvent{Progress: 15, Step: StepImage, Message: fmt.Sprintf("Env %s: image present", p.envName)})
-
-	home, err := m.homes.Ensure(p.key.user, p.env.User.UID, p.env.User.GID)
+	home, err := m.homes.Ensure(ctx, backend.HomeSpec{User: p.key.user, Dir: Escape(p.key.user), UID: p.env.User.UID, GID: p.env.User.GID,
+		Image: p.env.Image, Placement: p.profile.Placement, Labels: m.selector()})
 	if err != nil {
-		return Server{}, err
+		return Server{}, storeErr(err)
 	}
 	for _, sh := range p.shared {
 		if fi, err := os.Stat(sh.Source); err != nil || !fi.IsDir() {
@@ -191,6 +201,7 @@ func (m *Manager) doStart(ctx context.Context, p startPlan, rec *record, oldID s
 	m.mu.Lock()
 	rec.containerID, rec.created = c.ID, time.Now()
 	rec.srv.ContainerID = c.ID
+	rec.secrets = secretValues(spec.Env)
 	m.mu.Unlock()
 	prog.add(ProgressEvent{Progress: 50, Step: StepCreated, Message: "Container created"})
 
@@ -261,6 +272,7 @@ func (m *Manager) run(ctx context.Context, spec backend.ContainerSpec, log *slog
 type exitError struct {
 	code *int
 	msg  string
+	tail string // the end of the server's log, also in msg
 }
 
 func (e *exitError) Error() string { return e.msg }
@@ -295,19 +307,21 @@ func (m *Manager) waitListening(ctx context.Context, rec *record, id string, sec
 		case srv.State == StateFailed || srv.State == StateStopped:
 			srv = m.settleKill(ctx, rec, id, srv)
 			msg := "the server " + srv.Reason + " before it listened"
-			if tail := m.logTail(ctx, id, secrets); tail != "" {
+			tail := m.logTail(ctx, id, secrets)
+			if tail != "" {
 				msg += "; its last log lines:\n" + tail
 			}
-			return &exitError{code: srv.ExitCode, msg: msg}
+			return &exitError{code: srv.ExitCode, msg: msg, tail: tail}
 		}
 		select {
 		case <-ctx.Done():
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				msg := fmt.Sprintf("the server did not listen on its port within start_timeout (%s)", m.cfg.StartTimeout)
-				if tail := m.logTail(context.WithoutCancel(ctx), id, secrets); tail != "" {
+				tail := m.logTail(context.WithoutCancel(ctx), id, secrets)
+				if tail != "" {
 					msg += "; its last log lines:\n" + tail
 				}
-				return &exitError{msg: msg}
+				return &exitError{msg: msg, tail: tail}
 			}
 			return ctx.Err()
 		case <-tick.C:
@@ -355,13 +369,29 @@ func (m *Manager) logTail(ctx context.Context, id string, secrets []string) stri
 }
 
 // redactTail bounds and cleans a log tail; see logTail.
-func redactTail(out string, secrets []string) string {
+func redactTail(out string, secrets []string) string { return redactLog(out, secrets, logTailLines) }
+
+// tokenLike is what a log line must not show even when the secret is not
+// known (an adopted server): long hex strings (JupyterHub's tokens) and
+// token= parameters.
+var tokenLike = regexp.MustCompile(`(?i)(token=)[^&\s"']+|\b[0-9a-f]{32,}\b`)
+
+// redactLog bounds a log to its last maxLines lines of at most logLineMax
+// bytes, with every secret value and anything token-like replaced and
+// control characters dropped.
+func redactLog(out string, secrets []string, maxLines int) string {
 	for _, s := range secrets {
 		out = strings.ReplaceAll(out, s, "[redacted]")
 	}
+	out = tokenLike.ReplaceAllStringFunc(out, func(m string) string {
+		if strings.HasPrefix(strings.ToLower(m), "token=") {
+			return m[:len("token=")] + "[redacted]"
+		}
+		return "[redacted]"
+	})
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-	if len(lines) > logTailLines {
-		lines = lines[len(lines)-logTailLines:]
+	if len(lines) > maxLines {
+		lines = lines[len(lines)-maxLines:]
 	}
 	for i, l := range lines {
 		l = strings.Map(func(r rune) rune {
@@ -401,4 +431,82 @@ func secretValues(env []string) []string {
 	// Longest first, so a secret that contains another is replaced whole.
 	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
 	return out
+}
+
+// ensureImage makes sure the env's image is on the engine: present, or
+// pulled as the env's pull policy says (with its progress on the spawn
+// page), or the start fails saying what to do.
+func (m *Manager) ensureImage(ctx context.Context, p startPlan, prog *progressLog) error {
+	puller, canPull := m.rt.(backend.Puller)
+	pull := canPull && p.env.Pull != PullNever && p.env.Spec == ""
+	err := m.rt.CheckImage(ctx, p.env.Image)
+	switch {
+	case err == nil && !(pull && p.env.Pull == PullAlways):
+		prog.add(ProgressEvent{Progress: 15, Step: StepImage, Message: fmt.Sprintf("Env %s: image present", p.envName)})
+		return nil
+	case err != nil && !errdefs.IsNotFound(err):
+		return m.engineErr("checking the image", err)
+	case err != nil && p.env.Spec != "" && m.build != nil:
+		return m.waitForBuild(ctx, p, prog)
+	case err != nil && !pull:
+		switch {
+		case p.env.Spec != "":
+			return errorf(ErrConflict, "the image %s of env %q is not on the engine; build it first (spawnd build)", p.env.Image, p.envName)
+		case p.env.Pull == PullNever:
+			return errorf(ErrConflict, "the image %s of env %q is not on the engine, and the env's pull policy is never; pull it (docker pull) or set pull: if-not-present", p.env.Image, p.envName)
+		}
+		return errorf(ErrConflict, "the image %s of env %q is not where this engine runs it from; put it there (spawnd image push to the registry)", p.env.Image, p.envName)
+	}
+	prog.add(ProgressEvent{Progress: 5, Step: StepImage, Message: fmt.Sprintf("Env %s: pulling %s", p.envName, p.env.Image)})
+	last, pullBegan := time.Time{}, time.Now()
+	perr := puller.Pull(ctx, p.env.Image, func(pp backend.PullProgress) {
+		if time.Since(last) < 500*time.Millisecond && pp.Done < pp.Layers {
+			return
+		}
+		last = time.Now()
+		msg := fmt.Sprintf("Env %s: pulling the image, %d of %d layers", p.envName, pp.Done, pp.Layers)
+		if pp.Total > 0 {
+			msg += fmt.Sprintf(", %d of %d MiB", pp.Bytes>>20, pp.Total>>20)
+		}
+		prog.add(ProgressEvent{Progress: 5 + 10*pp.Done/max(pp.Layers, 1), Step: StepImage, Message: msg})
+	})
+	status := startSuccess
+	if perr != nil {
+		status = startFailure
+	}
+	m.metrics.pullSeconds.WithLabelValues(status).Observe(time.Since(pullBegan).Seconds())
+	switch {
+	case perr == nil:
+		prog.add(ProgressEvent{Progress: 15, Step: StepImage, Message: fmt.Sprintf("Env %s: image pulled", p.envName)})
+		return nil
+	case errors.Is(perr, context.DeadlineExceeded), errors.Is(perr, context.Canceled):
+		return perr
+	case errdefs.IsUnauthorized(perr), errdefs.IsNotFound(perr):
+		return &Error{Kind: ErrConflict, Msg: fmt.Sprintf("the image of env %q could not be pulled; an admin must fix its registry or its credentials (the daemon's log says which)", p.envName), Cause: perr}
+	case errdefs.IsUnavailable(perr):
+		return &Error{Kind: ErrUnavailable, Msg: fmt.Sprintf("the registry of env %q is not reachable; try again later", p.envName), Cause: perr}
+	}
+	return internal(perr, "pulling the image of env %q failed; see the daemon's log", p.envName)
+}
+
+// maxLogLines bounds what Logs returns.
+const maxLogLines = 2000
+
+// Logs returns the last lines (at most tail, at most maxLogLines) of a
+// server's container log, bounded and with secrets and token-like strings
+// replaced: for an admin finding out why a server died.
+func (m *Manager) Logs(ctx context.Context, user, server string, tail int) (string, error) {
+	id, secrets, err := m.logSource(user, server)
+	if err != nil {
+		return "", err
+	}
+	tail = boundTail(tail)
+	out, err := m.rt.Logs(ctx, id, tail)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return "", errorf(ErrNotFound, "the server's container is gone")
+		}
+		return "", m.engineErr("reading the log", err)
+	}
+	return redactLog(out, secrets, tail), nil
 }

@@ -3,6 +3,8 @@ package spawnd
 import (
 	"context"
 	"time"
+
+	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
 // Stop removes the server's container (SIGTERM, then SIGKILL after
@@ -62,34 +64,72 @@ func (m *Manager) Stop(ctx context.Context, user, server string) (Server, error)
 // way a home is ever deleted. It is refused while any server of the user
 // exists.
 func (m *Manager) DeleteHome(ctx context.Context, user string) error {
-	if _, err := m.lookup(user, ""); err != nil {
+	spec, done, err := m.holdHome(user, "deleted")
+	if err != nil {
 		return err
 	}
+	defer done()
+	if err := m.homes.Delete(ctx, spec); err != nil {
+		return adminStoreErr(err)
+	}
+	m.log.Warn("home deleted by admin request", "user", bound(user))
+	return nil
+}
+
+// MoveHome moves a user's node-pinned home to another node (the explicit
+// admin action; the next start runs there). It is refused while any server
+// of the user exists, and when homes are not node-pinned.
+func (m *Manager) MoveHome(ctx context.Context, user, node string) (backend.HomeMove, error) {
+	mover, ok := m.homes.(HomeMover)
+	if !ok {
+		if _, err := m.lookup(user, ""); err != nil {
+			return backend.HomeMove{}, err
+		}
+		return backend.HomeMove{}, errorf(ErrConflict, "homes here are not pinned to nodes (engine.homes: node, on Swarm): every server mounts the same home, so there is nothing to move")
+	}
+	spec, done, err := m.holdHome(user, "moved")
+	if err != nil {
+		return backend.HomeMove{}, err
+	}
+	defer done()
+	mv, err := mover.Move(ctx, spec, node)
+	if err != nil {
+		return backend.HomeMove{}, adminStoreErr(err)
+	}
+	m.log.Warn("home moved by admin request", "user", bound(user), "from", mv.From, "to", mv.To, "bytes", mv.Bytes, "sha256", mv.SHA256, "old_copy", mv.OldCopy)
+	return mv, nil
+}
+
+// holdHome marks user's home busy ("deleted", "moved") for an admin action,
+// refusing while any server of the user exists or another action holds it.
+// The spec names the default env's image, which the node-pinned store's
+// helpers run. done releases the home.
+func (m *Manager) holdHome(user, doing string) (spec backend.HomeSpec, done func(), err error) {
+	if _, err := m.lookup(user, ""); err != nil {
+		return spec, nil, err
+	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	for k, rec := range m.servers {
 		if k.user == user && (rec.containerID != "" || rec.flight != nil) {
-			m.mu.Unlock()
 			name := k.server
 			if name == "" {
 				name = "the default server"
 			}
-			return errorf(ErrConflict, "the user has a server (%s, %s); stop it before deleting the home", bound(name), rec.srv.State)
+			return spec, nil, errorf(ErrConflict, "the user has a server (%s, %s); stop it before the home is %s", bound(name), rec.srv.State, doing)
 		}
 	}
-	if m.deleting[user] {
-		m.mu.Unlock()
-		return errorf(ErrConflict, "the home is already being deleted")
+	if busy := m.homeBusy[user]; busy != "" {
+		return spec, nil, errorf(ErrConflict, "the home is already being %s", busy)
 	}
-	m.deleting[user] = true
-	m.mu.Unlock()
-	defer func() {
+	m.homeBusy[user] = doing
+	spec = backend.HomeSpec{User: user, Dir: Escape(user), Labels: m.selector()}
+	if env, ok := m.envs.current()[m.config().DefaultEnv]; ok {
+		spec.Image, spec.UID, spec.GID = env.Image, env.User.UID, env.User.GID
+	}
+	return spec, func() {
 		m.mu.Lock()
-		delete(m.deleting, user)
+		delete(m.homeBusy, user)
 		m.mu.Unlock()
-	}()
-	if err := m.homes.Delete(user); err != nil {
-		return err
-	}
-	m.log.Warn("home deleted by admin request", "user", bound(user))
-	return nil
+	}, nil
 }

@@ -23,11 +23,13 @@ import (
 	"sync"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
 // Core is what the handlers need from the lifecycle core (spawnd.Manager).
@@ -38,6 +40,11 @@ type Core interface {
 	List() ([]spawnd.Server, error)
 	Progress(ctx context.Context, user, server string, fn func(spawnd.ProgressEvent) error) error
 	DeleteHome(ctx context.Context, user string) error
+	MoveHome(ctx context.Context, user, node string) (backend.HomeMove, error)
+	Drift() ([]spawnd.EnvDrift, error)
+	Logs(ctx context.Context, user, server string, tail int) (string, error)
+	FollowLogs(ctx context.Context, user, server string, tail int, w io.Writer) error
+	Rollout(ctx context.Context, env string, req spawnd.RolloutRequest) (spawnd.RolloutResult, error)
 	Offer(groups []string) spawnd.Offer
 	EngineUp() bool
 }
@@ -67,6 +74,14 @@ type Options struct {
 	Logger   *slog.Logger
 	// Builder enables POST /v1/envs/{env}/build; nil leaves it off.
 	Builder Builder
+	// Images, when set, adds each env image's size and build time to
+	// GET /v1/envs.
+	Images ImageInspector
+}
+
+// ImageInspector reads an image on the engine (backend.Builder has it).
+type ImageInspector interface {
+	ImageInspect(ctx context.Context, ref string) (backend.ImageInfo, error)
 }
 
 type handler struct {
@@ -156,11 +171,15 @@ func (h *handler) routes() []route {
 			route{pattern: "POST " + p, auth: true, fn: h.start},
 			route{pattern: "GET " + p, auth: true, fn: h.status},
 			route{pattern: "DELETE " + p, auth: true, fn: h.stop},
-			route{pattern: "GET " + p + "/progress", auth: true, fn: h.progress})
+			route{pattern: "GET " + p + "/progress", auth: true, fn: h.progress},
+			route{pattern: "GET " + p + "/logs", auth: true, fn: h.logs})
 	}
 	rs = append(rs,
+		route{pattern: "GET /v1/envs", auth: true, fn: h.envs},
 		route{pattern: "POST /v1/envs/{env}/build", auth: true, fn: h.build},
+		route{pattern: "POST /v1/envs/{env}/rollout", auth: true, fn: h.rollout},
 		route{pattern: "DELETE /v1/users/{user}/home", auth: true, fn: h.deleteHome},
+		route{pattern: "POST /v1/users/{user}/home/move", auth: true, fn: h.moveHome},
 		route{pattern: "GET /metrics", auth: true, fn: h.metrics, metrics: true},
 		route{pattern: "/", auth: true, fn: func(http.ResponseWriter, *http.Request) error {
 			return api.Errorf(api.CodeNotFound, "no such endpoint; see api/openapi.yaml")
@@ -375,6 +394,79 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, wireServer(srv))
 }
 
+func (h *handler) logs(w http.ResponseWriter, r *http.Request) error {
+	user, server, err := names(r)
+	if err != nil {
+		return err
+	}
+	tail := 100
+	if v := r.URL.Query().Get("tail"); v != "" {
+		if tail, err = strconv.Atoi(v); err != nil || tail < 1 {
+			return api.Errorf(api.CodeInvalid, "tail: %q is not a positive number of lines", v)
+		}
+	}
+	if f := r.URL.Query().Get("follow"); f == "1" || f == "true" {
+		return h.followLogs(w, r, user, server, tail)
+	}
+	out, err := h.core.Logs(r.Context(), user, server, tail)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	if out != "" {
+		_, _ = io.WriteString(w, out+"\n")
+	}
+	return nil
+}
+
+// followLogs streams a server's log as plain text until the client leaves
+// or the container ends; the header goes out with the first line, so an
+// unknown server is still a 404.
+func (h *handler) followLogs(w http.ResponseWriter, r *http.Request, user, server string, tail int) error {
+	if _, err := h.core.Status(user, server); err != nil {
+		return err
+	}
+	sw := &streamWriter{w: w}
+	err := h.core.FollowLogs(r.Context(), user, server, tail, sw)
+	if sw.started {
+		return nil // errors after the header can't change the answer
+	}
+	if err != nil {
+		return err
+	}
+	sw.start()
+	return nil
+}
+
+// streamWriter sends the header with the first write, and flushes.
+type streamWriter struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (s *streamWriter) start() {
+	if !s.started {
+		s.w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		s.w.Header().Set("X-Content-Type-Options", "nosniff")
+		s.w.Header().Set("X-Accel-Buffering", "no")
+		s.w.WriteHeader(http.StatusOK)
+		s.started = true
+	}
+}
+
+func (s *streamWriter) Write(p []byte) (int, error) {
+	s.start()
+	return s.w.Write(p)
+}
+
+func (s *streamWriter) Flush() {
+	if f, ok := s.w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
 func (h *handler) stop(w http.ResponseWriter, r *http.Request) error {
 	user, server, err := names(r)
 	if err != nil {
@@ -400,6 +492,84 @@ func (h *handler) deleteHome(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+func (h *handler) envs(w http.ResponseWriter, r *http.Request) error {
+	drift, err := h.core.Drift()
+	if err != nil {
+		return err
+	}
+	rep := api.EnvReport{Envs: make([]api.EnvDrift, 0, len(drift))}
+	for _, d := range drift {
+		e := api.EnvDrift{Env: d.Env, Configured: d.Configured, LockDigest: d.LockDigest, Image: d.Image, Locks: []api.LockServers{}}
+		if h.opts.Images != nil && d.Image != "" {
+			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+			if info, err := h.opts.Images.ImageInspect(ctx, d.Image); err == nil {
+				e.ImageSize, e.Built = info.Size, info.Labels[ocispec.AnnotationCreated]
+			}
+			cancel()
+		}
+		for _, l := range d.Locks {
+			ls := api.LockServers{LockDigest: l.LockDigest, Current: l.Current, Image: l.Image, Servers: []api.ServerRef{}}
+			for _, s := range l.Servers {
+				ls.Servers = append(ls.Servers, api.ServerRef{User: s.User, Server: s.Server, State: api.State(s.State)})
+			}
+			if l.Current {
+				e.Current += len(l.Servers)
+			} else {
+				e.Older += len(l.Servers)
+			}
+			e.Locks = append(e.Locks, ls)
+		}
+		rep.Envs = append(rep.Envs, e)
+	}
+	return writeJSON(w, http.StatusOK, rep)
+}
+
+func (h *handler) rollout(w http.ResponseWriter, r *http.Request) error {
+	var req api.RolloutRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	env, err := url.PathUnescape(r.PathValue("env"))
+	if err != nil {
+		return api.Errorf(api.CodeInvalid, "the env name in the path is not valid percent-encoding")
+	}
+	if req.IdleSeconds < 0 || req.Concurrency < 0 || req.Concurrency > 64 {
+		return api.Errorf(api.CodeInvalid, "idle_seconds must be ≥ 0 and concurrency between 0 (default 4) and 64")
+	}
+	if req.All && len(req.Users) > 0 {
+		return api.Errorf(api.CodeInvalid, "all and users do not go together: name users, or move all")
+	}
+	res, err := h.core.Rollout(r.Context(), env, spawnd.RolloutRequest{All: req.All, Users: req.Users,
+		IdleFor: time.Duration(req.IdleSeconds) * time.Second, DryRun: req.DryRun, Concurrency: req.Concurrency})
+	if err != nil {
+		return err
+	}
+	out := api.RolloutResult{Env: res.Env, To: res.To, Items: []api.RolloutItem{}}
+	for _, it := range res.Items {
+		out.Items = append(out.Items, api.RolloutItem{User: it.User, Server: it.Server, From: it.From, Moved: it.Moved, Why: it.Why})
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func (h *handler) moveHome(w http.ResponseWriter, r *http.Request) error {
+	var req api.HomeMoveRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	user, _, err := names(r)
+	if err != nil {
+		return err
+	}
+	if req.Node == "" {
+		return api.Errorf(api.CodeInvalid, "node: name the node to move the home to (its host name or ID: docker node ls)")
+	}
+	mv, err := h.core.MoveHome(r.Context(), user, req.Node)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, api.HomeMove(mv))
 }
 
 // build runs an env build and streams its events as Server-Sent Events.

@@ -4,17 +4,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
 const testToken = "0123456789abcdef0123456789abcdef"
@@ -68,6 +71,35 @@ func (c *recordingCore) Progress(_ context.Context, user, server string, fn func
 func (c *recordingCore) DeleteHome(_ context.Context, user string) error {
 	c.record("deletehome " + user)
 	return nil
+}
+
+func (c *recordingCore) MoveHome(_ context.Context, user, node string) (backend.HomeMove, error) {
+	c.record("movehome " + user + " " + node)
+	return backend.HomeMove{From: "a", To: node}, nil
+}
+
+func (c *recordingCore) Drift() ([]spawnd.EnvDrift, error) {
+	c.record("drift")
+	return []spawnd.EnvDrift{{Env: "team", Image: "spawnd/team:new", LockDigest: "sha256:new", Configured: true, Locks: []spawnd.LockServers{
+		{LockDigest: "sha256:new", Current: true, Image: "spawnd/team:new", Servers: []spawnd.Server{{User: "ann", State: spawnd.StateRunning}}},
+		{LockDigest: "sha256:old", Image: "spawnd/team:old", Servers: []spawnd.Server{{User: "bob", State: spawnd.StateRunning}, {User: "cy", Server: "gpu", State: spawnd.StateRunning}}},
+	}}}, nil
+}
+
+func (c *recordingCore) Rollout(_ context.Context, env string, req spawnd.RolloutRequest) (spawnd.RolloutResult, error) {
+	c.record(fmt.Sprintf("rollout %s all=%v users=%v idle=%s dry=%v", env, req.All, req.Users, req.IdleFor, req.DryRun))
+	return spawnd.RolloutResult{Env: env, Items: []spawnd.RolloutItem{{User: "ann", Moved: true, Why: "idle"}}}, nil
+}
+
+func (c *recordingCore) Logs(_ context.Context, user, server string, tail int) (string, error) {
+	c.record(fmt.Sprintf("logs %s/%s %d", user, server, tail))
+	return "line 1\nline 2", nil
+}
+
+func (c *recordingCore) FollowLogs(_ context.Context, user, server string, tail int, w io.Writer) error {
+	c.record(fmt.Sprintf("follow logs %s/%s %d", user, server, tail))
+	_, err := io.WriteString(w, "line 1\n")
+	return err
 }
 
 func (c *recordingCore) Offer([]string) spawnd.Offer { return spawnd.Offer{} }
@@ -258,6 +290,53 @@ func TestDeleteHomeNeedsConfirmation(t *testing.T) {
 	}
 	if resp, _ := do(t, ts, "DELETE", "/v1/users/alice/home?confirm=yes", testToken, nil); resp.StatusCode != 204 {
 		t.Fatalf("confirmed delete: %d", resp.StatusCode)
+	}
+}
+
+func TestMoveHome(t *testing.T) {
+	ts, core := newTestServer(t, nil)
+	for _, tc := range []struct {
+		name, body string
+		code       int
+		msg        string
+	}{
+		{"no node", `{}`, 400, "name the node"},
+		{"unknown field", `{"node":"b","image":"x"}`, 400, "image"},
+		{"no token", "", 401, ""},
+		{"moved", `{"node":"node-b"}`, 200, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := testToken
+			if tc.code == 401 {
+				tok = ""
+			}
+			resp, eb := do(t, ts, "POST", "/v1/users/alice/home/move", tok, strings.NewReader(tc.body))
+			if resp.StatusCode != tc.code || (tc.msg != "" && (eb.Error == nil || !strings.Contains(eb.Error.Message, tc.msg))) {
+				t.Fatalf("got %d %+v; want %d with %q", resp.StatusCode, eb.Error, tc.code, tc.msg)
+			}
+		})
+	}
+	if want := []string{"movehome alice node-b"}; !slices.Equal(core.calls, want) {
+		t.Fatalf("calls that reached the core: %q; want %q", core.calls, want)
+	}
+}
+
+func TestEnvsReport(t *testing.T) {
+	ts, _ := newTestServer(t, nil)
+	req, _ := http.NewRequest("GET", ts.URL+"/v1/envs", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var rep api.EnvReport
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil || resp.StatusCode != 200 || len(rep.Envs) != 1 {
+		t.Fatalf("GET /v1/envs: %d %+v %v", resp.StatusCode, rep, err)
+	}
+	e := rep.Envs[0]
+	if e.Current != 1 || e.Older != 2 || len(e.Locks) != 2 || e.Locks[1].Servers[1] != (api.ServerRef{User: "cy", Server: "gpu", State: api.StateRunning}) {
+		t.Fatalf("report: %+v", e)
 	}
 }
 

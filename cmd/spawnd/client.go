@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -13,29 +14,112 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/daemon"
 )
 
 // clientFlags are the flags every client command shares.
 type clientFlags struct {
 	addr      string
 	tokenFile string
+	config    string
+	cmd       *cobra.Command
 }
 
+// defaultDaemonConfig is where client commands look for the daemon's
+// address and token when no flag or variable gives them.
+const defaultDaemonConfig = "/etc/spawnd/spawnd.yaml"
+
 func (c *clientFlags) register(cmd *cobra.Command) {
-	def := os.Getenv("SPAWND_ADDR")
-	if def == "" {
-		def = "127.0.0.1:8765"
-	}
-	cmd.Flags().StringVar(&c.addr, "addr", def, "daemon address: host:port, http(s)://host:port or unix:///path.sock (env SPAWND_ADDR)")
-	cmd.Flags().StringVar(&c.tokenFile, "token-file", "", "file with the API token (env SPAWND_TOKEN_FILE; or SPAWND_TOKEN)")
+	c.cmd = cmd
+	cmd.Flags().StringVar(&c.addr, "addr", "127.0.0.1:8765", "daemon address: host:port, http(s)://host:port or unix:///path.sock (env SPAWND_ADDR; default: the daemon config's listen)")
+	cmd.Flags().StringVar(&c.tokenFile, "token-file", "", "file with the API token (env SPAWND_TOKEN_FILE; or SPAWND_TOKEN; default: the daemon config's token_file)")
+	cmd.Flags().StringVar(&c.config, "config", "", "the daemon's config, read for its address and token when neither is given (default "+defaultDaemonConfig+" if it exists)")
 }
 
 func (c *clientFlags) client() (*api.Client, error) {
-	tok, err := clientToken(c.tokenFile)
+	addr, tok, err := c.settings()
 	if err != nil {
 		return nil, err
 	}
-	return api.NewClient(c.addr, tok)
+	return api.NewClient(addr, tok)
+}
+
+// settings are the daemon's address and token: from the flags, then
+// SPAWND_ADDR / SPAWND_TOKEN(_FILE), then the daemon's own config (listen,
+// token_file), so that an admin on the daemon's host types no flags.
+func (c *clientFlags) settings() (addr, token string, err error) {
+	flagAddr := c.cmd != nil && c.cmd.Flags().Changed("addr")
+	envAddr := os.Getenv("SPAWND_ADDR")
+	explicitToken := c.tokenFile != "" || os.Getenv("SPAWND_TOKEN") != "" || os.Getenv("SPAWND_TOKEN_FILE") != ""
+	path := c.config
+	if path == "" && fileExists(defaultDaemonConfig) {
+		path = defaultDaemonConfig
+	}
+	var cfg daemon.Config
+	where := ""
+	if path != "" && (!flagAddr && envAddr == "" || !explicitToken) {
+		if cfg, where, err = decodeConfig(path, nil); err != nil {
+			return "", "", err
+		}
+	}
+	switch {
+	case flagAddr:
+		addr = c.addr
+	case envAddr != "":
+		addr = envAddr
+	case where != "":
+		addr = clientAddr(cfg.Listen, cfg.TLS.CertFile != "")
+	default:
+		addr = c.addr
+	}
+	if explicitToken || where == "" {
+		token, err = clientToken(c.tokenFile)
+		return addr, token, err
+	}
+	switch {
+	case cfg.Token != "":
+		token = cfg.Token
+	case cfg.TokenFile != "":
+		b, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return "", "", fmt.Errorf("reading the API token %s (token_file in %s): %w; run as the daemon's user or root, or give --token-file", cfg.TokenFile, where, err)
+		}
+		token = strings.TrimSpace(string(b))
+	default:
+		return "", "", fmt.Errorf("%s names no token_file; give --token-file, or set SPAWND_TOKEN_FILE or SPAWND_TOKEN", where)
+	}
+	return addr, token, nil
+}
+
+// clientAddr is where a client on the daemon's host reaches a daemon that
+// listens on listen: a wildcard address becomes the loopback one.
+func clientAddr(listen string, tls bool) string {
+	if listen == "" {
+		listen = "127.0.0.1:8765"
+	}
+	if strings.HasPrefix(listen, "unix://") {
+		return listen
+	}
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	switch host {
+	case "", "0.0.0.0":
+		host = "127.0.0.1"
+	case "::":
+		host = "::1"
+	}
+	addr := net.JoinHostPort(host, port)
+	if tls {
+		return "https://" + addr
+	}
+	return addr
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // splitTarget parses USER[/SERVER]. A user name may itself contain '/', so
@@ -160,6 +244,92 @@ func newStatus() *cobra.Command {
 	return cmd
 }
 
+func newHealth() *cobra.Command {
+	var cf clientFlags
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "health",
+		Short: "Exit 0 when the daemon answers and its engine is up (for container healthchecks)",
+		Long: `Ask the daemon's health endpoint (no token needed) and exit 0 when it answers
+and its engine is up, 1 otherwise, printing what it said: for a compose or
+Docker HEALTHCHECK, and for scripts that wait for spawnd.`,
+		Example: "  spawnd health --addr 127.0.0.1:8765",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			addr := cf.addr
+			if !cmd.Flags().Changed("addr") {
+				if a, _, err := cf.settings(); err == nil {
+					addr = a
+				} else if env := os.Getenv("SPAWND_ADDR"); env != "" {
+					addr = env
+				}
+			}
+			c, err := api.NewClient(addr, "")
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			h, err := c.Health(ctx)
+			if err != nil {
+				return fmt.Errorf("spawnd at %s: %w", addr, err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "spawnd at %s: %s (engine %s)\n", addr, h.Status, h.Engine)
+			if h.Engine != "up" {
+				return errors.New("the daemon's engine is down")
+			}
+			return nil
+		},
+	}
+	cf.register(cmd)
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "give up after this long")
+	return cmd
+}
+
+func newLogs() *cobra.Command {
+	var cf clientFlags
+	var server string
+	var tail int
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs USER[/SERVER]",
+		Short: "Print the last lines of a server's log (secrets redacted)",
+		Long: `Print the last --tail lines of a server's container log: for finding out why
+a student's server died. Values of the server's secret environment (tokens,
+passwords, keys) and anything token-like are replaced by [redacted]; lines
+are bounded. --follow (-f) goes on printing lines as the server writes them,
+until Ctrl-C or the server ends. A server that is stopped has no log left: a
+failed start's last lines are in spawnd status (log_tail) and on the spawn
+page.`,
+		Example: "  spawnd logs alice\n  spawnd logs alice/gpu --tail 500\n  spawnd logs -f alice",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if tail < 1 {
+				return fmt.Errorf("--tail: %d; give a positive number of lines", tail)
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			user, srv := splitTarget(args[0], server, cmd.Flags().Changed("server"))
+			if follow {
+				return c.FollowLogs(cmd.Context(), user, srv, tail, cmd.OutOrStdout())
+			}
+			out, err := c.Logs(cmd.Context(), user, srv, tail)
+			if err != nil {
+				return err
+			}
+			_, err = io.WriteString(cmd.OutOrStdout(), out)
+			return err
+		},
+	}
+	cf.register(cmd)
+	cmd.Flags().StringVar(&server, "server", "", "server name (use when the user name contains '/')")
+	cmd.Flags().IntVar(&tail, "tail", 100, "how many of the last lines (at most 2000)")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "go on printing lines as the server writes them, until Ctrl-C or the server ends")
+	return cmd
+}
+
 func newHome() *cobra.Command {
 	home := &cobra.Command{Use: "home", Short: "Admin actions on users' homes"}
 	var cf clientFlags
@@ -187,6 +357,43 @@ func newHome() *cobra.Command {
 	}
 	cf.register(del)
 	del.Flags().BoolVar(&yes, "yes", false, "confirm the deletion")
-	home.AddCommand(del)
+
+	var to string
+	var timeout time.Duration
+	move := &cobra.Command{
+		Use:   "move USER --to NODE",
+		Short: "Move a user's node-pinned home to another swarm node (engine.homes: node)",
+		Long: `Move a user's home, pinned to one node's disk (engine.homes: node), to another
+node: the home is streamed between two helper jobs over the users' overlay
+network, its SHA-256 checked at both ends, and the user's servers run on the
+new node from then on. The old copy stays on the node it left, renamed
+(.USER.moved-TIME), until an admin removes it. Refused while any server of
+the user exists: stop them first.`,
+		Example: "  spawnd home move alice --to node-b",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if to == "" {
+				return errors.New("--to: name the node (its host name or ID: docker node ls)")
+			}
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			fmt.Fprintf(cmd.ErrOrStderr(), "moving the home of %s to %s…\n", args[0], to)
+			mv, err := c.MoveHome(ctx, args[0], to)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "moved the home of %s from %s to %s: %d bytes, sha256 %s; the old copy is %s on %s\n",
+				args[0], mv.From, mv.To, mv.Bytes, mv.SHA256, mv.OldCopy, mv.From)
+			return nil
+		},
+	}
+	cf.register(move)
+	move.Flags().StringVar(&to, "to", "", "the node to move the home to (host name or node ID)")
+	move.Flags().DurationVar(&timeout, "timeout", 30*time.Minute, "give up after this long")
+	home.AddCommand(del, move)
 	return home
 }

@@ -125,7 +125,7 @@ func clientToken(tokenFile string) (string, error) {
 		tokenFile = os.Getenv("SPAWND_TOKEN_FILE")
 	}
 	if tokenFile == "" {
-		return "", errors.New("no token: pass --token-file, or set SPAWND_TOKEN_FILE or SPAWND_TOKEN")
+		return "", errors.New("no token: pass --token-file, set SPAWND_TOKEN_FILE or SPAWND_TOKEN, or run where /etc/spawnd/spawnd.yaml (or --config) names the daemon's token_file")
 	}
 	b, err := os.ReadFile(tokenFile)
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 )
 
 func newDoctor() *cobra.Command {
-	var configPath, hubURL, hubConfig, hubEnv string
+	var configPath, hubURL, hubConfig, hubEnv, unit string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "doctor",
@@ -21,17 +21,20 @@ func newDoctor() *cobra.Command {
 		Long: `Check what spawnd depends on: the config, the API token, the Docker engine
 (reachable, API version, runc against known container-escape advisories,
 live-restore), homes_root (exists, owned by root, not writable by others,
-free space), each env (lock present and current, image present and built
-from that lock), the hub's login (--hub-config and --hub-env are read for a
-login that lets strangers in: a dummy login without a password or on every
+free space, writable in spawnd's systemd sandbox: --unit), GPUs (a profile
+that asks for them on an engine without the NVIDIA runtime), the user
+network (inter-container traffic on is a warning), each env (lock present
+and current, image present and built from that lock), the hub's login
+(--hub-config and --hub-env are read for a login that lets strangers in: a dummy login without a password or on every
 address, GitHub without allowed organisations or users), and the hub (with
---hub-url: it answers, and refuses a made-up user and password). It changes
+--hub-url: it answers, its JupyterHub shares each env's locked jupyterhub's
+major version, and it refuses a made-up user and password). It changes
 nothing, unless the hub lets the made-up user in (doctor then names that user).
 Exits 1 when any check fails; warnings do not fail.`,
 		Example: "  spawnd doctor --config /etc/spawnd/spawnd.yaml --hub-url http://127.0.0.1:8000",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			in := doctor.Input{HubURL: hubURL, HubConfig: doctor.HubConfig{
+			in := doctor.Input{HubURL: hubURL, Unit: unit, HubConfig: doctor.HubConfig{
 				Path: hubConfig, EnvPath: hubEnv, Explicit: cmd.Flags().Changed("hub-config"),
 			}}
 			cfg, _, err := decodeConfig(configPath, cmd.Flags())
@@ -72,6 +75,7 @@ Exits 1 when any check fails; warnings do not fail.`,
 	f.StringVar(&hubURL, "hub-url", "", "the hub's URL to check, e.g. http://127.0.0.1:8000")
 	f.StringVar(&hubConfig, "hub-config", "/etc/jupyterhub/jupyterhub_config.py", "the hub's config to read (skipped when the default is absent)")
 	f.StringVar(&hubEnv, "hub-env", "/etc/jupyterhub/environment", "the hub's environment file (the shipped config reads SPAWND_HUB_AUTH and the rest from it)")
+	f.StringVar(&unit, "unit", "", "spawnd's systemd unit, for the sandbox check (default "+strings.Join(doctor.Units, ", else ")+"; skipped when absent)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }

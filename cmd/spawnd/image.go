@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/spf13/cobra"
 
 	"github.com/spawnd/spawnd/envs"
@@ -39,7 +41,9 @@ func newImage() *cobra.Command {
 		Short: "Push an env's image to a registry; prints the reference by digest",
 		Long: `Push the image of ENV (a spec file or an env name) to REGISTRY as
 REGISTRY/spawnd/<env>:<lock digest>, and print the reference by digest that
-other machines (and Swarm services) should pull.`,
+other machines (and Swarm services) should pull. Credentials come from the
+Docker keychain (docker login as the same user: ~/.docker/config.json and
+its credential helpers).`,
 		Example: "  spawnd image push team registry.example.edu:5000",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -53,7 +57,8 @@ other machines (and Swarm services) should pull.`,
 			}
 			defer eng.Close()
 			dst := strings.TrimRight(args[1], "/") + "/spawnd/" + l.Env + ":" + l.ShortDigest()
-			ref, err := images.Push(cmd.Context(), eng, l.Tag(), dst)
+			// The daemon user's registry credentials, as docker push uses them.
+			ref, err := images.Push(cmd.Context(), eng, l.Tag(), dst, remote.WithAuthFromKeychain(authn.DefaultKeychain))
 			if err != nil {
 				return err
 			}
@@ -193,7 +198,8 @@ failed, naming it and why.`,
 	prepull.Flags().StringVar(&pp.registry, "registry", "", "the registry every node pulls from, host[:port] (engine.registry)")
 	prepull.Flags().BoolVar(&pp.insecure, "insecure-registry", false, "reach the registry over plain HTTP (engine.insecure_registry)")
 	prepull.Flags().DurationVar(&pp.timeout, "timeout", 30*time.Minute, "give up after this long")
-	for _, c := range []*cobra.Command{push, save, load, importRootfs, prepull} {
+	prune := newImagePrune(&bf)
+	for _, c := range []*cobra.Command{push, save, load, importRootfs, prepull, prune} {
 		what := "Docker engine address"
 		if c == prepull {
 			what = "a swarm manager's engine address"
@@ -202,4 +208,77 @@ failed, naming it and why.`,
 		img.AddCommand(c)
 	}
 	return img
+}
+
+func newImagePrune(bf *buildFlags) *cobra.Command {
+	var configPath string
+	var keep int
+	var dryRun bool
+	var only []string
+	cmd := &cobra.Command{
+		Use:   "prune",
+		Short: "Remove env images nothing needs (keeps the last N locks of each env, the current ones, and any in use)",
+		Long: `Remove the env images spawnd made that nothing needs any more. An env image
+stays when a container (running or stopped) uses it, when it is its env's
+current lock (read from the daemon's config: --config), or when it is among
+the last --keep locks of its env (by the lock's time); the rest go, with the
+lock stage images and untagged leftovers of builds. Removals are never
+forced: an image the engine says is in use stays. Refused while a build runs
+on this machine. A pruned lock can come back: spawnd envs rollback rebuilds
+its image from the lock.`,
+		Example: "  spawnd image prune --dry-run\n  spawnd image prune --keep 2 --config /etc/spawnd/spawnd.yaml",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if keep < 1 {
+				return fmt.Errorf("--keep: %d; keep at least the newest lock of each env", keep)
+			}
+			cfg, where, err := decodeConfig(configPath, nil)
+			if err != nil {
+				return err
+			}
+			if where == "" {
+				return errors.New("no daemon config found (./spawnd.yaml, /etc/spawnd/spawnd.yaml): prune needs it to know each env's current lock; give --config")
+			}
+			current := map[string]string{}
+			for name, e := range cfg.Envs {
+				switch {
+				case e.Spec != "":
+					l, err := envs.ReadLock(envs.LockPath(e.Spec))
+					if err != nil {
+						return fmt.Errorf("env %s: reading its current lock: %w", name, err)
+					}
+					current[l.Env] = l.Digest
+				case e.LockDigest != "":
+					current[name] = e.LockDigest
+				}
+			}
+			eng, err := bf.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer eng.Close()
+			res, err := images.Prune(cmd.Context(), eng, images.PruneOptions{Keep: keep, Current: current, DryRun: dryRun, Envs: only})
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			verb := "removed"
+			if dryRun {
+				verb = "would remove"
+			}
+			for _, p := range res.Removed {
+				fmt.Fprintf(out, "%s %s (%.0f MiB): %s\n", verb, p.Ref, float64(p.Size)/(1<<20), p.Why)
+			}
+			for _, p := range res.Kept {
+				fmt.Fprintf(out, "kept %s: %s\n", p.Ref, p.Why)
+			}
+			fmt.Fprintf(out, "%s %d images, %.0f MiB; kept %d\n", verb, len(res.Removed), float64(res.Freed)/(1<<20), len(res.Kept))
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&configPath, "config", "c", "", "the daemon's config, for each env's current lock (default ./spawnd.yaml, then /etc/spawnd/spawnd.yaml)")
+	cmd.Flags().IntVar(&keep, "keep", 3, "how many locks of each env keep their image, newest first")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "say what would go, remove nothing")
+	cmd.Flags().StringSliceVar(&only, "env", nil, "prune only these envs' images (repeatable; default all)")
+	return cmd
 }

@@ -1,6 +1,10 @@
 package main
 
 import (
+	"os"
+	"os/signal"
+	"syscall"
+
 	"github.com/spf13/cobra"
 
 	"github.com/spawnd/spawnd/daemon"
@@ -18,7 +22,14 @@ and serves the API on 127.0.0.1:8765 by default (or a unix socket, or TLS).
 Configuration comes from spawnd.yaml (--config, else ./spawnd.yaml or
 /etc/spawnd/spawnd.yaml), then SPAWND_* variables (SPAWND_HOMES_ROOT,
 SPAWND_LISTEN, SPAWND_TOKEN, ...), then flags. Unknown keys are errors.
-See docs/CONFIG.md.`,
+See docs/CONFIG.md.
+
+SIGHUP (systemctl reload spawnd) re-reads the config and puts its envs,
+profiles, teams and defaults in place for the starts that follow; running
+servers are untouched. A config that does not load, or that changes a key
+only a restart can, changes nothing and is logged. Under systemd
+(Type=notify) spawnd says READY=1 once it has synced with the engine and
+serves.`,
 		Example: `  openssl rand -hex 32 > /etc/spawnd/token
   spawnd serve --config /etc/spawnd/spawnd.yaml`,
 		Args: cobra.NoArgs,
@@ -32,6 +43,15 @@ See docs/CONFIG.md.`,
 				return err
 			}
 			defer d.Close()
+			// systemctl reload (SIGHUP) re-reads envs, profiles and teams.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for range hup {
+					_ = d.Reload(func() (daemon.Config, error) { return loadConfig(configPath, cmd.Flags()) })
+				}
+			}()
 			return d.Run(cmd.Context())
 		},
 	}

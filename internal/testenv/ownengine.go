@@ -94,24 +94,8 @@ func (e *OwnEngine) Start(liveRestore bool) {
 		e.t.Fatal(err)
 	}
 	e.cmd = cmd
-	eng, err := docker.New(e.Host)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer eng.Close()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := eng.Ping(ctx)
-		cancel()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(e.dir, "dockerd.log"))
-			e.t.Fatalf("private dockerd did not start: %v\n%s", err, tail(b))
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := waitDockerd(e.Host, filepath.Join(e.dir, "dockerd.log"), 30*time.Second); err != nil {
+		e.t.Fatalf("private dockerd did not start: %v", err)
 	}
 }
 
@@ -144,6 +128,27 @@ func (e *OwnEngine) removeNetworks() {
 // it mounted under its directory, so nothing of the test outlives it.
 func (e *OwnEngine) reapLeftovers() {
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	// The containers of an engine killed with SIGKILL outlive it and its
+	// shims (reparented to init): end every process in one of its
+	// containers' cgroups first.
+	ids, _ := os.ReadDir(filepath.Join(e.dir, "data", "containers"))
+	if len(ids) > 0 {
+		for _, p := range procs {
+			cg, err := os.ReadFile(filepath.Join(filepath.Dir(p), "cgroup"))
+			if err != nil {
+				continue
+			}
+			for _, id := range ids {
+				if len(id.Name()) == 64 && strings.Contains(string(cg), id.Name()) {
+					var pid int
+					if _, err := fmt.Sscanf(p, "/proc/%d/cmdline", &pid); err == nil && pid != os.Getpid() {
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
+					break
+				}
+			}
+		}
+	}
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
 		if err != nil || !strings.Contains(string(b), e.dir) {
@@ -201,6 +206,30 @@ func (e *OwnEngine) LoadImage(t testing.TB, from *docker.Engine, ref string) {
 	}
 	if err := to.WriteImage(ctx, ref, img); err != nil {
 		t.Fatal(fmt.Errorf("loading %s into the private engine: %w", ref, err))
+	}
+}
+
+// waitDockerd waits until the dockerd at host answers a ping, at most
+// within; the error carries the end of its log.
+func waitDockerd(host, logPath string, within time.Duration) error {
+	eng, err := docker.New(host)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	deadline := time.Now().Add(within)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := eng.Ping(ctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(logPath)
+			return fmt.Errorf("%w\n%s", err, tail(b))
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

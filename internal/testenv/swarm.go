@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -31,7 +32,10 @@ import (
 // its own data root, exec root, socket and containerd, joined over a host
 // bridge (spbrsw<id>, 198.19.<net>.0/24: the benchmarking range, never
 // routed outside). Node 0 is the manager; the others are workers. The nodes
-// share this machine's file system, so a host path exists on every node.
+// share this machine's file system, so a host path exists on every node,
+// except LocalPath: each node has a mount namespace of its own in which its
+// own directory (SwarmNode.Local) is mounted there, as a disk of its own.
+// Each node has a host name of its own (UTS namespace) too.
 type Swarm struct {
 	ID     string
 	Bridge string
@@ -39,7 +43,10 @@ type Swarm struct {
 	// Registry is the swarm's registry (host:port, plain HTTP): Debian's
 	// docker-registry, the distribution server, on the bridge's gateway;
 	// every node lists it in --insecure-registry.
-	Registry   string
+	Registry string
+	// LocalPath is the path at which each node sees its own SwarmNode.Local
+	// (on this machine's namespace it is an empty directory).
+	LocalPath  string
 	rule       []string // the FORWARD rule that lets the bridge's ports talk
 	registries []*exec.Cmd
 	dir        string
@@ -52,8 +59,13 @@ type SwarmNode struct {
 	Addr netip.Addr // its address on the bridge
 	Host string     // its socket, for docker.New
 	ID   string     // its swarm node ID
-	dir  string
-	cmd  *exec.Cmd
+	// Hostname is the node's host name, as the swarm lists it.
+	Hostname string
+	// Local is the directory this node sees at Swarm.LocalPath: the test
+	// reads and writes what is on "this node's disk" here.
+	Local string
+	dir   string
+	cmd   *exec.Cmd
 }
 
 // TB is what the swarm harness needs of a test; a *testing.T is one, and
@@ -127,7 +139,11 @@ func NewSwarm(t TB, n int, net byte) *Swarm {
 			t.Fatal(err)
 		}
 		node.dir, node.Host = dir, "unix://"+filepath.Join(dir, "docker.sock")
-		node.start(t, s.Registry)
+		node.Hostname, node.Local = fmt.Sprintf("sw%s-node%d", s.ID, i), filepath.Join(dir, "local")
+		if err := os.Mkdir(node.Local, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		node.start(t, s.Registry, s.LocalPath)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -150,7 +166,7 @@ func NewSwarm(t TB, n int, net byte) *Swarm {
 			t.Fatalf("%s joining the swarm: %v", node.Name, err)
 		}
 	}
-	// Every node Ready, and labelled with its index (all share one host name).
+	// Every node Ready, and labelled with its index (as tests find them).
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		nodes, err := Client(mgr).NodeList(ctx, client.NodeListOptions{})
@@ -204,6 +220,10 @@ func (s *Swarm) startRegistry(t TB, gw netip.Addr) {
 	s.dir = dir
 	s.gw = gw
 	s.Registry = gw.String() + ":5000"
+	s.LocalPath = filepath.Join(dir, "node-local")
+	if err := os.Mkdir(s.LocalPath, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	s.runRegistry(t, "open", s.Registry, "")
 }
 
@@ -232,7 +252,14 @@ func (s *Swarm) StartAuthRegistry(t TB, user, password string) string {
 // swarm's) on addr with extra config, and waits until it answers.
 func (s *Swarm) runRegistry(t TB, name, addr, extra string) {
 	t.Helper()
-	dir := filepath.Join(s.dir, name)
+	s.registries = append(s.registries, startRegistry(t, filepath.Join(s.dir, name), addr, extra))
+}
+
+// startRegistry starts docker-registry with its config and storage in dir,
+// on addr with extra config, waits until it answers, and returns it (the
+// caller ends it).
+func startRegistry(t TB, dir, addr, extra string) *exec.Cmd {
+	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -250,24 +277,61 @@ func (s *Swarm) runRegistry(t TB, name, addr, extra string) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting docker-registry: %v", err)
+		t.Fatalf("starting docker-registry (Debian's docker-registry; scripts/test installs it): %v", err)
 	}
-	s.registries = append(s.registries, cmd)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		res, err := http.Get("http://" + addr + "/v2/")
 		if err == nil {
 			res.Body.Close()
 			if res.StatusCode == http.StatusOK || res.StatusCode == http.StatusUnauthorized {
-				return
+				return cmd
 			}
 		}
 		if time.Now().After(deadline) {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			_ = cmd.Wait()
 			b, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
 			t.Fatalf("docker-registry on %s did not answer within 30 s: %v\n%s", addr, err, tail(b))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// NewLocalRegistry runs Debian's docker-registry on 127.0.0.1 (which every
+// engine reaches over plain HTTP) for the test, answering only user with
+// password (htpasswd, bcrypt) when user is set, and returns its host:port.
+func NewLocalRegistry(t TB, user, password string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "spawnd-registry-lo-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := ""
+	if user != "" {
+		out, err := exec.Command("htpasswd", "-Bbn", user, password).Output()
+		if err != nil {
+			t.Fatalf("htpasswd (apache2-utils; scripts/test installs it): %v", err)
+		}
+		file := filepath.Join(dir, "htpasswd")
+		if err := os.WriteFile(file, out, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		extra = fmt.Sprintf("auth: {htpasswd: {realm: spawnd-test, path: %s}}\n", file)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := startRegistry(t, filepath.Join(dir, "registry"), addr, extra)
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		_ = cmd.Wait()
+		_ = os.RemoveAll(dir)
+	})
+	return addr
 }
 
 // Push copies an image from the machine's engine to the swarm's registry
@@ -297,7 +361,7 @@ func (s *Swarm) PushTo(t TB, from *docker.Engine, ref, dst string, auth authn.Au
 	return r.String()
 }
 
-func (node *SwarmNode) start(t TB, registry string) {
+func (node *SwarmNode) start(t TB, registry, localPath string) {
 	t.Helper()
 	logf, err := os.OpenFile(filepath.Join(node.dir, "dockerd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -305,9 +369,13 @@ func (node *SwarmNode) start(t TB, registry string) {
 	}
 	defer logf.Close()
 	// nsenter, not "ip netns exec": that remounts /sys, and dockerd then
-	// fails with "Devices cgroup isn't mounted". nsenter execs dockerd, so
-	// the PID is dockerd's; it ends with the test binary.
-	cmd := exec.Command("nsenter", "--net=/var/run/netns/"+node.Name, "dockerd",
+	// fails with "Devices cgroup isn't mounted". unshare gives the node a
+	// mount namespace (its Local at localPath) and a host name of its own;
+	// unshare, sh and nsenter each exec the next, so the PID is dockerd's;
+	// it ends with the test binary.
+	cmd := exec.Command("unshare", "--mount", "--uts", "--propagation", "private", "--",
+		"sh", "-euc", `hostname "$1"; mount --bind "$2" "$3"; shift 3; exec "$@"`, "sh", node.Hostname, node.Local, localPath,
+		"nsenter", "--net=/var/run/netns/"+node.Name, "dockerd",
 		"--data-root", filepath.Join(node.dir, "data"), "--exec-root", filepath.Join(node.dir, "exec"),
 		"--pidfile", filepath.Join(node.dir, "docker.pid"), "-H", node.Host, "--bridge", "none", "--insecure-registry", registry,
 		"--insecure-registry", strings.Split(registry, ":")[0]+":"+strconv.Itoa(AuthRegistryPort),
@@ -318,24 +386,8 @@ func (node *SwarmNode) start(t TB, registry string) {
 		t.Fatal(err)
 	}
 	node.cmd = cmd
-	eng, err := docker.New(node.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Close()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := eng.Ping(ctx)
-		cancel()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(node.dir, "dockerd.log"))
-			t.Fatalf("swarm node %s: dockerd did not start: %v\n%s", node.Name, err, tail(b))
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := waitDockerd(node.Host, filepath.Join(node.dir, "dockerd.log"), 60*time.Second); err != nil {
+		t.Fatalf("swarm node %s: dockerd did not start: %v", node.Name, err)
 	}
 }
 

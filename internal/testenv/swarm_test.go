@@ -2,6 +2,8 @@ package testenv_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +18,8 @@ import (
 // TestSwarmOfThreeNodes: the harness makes a real three-node swarm (one
 // manager, two workers, each a dockerd in its own network namespace): a
 // global service runs one task on every node, and a task on one node
-// reaches a task on another over an attachable overlay network.
+// reaches a task on another over an attachable overlay network; each node
+// has its own host name and its own disk at LocalPath.
 func TestSwarmOfThreeNodes(t *testing.T) {
 	eng := testenv.Engine(t)
 	base := testenv.EnsureDebianBase(t, eng)
@@ -34,9 +37,10 @@ func TestSwarmOfThreeNodes(t *testing.T) {
 	svc, err := mgr.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: swarm.ServiceSpec{
 		Annotations: swarm.Annotations{Name: "spawnd-test-httpd", Labels: test},
 		TaskTemplate: swarm.TaskSpec{
-			ContainerSpec: &swarm.ContainerSpec{Image: base, Labels: test,
-				Command: []string{"/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"},
-				Mounts:  []mount.Mount{{Type: mount.TypeBind, Source: "/bin/busybox", Target: "/bin/busybox", ReadOnly: true}}},
+			ContainerSpec: &swarm.ContainerSpec{Image: base, Labels: test, Hostname: "{{.Node.Hostname}}",
+				Command: []string{"/bin/busybox", "sh", "-c", "hostname > /local/seen && exec /bin/busybox httpd -f -p 8080 -h /etc"},
+				Mounts: []mount.Mount{{Type: mount.TypeBind, Source: "/bin/busybox", Target: "/bin/busybox", ReadOnly: true},
+					{Type: mount.TypeBind, Source: sw.LocalPath, Target: "/local"}}},
 			Networks:      []swarm.NetworkAttachmentConfig{{Target: "spawnd-test-overlay"}},
 			RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone},
 		},
@@ -109,11 +113,31 @@ func TestSwarmOfThreeNodes(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	// The answer is /etc/hostname of node 1's task: its container's ID.
-	if !strings.Contains(out, "200 OK") || lastLine(out) != containerOf[to][:12] {
-		t.Fatalf("answer across the overlay: %q, want HTTP 200 with %s (node 1's task)", out, containerOf[to][:12])
+	// The answer is /etc/hostname of node 1's task: its node's host name.
+	if !strings.Contains(out, "200 OK") || lastLine(out) != sw.Nodes[1].Hostname {
+		t.Fatalf("answer across the overlay: %q, want HTTP 200 with %s (node 1's task)", out, sw.Nodes[1].Hostname)
 	}
 	t.Logf("node 2 -> node 1 (%s) over the overlay: %s", addr[to], lastLine(out))
+
+	// Each task wrote its node's name at LocalPath: each lands on its own
+	// node's disk, and the swarm lists the nodes by those names.
+	list, err := mgr.NodeList(ctx, client.NodeListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]string{}
+	for _, nd := range list.Items {
+		listed[nd.ID] = nd.Description.Hostname
+	}
+	for i, n := range sw.Nodes {
+		b, err := os.ReadFile(filepath.Join(n.Local, "seen"))
+		if err != nil || strings.TrimSpace(string(b)) != n.Hostname || listed[n.ID] != n.Hostname {
+			t.Errorf("node %d: its disk holds %q (%v), the swarm lists it as %q; want %q for both", i, b, err, listed[n.ID], n.Hostname)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(sw.LocalPath, "seen")); err == nil {
+		t.Errorf("a node's write at LocalPath reached this machine's own directory")
+	}
 }
 
 func lastLine(s string) string {

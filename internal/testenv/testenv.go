@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -263,4 +264,21 @@ func HubVenv(t testing.TB, v int) string {
 		ci.Skip(t, "no JupyterHub %d virtualenv at %s (run scripts/hub-venvs)", v, dir)
 	}
 	return dir
+}
+
+// UseDockerConfig points DOCKER_CONFIG (the Docker keychain the daemon and
+// CLI read) at a directory of the test's whose config.json holds
+// user:password for registry; user "" gives a keychain with no credentials.
+func UseDockerConfig(t testing.TB, registry, user, password string) {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := `{"auths": {}}`
+	if user != "" {
+		auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
+		cfg = fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, registry, auth)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", dir)
 }

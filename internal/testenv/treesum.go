@@ -7,10 +7,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
-// TreeSum is a checksum of every path, mode and file content under root, to
+// TreeSum is a checksum of every path, mode, owner, symlink target and file
+// content under root, to
 // show that a directory tree (users' homes) is byte-identical before and
 // after something.
 func TreeSum(t testing.TB, root string) string {
@@ -25,7 +27,18 @@ func TreeSum(t testing.TB, root string) string {
 			return err
 		}
 		rel, _ := filepath.Rel(root, p)
-		fmt.Fprintf(h, "%s %v\n", rel, fi.Mode())
+		fmt.Fprintf(h, "%s %v", rel, fi.Mode())
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			fmt.Fprintf(h, " %d:%d", st.Uid, st.Gid)
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(h, " -> %s", target)
+		}
+		fmt.Fprintln(h)
 		if fi.Mode().IsRegular() {
 			b, err := os.ReadFile(p)
 			if err != nil {

@@ -17,6 +17,8 @@ package backend
 import (
 	"context"
 	"io"
+	"strconv"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -61,6 +63,9 @@ type Info struct {
 	APIVersion  string
 	RuncVersion string
 	LiveRestore bool
+	// GPURuntime says the engine lists the NVIDIA runtime (the NVIDIA
+	// Container Toolkit), without which no server gets a GPU.
+	GPURuntime bool
 }
 
 // NetworkSpec is a user network the daemon owns.
@@ -85,6 +90,38 @@ type Mount struct {
 	ReadOnly bool
 }
 
+// HomeSpec is the home a server needs, as a home store that lives on the
+// nodes (Swarm's node-pinned homes) is asked for it.
+type HomeSpec struct {
+	User     string // the user's name, for labels and logs
+	Dir      string // the home's directory name under homes_root
+	UID, GID int    // the owner of a new home
+	// Image is the server's env image: the helpers that make, move and
+	// delete homes on a node run from it (it has sh, tar and python3).
+	Image string
+	// Placement is the server's own constraints: a new home goes to a
+	// node that can run the server.
+	Placement []string
+	Labels    map[string]string // the daemon's labels, for what the store creates
+}
+
+// Home is where a server finds its home: the path on the machine that runs
+// it, and the constraints that put the server on that machine (none when
+// the home is on every machine).
+type Home struct {
+	Source    string
+	Placement []string
+}
+
+// HomeMove is what moving a home to another node did.
+type HomeMove struct {
+	From, To string // the nodes, by host name
+	Bytes    int64  // the size of the archive that crossed
+	SHA256   string // its digest, as both ends computed it
+	// OldCopy is the name the home keeps on the node it left (never deleted).
+	OldCopy string
+}
+
 // ContainerSpec is everything the core decides about a user container.
 // A backend adds the hardening that is never optional: all capabilities
 // dropped, no-new-privileges, an init process as PID 1.
@@ -103,6 +140,16 @@ type ContainerSpec struct {
 	Memory     int64  // bytes; 0 = unlimited
 	NanoCPUs   int64
 	PidsLimit  int64
+	// MemoryReservation and CPUReservation (nano CPUs) are what the server
+	// is promised, below its limits: Swarm places by them; one engine
+	// reclaims memory down to the reservation under pressure and weighs
+	// CPU time by it. 0 = none.
+	MemoryReservation int64
+	CPUReservation    int64
+	// ShmSize is the size of /dev/shm in bytes; 0 = the engine's (64 MiB).
+	ShmSize int64
+	// GPUs asks for GPUs; nil = none.
+	GPUs *GPURequest
 	// Placement constrains which nodes may run it (Swarm constraints such
 	// as node.labels.gpu==true); a single-engine backend refuses any.
 	Placement []string
@@ -110,6 +157,24 @@ type ContainerSpec struct {
 	// person who started the server (Swarm: the node chosen, the image
 	// pull there). It is called from Run's goroutine.
 	Waiting func(msg string)
+}
+
+// GPURequest is the GPUs a server asks for: Count of any (-1 = all the
+// machine has), or the devices DeviceIDs names (index or UUID).
+type GPURequest struct {
+	Count     int
+	DeviceIDs []string
+}
+
+// String is the request as a profile writes it.
+func (g GPURequest) String() string {
+	switch {
+	case len(g.DeviceIDs) > 0:
+		return strings.Join(g.DeviceIDs, ",")
+	case g.Count < 0:
+		return "all"
+	}
+	return strconv.Itoa(g.Count)
 }
 
 // Unplaceable is Run's error for a container no node can run now (Swarm:
@@ -193,6 +258,26 @@ type ImageInfo struct {
 	Size   int64
 	// Layers is how many filesystem layers the image has.
 	Layers int
+}
+
+// Puller is a Runtime whose engine pulls images when asked (one Docker
+// engine; Swarm's nodes pull for themselves).
+type Puller interface {
+	Pull(ctx context.Context, ref string, progress func(PullProgress)) error
+}
+
+// PullProgress is how far a pull is: layers known and done, bytes.
+type PullProgress struct {
+	Layers, Done int
+	Bytes, Total int64
+}
+
+// ImageSummary is an image in a listing (untagged images have no Tags).
+type ImageSummary struct {
+	ID     string
+	Tags   []string
+	Labels map[string]string
+	Size   int64
 }
 
 // RunSpec is a throw-away container for locking.

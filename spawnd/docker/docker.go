@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -120,7 +121,13 @@ func (e *Engine) Run(ctx context.Context, s backend.ContainerSpec) (backend.Cont
 	}
 	if _, err := e.cli.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
 		e.removeQuietly(ctx, id)
-		return backend.Container{}, fmt.Errorf("starting container %s: %w", s.Name, err)
+		err = fmt.Errorf("starting container %s: %w", s.Name, err)
+		if s.GPUs != nil && strings.Contains(err.Error(), "could not select device driver") {
+			// The engine has no GPU runtime (the NVIDIA Container Toolkit).
+			return backend.Container{}, &backend.Unplaceable{Err: err,
+				Reason: fmt.Sprintf("this machine has no GPUs for servers (the profile asks for gpus: %s, and the engine has no NVIDIA runtime); choose a profile without GPUs, or ask an admin", s.GPUs)}
+		}
+		return backend.Container{}, err
 	}
 	c, err := e.Inspect(ctx, id)
 	if err != nil {
@@ -164,11 +171,25 @@ func (e *Engine) create(ctx context.Context, s backend.ContainerSpec) (string, e
 		SecurityOpt: []string{"no-new-privileges:true"},
 		Init:        &init,
 		Resources: container.Resources{
-			Memory:    s.Memory,
-			NanoCPUs:  s.NanoCPUs,
-			PidsLimit: &pids,
+			Memory:            s.Memory,
+			MemoryReservation: s.MemoryReservation,
+			NanoCPUs:          s.NanoCPUs,
+			PidsLimit:         &pids,
 		},
+		ShmSize:   s.ShmSize,
 		LogConfig: container.LogConfig{Type: "json-file", Config: map[string]string{"max-size": "10m", "max-file": "2"}},
+	}
+	if s.CPUReservation > 0 {
+		// One engine reserves no CPU; shares weigh CPU time under contention
+		// (1024 = one CPU's worth, the engine's default weight).
+		hc.CPUShares = max(2, s.CPUReservation*1024/1e9)
+	}
+	if g := s.GPUs; g != nil {
+		// What docker run --gpus sends: any driver with the gpu capability.
+		hc.DeviceRequests = []container.DeviceRequest{{Count: g.Count, DeviceIDs: g.DeviceIDs, Capabilities: [][]string{{"gpu"}}}}
+		if len(g.DeviceIDs) > 0 {
+			hc.DeviceRequests[0].Count = 0
+		}
 	}
 	if s.Memory > 0 {
 		hc.MemorySwap = s.Memory
@@ -202,6 +223,20 @@ func (e *Engine) Logs(ctx context.Context, id string, tail int) (string, error) 
 		return out, fmt.Errorf("reading the logs of container %s: %w", id, err)
 	}
 	return out, nil
+}
+
+// FollowLogs writes a container's last tail log lines to w, then each one
+// as it comes, until ctx ends or the container does.
+func (e *Engine) FollowLogs(ctx context.Context, id string, tail int, w io.Writer) error {
+	rc, err := e.cli.ContainerLogs(ctx, id, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true, Follow: true, Tail: strconv.Itoa(tail)})
+	if err != nil {
+		return fmt.Errorf("following the log of container %s: %w", id, err)
+	}
+	defer rc.Close()
+	if _, err := stdcopy.StdCopy(w, w, rc); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("following the log of container %s: %w", id, err)
+	}
+	return nil
 }
 
 // ReadLogs reads an engine's multiplexed log stream (stdout and stderr

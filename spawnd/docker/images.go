@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -192,6 +193,7 @@ func (e *Engine) Info(ctx context.Context) (backend.Info, error) {
 		APIVersion:  e.cli.ClientVersion(),
 		RuncVersion: res.Info.RuncCommit.ID,
 		LiveRestore: res.Info.LiveRestoreEnabled,
+		GPURuntime:  res.Info.Runtimes["nvidia"].Path != "",
 	}, nil
 }
 
@@ -213,4 +215,43 @@ func (e *Engine) RemoveImage(ctx context.Context, ref string) error {
 		return fmt.Errorf("removing image %s: %w", ref, err)
 	}
 	return nil
+}
+
+// ListImages lists every image (dangling ones too) that has the label key.
+func (e *Engine) ListImages(ctx context.Context, key string) ([]backend.ImageSummary, error) {
+	f := client.Filters{}
+	f.Add("label", key)
+	res, err := e.cli.ImageList(ctx, client.ImageListOptions{Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("listing images labelled %s: %w", key, err)
+	}
+	out := make([]backend.ImageSummary, 0, len(res.Items))
+	for _, im := range res.Items {
+		var tags []string
+		for _, t := range im.RepoTags {
+			if t != "<none>:<none>" {
+				tags = append(tags, t)
+			}
+		}
+		out = append(out, backend.ImageSummary{ID: im.ID, Tags: tags, Labels: im.Labels, Size: im.Size})
+	}
+	return out, nil
+}
+
+// ImagesInUse maps the image ID of every container, running or not, to one
+// of its names.
+func (e *Engine) ImagesInUse(ctx context.Context) (map[string]string, error) {
+	res, err := e.cli.ContainerList(ctx, client.ContainerListOptions{All: true})
+	if err != nil {
+		return nil, fmt.Errorf("listing containers: %w", err)
+	}
+	out := map[string]string{}
+	for _, c := range res.Items {
+		name := c.ID[:12]
+		if len(c.Names) > 0 {
+			name = strings.TrimPrefix(c.Names[0], "/")
+		}
+		out[c.ImageID] = name
+	}
+	return out, nil
 }

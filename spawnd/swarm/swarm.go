@@ -12,12 +12,12 @@
 package swarm
 
 import (
+	"cmp"
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -29,9 +29,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/network"
-	"github.com/moby/moby/api/types/registry"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 
@@ -62,13 +62,17 @@ type Options struct {
 	// Keychain finds registry credentials. Default: authn.DefaultKeychain
 	// (the daemon user's ~/.docker/config.json and credential helpers).
 	Keychain authn.Keychain
+	// Ports is where servers are published on their node, one port each
+	// across the swarm. Default DefaultPorts.
+	Ports PortRange
 }
 
 // Swarm is the backend on a swarm manager.
 type Swarm struct {
-	cli *client.Client
-	eng *docker.Engine // the manager's engine: builds and images
-	opt Options
+	cli   *client.Client
+	eng   *docker.Engine // the manager's engine: builds and images
+	opt   Options
+	ports *ports
 }
 
 var (
@@ -91,6 +95,12 @@ func New(opt Options) (*Swarm, error) {
 	if opt.Keychain == nil {
 		opt.Keychain = authn.DefaultKeychain
 	}
+	if opt.Ports == (PortRange{}) {
+		opt.Ports = DefaultPorts
+	}
+	if err := opt.Ports.Validate(); err != nil {
+		return nil, fmt.Errorf("ports: %w", err)
+	}
 	copts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
 	if opt.Host != "" {
 		copts = append(copts, client.WithHost(opt.Host))
@@ -104,7 +114,7 @@ func New(opt Options) (*Swarm, error) {
 		cli.Close()
 		return nil, err
 	}
-	return &Swarm{cli: cli, eng: eng, opt: opt}, nil
+	return &Swarm{cli: cli, eng: eng, opt: opt, ports: &ports{r: opt.Ports}}, nil
 }
 
 // Close releases both clients.
@@ -254,31 +264,15 @@ func (s *Swarm) CheckImage(ctx context.Context, ref string) error {
 
 // registryAuth is the X-Registry-Auth value for ref's registry ("" = anonymous).
 func (s *Swarm) registryAuth(ref string) (string, error) {
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		return "", err
-	}
-	a, err := s.opt.Keychain.Resolve(r.Context())
-	if err != nil || a == authn.Anonymous {
-		return "", err
-	}
-	cfg, err := a.Authorization()
-	if err != nil {
-		return "", err
-	}
-	b, err := json.Marshal(registry.AuthConfig{Username: cfg.Username, Password: cfg.Password, Auth: cfg.Auth,
-		IdentityToken: cfg.IdentityToken, RegistryToken: cfg.RegistryToken, ServerAddress: r.Context().RegistryStr()})
-	if err != nil {
-		return "", err
-	}
-	return base64.URLEncoding.EncodeToString(b), nil
+	return docker.RegistryAuth(ref, s.opt.Keychain)
 }
 
 // serviceSpec is the service of one server: one replica, never restarted,
 // the hardening of one host (capabilities dropped, no new privileges, an
 // init, the pids limit), memory reserved as well as limited so the
-// scheduler places by it, the single-user port published in host mode.
-func (s *Swarm) serviceSpec(c backend.ContainerSpec, image string) swarm.ServiceSpec {
+// scheduler places by it, the single-user port published in host mode on
+// hostPort (0: not published).
+func (s *Swarm) serviceSpec(c backend.ContainerSpec, image string, hostPort int) swarm.ServiceSpec {
 	one := uint64(1)
 	init := true
 	grace := s.opt.StopGrace
@@ -290,9 +284,14 @@ func (s *Swarm) serviceSpec(c backend.ContainerSpec, image string) swarm.Service
 	for _, m := range c.Mounts {
 		cs.Mounts = append(cs.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
 	}
+	if c.ShmSize > 0 {
+		cs.Mounts = append(cs.Mounts, mount.Mount{Type: mount.TypeTmpfs, Target: "/dev/shm",
+			TmpfsOptions: &mount.TmpfsOptions{SizeBytes: c.ShmSize, Mode: 0o1777}})
+	}
 	res := &swarm.ResourceRequirements{Limits: &swarm.Limit{MemoryBytes: c.Memory, NanoCPUs: c.NanoCPUs, Pids: c.PidsLimit}}
-	if c.Memory > 0 {
-		res.Reservations = &swarm.Resources{MemoryBytes: c.Memory}
+	// The scheduler places by reservations: the profile's, else the limit.
+	if mem := cmp.Or(c.MemoryReservation, c.Memory); mem > 0 || c.CPUReservation > 0 {
+		res.Reservations = &swarm.Resources{MemoryBytes: mem, NanoCPUs: c.CPUReservation}
 	}
 	spec := swarm.ServiceSpec{
 		Annotations: swarm.Annotations{Name: c.Name, Labels: c.Labels},
@@ -309,23 +308,31 @@ func (s *Swarm) serviceSpec(c backend.ContainerSpec, image string) swarm.Service
 	if c.Network != "" {
 		spec.TaskTemplate.Networks = []swarm.NetworkAttachmentConfig{{Target: c.Network}}
 	}
-	if c.PublishIP != "" {
-		spec.EndpointSpec.Ports = []swarm.PortConfig{{Protocol: network.TCP, TargetPort: uint32(c.Port), PublishMode: swarm.PortConfigPublishModeHost}}
+	if hostPort != 0 {
+		spec.EndpointSpec.Ports = []swarm.PortConfig{{Protocol: network.TCP, TargetPort: uint32(c.Port),
+			PublishedPort: uint32(hostPort), PublishMode: swarm.PortConfigPublishModeHost}}
 	}
-	if spec.Annotations.Labels == nil {
-		spec.Annotations.Labels = map[string]string{}
-	}
-	spec.Annotations.Labels = cloneWith(spec.Annotations.Labels, portLabel, strconv.Itoa(c.Port))
+	spec.Annotations.Labels = cloneWith(c.Labels, portLabel, strconv.Itoa(c.Port))
 	return spec
 }
+
+// ErrNoGPUs refuses a server that asks for GPUs. Swarm services cannot
+// ask the engine for devices (no device requests in a service), and the
+// one way Swarm hands out GPUs, generic resources, fails on Docker 20.10:
+// a service reserving one NVIDIA-GPU on a node that advertises it was
+// placed, then removed with "assigned node no longer meets constraints"
+// (tried on this project's test swarm, with named and with discrete GPUs).
+var ErrNoGPUs = fmt.Errorf("GPU profiles are not supported on Swarm (services cannot request devices); "+
+	"use placement: [node.labels.gpu==true] with the NVIDIA runtime as those nodes' default: %w", errdefs.ErrInvalidArgument)
 
 // portLabel keeps the single-user port in the service's own record.
 const portLabel = "io.spawnd.swarm.port"
 
+// cloneWith is m with k set to v, m itself untouched.
 func cloneWith(m map[string]string, k, v string) map[string]string {
-	out := make(map[string]string, len(m)+1)
-	for a, b := range m {
-		out[a] = b
+	out := maps.Clone(m)
+	if out == nil {
+		out = map[string]string{}
 	}
 	out[k] = v
 	return out
@@ -337,6 +344,9 @@ func cloneWith(m map[string]string, k, v string) map[string]string {
 // missing on the node) and a task no node takes leave no service behind;
 // a server that ran and exited is returned as exited, for its log.
 func (s *Swarm) Run(ctx context.Context, c backend.ContainerSpec) (backend.Container, error) {
+	if c.GPUs != nil {
+		return backend.Container{}, fmt.Errorf("gpus %s: %w", c.GPUs, ErrNoGPUs)
+	}
 	image, err := s.Pin(ctx, c.Image)
 	if err != nil {
 		return backend.Container{}, err
@@ -345,7 +355,14 @@ func (s *Swarm) Run(ctx context.Context, c backend.ContainerSpec) (backend.Conta
 	if err != nil {
 		return backend.Container{}, fmt.Errorf("registry credentials for %s: %w", image, err)
 	}
-	res, err := s.cli.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: s.serviceSpec(c, image), EncodedRegistryAuth: auth})
+	hostPort, release := 0, func() {}
+	if c.PublishIP != "" {
+		if hostPort, release, err = s.ports.take(ctx, s.cli); err != nil {
+			return backend.Container{}, err
+		}
+	}
+	res, err := s.cli.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: s.serviceSpec(c, image, hostPort), EncodedRegistryAuth: auth})
+	release()
 	if err != nil {
 		if strings.Contains(err.Error(), "name conflicts with an existing object") && !errdefs.IsConflict(err) {
 			err = fmt.Errorf("%w: %w", err, errdefs.ErrConflict)
@@ -532,9 +549,16 @@ func fromService(svc swarm.Service, tasks []swarm.Task, nodes map[string]nodeInf
 			break
 		}
 	}
-	for _, p := range st.PortStatus.Ports {
-		if int(p.TargetPort) == o.Port {
-			o.HostPort, o.HostIP = int(p.PublishedPort), node.addr
+	if fixed := specPort(svc, o.Port); fixed != 0 && st.State == swarm.TaskStateRunning {
+		o.HostPort, o.HostIP = fixed, node.addr // one port on both IPv4 and IPv6 (ports.go)
+	} else {
+		// A service of an older spawnd, published on a port its node chose:
+		// the first entry is IPv4's (moby lists 0.0.0.0's binding first).
+		for _, p := range st.PortStatus.Ports {
+			if int(p.TargetPort) == o.Port && p.PublishedPort != 0 {
+				o.HostPort, o.HostIP = int(p.PublishedPort), node.addr
+				break
+			}
 		}
 	}
 	switch st.State {
@@ -570,6 +594,33 @@ func fromService(svc swarm.Service, tasks []swarm.Task, nodes map[string]nodeInf
 		o.Error = fmt.Sprintf("node %s (%s) is down", node.host, node.addr)
 	}
 	return o
+}
+
+// specPort is the host port svc's spec publishes target on, 0 if none.
+func specPort(svc swarm.Service, target int) int {
+	if svc.Spec.EndpointSpec == nil {
+		return 0
+	}
+	for _, p := range svc.Spec.EndpointSpec.Ports {
+		if int(p.TargetPort) == target && p.PublishMode == swarm.PortConfigPublishModeHost {
+			return int(p.PublishedPort)
+		}
+	}
+	return 0
+}
+
+// FollowLogs writes a service's last tail log lines to w, then each one
+// as it comes, until ctx ends or the task does.
+func (s *Swarm) FollowLogs(ctx context.Context, id string, tail int, w io.Writer) error {
+	rc, err := s.cli.ServiceLogs(ctx, id, client.ServiceLogsOptions{ShowStdout: true, ShowStderr: true, Follow: true, Tail: strconv.Itoa(tail)})
+	if err != nil {
+		return fmt.Errorf("following the log of service %s: %w", id, err)
+	}
+	defer rc.Close()
+	if _, err := stdcopy.StdCopy(w, w, rc); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("following the log of service %s: %w", id, err)
+	}
+	return nil
 }
 
 // Logs implements backend.Runtime: the service's log through the manager.

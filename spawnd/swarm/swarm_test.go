@@ -5,10 +5,13 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -101,19 +104,7 @@ func TestSwarm(t *testing.T) {
 		if c.HostIP == "" || c.HostPort == 0 {
 			t.Fatalf("Run = host %q port %d; want the node's address and a published port", c.HostIP, c.HostPort)
 		}
-		addr := net.JoinHostPort(c.HostIP, strconv.Itoa(c.HostPort))
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			res, err := http.Get("http://" + addr + "/")
-			if err == nil {
-				res.Body.Close()
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the server at %s (its node's published port) did not answer within 30 s: %v", addr, err)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+		getWithin(t, "http://"+net.JoinHostPort(c.HostIP, strconv.Itoa(c.HostPort))+"/", 30*time.Second)
 		node := -1
 		for i, n := range sw.Nodes {
 			if n.Addr.String() == c.HostIP {
@@ -139,6 +130,118 @@ func TestSwarm(t *testing.T) {
 			t.Errorf("capabilities in the server:\n%s\nwant none (all dropped)", out)
 		}
 		t.Logf("in the server (engine %s):\n%s", engineVersion(t, mgr), out)
+	})
+
+	// Servers started at once, several to a node, each answer at the
+	// address Run reported, and nobody else's server does: each is on its
+	// own port of the range, fixed in its service for IPv4 and IPv6 alike.
+	// (With ports the nodes chose, Docker 20.10 bound IPv4 and IPv6 on
+	// drifting ports and one server was reported at another's: CI, stop 23.)
+	t.Run("EachServerAtItsOwnAddress", func(t *testing.T) {
+		const n = 9
+		specs := make([]backend.ContainerSpec, n)
+		for i := range specs {
+			specs[i] = serverSpec(t, image, netName, lbl)
+			specs[i].PublishIP = "0.0.0.0"
+			specs[i].Cmd = []string{"sh", "-c", `mkdir -p /tmp/w && echo "$0" > /tmp/w/index.html && exec httpd -f -p 8888 -h /tmp/w`, specs[i].Name}
+		}
+		got := make([]backend.Container, n)
+		errs := make(chan error, n)
+		for i := range specs {
+			go func() {
+				c, err := rt.Run(ctxFor(t, 2*time.Minute), specs[i])
+				got[i] = c
+				errs <- err
+			}()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+		for _, c := range got {
+			if c.ID != "" {
+				defer rt.Remove(context.Background(), c.ID, 0)
+			}
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+		seen := map[int]string{}
+		for i, c := range got {
+			if c.State != backend.Running {
+				t.Fatalf("%s: %s (exit %d, %s)", specs[i].Name, c.State, c.ExitCode, c.Error)
+			}
+			r := spawndswarm.DefaultPorts
+			if c.HostPort < r.First || c.HostPort > r.Last {
+				t.Errorf("%s published on %d, outside %s", specs[i].Name, c.HostPort, r)
+			}
+			if other, dup := seen[c.HostPort]; dup {
+				t.Errorf("%s and %s both on port %d", other, specs[i].Name, c.HostPort)
+			}
+			seen[c.HostPort] = specs[i].Name
+			addr := net.JoinHostPort(c.HostIP, strconv.Itoa(c.HostPort))
+			body := getWithin(t, "http://"+addr+"/", 30*time.Second)
+			if strings.TrimSpace(body) != specs[i].Name {
+				t.Errorf("%s's address %s answers as %q", specs[i].Name, addr, strings.TrimSpace(body))
+			}
+			// What the node bound: one port for every address family.
+			f := client.Filters{}
+			f.Add("service", c.ID)
+			tasks, err := testenv.Client(mgr).TaskList(ctxFor(t, 10*time.Second), client.TaskListOptions{Filters: f})
+			if err != nil || len(tasks.Items) != 1 {
+				t.Fatalf("the task of %s: %v", specs[i].Name, err)
+			}
+			for _, p := range tasks.Items[0].Status.PortStatus.Ports {
+				if int(p.PublishedPort) != c.HostPort {
+					t.Errorf("%s: its node bound %d as well as %d", specs[i].Name, p.PublishedPort, c.HostPort)
+				}
+			}
+		}
+		t.Logf("%d servers on ports %v", n, slices.Sorted(maps.Keys(seen)))
+	})
+
+	// The range is the swarm's, not spawnd's alone: a port another
+	// service publishes is skipped, and a full range says what to change.
+	t.Run("PortRangeSharedWithOtherServices", func(t *testing.T) {
+		few := spawndswarm.PortRange{First: 31000, Last: 31001}
+		o := opts
+		o.Ports = few
+		small := newSwarm(t, o)
+		zero := uint64(0)
+		foreign, err := testenv.Client(mgr).ServiceCreate(ctxFor(t, 10*time.Second), client.ServiceCreateOptions{Spec: swarm.ServiceSpec{
+			Annotations:  swarm.Annotations{Name: fmt.Sprintf("spawnd-test-foreign-%d", time.Now().UnixNano()%1e9), Labels: lbl},
+			TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: image, Args: []string{"sleep", "60"}}},
+			Mode:         swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &zero}},
+			EndpointSpec: &swarm.EndpointSpec{Ports: []swarm.PortConfig{{TargetPort: 80, PublishedPort: 31000, PublishMode: swarm.PortConfigPublishModeHost}}},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer testenv.Client(mgr).ServiceRemove(context.Background(), foreign.ID, client.ServiceRemoveOptions{})
+		spec := serverSpec(t, image, netName, lbl)
+		spec.PublishIP = "0.0.0.0"
+		c, err := small.Run(ctxFor(t, time.Minute), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer small.Remove(context.Background(), c.ID, 0)
+		if c.HostPort != 31001 {
+			t.Errorf("published on %d; want 31001 (31000 is the other service's)", c.HostPort)
+		}
+		spec2 := serverSpec(t, image, netName, lbl)
+		spec2.PublishIP = "0.0.0.0"
+		if c2, err := small.Run(ctxFor(t, time.Minute), spec2); err == nil || !strings.Contains(err.Error(), "widen the range") {
+			small.Remove(context.Background(), c2.ID, 0)
+			t.Errorf("a start with the range full: %v; want an error that says to widen it", err)
+		}
+		if svcs, err := testenv.Client(mgr).ServiceList(ctxFor(t, 10*time.Second), client.ServiceListOptions{}); err == nil {
+			for _, s := range svcs.Items {
+				if s.Spec.Name == spec2.Name {
+					t.Errorf("the refused start left service %s", s.Spec.Name)
+				}
+			}
+		}
 	})
 
 	// A task no node can take (it reserves more memory than any node has)
@@ -168,6 +271,48 @@ func TestSwarm(t *testing.T) {
 		spec.Placement = []string{"node.labels.spawnd-test-none==1"}
 		if _, err := short.Run(ctx, spec); !errors.As(err, &up) || !strings.Contains(up.Reason, "no node matches the profile's placement") {
 			t.Fatalf("Run with a placement nothing matches: %v; want unavailable, naming the placement", err)
+		}
+	})
+
+	// A profile's /dev/shm and reservations on Swarm: the server's
+	// /dev/shm has the profile's size; the service reserves the profile's
+	// memory and CPU (the scheduler places by them). A server that asks
+	// for GPUs is refused before anything is made.
+	t.Run("ShmReservationsAndNoGPUs", func(t *testing.T) {
+		spec := serverSpec(t, image, netName, lbl)
+		spec.ShmSize = 96 << 20
+		spec.MemoryReservation, spec.CPUReservation = 32<<20, 250_000_000
+		spec.Cmd = []string{"sh", "-c", `echo "shm=$(df -k /dev/shm | tail -1)"; exec httpd -f -p 8888`}
+		c, err := rt.Run(ctxFor(t, time.Minute), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rt.Remove(context.Background(), c.ID, 0)
+		var out string
+		for deadline := time.Now().Add(30 * time.Second); !strings.Contains(out, "shm="); time.Sleep(200 * time.Millisecond) {
+			if out, err = rt.Logs(ctxFor(t, 10*time.Second), c.ID, 50); err != nil || time.Now().After(deadline) {
+				t.Fatalf("the server's log: %q %v", out, err)
+			}
+		}
+		if !strings.Contains(out, " 98304 ") {
+			t.Errorf("/dev/shm in the server: %q; want 98304 1K-blocks (96 MiB)", out)
+		}
+		svc, err := testenv.Client(mgr).ServiceInspect(ctxFor(t, 10*time.Second), c.ID, client.ServiceInspectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := svc.Service.Spec.TaskTemplate.Resources; r == nil || r.Reservations == nil ||
+			r.Reservations.MemoryBytes != 32<<20 || r.Reservations.NanoCPUs != 250_000_000 || r.Limits.MemoryBytes != spec.Memory {
+			t.Errorf("the service's resources: %+v; want 32 MiB and 0.25 CPU reserved, the limit kept", r)
+		}
+
+		gpu := serverSpec(t, image, netName, lbl)
+		gpu.GPUs = &backend.GPURequest{Count: 1}
+		if _, err := rt.Run(ctxFor(t, time.Minute), gpu); !errors.Is(err, spawndswarm.ErrNoGPUs) || !errdefs.IsInvalidArgument(err) {
+			t.Fatalf("Run of a GPU server: %v; want ErrNoGPUs", err)
+		}
+		if cs, err := rt.List(ctxFor(t, 10*time.Second), gpu.Labels); err != nil || len(cs) != 0 {
+			t.Errorf("after the refused GPU start: %d services, %v; want none", len(cs), err)
 		}
 	})
 
@@ -380,6 +525,27 @@ func newSwarm(t *testing.T, o spawndswarm.Options) *spawndswarm.Swarm {
 }
 
 var specN int
+
+// getWithin GETs url until it answers, for up to d, and returns its body.
+func getWithin(t *testing.T, url string, d time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		res, err := http.Get(url)
+		if err == nil {
+			b, rerr := io.ReadAll(res.Body)
+			res.Body.Close()
+			if rerr == nil {
+				return string(b)
+			}
+			err = rerr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not answer within %s: %v", url, d, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
 
 func serverSpec(t *testing.T, image, netName string, lbl map[string]string) backend.ContainerSpec {
 	specN++
