@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -44,15 +43,8 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+// freePort is a port for a process the test starts later (testenv.FreePort).
+func freePort(t *testing.T) int { return testenv.FreePort(t) }
 
 // world is one hub, one daemon, one engine.
 type world struct {

@@ -319,12 +319,7 @@ func NewLocalRegistry(t TB, user, password string) string {
 		}
 		extra = fmt.Sprintf("auth: {htpasswd: {realm: spawnd-test, path: %s}}\n", file)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))
 	cmd := startRegistry(t, filepath.Join(dir, "registry"), addr, extra)
 	t.Cleanup(func() {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/moby/moby/api/types/swarm"
+
+	"github.com/spawnd/spawnd/internal/testenv"
 )
 
 // TestMoveHelpers runs the move's two helper scripts as they run on the
@@ -104,14 +106,7 @@ func TestMoveHelpers(t *testing.T) {
 	}
 }
 
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t *testing.T) int { return testenv.FreePort(t) }
 
 // TestFindNode is how `spawnd home move --to` names a node.
 func TestFindNode(t *testing.T) {
