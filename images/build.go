@@ -214,7 +214,7 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 		// sh -c 'PRELUDE exec "$@"' sh pip ...: the packages stay arguments, never shell text.
 		cmd := append([]string{"/bin/sh", "-euc", PipCAPrelude + `exec "$@"`, "sh"}, pip...)
 		res, err := eng.RunCapture(ctx, backend.RunSpec{Image: stageID, Cmd: cmd, Network: opts.Network, Labels: map[string]string{labels.Lock: s.Name},
-			Env: []string{PipCAArg + "=" + string(opts.CACerts)}})
+			Files: pipCAFiles(opts.CACerts)})
 		if err != nil {
 			return nil, fmt.Errorf("locking pip packages: %w", err)
 		}

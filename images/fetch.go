@@ -236,7 +236,7 @@ func fetch(ctx context.Context, eng Engine, l *envs.Lock, kind, image string, ca
 	from := map[string]string{"apt": "the Debian mirror", "pip": "the package index"}[kind]
 	var still []File
 	res, err := eng.RunCapture(ctx, backend.RunSpec{Image: image, Cmd: cmd, Network: opts.Network, Labels: map[string]string{labels.Lock: l.Env},
-		Env: []string{PipCAArg + "=" + string(opts.CACerts)}, Collect: "/out",
+		Files: pipCAFiles(opts.CACerts), Collect: "/out",
 		Collected: func(r io.Reader) (err error) { still, err = cache.putFromTar(r, missing, from); return err }})
 	if err != nil {
 		return fmt.Errorf("fetching %s packages: %w", kind, err)

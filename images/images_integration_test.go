@@ -135,9 +135,12 @@ func TestLockBuildRelockPushSaveLoad(t *testing.T) {
 
 	// First build: locks (apt and pip, resolved by the real tools), then
 	// builds; the lock file appears only once the image exists, so a daemon
-	// watching it never sees a lock it cannot start.
+	// watching it never sees a lock it cannot start. With a whole system CA
+	// bundle as extra certificates (`--ca-cert
+	// /etc/ssl/certs/ca-certificates.crt`), more than Linux lets an
+	// environment variable hold: once "argument list too long".
 	var log1 eventLog
-	res, err := images.Build(ctx, ce, spec, images.Options{Network: "host", Progress: log1.add})
+	res, err := images.Build(ctx, ce, spec, images.Options{Network: "host", Progress: log1.add, CACerts: bigCABundle(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,4 +346,19 @@ func mustLoad(t *testing.T, spec string) *envs.Spec {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// bigCABundle is the host's CA bundle, repeated past 128 KiB (Linux's limit
+// for one environment variable) where it is smaller.
+func bigCABundle(t *testing.T) []byte {
+	t.Helper()
+	b, err := os.ReadFile("/etc/ssl/certs/ca-certificates.crt")
+	if err != nil {
+		t.Fatalf("the host's CA bundle (Debian's ca-certificates): %v", err)
+	}
+	out := b
+	for len(out) <= 128<<10 {
+		out = append(append(out, '\n'), b...)
+	}
+	return out
 }

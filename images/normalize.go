@@ -127,13 +127,6 @@ func normalizeImage(img v1.Image, epoch time.Time, dir string, keep int) (v1.Ima
 func cleanHistory(h v1.History, epoch time.Time) v1.History {
 	h.Created = v1.Time{Time: epoch}
 	h.Author = ""
-	// The classic builder records the build arguments a step used; the
-	// extra CA certificates differ per network, so their value goes.
-	if i := strings.Index(h.CreatedBy, PipCAArg+"="); i >= 0 {
-		if j := strings.Index(h.CreatedBy[i:], " /bin/sh "); j >= 0 {
-			h.CreatedBy = h.CreatedBy[:i] + PipCAArg + "=[certificates]" + h.CreatedBy[i+j:]
-		}
-	}
 	return h
 }
 

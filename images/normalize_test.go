@@ -39,7 +39,7 @@ func testImage(t *testing.T, built time.Time, layers ...[]entry) v1.Image {
 		if err != nil {
 			t.Fatal(err)
 		}
-		adds = append(adds, mutate.Addendum{Layer: l, History: v1.History{Created: v1.Time{Time: built}, CreatedBy: "RUN |1 SPAWND_PIP_CA=-----BEGIN x----- /bin/sh -eu -c pip"}})
+		adds = append(adds, mutate.Addendum{Layer: l, History: v1.History{Created: v1.Time{Time: built}, CreatedBy: "RUN /bin/sh -eu -c pip"}})
 	}
 	img, err := mutate.Append(empty.Image, adds...)
 	if err != nil {
@@ -59,7 +59,7 @@ func testImage(t *testing.T, built time.Time, layers ...[]entry) v1.Image {
 }
 
 // TestNormalizeTwoBuilds: two images that differ only in what a build
-// leaves (times, logs, shadow dates, the container, the CA) normalize to
+// leaves (times, logs, shadow dates, the container) normalize to
 // one digest, and the files that matter survive.
 func TestNormalizeTwoBuilds(t *testing.T) {
 	epoch := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)

@@ -190,17 +190,27 @@ func dockerQuote(s string) string {
 // buildEpoch is the SOURCE_DATE_EPOCH of every build step (2024-01-01).
 const buildEpoch = 1704067200
 
-// PipCAArg is the environment variable of the lock and fetch containers
-// that carries extra PEM certificates for pip to trust. Builds never see it:
-// they run without a network.
-const PipCAArg = "SPAWND_PIP_CA"
+// PipCAFile is where the lock and fetch containers find extra PEM
+// certificates for pip to trust (backend.RunSpec.Files). A file, not an
+// environment variable: Linux caps one of those at 128 KiB, and a whole
+// system bundle (about 220 KB on Debian) given as --ca-cert failed with
+// "argument list too long". Builds never see it: they run without a network.
+const PipCAFile = "/tmp/spawnd-ca/extra.pem"
 
 // PipCAPrelude is shell that points pip at the image's CA bundle plus the
-// certificates in $SPAWND_PIP_CA, when there are any. The bundle lives in
-// /tmp/spawnd, which the same RUN removes: no certificate stays in the image.
-const PipCAPrelude = `if [ -n "${SPAWND_PIP_CA:-}" ]; then mkdir -p /tmp/spawnd; ` +
+// certificates in PipCAFile, when there are any. The bundle lives in the
+// throw-away container's /tmp/spawnd.
+const PipCAPrelude = `if [ -s ` + PipCAFile + ` ]; then mkdir -p /tmp/spawnd; ` +
 	`cat /etc/ssl/certs/ca-certificates.crt > /tmp/spawnd/ca.pem 2>/dev/null || true; ` +
-	`printf '%s\n' "$SPAWND_PIP_CA" >> /tmp/spawnd/ca.pem; export PIP_CERT=/tmp/spawnd/ca.pem; fi; `
+	`cat ` + PipCAFile + ` >> /tmp/spawnd/ca.pem; export PIP_CERT=/tmp/spawnd/ca.pem; fi; `
+
+// pipCAFiles is RunSpec.Files for the extra certificates (nil: none).
+func pipCAFiles(certs []byte) map[string][]byte {
+	if len(certs) == 0 {
+		return nil
+	}
+	return map[string][]byte{PipCAFile: append(append([]byte{}, certs...), '\n')}
+}
 
 // PipInstallCmd is the command that installs a lock's pip packages, exactly
 // those, verified by hash, from the wheels the build context carries: no

@@ -6,6 +6,7 @@ with switches for the ways a daemon fails."""
 import asyncio
 import json
 import os
+import random
 import socket
 import tempfile
 from urllib.parse import unquote
@@ -134,11 +135,23 @@ class FakeDaemon:
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A TCP port for a process the test starts later.
+
+    It comes from 20000-29999, below the kernel's ephemeral range, which any
+    outgoing connection may take a port from before the later bind (the same
+    rule as the Go tests' testenv.FreePort).
+    """
+    for _ in range(200):
+        port = random.randrange(20000, 30000)
+        s = socket.socket()
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        return port
+    raise RuntimeError("no free TCP port in 20000-29999")
 
 
 @pytest.fixture

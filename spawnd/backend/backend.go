@@ -287,6 +287,11 @@ type RunSpec struct {
 	Network string // "" = default bridge, "host" to reach an index on 127.0.0.1
 	Labels  map[string]string
 	Env     []string // KEY=VALUE
+	// Files are written into the container before it starts (absolute
+	// path -> content; owned by root, mode 0644, parent directories
+	// made). For inputs too large for an environment variable: Linux caps
+	// one at 128 KiB, and a CA bundle is often larger.
+	Files map[string][]byte
 	// Collect, when set, is a directory in the container whose files are
 	// handed to Collected, as a tar stream, after the command exits 0 and
 	// before the container is removed. Output is for messages; files that

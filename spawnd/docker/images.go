@@ -1,12 +1,15 @@
 package docker
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path"
+	"sort"
 	"strings"
 	"time"
 
@@ -38,6 +41,13 @@ func (e *Engine) ImageInspect(ctx context.Context, ref string) (backend.ImageInf
 
 // RunCapture implements backend.Builder.
 func (e *Engine) RunCapture(ctx context.Context, spec backend.RunSpec) (backend.RunResult, error) {
+	var tarball []byte
+	if len(spec.Files) > 0 {
+		var err error
+		if tarball, err = filesTar(spec.Files); err != nil {
+			return backend.RunResult{}, err
+		}
+	}
 	cfg := &container.Config{Image: spec.Image, Cmd: spec.Cmd, Labels: spec.Labels, User: "0:0", Env: spec.Env}
 	hc := &container.HostConfig{NetworkMode: container.NetworkMode(spec.Network)}
 	created, err := e.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: hc})
@@ -50,6 +60,11 @@ func (e *Engine) RunCapture(ctx context.Context, spec backend.RunSpec) (backend.
 		defer cancel()
 		_, _ = e.cli.ContainerRemove(rctx, id, client.ContainerRemoveOptions{Force: true})
 	}()
+	if tarball != nil {
+		if _, err := e.cli.CopyToContainer(ctx, id, client.CopyToContainerOptions{DestinationPath: "/", Content: bytes.NewReader(tarball)}); err != nil {
+			return backend.RunResult{}, fmt.Errorf("copying files into a container of %s: %w", spec.Image, err)
+		}
+	}
 	wait := e.cli.ContainerWait(ctx, id, client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})
 	if _, err := e.cli.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
 		return backend.RunResult{}, fmt.Errorf("starting a container of %s: %w", spec.Image, err)
@@ -84,6 +99,46 @@ func (e *Engine) RunCapture(ctx context.Context, spec backend.RunSpec) (backend.
 		}
 	}
 	return res, nil
+}
+
+// filesTar is RunSpec.Files as a tar stream to unpack at /: each file's
+// parent directories first (mode 0755), then the file (mode 0644), all
+// owned by root.
+func filesTar(files map[string][]byte) ([]byte, error) {
+	names := make([]string, 0, len(files))
+	for name := range files {
+		if !path.IsAbs(name) || path.Clean(name) != name || name == "/" {
+			return nil, fmt.Errorf("run spec file %q: want a clean absolute path", name)
+		}
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dirs := map[string]bool{}
+	for _, name := range names {
+		var parents []string
+		for d := path.Dir(name); d != "/" && !dirs[d]; d = path.Dir(d) {
+			dirs[d] = true
+			parents = append(parents, d)
+		}
+		for i := len(parents) - 1; i >= 0; i-- {
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: parents[i][1:] + "/", Mode: 0o755}); err != nil {
+				return nil, err
+			}
+		}
+		body := files[name]
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name[1:], Mode: 0o644, Size: int64(len(body))}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(body); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // Build implements backend.Builder with the engine's build endpoint.
