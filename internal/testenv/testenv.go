@@ -219,7 +219,11 @@ func RepoRoot(t testing.TB) string {
 	}
 }
 
-// RemoveImages removes the images that carry label=value (and their tags).
+// RemoveImages removes the images that carry label=value (and their tags),
+// and first the containers made from them: a test's servers may still run
+// when its cleanups do, and the engine keeps an image a running container
+// uses even when asked with force (the daemon tests' env images outlived
+// two CI runs that way).
 func RemoveImages(eng *docker.Engine, label, value string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -230,6 +234,13 @@ func RemoveImages(eng *docker.Engine, label, value string) {
 		return
 	}
 	for _, img := range res.Items {
+		cf := client.Filters{}
+		cf.Add("ancestor", img.ID)
+		if cs, err := Client(eng).ContainerList(ctx, client.ContainerListOptions{All: true, Filters: cf}); err == nil {
+			for _, c := range cs.Items {
+				_, _ = Client(eng).ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
+			}
+		}
 		_, _ = Client(eng).ImageRemove(ctx, img.ID, client.ImageRemoveOptions{Force: true, PruneChildren: true})
 	}
 }
