@@ -229,6 +229,22 @@ func (w *world) logTail() string {
 	return string(b)
 }
 
+// logLinesOf is every line of the hub's log that names user (at most the
+// last 80): what a failure about one user needs.
+func (w *world) logLinesOf(user string) string {
+	b, _ := os.ReadFile(w.hubLog.Name())
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, user) {
+			out = append(out, l)
+		}
+	}
+	if len(out) > 80 {
+		out = out[len(out)-80:]
+	}
+	return strings.Join(out, "\n")
+}
+
 // hubAPI calls the Hub's REST API with the admin service token.
 func (w *world) hubAPI(method, path string, body any, out any) int {
 	w.t.Helper()

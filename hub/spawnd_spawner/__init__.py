@@ -391,8 +391,7 @@ class SpawndSpawner(Spawner):
         args = list(self.get_args() or [])
         if args:
             body["args"] = args
-        # The daemon answers when the server listens, or as soon as it fails.
-        srv = await self._request("POST", self._server_path(), body, timeout=max(float(self.start_timeout), 30.0))
+        srv = await self._post_start(body)
         self.container_id = srv.get("container_id", "")
         self.env_name = srv.get("env", "")
         self.lock_digest = srv.get("lock_digest", "")
@@ -406,6 +405,58 @@ class SpawndSpawner(Spawner):
             self._log_name, self.env_name, self.lock_digest[:19], srv.get("host"), srv.get("port"),
         )
         return f"http://{srv['host']}:{srv['port']}"
+
+    async def _post_start(self, body):
+        """Ask spawnd to start the server; it answers when the server listens,
+        or as soon as it fails.
+
+        spawnd answered the options a moment ago; if it goes away now, it is
+        most likely restarting (an upgrade, a crash that systemd restarts).
+        A start is idempotent in spawnd (a second ask joins the first, or
+        finds the server running), so the start is asked again until
+        start_timeout instead of failing the user's spawn.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(self.start_timeout)
+        delay = 0.5
+        while True:
+            try:
+                return await self._request(
+                    "POST", self._server_path(), body, timeout=max(deadline - loop.time(), 30.0))
+            except SpawndError as e:
+                if not e.unknown or loop.time() + delay >= deadline:
+                    raise
+                self.log.warning("spawnd did not answer the start of %s (%s); asking again in %.1f s",
+                                 self._log_name, e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def get_url(self):
+        """Where the server really listens, as spawnd says.
+
+        JupyterHub asks this when it finds a server running at its own start.
+        If the hub stopped while a start was in flight, its database holds
+        the placeholder address it made before start() returned (a random
+        port), and trusting it would route the user's traffic to nothing. A
+        server still booting is waited for, up to start_timeout; if spawnd
+        cannot say, JupyterHub's own record stands.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(self.start_timeout)
+        while True:
+            try:
+                srv = await self._request("GET", self._server_path(), timeout=self.request_timeout, allow_404=True)
+            except SpawndError as e:
+                self.log.warning("Cannot ask spawnd where %s listens: %s", self._log_name, e)
+                srv = None
+            if srv and srv.get("host") and srv.get("port") and srv.get("state") == "running":
+                self.container_id = srv.get("container_id", self.container_id)
+                self.env_name = srv.get("env", self.env_name)
+                self.lock_digest = srv.get("lock_digest", self.lock_digest)
+                return f"http://{srv['host']}:{srv['port']}"
+            if not srv or srv.get("state") != "pending" or loop.time() >= deadline:
+                return await super().get_url()
+            await asyncio.sleep(0.5)
 
     async def poll(self):
         try:

@@ -38,6 +38,7 @@ class FakeDaemon:
         self.all_in = asyncio.Event()
         self.progress_503 = 0  # answer this many progress requests with 503 first
         self.progress_cut = False  # close the progress stream after two events
+        self.posts_dropped = 0  # close the connection on this many POSTs, unanswered (a daemon killed mid-start)
         self.options = {
             "envs": [{"name": "team", "default": True, "port": 9999}, {"name": "gpu", "description": "CUDA", "port": 8888}],
             "profiles": [{"name": "default", "default": True, "memory_mb": 2048, "cpus": 1.5}],
@@ -78,6 +79,10 @@ class FakeDaemon:
                 return (unquote(user), unquote(name or ""))
 
             async def post(self, user, name=None):
+                if daemon.posts_dropped > 0:
+                    daemon.posts_dropped -= 1
+                    self.request.connection.stream.close()
+                    return
                 daemon.in_flight += 1
                 daemon.max_in_flight = max(daemon.max_in_flight, daemon.in_flight)
                 try:

@@ -317,3 +317,51 @@ def test_entry_point_and_version():
     assert any(ep.name == "spawnd" and ep.value == "spawnd_spawner:SpawndSpawner" for ep in eps)
     assert version("spawnd-spawner") == spawnd_spawner.__version__
     assert issubclass(SpawndSpawner, jupyterhub.spawner.Spawner)
+
+
+async def test_a_start_outlasts_a_daemon_restart(daemon, world, caplog):
+    """spawnd killed (and restarted) while the hub waits for a start: the
+    start is asked again, not failed; a daemon that stays away fails it at
+    start_timeout, naming the daemon."""
+    caplog.set_level(logging.INFO)
+    daemon.posts_dropped = 2
+    sp = world.spawner(daemon.url, start_timeout=30)
+    assert await sp.start() == "http://127.0.0.1:40001"
+    assert len([c for c in daemon.calls if c[0] == "POST"]) == 3
+    assert "asking again" in caplog.text
+
+    daemon.posts_dropped = 1000
+    gone = world.spawner(daemon.url, start_timeout=2)
+    with pytest.raises(Exception) as e:
+        await gone.start()
+    assert "not reachable" in str(e.value) or "did not answer" in str(e.value)
+
+    daemon.posts_dropped, daemon.mode = 0, "forbidden"  # a refusal is an answer: never asked again
+    before = len(daemon.calls)
+    with pytest.raises(Exception):
+        await world.spawner(daemon.url, start_timeout=30).start()
+    assert len([c for c in daemon.calls[before:] if c[0] == "POST"]) == 1
+
+
+async def test_get_url_is_spawnds_after_a_hub_restart(daemon, world):
+    """A hub that stopped while a start was in flight finds, at its own
+    start, a placeholder address in its database (a random port): get_url
+    tells it where the server really listens, waiting for one still booting,
+    and keeps the hub's record when spawnd has no server."""
+    sp = world.spawner(daemon.url, start_timeout=20)
+    sp.orm_spawner.server.ip, sp.orm_spawner.server.port = "", 54321
+    placeholder = sp.server.url
+    key = (USER, "")
+    daemon.servers[key] = {"user": USER, "server": "", "state": "pending", "ready": False}
+
+    async def boots():
+        await asyncio.sleep(1)
+        daemon.servers[key] = {"user": USER, "server": "", "state": "running", "ready": True, "host": "127.0.0.1",
+                               "port": 40007, "env": "team", "lock_digest": "sha256:def", "container_id": "c7"}
+
+    booting = asyncio.create_task(boots())
+    assert await sp.get_url() == "http://127.0.0.1:40007"
+    await booting
+    assert sp.get_state()["container_id"] == "c7"
+    daemon.servers.clear()
+    assert await sp.get_url() == placeholder
