@@ -75,9 +75,24 @@ c.Spawner.http_timeout = 60
 #           members of SPAWND_HUB_ADMIN_GROUP (default jupyterhub-admins) are
 #           admins. Add people with: adduser alice; adduser alice jupyterhub-users
 #   github  GitHub OAuth (pip install oauthenticator): docs/INSTALL.md
+#   native  self-service accounts with admin approval
+#           (jupyterhub-nativeauthenticator): people sign up at /hub/signup,
+#           an admin authorises them at /hub/authorize, passwords are stored
+#           bcrypt-hashed. The admin account (SPAWND_HUB_ADMIN, default admin)
+#           is made at start with the password in SPAWND_HUB_ADMIN_PASSWORD_FILE,
+#           so nobody else can sign up under its name first.
+#           The compose stack's HTTPS set-up uses it.
 #   dummy   one shared password, for a laptop: only with SPAWND_HUB_PASSWORD
-#           set and the hub on a loopback address; anything else refuses to start.
+#           set, the hub on a loopback address and no front (SPAWND_HUB_FRONT
+#           unset); anything else refuses to start. A login that reached the
+#           hub from another machine (through Caddy or any proxy that says so
+#           in X-Forwarded-For) is refused as well.
 AUTH = os.environ.get("SPAWND_HUB_AUTH", "pam")
+# SPAWND_HUB_FRONT: the public URL of an HTTPS front (Caddy) when there is
+# one (scripts/compose-up sets it with SPAWND_HTTPS=1). It is what people
+# reach from other machines, so no shared-password login may sit behind it.
+FRONT = os.environ.get("SPAWND_HUB_FRONT", "")
+ADMIN = os.environ.get("SPAWND_HUB_ADMIN", "admin")
 
 
 def refuse(why, fix):
@@ -104,11 +119,111 @@ if AUTH == "dummy":
         refuse("SPAWND_HUB_PASSWORD is shorter than 8 characters", "choose a longer password")
     if not loopback(c.JupyterHub.ip):
         refuse(f"the shared-password login would listen on {c.JupyterHub.ip!r}, reachable from other machines",
-               "set SPAWND_HUB_BIND=127.0.0.1 (put Caddy in front for remote users), or use SPAWND_HUB_AUTH=pam or github")
-    c.JupyterHub.authenticator_class = "dummy"
+               "set SPAWND_HUB_BIND=127.0.0.1, or use SPAWND_HUB_AUTH=native, pam or github")
+    if FRONT:
+        refuse(f"the shared-password login would sit behind the HTTPS front {FRONT!r}, which other machines reach: "
+               "everyone who knows the password could log in as anyone, admin included",
+               "use SPAWND_HUB_AUTH=native (sign-up with admin approval), pam or github "
+               "(scripts/compose-up with SPAWND_HTTPS=1 chooses native by itself)")
+    from jupyterhub.auth import DummyAuthenticator
+
+    class LoopbackDummyAuthenticator(DummyAuthenticator):
+        """The shared password, accepted only from this machine: every address
+        the request passed through (the client's, and each proxy's in
+        X-Forwarded-For, which Caddy and configurable-http-proxy append to)
+        must be a loopback address. A front added later without
+        SPAWND_HUB_FRONT still cannot carry a stranger in."""
+
+        async def authenticate(self, handler, data):
+            hops = [handler.request.remote_ip or ""]
+            hops += [h.strip() for h in handler.request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+            hops += [h.strip() for h in handler.request.headers.get_list("X-Real-Ip")]
+            if not all(loopback(h) for h in hops):
+                self.log.warning("refused the shared-password login of %.64r: it came from %.200s, not this machine",
+                                 data.get("username", ""), ", ".join(hops))
+                return None
+            return await super().authenticate(handler, data)
+
+    c.JupyterHub.authenticator_class = LoopbackDummyAuthenticator
     c.DummyAuthenticator.password = password
-    c.Authenticator.allow_all = True  # anyone who knows the shared password
-    c.Authenticator.admin_users = {os.environ.get("SPAWND_HUB_ADMIN", "admin")}
+    c.Authenticator.allow_all = True  # anyone on this machine who knows the shared password
+    c.Authenticator.admin_users = {ADMIN}
+elif AUTH == "native":
+    import importlib.util
+
+    if importlib.util.find_spec("nativeauthenticator") is None:
+        refuse(f"SPAWND_HUB_AUTH=native but jupyterhub-nativeauthenticator is not installed next to the hub ({sys.executable})",
+               f"{sys.executable} -m pip install jupyterhub-nativeauthenticator==1.3.0")
+    path = os.environ.get("SPAWND_HUB_ADMIN_PASSWORD_FILE", "")
+    if not path:
+        refuse("SPAWND_HUB_AUTH=native without SPAWND_HUB_ADMIN_PASSWORD_FILE: the first stranger to sign up as "
+               f"{ADMIN!r} would become the admin",
+               "write the admin's password (12+ characters) to a root-only file and set SPAWND_HUB_ADMIN_PASSWORD_FILE")
+    try:
+        with open(path) as f:
+            admin_password = f.read().strip()
+    except OSError as e:
+        refuse(f"cannot read SPAWND_HUB_ADMIN_PASSWORD_FILE ({e})", f"check {path}")
+    if len(admin_password) < 12:
+        refuse(f"the admin password in {path} is shorter than 12 characters", "write a longer one")
+    import bcrypt
+    from nativeauthenticator import NativeAuthenticator
+    from nativeauthenticator import handlers as native_handlers
+    from nativeauthenticator.orm import UserInfo
+
+    class _NoStatsd:
+        """JupyterHub 6 dropped statsd, which NativeAuthenticator 1.3.0's
+        login handler still times itself with."""
+
+        def timer(self, *_):
+            return self
+
+        def start(self):
+            return self
+
+        def stop(self, *_, **__):
+            pass
+
+    class NativeLoginHandler(native_handlers.LoginHandler):
+        """NativeAuthenticator 1.3.0's login page, made to run on
+        JupyterHub 6 (shown by hub/tests/test_shipped_config.py there)."""
+
+        @property
+        def statsd(self):
+            try:
+                return super().statsd
+            except AttributeError:
+                return _NoStatsd()
+
+        def _render(self, login_error=None, username=None, **_):
+            return super()._render(login_error=login_error, username=username)
+
+    class SeededNativeAuthenticator(NativeAuthenticator):
+        """NativeAuthenticator whose admin account exists before the first
+        request, so a sign-up can never claim the admin's name. An existing
+        admin account keeps its password (the admin may have changed it)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if UserInfo.find(self.db, ADMIN) is None:
+                self.db.add(UserInfo(username=ADMIN, is_authorized=True,
+                                     password=bcrypt.hashpw(admin_password.encode(), bcrypt.gensalt())))
+                self.db.commit()
+                self.log.info("made the admin account %s (password: %s)", ADMIN, path)
+
+        def get_handlers(self, app):
+            return [(path, NativeLoginHandler if path == r"/login" else handler)
+                    for path, handler in super().get_handlers(app)]
+
+    c.JupyterHub.authenticator_class = SeededNativeAuthenticator
+    c.NativeAuthenticator.open_signup = False        # every sign-up waits for an admin
+    c.NativeAuthenticator.minimum_password_length = 10
+    c.NativeAuthenticator.check_common_password = True
+    c.NativeAuthenticator.allowed_failed_logins = 5  # then 10 minutes' pause for that name
+    c.NativeAuthenticator.seconds_before_next_try = 600
+    c.Authenticator.admin_users = {ADMIN}
+    # Who may log in is NativeAuthenticator's approval, not an allow-list.
+    c.Authenticator.allow_all = True
 elif AUTH == "pam":
     c.JupyterHub.authenticator_class = "pam"
     c.PAMAuthenticator.allowed_groups = {os.environ.get("SPAWND_HUB_USERS_GROUP", "jupyterhub-users")}
@@ -139,7 +254,7 @@ elif AUTH == "github":
     if os.environ.get("GITHUB_URL"):  # GitHub Enterprise, or a test's stand-in
         c.GitHubOAuthenticator.github_url = os.environ["GITHUB_URL"]
 else:
-    refuse(f"SPAWND_HUB_AUTH={AUTH!r} is not one of pam, github, dummy", "set SPAWND_HUB_AUTH")
+    refuse(f"SPAWND_HUB_AUTH={AUTH!r} is not one of pam, native, github, dummy", "set SPAWND_HUB_AUTH")
 # JupyterHub groups decide which spawnd team (envs, profiles, shared folders) a user is in:
 # c.JupyterHub.load_groups = {"physics": ["alice", "bob"]}
 

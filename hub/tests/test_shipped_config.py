@@ -55,9 +55,17 @@ def run_hub(tmp_path, **extra):
     ("github without allowed users", {"SPAWND_HUB_AUTH": "github", "GITHUB_CLIENT_ID_FILE": "/dev/null",
                                       "GITHUB_CLIENT_SECRET_FILE": "/dev/null"}, "every GitHub user"),
     ("github without its secret", {"SPAWND_HUB_AUTH": "github"}, "GITHUB_CLIENT_ID_FILE"),
-    ("an unknown login", {"SPAWND_HUB_AUTH": "none"}, "not one of pam, github, dummy"),
+    ("dummy behind an HTTPS front", {"SPAWND_HUB_AUTH": "dummy", "SPAWND_HUB_PASSWORD": "a-long-password",
+                                     "SPAWND_HUB_FRONT": "https://hub.example.test"}, "use SPAWND_HUB_AUTH=native"),
+    ("native without an admin password", {"SPAWND_HUB_AUTH": "native"}, "would become the admin"),
+    ("native with a short admin password", {"SPAWND_HUB_AUTH": "native", "SPAWND_HUB_ADMIN_PASSWORD_FILE": "SHORT"},
+     "shorter than 12"),
+    ("an unknown login", {"SPAWND_HUB_AUTH": "none"}, "not one of pam, native, github, dummy"),
 ])
 def test_unsafe_set_ups_refuse_to_start(tmp_path, why, extra, want):
+    if extra.get("SPAWND_HUB_ADMIN_PASSWORD_FILE") == "SHORT":
+        (tmp_path / "admin-password").write_text("too-short\n")
+        extra = dict(extra, SPAWND_HUB_ADMIN_PASSWORD_FILE=str(tmp_path / "admin-password"))
     p, _ = run_hub(tmp_path, **extra)
     try:
         out, _ = p.communicate(timeout=120)
@@ -70,50 +78,143 @@ def test_unsafe_set_ups_refuse_to_start(tmp_path, why, extra, want):
     assert not (tmp_path / "jupyterhub.sqlite").exists(), "the refused hub made its database"
 
 
-def login(port, user, password):
-    """POST the login form as a browser would; True when the hub set its
-    login cookie (JupyterHub 4 answers a failed login with 200, 5+ with 403)."""
-    base = f"http://127.0.0.1:{port}"
-    jar = http.cookiejar.CookieJar()
+class Browser:
+    """A browser's cookie jar and forms against one hub (no redirects
+    followed: each answer is looked at as it comes)."""
 
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *a, **kw):
-            return None
+    def __init__(self, port, headers=None):
+        self.base = f"http://127.0.0.1:{port}"
+        self.jar = http.cookiejar.CookieJar()
+        self.headers = headers or {}
 
-    opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPCookieProcessor(jar))
-    page = opener.open(base + "/hub/login", timeout=10).read().decode()
-    xsrf = ""
-    if 'name="_xsrf"' in page:
-        xsrf = page.split('name="_xsrf"')[1].split('value="')[1].split('"')[0]
-    data = urllib.parse.urlencode({"username": user, "password": password, "_xsrf": xsrf}).encode()
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *a, **kw):
+                return None
+
+        self.opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPCookieProcessor(self.jar))
+
+    def get(self, path):
+        """GET path; return (status, body)."""
+        req = urllib.request.Request(self.base + path, headers=self.headers)
+        try:
+            with self.opener.open(req, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    def post(self, path, form):
+        """POST a form (with the page's _xsrf); return (status, body)."""
+        page = self.get(path.split("?")[0])[1]
+        xsrf = ""
+        if 'name="_xsrf"' in page:
+            xsrf = page.split('name="_xsrf"')[1].split('value="')[1].split('"')[0]
+        data = urllib.parse.urlencode(dict(form, _xsrf=xsrf)).encode()
+        req = urllib.request.Request(self.base + path, data=data, headers=self.headers)
+        try:
+            with self.opener.open(req, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    def login(self, user, password):
+        """True when the hub set its login cookie (JupyterHub 4 answers a
+        failed login with 200, 5+ with 403)."""
+        self.post("/hub/login?next=", {"username": user, "password": password})
+        return self.logged_in()
+
+    def logged_in(self):
+        return any(c.name == "jupyterhub-hub-login" for c in self.jar)
+
+
+def login(port, user, password, headers=None):
+    """POST the login form as a browser would; True when the hub logged the user in."""
+    return Browser(port, headers).login(user, password)
+
+
+def wait_for_hub(p, port):
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/hub/api/", timeout=2)
+            return
+        except OSError:
+            if p.poll() is not None or time.monotonic() > deadline:
+                out = p.stdout.read() if p.poll() is not None else ""
+                pytest.fail(f"the hub did not come up:\n{out[-3000:]}")
+            time.sleep(0.3)
+
+
+def stop_hub(p):
+    p.terminate()
     try:
-        opener.open(base + "/hub/login?next=", data=data, timeout=10)
-    except urllib.error.HTTPError:
-        pass
-    return any(c.name == "jupyterhub-hub-login" for c in jar)
+        p.wait(20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
 
 
 def test_the_laptop_set_up_refuses_wrong_passwords(tmp_path):
     p, env = run_hub(tmp_path, SPAWND_HUB_AUTH="dummy", SPAWND_HUB_PASSWORD="correct-horse-battery")
     port = int(env["SPAWND_HUB_PORT"])
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/hub/api/", timeout=2)
-                break
-            except OSError:
-                if p.poll() is not None or time.monotonic() > deadline:
-                    out = p.stdout.read() if p.poll() is not None else ""
-                    pytest.fail(f"the hub did not come up:\n{out[-3000:]}")
-                time.sleep(0.3)
+        wait_for_hub(p, port)
         assert not login(port, "admin", "made-up-password"), "a made-up password logged in as admin"
         assert not login(port, "mallory", ""), "an empty password logged in"
         assert login(port, "admin", "correct-horse-battery"), "the right password was refused"
     finally:
-        p.terminate()
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop_hub(p)
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-Forwarded-For": "198.18.0.2"},                      # what Caddy sends for a laptop on the network
+    {"X-Forwarded-For": "127.0.0.1, 198.18.0.2"},          # a chain with one outside hop
+    {"X-Real-Ip": "2001:db8::7"},
+])
+def test_the_shared_password_never_works_from_another_machine(tmp_path, headers):
+    """The shared password, right as it is, is refused for a request that
+    passed through a proxy from another machine: the hub config's refusal of
+    a front (SPAWND_HUB_FRONT) is one guard, this is the one that holds when
+    an admin puts a proxy in front and forgets to say so. The positive
+    control: the same password from this machine logs in."""
+    p, env = run_hub(tmp_path, SPAWND_HUB_AUTH="dummy", SPAWND_HUB_PASSWORD="correct-horse-battery")
+    port = int(env["SPAWND_HUB_PORT"])
+    try:
+        wait_for_hub(p, port)
+        assert login(port, "alice", "correct-horse-battery"), "the right password from this machine was refused"
+        assert not login(port, "alice", "correct-horse-battery", headers), f"the shared password worked through {headers}"
+        assert not login(port, "admin", "correct-horse-battery", headers), f"admin logged in through {headers}"
+    finally:
+        stop_hub(p)
+
+
+def test_native_sign_up_waits_for_the_admin(tmp_path):
+    """SPAWND_HUB_AUTH=native: a sign-up cannot log in until the admin
+    authorises it; nobody can sign up under the admin's name (the account is
+    made at start); the admin's approval lets the user in."""
+    (tmp_path / "admin-password").write_text("admins-own-long-secret\n")
+    p, env = run_hub(tmp_path, SPAWND_HUB_AUTH="native", SPAWND_HUB_ADMIN_PASSWORD_FILE=str(tmp_path / "admin-password"))
+    port = int(env["SPAWND_HUB_PORT"])
+    try:
+        wait_for_hub(p, port)
+        stranger = Browser(port)
+        code, _ = stranger.post("/hub/signup", {"username": "admin", "signup_password": "strangers-password-1",
+                                                "signup_password_confirmation": "strangers-password-1"})
+        assert code < 500, code
+        assert not login(port, "admin", "strangers-password-1"), "a stranger signed up as the admin"
+
+        dana = Browser(port)
+        code, body = dana.post("/hub/signup", {"username": "dana", "signup_password": "danas-long-password",
+                                               "signup_password_confirmation": "danas-long-password"})
+        assert code == 200, (code, body[-500:])
+        assert not dana.login("dana", "danas-long-password"), "a sign-up logged in before the admin authorised it"
+
+        admin = Browser(port)
+        assert admin.login("admin", "admins-own-long-secret"), "the admin's password was refused"
+        code, body = admin.get("/hub/authorize")
+        assert code == 200 and "dana" in body, (code, body[-500:])
+        code, _ = admin.get("/hub/authorize/dana")
+        assert code in (200, 302), code
+        assert Browser(port).login("dana", "danas-long-password"), "the authorised user was refused"
+        assert not login(port, "dana", "a-wrong-password-1"), "a wrong password logged in"
+    finally:
+        stop_hub(p)

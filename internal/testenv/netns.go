@@ -11,11 +11,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/moby/moby/client"
+	"golang.org/x/sys/unix"
+
 	"github.com/spawnd/spawnd/internal/ci"
 	"github.com/spawnd/spawnd/spawnd/docker"
 )
@@ -138,4 +141,36 @@ func Exec(ctx context.Context, eng *docker.Engine, id string, cmd []string) (int
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// DialContext opens a connection from inside the stand-in's namespace, as a
+// machine elsewhere on the network would: the socket is made on an OS
+// thread switched into the namespace (and that thread is then discarded),
+// so the peer sees the stand-in's address, never loopback. Give it to an
+// http.Transport to drive a browser-like client from there.
+func (s *StandIn) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// Never unlocked: a goroutine that ends locked takes its thread with
+		// it, so no other goroutine ever runs in the namespace.
+		runtime.LockOSThread()
+		ns, err := os.Open(filepath.Join("/var/run/netns", s.Name))
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{nil, fmt.Errorf("entering %s: %w", s.Name, err)}
+			return
+		}
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
 }
