@@ -30,8 +30,9 @@ func TestEgressFence(t *testing.T) {
 	}
 	var r [1]byte
 	_, _ = rand.Read(r[:])
-	metadata := testenv.NewStandIn(t, r[0], 0) // blocked by network.egress.block
-	internet := testenv.NewStandIn(t, r[0], 1) // not listed: stays reachable
+	// 198.18.0-127.x: this test's half (e2e's compose test takes 128-255).
+	metadata := testenv.NewStandIn(t, r[0]&0x7f, 0) // blocked by network.egress.block
+	internet := testenv.NewStandIn(t, r[0]&0x7f, 1) // not listed: stays reachable
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 

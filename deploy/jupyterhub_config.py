@@ -285,9 +285,23 @@ if cull_timeout:
                f"is not installed next to the hub ({sys.executable})",
                f"{sys.executable} -m pip install jupyterhub-idle-culler, or set SPAWND_CULL_IDLE_TIMEOUT=0")
     cull_every = seconds("SPAWND_CULL_EVERY", str(min(300, max(1, cull_timeout // 2))))
+    # The culler ends with the hub, however the hub ends: JupyterHub stops
+    # its managed services when it exits cleanly, but a hub killed with -9
+    # left the culler running (parent 1), and the next hub started a second.
+    # The launcher asks the kernel to send it SIGTERM when the hub dies
+    # (PR_SET_PDEATHSIG) before it runs the culler in the same process; it
+    # exits at once if the hub died before it got that far.
+    culler_launcher = (
+        "import ctypes, os, runpy, signal, sys\n"
+        "hub = int(sys.argv.pop(1))\n"
+        "if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM) != 0: sys.exit('prctl(PR_SET_PDEATHSIG) failed')\n"
+        "if os.getppid() != hub: sys.exit('idle-culler: the hub that started it is gone')\n"
+        "sys.argv[0] = 'jupyterhub_idle_culler'\n"
+        "runpy.run_module('jupyterhub_idle_culler', run_name='__main__', alter_sys=True)\n"
+    )
     c.JupyterHub.services.append({
         "name": "idle-culler",
-        "command": [sys.executable, "-m", "jupyterhub_idle_culler",
+        "command": [sys.executable, "-c", culler_launcher, str(os.getpid()),
                     f"--timeout={cull_timeout}", f"--cull-every={cull_every}"],
     })
     # Only what culling needs: list users, read activity, stop servers.

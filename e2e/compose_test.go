@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,11 +15,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spawnd/spawnd/internal/ci"
+	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd/docker"
 
 	"github.com/moby/moby/client"
@@ -25,11 +29,20 @@ import (
 	"github.com/spawnd/spawnd/internal/testenv"
 )
 
-// TestComposeStack brings the docker-compose dev stack up on the local
-// engine (images built locally) with Caddy in front (its own CA), fetches
-// the login page over HTTPS with that CA (and fails without it), logs in
-// through the proxy as a person would, spawns a server, reaches it, and
-// tears everything down.
+// TestComposeStack walks the documented HTTPS path (SPAWND_HTTPS=1
+// scripts/compose-up) on a copy of the tree, so the script can never change
+// the tree under test, with the local engine and locally built images:
+//
+//   - asked for HTTPS with the shared-password login, compose-up refuses
+//     before anything starts, and Caddy's image refuses to front it;
+//   - with the team spec changed under its lock, compose-up refuses (naming
+//     --relock) and leaves the lock as it was;
+//   - the stack comes up with Caddy in front (its own CA) and the native
+//     login, and is reached from a network namespace of the test's own, a
+//     machine elsewhere on the network: the admin logs in and sees
+//     /hub/admin; a person who signs up is kept out until the admin
+//     authorises them, then logs in and gets JupyterLab, all over HTTPS
+//     through Caddy; a client without Caddy's CA is refused the handshake.
 func TestComposeStack(t *testing.T) {
 	if _, err := exec.LookPath("docker-compose"); err != nil {
 		if err := exec.Command("docker", "compose", "version").Run(); err != nil {
@@ -37,44 +50,182 @@ func TestComposeStack(t *testing.T) {
 		}
 	}
 	eng := testenv.Engine(t)
-	root := testenv.RepoRoot(t)
+	tree := testenv.CopyRepo(t)
 	project := "spawnde2e" + randHex(3)
 	state := filepath.Join(t.TempDir(), "state")
+	const domain = "hub.example.test"
 	hubPort, httpsPort := freePort(t), freePort(t)
 	env := append(os.Environ(),
-		"SPAWND_HTTPS=1", "SPAWND_TLS=internal", "SPAWND_HUB_DOMAIN=localhost",
+		"SPAWND_HTTPS=1", "SPAWND_TLS=internal", "SPAWND_HUB_DOMAIN="+domain,
 		fmt.Sprintf("SPAWND_HTTPS_PORT=%d", httpsPort), fmt.Sprintf("SPAWND_HTTP_PORT=%d", freePort(t)),
 		"SPAWND_STATE="+state, "COMPOSE_PROJECT_NAME="+project,
 		fmt.Sprintf("SPAWND_PORT=%d", freePort(t)), fmt.Sprintf("SPAWND_HUB_PORT=%d", hubPort),
 		fmt.Sprintf("SPAWND_HUB_API_PORT=%d", freePort(t)), fmt.Sprintf("SPAWND_PROXY_API_PORT=%d", freePort(t)))
-	run := func(args ...string) {
+	composeUp := func(extraEnv []string, args ...string) (string, error) {
 		t.Helper()
-		cmd := exec.Command(filepath.Join(root, "scripts", "compose-up"), args...)
-		cmd.Env = env
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, filepath.Join(tree, "scripts", "compose-up"), args...)
+		cmd.Env = append(append([]string{}, env...), extraEnv...)
 		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("compose-up %v: %v\n%s", args, err, out)
-		}
+		return string(out), err
 	}
 	t.Cleanup(func() {
-		cmd := exec.Command(filepath.Join(root, "scripts", "compose-up"), "down")
-		cmd.Env = env
-		_ = cmd.Run()
+		_, _ = composeUp(nil, "down")
 		testenv.RemoveInstance(eng, project)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		_, _ = testenv.Client(eng).NetworkRemove(ctx, project+"-users", client.NetworkRemoveOptions{})
 	})
-	run()
-	waitHealthy(t, eng, project, []string{"spawnd", "hub", "caddy"})
 
-	password, err := os.ReadFile(filepath.Join(state, "hub", "password"))
+	// The shared password behind HTTPS: refused before anything starts.
+	out, err := composeUp([]string{"SPAWND_HUB_AUTH=dummy"})
+	if err == nil || !strings.Contains(out, "refusing SPAWND_HUB_AUTH=dummy") {
+		t.Fatalf("compose-up with HTTPS and the dummy login: %v, want a refusal naming it:\n%s", err, out)
+	}
+	if n := projectContainers(t, eng, project); n != 0 {
+		t.Fatalf("the refused compose-up left %d containers of %s", n, project)
+	}
+
+	// A spec changed under its lock: refused, the lock untouched.
+	specPath, lockPath := filepath.Join(tree, "envs", "team.yaml"), filepath.Join(tree, "envs", "team.lock.json")
+	spec, err := os.ReadFile(specPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkHTTPS(t, fmt.Sprintf("https://localhost:%d", httpsPort), filepath.Join(state, "caddy", "caddy", "pki", "authorities", "local", "root.crt"))
-	loginAndSpawn(t, fmt.Sprintf("http://127.0.0.1:%d", hubPort), "dana", strings.TrimSpace(string(password)))
-	run("down")
+	lock, err := os.ReadFile(lockPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(string(spec), "description: Team", "description: Changed team", 1)
+	if changed == string(spec) {
+		t.Fatal("envs/team.yaml has no description line to change")
+	}
+	if err := os.WriteFile(specPath, []byte(changed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = composeUp(nil)
+	if err == nil || !strings.Contains(out, "--relock") {
+		t.Fatalf("compose-up with the spec changed under its lock: %v, want a refusal naming --relock:\n%s", err, out)
+	}
+	if after, _ := os.ReadFile(lockPath); string(after) != string(lock) {
+		t.Fatal("compose-up rewrote envs/team.lock.json without --relock")
+	}
+	if n := projectContainers(t, eng, project); n != 0 {
+		t.Fatalf("the refused compose-up left %d containers of %s", n, project)
+	}
+	if err := os.WriteFile(specPath, spec, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	if out, err := composeUp(nil); err != nil {
+		t.Fatalf("compose-up: %v\n%s", err, out)
+	}
+	waitHealthy(t, eng, project, []string{"spawnd", "hub", "caddy"})
+	caddyRefusesTheSharedLogin(t)
+
+	// A machine elsewhere on the network: a namespace of the test's own, on
+	// 198.18.128-255.x (the egress test has the lower half), dialling this
+	// host's end of its link. Whatever host name the client asks for, it
+	// reaches Caddy's port on this host.
+	var r [1]byte
+	_, _ = rand.Read(r[:])
+	laptop := testenv.NewStandIn(t, 0x80|r[0], 0)
+	caFile := filepath.Join(state, "caddy", "caddy", "pki", "authorities", "local", "root.crt")
+	front := fmt.Sprintf("https://%s:%d", domain, httpsPort)
+	dial := func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return laptop.DialContext(ctx, network, net.JoinHostPort(laptop.HostIP.String(), strconv.Itoa(httpsPort)))
+	}
+	tr := checkHTTPS(t, front, caFile, dial)
+
+	adminPassword, err := os.ReadFile(filepath.Join(state, "hub", "admin-password"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := hubLogin(t, front, "admin", strings.TrimSpace(string(adminPassword)), tr)
+	if admin == nil {
+		t.Fatal("the admin's password was refused through Caddy")
+	}
+	if code, _ := browse(t, admin, front+"/hub/admin"); code != 200 {
+		t.Fatalf("/hub/admin for the admin through Caddy: %d", code)
+	}
+	if hubLogin(t, front, "admin", "a-guessed-password", tr) != nil {
+		t.Fatal("a guessed password logged in as admin")
+	}
+
+	const person, password = "dana", "danas-own-long-password"
+	signUp(t, front, person, password, tr)
+	if hubLogin(t, front, person, password, tr) != nil {
+		t.Fatal("a person who signed up logged in before the admin authorised them")
+	}
+	if code, body := browse(t, admin, front+"/hub/authorize"); code != 200 || !strings.Contains(body, person) {
+		t.Fatalf("/hub/authorize: %d, %s not listed", code, person)
+	}
+	if code, _ := browse(t, admin, front+"/hub/authorize/"+person); code != 200 {
+		t.Fatalf("authorising %s: %d", person, code)
+	}
+	loginAndSpawn(t, front, person, password, tr)
+	if out, err := composeUp(nil, "down"); err != nil {
+		t.Fatalf("compose-up down: %v\n%s", err, out)
+	}
+}
+
+// projectContainers counts the containers of a compose project, running or
+// not.
+func projectContainers(t *testing.T, eng *docker.Engine, project string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	f := client.Filters{}
+	f.Add("label", "com.docker.compose.project="+project)
+	list, err := testenv.Client(eng).ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+	if err != nil {
+		t.Fatalf("listing %s's containers: %v", project, err)
+	}
+	return len(list.Items)
+}
+
+// caddyRefusesTheSharedLogin runs the Caddy image as docker-compose would
+// with the dummy login (someone running `docker-compose --profile https up`
+// by hand): it must refuse to start, naming the fix.
+func caddyRefusesTheSharedLogin(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "docker", "run", "--rm", "--label", labels.Test+"=1",
+		"-e", "SPAWND_HUB_AUTH=dummy", "spawnd/caddy:local").CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 78 || !strings.Contains(string(out), "refusing to start") {
+		t.Fatalf("the Caddy image with SPAWND_HUB_AUTH=dummy: %v, want exit 78 and a refusal:\n%s", err, out)
+	}
+}
+
+// signUp posts the native login's sign-up form as a person would.
+func signUp(t *testing.T, base, user, password string, tr http.RoundTripper) {
+	t.Helper()
+	hc, xsrf := hubSession(t, base, "/hub/signup", tr)
+	resp, err := hc.PostForm(base+"/hub/signup", url.Values{"username": {user}, "signup_password": {password},
+		"signup_password_confirmation": {password}, "_xsrf": {xsrf}})
+	if err != nil {
+		t.Fatalf("POST /hub/signup: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("signing up %s: %d\n%.500s", user, resp.StatusCode, body)
+	}
+}
+
+// browse GETs a URL with a logged-in client and returns the status and body.
+func browse(t *testing.T, hc *http.Client, u string) (int, string) {
+	t.Helper()
+	resp, err := hc.Get(u)
+	if err != nil {
+		t.Fatalf("GET %s: %v", u, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // waitHealthy waits until each service of the compose project has a
@@ -118,12 +269,12 @@ func waitHealthy(t *testing.T, eng *docker.Engine, project string, services []st
 // (after a wrong password is refused), asks for a server, and waits until
 // the user's URL lands in JupyterLab and the contents API answers, all
 // through the proxy.
-func loginAndSpawn(t *testing.T, base, user, password string) {
+func loginAndSpawn(t *testing.T, base, user, password string, tr http.RoundTripper) {
 	t.Helper()
-	if hubLogin(t, base, user, password+"-wrong") != nil {
+	if hubLogin(t, base, user, password+"-wrong", tr) != nil {
 		t.Fatal("a wrong password logged in")
 	}
-	hc := hubLogin(t, base, user, password)
+	hc := hubLogin(t, base, user, password, tr)
 	if hc == nil {
 		t.Fatal("the right password was refused")
 	}
@@ -153,31 +304,40 @@ func loginAndSpawn(t *testing.T, base, user, password string) {
 	}
 }
 
-// hubLogin posts the hub's login form; it returns a client holding the
-// session when the hub logged the user in, nil when it refused.
-func hubLogin(t *testing.T, base, user, password string) *http.Client {
+// hubSession opens a page of the hub (its login or sign-up form) in a new
+// browser-like client (a cookie jar; tr, when not nil, carries its
+// connections) and returns the client and the page's _xsrf token.
+func hubSession(t *testing.T, base, page string, tr http.RoundTripper) (*http.Client, string) {
 	t.Helper()
 	jar, _ := cookiejar.New(nil)
-	hc := &http.Client{Jar: jar, Timeout: 90 * time.Second}
-	resp, err := hc.Get(base + "/hub/login")
+	hc := &http.Client{Jar: jar, Timeout: 90 * time.Second, Transport: tr}
+	resp, err := hc.Get(base + page)
 	if err != nil {
-		t.Fatalf("GET /hub/login: %v", err)
+		t.Fatalf("GET %s: %v", page, err)
 	}
 	resp.Body.Close()
 	// JupyterHub 4+ scopes its cookies to /hub/.
 	hubURL, _ := url.Parse(base + "/hub/")
-	xsrf := ""
 	for _, c := range jar.Cookies(hubURL) {
 		if c.Name == "_xsrf" {
-			xsrf = c.Value
+			return hc, c.Value
 		}
 	}
-	resp, err = hc.PostForm(base+"/hub/login", url.Values{"username": {user}, "password": {password}, "_xsrf": {xsrf}})
+	return hc, ""
+}
+
+// hubLogin posts the hub's login form; it returns a client holding the
+// session when the hub logged the user in, nil when it refused.
+func hubLogin(t *testing.T, base, user, password string, tr http.RoundTripper) *http.Client {
+	t.Helper()
+	hc, xsrf := hubSession(t, base, "/hub/login", tr)
+	hubURL, _ := url.Parse(base + "/hub/")
+	resp, err := hc.PostForm(base+"/hub/login", url.Values{"username": {user}, "password": {password}, "_xsrf": {xsrf}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	for _, c := range jar.Cookies(hubURL) {
+	for _, c := range hc.Jar.Cookies(hubURL) {
 		if c.Name == "jupyterhub-hub-login" {
 			return hc
 		}
@@ -185,9 +345,10 @@ func hubLogin(t *testing.T, base, user, password string) *http.Client {
 	return nil
 }
 
-// checkHTTPS fetches the hub's login page through Caddy, trusting only
-// Caddy's own CA (caFile); without that CA the handshake must fail.
-func checkHTTPS(t *testing.T, base, caFile string) {
+// checkHTTPS fetches the hub's login page through Caddy with connections
+// from dial, trusting only Caddy's own CA (caFile), and returns that
+// transport; without the CA the handshake must fail.
+func checkHTTPS(t *testing.T, base, caFile string, dial func(context.Context, string, string) (net.Conn, error)) http.RoundTripper {
 	t.Helper()
 	pem, err := os.ReadFile(caFile)
 	if err != nil {
@@ -197,11 +358,8 @@ func checkHTTPS(t *testing.T, base, caFile string) {
 	if !pool.AppendCertsFromPEM(pem) {
 		t.Fatalf("%s holds no certificate", caFile)
 	}
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		_, port, _ := net.SplitHostPort(addr) // localhost is 127.0.0.1 here, never ::1
-		return (&net.Dialer{}).DialContext(ctx, network, net.JoinHostPort("127.0.0.1", port))
-	}
-	trusting := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: dial, TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	tr := &http.Transport{DialContext: dial, TLSClientConfig: &tls.Config{RootCAs: pool}}
+	trusting := &http.Client{Timeout: 30 * time.Second, Transport: tr}
 	resp, err := trusting.Get(base + "/hub/login")
 	if err != nil {
 		t.Fatalf("GET %s/hub/login over HTTPS with Caddy's CA: %v", base, err)
@@ -217,4 +375,5 @@ func checkHTTPS(t *testing.T, base, caFile string) {
 		resp.Body.Close()
 		t.Fatal("a client without Caddy's CA trusted the certificate")
 	}
+	return tr
 }

@@ -55,7 +55,7 @@ func TestQuickstart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	loginAndSpawn(t, strings.TrimSuffix(url, "/"), "erin", strings.TrimSpace(string(password)))
+	loginAndSpawn(t, strings.TrimSuffix(url, "/"), "erin", strings.TrimSpace(string(password)), nil)
 
 	second := run()
 	for _, want := range []string{"nothing to build", "spawnd already running", "JupyterHub already running"} {

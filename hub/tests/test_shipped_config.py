@@ -218,3 +218,65 @@ def test_native_sign_up_waits_for_the_admin(tmp_path):
         assert not login(port, "dana", "a-wrong-password-1"), "a wrong password logged in"
     finally:
         stop_hub(p)
+
+
+def children(pid):
+    """PIDs whose parent is pid, with their command lines."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        # The parent is the fourth field, after the (parenthesised) name.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found[int(d.name)] = cmdline
+    return found
+
+
+def alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_idle_culler_ends_with_a_killed_hub(tmp_path):
+    """A hub killed with -9 (no chance to stop its services) takes its
+    managed idle-culler with it: without the launcher's PR_SET_PDEATHSIG the
+    culler lived on with parent 1, and the next hub started a second."""
+    p, env = run_hub(tmp_path, SPAWND_HUB_AUTH="dummy", SPAWND_HUB_PASSWORD="correct-horse-battery",
+                     SPAWND_CULL_IDLE_TIMEOUT="600")
+    port = int(env["SPAWND_HUB_PORT"])
+    proxy = culler = None
+    try:
+        wait_for_hub(p, port)
+        deadline = time.monotonic() + 60
+        while True:
+            cullers = [pid for pid, cmd in children(p.pid).items() if "jupyterhub_idle_culler" in cmd]
+            if cullers or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(cullers) == 1, f"want one idle-culler under the hub, have {children(p.pid)}"
+        culler = cullers[0]
+        time.sleep(1)
+        assert alive(culler), "the idle-culler died on its own"
+        proxy_pid = tmp_path / "proxy.pid"
+        proxy = int(proxy_pid.read_text()) if proxy_pid.exists() else None
+        p.kill()
+        p.wait(20)
+        deadline = time.monotonic() + 20
+        while alive(culler) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(culler), f"the idle-culler ({culler}) outlived the hub killed with -9"
+    finally:
+        if p.poll() is None:
+            stop_hub(p)
+        if proxy and alive(proxy):  # a hub killed with -9 leaves its proxy (by design: routes survive)
+            os.kill(proxy, 9)
+        if culler and alive(culler):  # only when the test failed
+            os.kill(culler, 9)
