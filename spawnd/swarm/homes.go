@@ -214,8 +214,8 @@ func (n *NodeHomes) Move(ctx context.Context, h backend.HomeSpec, node string) (
 				}
 				_, err := n.helper(sendCtx, h, helperJob{what: "send", placement: []string{"node.id==" + from}, overlay: true, env: keyEnv,
 					cmd: []string{"python3", "-c", sendScript, h.Dir, addr, strconv.Itoa(movePort), oldCopy}, stdout: &sentOut}, nil)
-				if err != nil && !isExit(err, 44) {
-					cancelRecv() // the receiver waits for nobody
+				if err != nil && !isExit(err, 43) && !isExit(err, 44) {
+					cancelRecv() // the receiver waits for nobody (after 43 it discards its copy and ends)
 				}
 				sent <- err
 			}()
@@ -228,6 +228,8 @@ func (n *NodeHomes) Move(ctx context.Context, h backend.HomeSpec, node string) (
 		serr = <-sent
 	}
 	switch {
+	case isExit(serr, 43):
+		return backend.HomeMove{}, fmt.Errorf("moving the home of %s from %s to %s: %w", h.User, mv.From, mv.To, serr)
 	case serr != nil && !isExit(serr, 44) && (rerr == nil || errors.Is(rerr, context.Canceled)):
 		return backend.HomeMove{}, fmt.Errorf("moving the home of %s from %s to %s: %w", h.User, mv.From, mv.To, serr)
 	case rerr != nil:
@@ -367,8 +369,10 @@ var helperErrors = map[int]string{
 	40: "the user has no home on the node the record names; an admin must find it",
 	41: "the sending node could not reach the receiving node over the users' overlay network",
 	42: "reading the home on its node failed; nothing was changed",
-	43: "the two nodes disagree on what crossed (SHA-256 or size); the home stays where it was",
+	33: "the sending node refused the copy (what arrived differed from what was sent); the copy was discarded and nothing was changed",
+	43: "the two nodes disagree on what crossed (SHA-256 or size); the copy on the target was discarded and the home stays where it was",
 	44: "the home was copied and checked, but its old copy could not be renamed",
+	45: "the receiving node did not confirm that it put the checked copy in place; the home stays where it was, and a copy may be on the target (look before moving again)",
 }
 
 // helper runs one home helper (a one-task Swarm job, as root from the env's
@@ -495,12 +499,22 @@ const deleteScript = `
 rm -rf -- "$1"
 `
 
+// The move's wire, sender to receiver: the move's key, then the home as a
+// tar stream in frames (a 4-byte big-endian length, then that many bytes; a
+// zero length ends it). Back: "GOT <sha256> <bytes>\n" once the receiver
+// has unpacked the stream under a hidden name. The sender compares that
+// with what it sent and answers "COMMIT\n" or "ABORT\n"; only on COMMIT
+// does the copy take the user's name on the target ("DONE\n" back), and
+// only after DONE is the sender's copy renamed aside. A copy that differs
+// in flight never holds the user's name anywhere but on the home's node.
+
 // receiveScript takes a home over TCP (argv: name, port): the first
-// connection that opens with $SPAWND_MOVE_KEY brings a tar stream, unpacked
-// under a hidden name, then put in place; the SHA-256 and size of what
-// arrived go back to the sender. Other connections are dropped unread.
+// connection that opens with $SPAWND_MOVE_KEY brings the framed tar stream,
+// unpacked under a hidden name and put in place only when the sender, told
+// the SHA-256 and size of what arrived, commits. Other connections are
+// dropped unread.
 const receiveScript = `
-import hashlib, hmac, os, shutil, socket, subprocess, sys, time
+import hashlib, hmac, os, shutil, socket, struct, subprocess, sys, time
 name, port = sys.argv[1], int(sys.argv[2])
 key = os.environ['SPAWND_MOVE_KEY'].encode()
 if os.path.lexists(name):
@@ -508,6 +522,17 @@ if os.path.lexists(name):
 tmp = '.' + name + '.incoming'
 shutil.rmtree(tmp, ignore_errors=True)
 os.mkdir(tmp, 0o700)
+def give_up(code):
+    shutil.rmtree(tmp, ignore_errors=True)
+    sys.exit(code)
+def read_exactly(c, n):
+    got = b''
+    while len(got) < n:
+        b = c.recv(n - len(got))
+        if not b:
+            break
+        got += b
+    return got
 srv = socket.create_server(('', port))
 deadline = time.time() + 120
 conn = None
@@ -516,47 +541,62 @@ while conn is None:
     try:
         c, _ = srv.accept()
     except socket.timeout:
-        shutil.rmtree(tmp, ignore_errors=True)
-        sys.exit(32)
+        give_up(32)
     c.settimeout(10)
-    got = b''
     try:
-        while len(got) < len(key):
-            b = c.recv(len(key) - len(got))
-            if not b:
-                break
-            got += b
+        got = read_exactly(c, len(key))
     except OSError:
-        pass
+        got = b''
     if hmac.compare_digest(got, key):
         conn = c
     else:
         c.close()
 conn.settimeout(600)
 tar = subprocess.Popen(['tar', '-x', '-p', '--numeric-owner', '-C', tmp, '-f', '-'], stdin=subprocess.PIPE)
-h, n = hashlib.sha256(), 0
-while True:
-    b = conn.recv(1 << 16)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-    tar.stdin.write(b)
-tar.stdin.close()
-if tar.wait() != 0:
-    conn.sendall(b'FAIL')
-    shutil.rmtree(tmp, ignore_errors=True)
-    sys.exit(31)
+h, n, whole = hashlib.sha256(), 0, False
+try:
+    while True:
+        head = read_exactly(conn, 4)
+        if len(head) != 4:
+            break
+        size = struct.unpack('>I', head)[0]
+        if size == 0:
+            whole = True
+            break
+        b = read_exactly(conn, size)
+        h.update(b)
+        n += len(b)
+        tar.stdin.write(b)
+        if len(b) != size:
+            break
+except (OSError, BrokenPipeError):
+    pass
+try:
+    tar.stdin.close()
+except BrokenPipeError:
+    pass
+if tar.wait() != 0 or not whole:
+    try:
+        conn.sendall(b'FAIL\n')
+    except OSError:
+        pass
+    give_up(31 if whole else 32)
+conn.sendall(('GOT %s %d\n' % (h.hexdigest(), n)).encode())
+if conn.makefile('rb').readline() != b'COMMIT\n':
+    give_up(33)
+if os.path.lexists(name):
+    give_up(30)
 os.rename(tmp, name)
-conn.sendall(('OK %s %d' % (h.hexdigest(), n)).encode())
+conn.sendall(b'DONE\n')
 conn.close()
 `
 
-// sendScript streams the home (argv: name, host, port, old name) as tar,
-// checks that the receiver got exactly what was sent, and renames the home
-// here to the old name.
+// sendScript streams the home (argv: name, host, port, old name) in frames,
+// compares what the receiver says arrived with what was sent, commits or
+// aborts, and renames the home here to the old name once the receiver has
+// put its copy in place. It prints "OK <sha256> <bytes>".
 const sendScript = `
-import hashlib, os, socket, subprocess, sys, time
+import hashlib, os, socket, struct, subprocess, sys, time
 name, host, port, old = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if os.path.islink(name) or not os.path.isdir(name):
     sys.exit(40)
@@ -579,22 +619,24 @@ while True:
         break
     h.update(b)
     n += len(b)
-    conn.sendall(b)
+    conn.sendall(struct.pack('>I', len(b)) + b)
 if tar.wait() != 0:
     sys.exit(42)
-conn.shutdown(socket.SHUT_WR)
-ack = b''
-while True:
-    b = conn.recv(256)
-    if not b:
-        break
-    ack += b
-want = 'OK %s %d' % (h.hexdigest(), n)
-if ack.decode() != want:
+conn.sendall(struct.pack('>I', 0))
+replies = conn.makefile('rb')
+want = 'GOT %s %d\n' % (h.hexdigest(), n)
+if replies.readline().decode(errors='replace') != want:
+    try:
+        conn.sendall(b'ABORT\n')
+    except OSError:
+        pass
     sys.exit(43)
+conn.sendall(b'COMMIT\n')
+if replies.readline() != b'DONE\n':
+    sys.exit(45)
 try:
     os.rename(name, old)
 except OSError:
     sys.exit(44)
-print(want, flush=True)
+print('OK %s %d' % (h.hexdigest(), n), flush=True)
 `

@@ -3,6 +3,7 @@ package swarm
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -135,5 +136,109 @@ func TestFindNode(t *testing.T) {
 		if err != nil || got.ID != tc.id {
 			t.Errorf("findNode(%q) = %q, %v; want %q", tc.want, got.ID, err, tc.id)
 		}
+	}
+}
+
+// TestMoveRefusesACopyCorruptedInFlight puts a relay between the move's two
+// helper scripts that flips one byte of a file's contents on the way (a
+// stand-in for a faulty link or disk): the sender sees that what arrived
+// differs and aborts (43), the receiver discards its copy (33), the target
+// has no home of that name and nothing hidden left, and the home on its
+// node is untouched and keeps its name. Before the two-phase commit, the
+// receiver put the copy in place before the sender compared hashes.
+func TestMoveRefusesACopyCorruptedInFlight(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	home := filepath.Join(src, "bea")
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("a"), 256<<10)
+	if err := os.WriteFile(filepath.Join(home, "notebook.ipynb"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	recvPort := freePort(t)
+	key := strings.Repeat("cd", 32)
+	recv := exec.CommandContext(ctx, "python3", "-c", receiveScript, "bea", strconv.Itoa(recvPort))
+	recv.Dir, recv.Env = dst, []string{"SPAWND_MOVE_KEY=" + key}
+	var recvOut bytes.Buffer
+	recv.Stdout, recv.Stderr = &recvOut, &recvOut
+	if err := recv.Start(); err != nil {
+		t.Fatal(err)
+	}
+
+	relay, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	flipped := make(chan bool, 1)
+	go func() {
+		in, err := relay.Accept()
+		if err != nil {
+			flipped <- false
+			return
+		}
+		defer in.Close()
+		var out net.Conn
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if out, err = net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(recvPort))); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			flipped <- false
+			return
+		}
+		defer out.Close()
+		go func() { _, _ = io.Copy(in, out) }() // the receiver's answers, as they are
+		// The sender's stream, with one 'a' deep inside the file (eight in
+		// a row: never a frame's length) turned into a 'b'.
+		buf, seen, done := make([]byte, 32<<10), 0, false
+		for {
+			n, err := in.Read(buf)
+			if n > 0 {
+				if !done && seen+n > 128<<10 {
+					if i := bytes.Index(buf[:n], []byte("aaaaaaaa")); i >= 0 {
+						buf[i+4], done = 'b', true
+					}
+				}
+				seen += n
+				if _, werr := out.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		flipped <- done
+	}()
+
+	_, relayPort, _ := net.SplitHostPort(relay.Addr().String())
+	send := exec.CommandContext(ctx, "python3", "-c", sendScript, "bea", "127.0.0.1", relayPort, ".bea.moved-1")
+	send.Dir, send.Env = src, []string{"SPAWND_MOVE_KEY=" + key}
+	out, err := send.CombinedOutput()
+	if code := send.ProcessState.ExitCode(); code != 43 {
+		t.Fatalf("sender over a corrupting link: %v, exit %d; want 43 (%s)\n%s", err, code, helperErrors[43], out)
+	}
+	if err := recv.Wait(); recv.ProcessState.ExitCode() != 33 {
+		t.Fatalf("receiver over a corrupting link: %v; want exit 33 (%s)\n%s", err, helperErrors[33], recvOut.String())
+	}
+	if !<-flipped {
+		t.Fatal("the relay never flipped a byte: the test proved nothing")
+	}
+	if _, err := os.Lstat(filepath.Join(dst, "bea")); err == nil {
+		t.Error("the corrupted copy took the user's name on the target")
+	}
+	if left, _ := filepath.Glob(filepath.Join(dst, ".*")); len(left) != 0 {
+		t.Errorf("the receiver left %v", left)
+	}
+	if b, err := os.ReadFile(filepath.Join(home, "notebook.ipynb")); err != nil || !bytes.Equal(b, data) {
+		t.Errorf("the home on its node changed: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(src, ".bea.moved-1")); err == nil {
+		t.Error("the home on its node was renamed aside after a refused move")
 	}
 }
