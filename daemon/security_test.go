@@ -293,19 +293,21 @@ func TestHostileNames(t *testing.T) {
 }
 
 // TestHomeCannotBeCreated: a read-only or full homes_root, or one with the
-// wrong owner or mode, gives a clear error, and no container and no
-// half-made home.
+// wrong owner or mode, gives the hub a clear error that tells nothing of the
+// host (the same sentence each time), the daemon's log the cause and its
+// fix (per case), and no container and no half-made home.
 func TestHomeCannotBeCreated(t *testing.T) {
 	eng := testenv.Engine(t)
 	for _, tc := range []struct {
 		name, opts string
 		owner      int
 		mode       os.FileMode
+		log        string // what the daemon's log must say
 	}{
-		{name: "read-only", opts: "ro,size=1m"},
-		{name: "no inodes left", opts: "size=1m,nr_inodes=1"},
-		{name: "wrong owner", owner: 4242},
-		{name: "world-writable", mode: 0o777},
+		{name: "read-only", opts: "ro,size=1m", log: "read-only file system"},
+		{name: "no inodes left", opts: "size=1m,nr_inodes=1", log: "no space left on device"},
+		{name: "wrong owner", owner: 4242, log: "owned by uid 4242, not by root or the daemon's user; fix it: chown root:root"},
+		{name: "world-writable", mode: 0o777, log: "writable by group or others (mode 0777); fix it: chmod 755"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig(t, eng)
@@ -323,12 +325,19 @@ func TestHomeCannotBeCreated(t *testing.T) {
 			if tc.mode != 0 {
 				_ = os.Chmod(cfg.HomesRoot, tc.mode)
 			}
-			h := startDaemon(t, eng, cfg)
+			var logs lockedBuffer
+			h := startDaemonLogger(t, eng, cfg, slog.New(slog.NewTextHandler(&logs, nil)))
 			_, err := h.client.Start(context.Background(), "alice", "", api.StartRequest{})
-			if err == nil || !strings.Contains(err.Error(), "home") {
-				t.Fatalf("start on a %s homes_root: %v", tc.name, err)
+			const told = "the user's home could not be prepared; an admin can find why in the daemon's log"
+			if err == nil || !strings.Contains(err.Error(), told) {
+				t.Fatalf("start on a %s homes_root: %v; want %q", tc.name, err, told)
 			}
-			t.Logf("error: %v", err)
+			if strings.Contains(err.Error(), cfg.HomesRoot) {
+				t.Errorf("the hub was told the host's path: %v", err)
+			}
+			if !strings.Contains(strings.ToLower(logs.String()), strings.ToLower(tc.log)) {
+				t.Fatalf("the daemon's log does not say %q:\n%s", tc.log, logs.String())
+			}
 			if n := ourContainers(t, h); len(n) != 0 {
 				t.Fatalf("containers: %v", n)
 			}

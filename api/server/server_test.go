@@ -355,12 +355,61 @@ func FuzzDecodeStartRequest(f *testing.F) {
 		var req api.StartRequest
 		err := decode(r, &req)
 		if err == nil {
+			acceptedOnlyNames(t, body)
 			return
 		}
 		if api.ErrorCode(err) != api.CodeInvalid {
 			t.Fatalf("decode error %v has code %s, want invalid", err, api.ErrorCode(err))
 		}
 	})
+}
+
+// startFields are the JSON names of api.StartRequest's fields: all a start
+// request may carry (names, never an image, a mount or a Docker option).
+var startFields = []string{"env", "profile", "environment", "cmd", "args", "groups"}
+
+// acceptedOnlyNames checks what the decoder accepted, read independently
+// of it: nothing (an empty body or JSON null) or one JSON object whose keys
+// are all start request fields (encoding/json matches names without regard
+// to case, Unicode folding included, hence EqualFold), whose values have
+// their field's JSON type, followed by nothing but white space.
+func acceptedOnlyNames(t *testing.T, body []byte) {
+	t.Helper()
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || string(trimmed) == "null" {
+		return
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(trimmed, &top); err != nil {
+		t.Fatalf("decode accepted %q, which is not one JSON object: %v", body, err)
+	}
+	for k, v := range top {
+		field := ""
+		for _, f := range startFields {
+			if strings.EqualFold(k, f) {
+				field = f
+			}
+		}
+		if field == "" {
+			t.Fatalf("decode accepted the field %q in %q", k, body)
+		}
+		val := bytes.TrimSpace(v)
+		if string(val) == "null" {
+			continue
+		}
+		var ok bool
+		switch field {
+		case "env", "profile":
+			ok = val[0] == '"'
+		case "environment":
+			ok = val[0] == '{'
+		default:
+			ok = val[0] == '['
+		}
+		if !ok {
+			t.Fatalf("decode accepted %s = %s in %q, not its field's JSON type", k, val, body)
+		}
+	}
 }
 
 // TestOpenAPIListsEveryRoute keeps api/openapi.yaml in step with the mux.
