@@ -72,7 +72,11 @@ type Input struct {
 	Engine    Engine
 	EngineErr error
 	HubURL    string
-	HubConfig HubConfig
+	// FrontURL is the hub's address as people reach it (an HTTPS proxy in
+	// front, e.g. Caddy), probed like the hub; FrontCA a PEM file of a CA
+	// to trust for it besides the system's.
+	FrontURL, FrontCA string
+	HubConfig         HubConfig
 	// MinFreeBytes below which homes_root fails (default 1 GiB); below 5×
 	// that it warns.
 	MinFreeBytes uint64
@@ -118,6 +122,9 @@ func Run(ctx context.Context, in Input) []Result {
 	}
 	if hub.Status == OK {
 		add(probeLogin(ctx, in.HubURL))
+	}
+	if in.FrontURL != "" {
+		add(probeFront(ctx, in.FrontURL, in.FrontCA))
 	}
 	return rs
 }

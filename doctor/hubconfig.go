@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -124,10 +126,27 @@ func shippedLogin(env map[string]string) Result {
 		case !isLoopback(bind):
 			return Result{check, Fail, "a shared-password login on " + bind + ", reachable from other machines (the hub refuses to start)",
 				"use SPAWND_HUB_AUTH=pam or github"}
+		case env["SPAWND_HUB_FRONT"] != "":
+			return Result{check, Fail, "a shared-password login behind the HTTPS front " + env["SPAWND_HUB_FRONT"] + ", which other machines reach (the hub refuses to start)",
+				"use SPAWND_HUB_AUTH=pam, github or native"}
 		}
 		return Result{check, Warn, "one shared password on " + bind + " (a laptop set-up)", "use SPAWND_HUB_AUTH=pam or github for a team"}
+	case "native":
+		pwFile := env["SPAWND_HUB_ADMIN_PASSWORD_FILE"]
+		if pwFile == "" {
+			return Result{check, Fail, "SPAWND_HUB_AUTH=native without SPAWND_HUB_ADMIN_PASSWORD_FILE: whoever signed up first as admin would become the admin (the hub refuses to start)",
+				"write a password of 12+ characters to a root-only file and set SPAWND_HUB_ADMIN_PASSWORD_FILE"}
+		}
+		b, err := os.ReadFile(pwFile)
+		if err != nil {
+			return Result{check, Fail, "SPAWND_HUB_ADMIN_PASSWORD_FILE: " + oneLine(err), "write the admin's password (12+ characters) to " + pwFile}
+		}
+		if len(strings.TrimSpace(string(b))) < 12 {
+			return Result{check, Fail, "the admin's password in " + pwFile + " is shorter than 12 characters (the hub refuses to start)", "write a longer one"}
+		}
+		return Result{check, OK, "sign-up with the admin's approval (nativeauthenticator); the admin account is made at start", ""}
 	}
-	return Result{check, Fail, "SPAWND_HUB_AUTH=" + auth + " is not one of pam, github, dummy (the hub refuses to start)", "set SPAWND_HUB_AUTH=pam or github"}
+	return Result{check, Fail, "SPAWND_HUB_AUTH=" + auth + " is not one of pam, native, github, dummy (the hub refuses to start)", "set SPAWND_HUB_AUTH=pam or github"}
 }
 
 func orNone(s string) string {
@@ -172,13 +191,18 @@ func parseEnvFile(b []byte) map[string]string {
 // password, as a stranger would. A hub that accepts them fails. (Only such
 // a hub changes: it now knows the made-up user, whom the fix names.)
 func probeLogin(ctx context.Context, base string) Result {
-	const check = "hub probe"
+	return probeLoginWith(ctx, "hub probe", base, nil)
+}
+
+// probeLoginWith is probeLogin through a transport of its own (nil: the
+// default), reported under check.
+func probeLoginWith(ctx context.Context, check, base string, tr http.RoundTripper) Result {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	buf := make([]byte, 6)
 	_, _ = rand.Read(buf)
 	user := "spawnd-doctor-" + hex.EncodeToString(buf[:3])
-	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	hc := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	base = strings.TrimRight(base, "/")
 	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/hub/login", nil)
 	resp, err := hc.Do(req)
@@ -214,4 +238,40 @@ func probeLogin(ctx context.Context, base string) Result {
 		}
 	}
 	return Result{check, OK, "a made-up user and password were refused at " + base, ""}
+}
+
+// probeFront checks the hub's front door (Caddy or another proxy) as the
+// people who use it reach it: HTTPS with a certificate that verifies
+// (against the system's roots, and caFile when given, e.g. Caddy's own CA),
+// then the made-up login, refused.
+func probeFront(ctx context.Context, front, caFile string) Result {
+	const check = "front probe"
+	u, err := url.Parse(front)
+	if err != nil || u.Host == "" {
+		return Result{check, Fail, "--front-url " + front + " is not a URL", "give the address people use, e.g. https://hub.example.org/"}
+	}
+	if u.Scheme != "https" {
+		return Result{check, Fail, front + " is not HTTPS: passwords and session cookies would cross the network in clear",
+			"put Caddy in front (docs/INSTALL.md, \"HTTPS in front\") and give its https:// address"}
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return Result{check, Fail, "--front-ca: " + oneLine(err), "give the CA that signed the front's certificate (Caddy's own: <state>/caddy/pki/authorities/local/root.crt)"}
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return Result{check, Fail, "--front-ca " + caFile + " holds no PEM certificate", "give the CA's certificate in PEM"}
+		}
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	defer tr.CloseIdleConnections()
+	r := probeLoginWith(ctx, check, strings.TrimRight(front, "/"), tr)
+	if r.Status == Fail && strings.Contains(r.Detail, "certificate") {
+		r.Fix = "the front's certificate does not verify for " + u.Hostname() + ": give its CA with --front-ca, or fix the front's TLS set-up"
+	}
+	return r
 }

@@ -1,6 +1,10 @@
 package doctor
 
 import (
+	"context"
+	"encoding/pem"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +21,10 @@ func TestHubLoginConfigs(t *testing.T) {
 	if err := os.WriteFile(secret, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	long := filepath.Join(dir, "admin-password")
+	if err := os.WriteFile(long, []byte("a-long-admin-password\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	gh := "SPAWND_HUB_AUTH=github\nGITHUB_CLIENT_ID_FILE=" + secret + "\nGITHUB_CLIENT_SECRET_FILE=" + secret + "\n"
 	cases := []struct {
 		name, config, env string
@@ -28,6 +36,11 @@ func TestHubLoginConfigs(t *testing.T) {
 		{"shipped, dummy without a password", string(shipped), "SPAWND_HUB_AUTH=dummy\n", Fail, "anyone could log in"},
 		{"shipped, dummy, short password", string(shipped), "SPAWND_HUB_AUTH=dummy\nSPAWND_HUB_PASSWORD=abc\n", Fail, "shorter than 8"},
 		{"shipped, dummy on every address", string(shipped), "SPAWND_HUB_AUTH=dummy\nSPAWND_HUB_PASSWORD='long enough'\nSPAWND_HUB_BIND=0.0.0.0\n", Fail, "reachable from other machines"},
+		{"shipped, dummy behind a front", string(shipped), "SPAWND_HUB_AUTH=dummy\nSPAWND_HUB_PASSWORD='long enough'\nSPAWND_HUB_FRONT=https://hub.example.org/\n", Fail, "behind the HTTPS front"},
+		{"shipped, native without the admin's password", string(shipped), "SPAWND_HUB_AUTH=native\n", Fail, "would become the admin"},
+		{"shipped, native, admin's password file gone", string(shipped), "SPAWND_HUB_AUTH=native\nSPAWND_HUB_ADMIN_PASSWORD_FILE=" + secret + "-gone\n", Fail, "no such file"},
+		{"shipped, native, short admin password", string(shipped), "SPAWND_HUB_AUTH=native\nSPAWND_HUB_ADMIN_PASSWORD_FILE=" + secret + "\n", Fail, "shorter than 12"},
+		{"shipped, native", string(shipped), "SPAWND_HUB_AUTH=native\nSPAWND_HUB_ADMIN_PASSWORD_FILE=" + long + "\n", OK, "admin's approval"},
 		{"shipped, dummy on loopback", string(shipped), "SPAWND_HUB_AUTH=dummy\nSPAWND_HUB_PASSWORD=\"long enough\"\n", Warn, "laptop"},
 		{"shipped, github without allowed", string(shipped), gh, Fail, "every GitHub user"},
 		{"shipped, github without its secret", string(shipped), "SPAWND_HUB_AUTH=github\n", Fail, "GITHUB_CLIENT_ID_FILE"},
@@ -67,5 +80,54 @@ func TestHubConfigMissing(t *testing.T) {
 	}
 	if r := checkHubConfig(HubConfig{Path: gone, Explicit: true}); r.Status != Fail {
 		t.Fatalf("a named config absent: %+v, want a failure", r)
+	}
+}
+
+// TestProbeFront: the front door over real TLS (an httptest TLS server
+// standing in for Caddy in front of a login form): plain HTTP is refused
+// outright; a certificate nobody vouches for fails, naming --front-ca; with
+// its CA given, a front that refuses the made-up login passes and one that
+// logs it in fails.
+func TestProbeFront(t *testing.T) {
+	mk := func(letIn bool) *httptest.Server {
+		srv := httptest.NewTLSServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			if r.Method == "POST" && letIn {
+				http.SetCookie(rw, &http.Cookie{Name: "jupyterhub-hub-login", Value: "yes", Path: "/hub/"})
+			}
+			_, _ = rw.Write([]byte(`<form><input name="password"></form>`))
+		}))
+		t.Cleanup(srv.Close)
+		return srv
+	}
+	caFile := func(srv *httptest.Server) string {
+		p := filepath.Join(t.TempDir(), "ca.pem")
+		pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+		if err := os.WriteFile(p, pemBytes, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	refusing, welcoming := mk(false), mk(true)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, front, ca string
+		want            Status
+		says            string
+	}{
+		{"plain HTTP", "http://hub.example.org/", "", Fail, "not HTTPS"},
+		{"a certificate nobody vouches for", refusing.URL, "", Fail, "certificate"},
+		{"its CA given, the login refused", refusing.URL, caFile(refusing), OK, "were refused"},
+		{"its CA given, a made-up login let in", welcoming.URL, caFile(welcoming), Fail, "logged in a made-up user"},
+		{"a CA file that is not PEM", refusing.URL, "/dev/null", Fail, "no PEM certificate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := probeFront(ctx, tc.front, tc.ca)
+			if r.Status != tc.want || !strings.Contains(r.Detail, tc.says) {
+				t.Fatalf("probeFront(%s): %+v; want %s saying %q", tc.front, r, tc.want, tc.says)
+			}
+			if tc.says == "certificate" && !strings.Contains(r.Fix, "--front-ca") {
+				t.Errorf("the fix does not name --front-ca: %q", r.Fix)
+			}
+		})
 	}
 }

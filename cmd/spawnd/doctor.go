@@ -13,7 +13,7 @@ import (
 )
 
 func newDoctor() *cobra.Command {
-	var configPath, hubURL, hubConfig, hubEnv, unit string
+	var configPath, hubURL, frontURL, frontCA, hubConfig, hubEnv, unit string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "doctor",
@@ -25,16 +25,20 @@ free space, writable in spawnd's systemd sandbox: --unit), GPUs (a profile
 that asks for them on an engine without the NVIDIA runtime), the user
 network (inter-container traffic on is a warning), each env (lock present
 and current, image present and built from that lock), the hub's login
-(--hub-config and --hub-env are read for a login that lets strangers in: a dummy login without a password or on every
-address, GitHub without allowed organisations or users), and the hub (with
+(--hub-config and --hub-env are read for a login that lets strangers in: a dummy login without a password, on every
+address or behind an HTTPS front, GitHub without allowed organisations or users, native without the admin's password), and the hub (with
 --hub-url: it answers, its JupyterHub shares each env's locked jupyterhub's
-major version, and it refuses a made-up user and password). It changes
+major version, and it refuses a made-up user and password), and the front
+door (with --front-url: the HTTPS address people use, through Caddy or
+another proxy; its certificate must verify, against the system's roots
+and --front-ca, and it too must refuse the made-up login). It changes
 nothing, unless the hub lets the made-up user in (doctor then names that user).
 Exits 1 when any check fails; warnings do not fail.`,
-		Example: "  spawnd doctor --config /etc/spawnd/spawnd.yaml --hub-url http://127.0.0.1:8000",
-		Args:    cobra.NoArgs,
+		Example: "  spawnd doctor --config /etc/spawnd/spawnd.yaml --hub-url http://127.0.0.1:8000\n" +
+			"  spawnd doctor --hub-url http://127.0.0.1:8000 --front-url https://hub.example.org/",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			in := doctor.Input{HubURL: hubURL, Unit: unit, HubConfig: doctor.HubConfig{
+			in := doctor.Input{HubURL: hubURL, FrontURL: frontURL, FrontCA: frontCA, Unit: unit, HubConfig: doctor.HubConfig{
 				Path: hubConfig, EnvPath: hubEnv, Explicit: cmd.Flags().Changed("hub-config"),
 			}}
 			cfg, _, err := decodeConfig(configPath, cmd.Flags())
@@ -73,6 +77,8 @@ Exits 1 when any check fails; warnings do not fail.`,
 	f := cmd.Flags()
 	f.StringVarP(&configPath, "config", "c", "", "config file (default ./spawnd.yaml, then /etc/spawnd/spawnd.yaml)")
 	f.StringVar(&hubURL, "hub-url", "", "the hub's URL to check, e.g. http://127.0.0.1:8000")
+	f.StringVar(&frontURL, "front-url", "", "the hub's HTTPS address as people reach it (Caddy in front), e.g. https://hub.example.org/")
+	f.StringVar(&frontCA, "front-ca", "", "a CA certificate (PEM) to trust for --front-url besides the system's, e.g. Caddy's own root.crt")
 	f.StringVar(&hubConfig, "hub-config", "/etc/jupyterhub/jupyterhub_config.py", "the hub's config to read (skipped when the default is absent)")
 	f.StringVar(&hubEnv, "hub-env", "/etc/jupyterhub/environment", "the hub's environment file (the shipped config reads SPAWND_HUB_AUTH and the rest from it)")
 	f.StringVar(&unit, "unit", "", "spawnd's systemd unit, for the sandbox check (default "+strings.Join(doctor.Units, ", else ")+"; skipped when absent)")
