@@ -248,3 +248,99 @@ func tcpPort(port uint16) []expr.Any {
 func reject() expr.Any {
 	return &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED}
 }
+
+// Read returns the rules the kernel holds in the nftables table named table
+// (family inet), decoded from its rules through netlink, as Apply wrote
+// them: the bridge they fence, the destinations they block and the host
+// ports they let through. It reads the kernel's state, not what Apply
+// remembers, so a test (or doctor) sees what is enforced; found is false
+// when there is no such table.
+func Read(ctx context.Context, table string) (r Rules, found bool, err error) {
+	c, ts, err := inetTables(ctx)
+	if err != nil {
+		return Rules{}, false, err
+	}
+	defer c.CloseLasting()
+	var t *nftables.Table
+	for _, x := range ts {
+		if x.Name == table {
+			t = x
+		}
+	}
+	if t == nil {
+		return Rules{}, false, nil
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return Rules{}, true, fmt.Errorf("listing the chains of inet %s: %w", table, err)
+	}
+	for _, ch := range chains {
+		if ch.Table.Name != table {
+			continue
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return Rules{}, true, fmt.Errorf("reading chain %s of inet %s: %w", ch.Name, table, err)
+		}
+		for _, rule := range rules {
+			decodeRule(rule.Exprs, &r)
+		}
+	}
+	return r, true, nil
+}
+
+// decodeRule adds what one rule of Apply's shape says to r: the bridge (an
+// iifname match), a blocked prefix (a network-header address load, masked,
+// compared, then reject) or an allowed host port (a transport-header port
+// load, compared, then accept).
+func decodeRule(exprs []expr.Any, r *Rules) {
+	var load *expr.Payload
+	var mask []byte
+	iifname, rejects, accepts := false, false, false
+	var prefix netip.Prefix
+	var port uint16
+	hasPort := false
+	for _, e := range exprs {
+		switch x := e.(type) {
+		case *expr.Meta:
+			iifname = x.Key == expr.MetaKeyIIFNAME
+			load = nil
+		case *expr.Payload:
+			load, mask = x, nil
+		case *expr.Bitwise:
+			mask = x.Mask
+		case *expr.Cmp:
+			switch {
+			case iifname && load == nil:
+				r.Bridge = strings.TrimRight(string(x.Data), "\x00")
+				iifname = false
+			case load != nil && load.Base == expr.PayloadBaseNetworkHeader:
+				addr, ok := netip.AddrFromSlice(x.Data)
+				if ok {
+					bits := len(x.Data) * 8
+					if mask != nil {
+						bits = 0
+						for _, b := range mask {
+							for ; b != 0; b <<= 1 {
+								bits++
+							}
+						}
+					}
+					prefix = netip.PrefixFrom(addr, bits)
+				}
+			case load != nil && load.Base == expr.PayloadBaseTransportHeader && load.Offset == 2 && len(x.Data) == 2:
+				port, hasPort = binaryutil.BigEndian.Uint16(x.Data), true
+			}
+		case *expr.Reject:
+			rejects = true
+		case *expr.Verdict:
+			accepts = x.Kind == expr.VerdictAccept
+		}
+	}
+	if prefix.IsValid() && rejects {
+		r.Block = append(r.Block, prefix)
+	}
+	if hasPort && accepts {
+		r.HostPorts = append(r.HostPorts, port)
+	}
+}
