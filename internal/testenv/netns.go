@@ -149,28 +149,58 @@ func Exec(ctx context.Context, eng *docker.Engine, id string, cmd []string) (int
 // so the peer sees the stand-in's address, never loopback. Give it to an
 // http.Transport to drive a browser-like client from there.
 func (s *StandIn) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
+	var c net.Conn
+	err := InNetns(s.Name, func() error {
+		var err error
+		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// NewNetns makes an empty network namespace (loopback up) named with
+// NetnsPrefix, removed with the test (scripts/sweep removes it after a
+// kill), and returns its name.
+func NewNetns(t testing.TB) string {
+	t.Helper()
+	if os.Getuid() != 0 {
+		ci.Skip(t, "network namespaces need root")
 	}
-	ch := make(chan result, 1)
+	if _, err := exec.LookPath("ip"); err != nil {
+		ci.Skip(t, "no ip command (apt-get install iproute2)")
+	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	name := NetnsPrefix + hex.EncodeToString(b)
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v %s", name, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up in %s: %v %s", name, err, out)
+	}
+	return name
+}
+
+// InNetns runs fn on an OS thread inside the network namespace name:
+// sockets and netlink connections fn opens belong to that namespace and
+// stay there after fn returns. The thread is discarded afterwards, so no
+// other goroutine ever runs in the namespace.
+func InNetns(name string, fn func() error) error {
+	ch := make(chan error, 1)
 	go func() {
-		// Never unlocked: a goroutine that ends locked takes its thread with
-		// it, so no other goroutine ever runs in the namespace.
-		runtime.LockOSThread()
-		ns, err := os.Open(filepath.Join("/var/run/netns", s.Name))
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		ns, err := os.Open(filepath.Join("/var/run/netns", name))
 		if err != nil {
-			ch <- result{nil, err}
+			ch <- err
 			return
 		}
 		defer ns.Close()
 		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{nil, fmt.Errorf("entering %s: %w", s.Name, err)}
+			ch <- fmt.Errorf("entering %s: %w", name, err)
 			return
 		}
-		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-		ch <- result{c, err}
+		ch <- fn()
 	}()
-	r := <-ch
-	return r.c, r.err
+	return <-ch
 }
