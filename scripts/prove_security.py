@@ -75,6 +75,22 @@ def main():
     import tempfile
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if sys.argv[1:] == ["--check"]:
+        # Without running anything: every patch finds its code once, and
+        # every test is one SECURITY.md cites.
+        with open(os.path.join(root, "docs", "SECURITY.md")) as f:
+            doc = f.read()
+        problems = []
+        for name, path, code, _, _, _, test in PROTECTIONS:
+            with open(os.path.join(root, path)) as f:
+                n = f.read().count(code)
+            if n != 1:
+                problems.append(f"{name}: its code is found {n} times in {path} (want once)")
+            if "`" + test.split(" and ")[0] + "`" not in doc:
+                problems.append(f"{name}: docs/SECURITY.md does not cite {test.split(' and ')[0]}")
+        for p in problems:
+            print("prove-security:", p, file=sys.stderr)
+        return 1 if problems else 0
     only = sys.argv[1:]
     python = os.environ.get("SPAWND_PROVE_PYTHON", "/var/lib/spawnd-test/hubs/jh5/bin/python")
     listed = subprocess.run(["git", "-C", root, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],

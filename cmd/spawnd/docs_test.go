@@ -9,6 +9,7 @@ import (
 	"go/token"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -283,4 +284,16 @@ func engineTests(t *testing.T, root string) map[string]bool {
 		}
 	}
 	return out
+}
+
+// TestProveSecurityPatchesApply: every patch of scripts/prove-security
+// still finds the code of its protection (once), and every test it runs is
+// one docs/SECURITY.md cites; nothing is run (scripts/prove-security runs
+// them). Without it, a protection that moved would leave the script
+// patching nothing.
+func TestProveSecurityPatchesApply(t *testing.T) {
+	out, err := exec.Command("python3", "../../scripts/prove_security.py", "--check").CombinedOutput()
+	if err != nil {
+		t.Fatalf("scripts/prove_security.py --check: %v\n%s", err, out)
+	}
 }
