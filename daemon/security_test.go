@@ -43,6 +43,22 @@ func ourContainers(t *testing.T, h *harness) []string {
 	return names
 }
 
+// ourContainerIDs are the IDs of the instance's containers, running or not.
+func ourContainerIDs(t *testing.T, h *harness) []string {
+	t.Helper()
+	f := client.Filters{}
+	f.Add("label", labels.Instance+"="+h.cfg.Instance)
+	res, err := testenv.Client(h.eng).ContainerList(context.Background(), client.ContainerListOptions{All: true, Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, c := range res.Items {
+		ids = append(ids, c.ID)
+	}
+	return ids
+}
+
 // TestHardeningFromInside checks, from inside a running user container,
 // what a user can and cannot do.
 func TestHardeningFromInside(t *testing.T) {

@@ -405,8 +405,15 @@ func (h *handler) logs(w http.ResponseWriter, r *http.Request) error {
 			return api.Errorf(api.CodeInvalid, "tail: %q is not a positive number of lines", v)
 		}
 	}
-	if f := r.URL.Query().Get("follow"); f == "1" || f == "true" {
+	switch f := r.URL.Query().Get("follow"); f {
+	case "1", "true":
 		return h.followLogs(w, r, user, server, tail)
+	case "", "0", "false":
+	default:
+		if len(f) > 16 {
+			f = f[:16] + "…"
+		}
+		return api.Errorf(api.CodeInvalid, "follow: %q is not one of 0, 1, false, true", f)
 	}
 	out, err := h.core.Logs(r.Context(), user, server, tail)
 	if err != nil {

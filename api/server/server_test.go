@@ -35,6 +35,13 @@ func (c *recordingCore) record(s string) {
 	c.mu.Unlock()
 }
 
+// heard is a copy of the calls so far.
+func (c *recordingCore) heard() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.calls)
+}
+
 func (c *recordingCore) Start(_ context.Context, user, server string, req spawnd.StartRequest) (spawnd.Server, error) {
 	c.record("start " + user + "|" + server)
 	c.mu.Lock()
@@ -476,5 +483,52 @@ func TestBuildEndpoint(t *testing.T) {
 	c2, _ := api.NewClient(ts2.URL, testToken)
 	if err := c2.BuildEnv(context.Background(), "team", false, func(api.BuildEvent) error { return nil }); api.ErrorCode(err) != api.CodeNotFound {
 		t.Fatalf("no builder: %v", err)
+	}
+}
+
+// TestBadLogsQueries: a logs query the spec calls invalid is a 400 that
+// names the parameter, and never reaches the core; the valid spellings
+// reach it as they should (follow 1/true streams, 0/false does not).
+func TestBadLogsQueries(t *testing.T) {
+	ts, core := newTestServer(t, nil)
+	for _, tc := range []struct {
+		query string
+		code  int
+		want  string // in the body (400) or the core's record (200)
+	}{
+		{"follow=yes", 400, "follow"},
+		{"follow=%F3%AF%B1%A2%01", 400, "follow"},
+		{"tail=0", 400, "tail"},
+		{"tail=-5", 400, "tail"},
+		{"tail=ten", 400, "tail"},
+		{"follow=0", 200, "logs ann/ 100"},
+		{"follow=false&tail=7", 200, "logs ann/ 7"},
+		{"follow=1", 200, "follow logs ann/ 100"},
+		{"follow=true&tail=3", 200, "follow logs ann/ 3"},
+	} {
+		t.Run(tc.query, func(t *testing.T) {
+			before := len(core.heard())
+			req, _ := http.NewRequest("GET", ts.URL+"/v1/users/ann/server/logs?"+tc.query, nil)
+			req.Header.Set("Authorization", "Bearer "+testToken)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			calls := core.heard()[before:]
+			if resp.StatusCode != tc.code {
+				t.Fatalf("%s: %d %s; want %d", tc.query, resp.StatusCode, body, tc.code)
+			}
+			if tc.code == 400 {
+				if !strings.Contains(string(body), tc.want) || len(calls) != 0 {
+					t.Fatalf("%s: %s, core called %v; want a 400 naming %s and no call", tc.query, body, calls, tc.want)
+				}
+				return
+			}
+			if !slices.Contains(calls, tc.want) {
+				t.Fatalf("%s: the core heard %v; want %q", tc.query, calls, tc.want)
+			}
+		})
 	}
 }

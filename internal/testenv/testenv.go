@@ -293,3 +293,18 @@ func UseDockerConfig(t testing.TB, registry, user, password string) {
 	}
 	t.Setenv("DOCKER_CONFIG", dir)
 }
+
+// Schemathesis is the path of schemathesis' st command, from the venv
+// scripts/hub-venvs makes next to the hubs'.
+func Schemathesis(t testing.TB) string {
+	t.Helper()
+	root := os.Getenv("HUB_VENVS")
+	if root == "" {
+		root = "/var/lib/spawnd-test/hubs"
+	}
+	st := filepath.Join(root, "schemathesis", "bin", "st")
+	if _, err := os.Stat(st); err != nil {
+		ci.Skip(t, "no schemathesis at %s (run scripts/hub-venvs)", st)
+	}
+	return st
+}
