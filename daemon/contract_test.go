@@ -15,9 +15,11 @@ import (
 
 // TestAPIAgainstItsContract drives a live daemon on the real engine with
 // schemathesis (from PyPI) from api/openapi.yaml, as a stranger to its code
-// would: every response must match the spec, status codes included, no
-// 5xx but the documented ones, and input the spec calls invalid must be
-// refused. First only invalid input (schemathesis' negative mode): the
+// would: every response must match the spec, status codes included (so
+// no 5xx but the documented ones: schemathesis' not_a_server_error would
+// fail the documented 502 of a server that exits at once, which valid
+// input can ask for with a command that fails), and input the spec calls
+// invalid must be refused. First only invalid input (schemathesis' negative mode): the
 // engine's listing and homes_root must be as they were. Then valid input:
 // every container on the engine must be a server the daemon reports (no
 // half-made container). The build and rollout endpoints are left out: a
@@ -51,7 +53,7 @@ func TestAPIAgainstItsContract(t *testing.T) {
 			"-H", "Authorization: Bearer "+cfg.Token,
 			"--mode", mode,
 			"--phases", "examples,coverage,fuzzing",
-			"--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection",
+			"--checks", "status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection",
 			"--exclude-path-regex", `^/v1/envs/\{env\}/(build|rollout)$|/logs$`,
 			"--max-examples", "25",
 			"--max-time", strconv.Itoa(int(budget.Seconds())),

@@ -8,6 +8,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -18,6 +19,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -156,6 +158,9 @@ type route struct {
 	fn      func(http.ResponseWriter, *http.Request) error
 	// metrics: the read-only metrics token is enough.
 	metrics bool
+	// query are the query parameters the route reads; any other is a 400,
+	// as an unknown field of a body is.
+	query []string
 }
 
 // routes is the API's route table; api/openapi.yaml describes each entry.
@@ -163,7 +168,7 @@ func (h *handler) routes() []route {
 	rs := []route{
 		{pattern: "GET /v1/health", auth: false, fn: h.health},
 		{pattern: "GET /v1/version", auth: true, fn: h.version},
-		{pattern: "GET /v1/options", auth: true, fn: h.options},
+		{pattern: "GET /v1/options", auth: true, fn: h.options, query: []string{"group"}},
 		{pattern: "GET /v1/servers", auth: true, fn: h.list},
 	}
 	for _, p := range []string{"/v1/users/{user}/server", "/v1/users/{user}/servers/{server}"} {
@@ -172,13 +177,13 @@ func (h *handler) routes() []route {
 			route{pattern: "GET " + p, auth: true, fn: h.status},
 			route{pattern: "DELETE " + p, auth: true, fn: h.stop},
 			route{pattern: "GET " + p + "/progress", auth: true, fn: h.progress},
-			route{pattern: "GET " + p + "/logs", auth: true, fn: h.logs})
+			route{pattern: "GET " + p + "/logs", auth: true, fn: h.logs, query: []string{"tail", "follow"}})
 	}
 	rs = append(rs,
 		route{pattern: "GET /v1/envs", auth: true, fn: h.envs},
-		route{pattern: "POST /v1/envs/{env}/build", auth: true, fn: h.build},
+		route{pattern: "POST /v1/envs/{env}/build", auth: true, fn: h.build, query: []string{"relock"}},
 		route{pattern: "POST /v1/envs/{env}/rollout", auth: true, fn: h.rollout},
-		route{pattern: "DELETE /v1/users/{user}/home", auth: true, fn: h.deleteHome},
+		route{pattern: "DELETE /v1/users/{user}/home", auth: true, fn: h.deleteHome, query: []string{"confirm"}},
 		route{pattern: "POST /v1/users/{user}/home/move", auth: true, fn: h.moveHome},
 		route{pattern: "GET /metrics", auth: true, fn: h.metrics, metrics: true},
 		route{pattern: "/", auth: true, fn: func(http.ResponseWriter, *http.Request) error {
@@ -189,6 +194,31 @@ func (h *handler) routes() []route {
 
 func (h *handler) metrics(w http.ResponseWriter, r *http.Request) error {
 	promhttp.HandlerFor(h.opts.Registry, promhttp.HandlerOpts{}).ServeHTTP(w, r)
+	return nil
+}
+
+// knownQuery refuses a query parameter the route does not read: a request
+// says only what the API defines, in its query as in its body.
+func knownQuery(r *http.Request, rt route) error {
+	if rt.pattern == "/" {
+		return nil // the catch-all answers 404 whatever the query
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return api.Errorf(api.CodeInvalid, "the query is not valid percent-encoding")
+	}
+	for k := range q {
+		if !slices.Contains(rt.query, k) {
+			if len(k) > 32 {
+				k = k[:32] + "…"
+			}
+			takes := "none"
+			if len(rt.query) > 0 {
+				takes = strings.Join(rt.query, ", ")
+			}
+			return api.Errorf(api.CodeInvalid, "unknown query parameter %q; this endpoint takes %s", k, takes)
+		}
+	}
 	return nil
 }
 
@@ -231,6 +261,8 @@ func (h *handler) wrap(rt route) http.Handler {
 		if auth && !h.authorized(r, rt.metrics) {
 			sw.Header().Set("WWW-Authenticate", `Bearer realm="spawnd"`)
 			err = api.Errorf(api.CodeUnauthorized, "missing or wrong token; send Authorization: Bearer <token>")
+		} else if qerr := knownQuery(r, rt); qerr != nil {
+			err = qerr
 		} else {
 			err = fn(sw, r)
 		}
@@ -291,7 +323,24 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 // bodies over MaxBodyBytes are errors that say what to fix. An empty body is
 // the zero request.
 func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
+	body, err := io.ReadAll(r.Body) // at most MaxBodyBytes: wrap bounds it
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return api.Errorf(api.CodeInvalid, "reading the body: %v", err)
+	}
+	if len(body) == 0 {
+		return nil // no body: every field at its default
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return api.Errorf(api.CodeInvalid, "the body is only white space; send nothing, or a JSON object")
+	}
+	if string(bytes.TrimSpace(body)) == "null" {
+		return api.Errorf(api.CodeInvalid, "the body is null; send nothing, or a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
@@ -317,11 +366,37 @@ func decode(r *http.Request, v any) error {
 		}
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return err
-		}
 		return api.Errorf(api.CodeInvalid, "unexpected data after the JSON object")
+	}
+	if _, ok := v.(*api.StartRequest); ok {
+		return noNullItems(body)
+	}
+	return nil
+}
+
+// noNullItems refuses a start request whose lists or environment hold a
+// null (encoding/json would read it as an empty string, which the request
+// did not say).
+func noNullItems(body []byte) error {
+	var probe struct {
+		Cmd, Args, Groups []*string
+		Environment       map[string]*string
+	}
+	if err := json.Unmarshal(body, &probe); err != nil {
+		return nil // the strict decode above accepted it; nothing more to say
+	}
+	for field, list := range map[string][]*string{"cmd": probe.Cmd, "args": probe.Args, "groups": probe.Groups} {
+		if slices.Contains(list, nil) {
+			return api.Errorf(api.CodeInvalid, "%s holds a null; every item must be a string", field)
+		}
+	}
+	for k, v := range probe.Environment {
+		if v == nil {
+			if len(k) > 64 {
+				k = k[:64] + "…"
+			}
+			return api.Errorf(api.CodeInvalid, "environment %q is null; every value must be a string", k)
+		}
 	}
 	return nil
 }

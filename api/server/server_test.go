@@ -220,6 +220,11 @@ func TestBadStartBodies(t *testing.T) {
 		{"cap add", `{"cap_add":["SYS_ADMIN"]}`, 400, "unknown field"},
 		{"devices", `{"devices":["/dev/sda"]}`, 400, "unknown field"},
 		{"nested host config", `{"env":"team","HostConfig":{"Privileged":true}}`, 400, "unknown field"},
+		{"a null in cmd", `{"cmd":["jupyterhub-singleuser",null]}`, 400, "cmd holds a null"},
+		{"a null in args", `{"args":[null]}`, 400, "args holds a null"},
+		{"a null environment value", `{"environment":{"A":null}}`, 400, "is null"},
+		{"only white space", " \n", 400, "white space"},
+		{"null", "null", 400, "the body is null"},
 		{"trailing data", `{"env":"team"} {"image":"x"}`, 400, "after the JSON"},
 		{"wrong type", `{"cmd":"sh"}`, 400, "cmd"},
 		{"too large", `{"cmd":["` + strings.Repeat("a", 10<<20) + `"]}`, 413, "larger than"},
@@ -383,8 +388,11 @@ var startFields = []string{"env", "profile", "environment", "cmd", "args", "grou
 func acceptedOnlyNames(t *testing.T, body []byte) {
 	t.Helper()
 	trimmed := bytes.TrimSpace(body)
-	if len(trimmed) == 0 || string(trimmed) == "null" {
+	if len(body) == 0 {
 		return
+	}
+	if len(trimmed) == 0 || string(trimmed) == "null" {
+		t.Fatalf("decode accepted %q, neither nothing nor a JSON object", body)
 	}
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(trimmed, &top); err != nil {
@@ -530,5 +538,40 @@ func TestBadLogsQueries(t *testing.T) {
 				t.Fatalf("%s: the core heard %v; want %q", tc.query, calls, tc.want)
 			}
 		})
+	}
+}
+
+// TestUnknownQueryRefused: a query parameter a route does not define is a
+// 400 naming it, and never reaches the core (a start with an unknown query
+// starts nothing); the parameters a route defines still pass.
+func TestUnknownQueryRefused(t *testing.T) {
+	ts, core := newTestServer(t, nil)
+	for _, tc := range []struct {
+		method, path string
+		code         int
+	}{
+		{"POST", "/v1/users/ann/server?image=evil", 400},
+		{"POST", "/v1/users/ann/servers/gpu?privileged=1", 400},
+		{"GET", "/v1/servers?x=1", 400},
+		{"DELETE", "/v1/users/ann/home?confirm=yes&force=1", 400},
+		{"GET", "/v1/options?group=physics", 200},
+		{"DELETE", "/v1/users/ann/home?confirm=yes", 204},
+	} {
+		before := len(core.heard())
+		req, _ := http.NewRequest(tc.method, ts.URL+tc.path, nil)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		heard := core.heard()[before:]
+		if resp.StatusCode != tc.code {
+			t.Errorf("%s %s: %d %s; want %d", tc.method, tc.path, resp.StatusCode, body, tc.code)
+		}
+		if tc.code == 400 && (len(heard) != 0 || !strings.Contains(string(body), "unknown query parameter")) {
+			t.Errorf("%s %s: %s, the core heard %v; want a 400 naming the parameter and no call", tc.method, tc.path, body, heard)
+		}
 	}
 }
