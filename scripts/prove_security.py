@@ -10,7 +10,8 @@ cmd/spawnd's TestProveSecurityPatchesApply checks that every patch still
 finds its code, without running anything.
 """
 
-# (protection, file, code, instead, test kind, package or test file, test name)
+# (protection, file, code, instead, test kind, package or test file, test name);
+# code and instead may be tuples: several places switched off together.
 PROTECTIONS = [
     ("egress: the IPv6 block rule", "spawnd/egress/egress.go",
      "proto, offset = unix.NFPROTO_IPV6, 24", "proto, offset = unix.NFPROTO_IPV6, 8",
@@ -42,9 +43,12 @@ PROTECTIONS = [
     ("the API token checked", "api/server/server.go",
      "if subtle.ConstantTimeCompare(sum[:], h.tokenHash[:]) == 1 {", "if subtle.ConstantTimeCompare(sum[:], sum[:]) == 1 {",
      "go", "./api/server", "TestEveryEndpointButHealthNeedsTheToken"),
-    ("a home that is a symlink refused", "spawnd/homes.go",
+    ("a home that is a symlink named as such", "spawnd/homes.go",
      "\t\tif fi.Mode()&fs.ModeSymlink != 0 {\n\t\t\treturn \"\", &Error{Kind: ErrConflict, Msg: \"the home of this user is a symlink",
      "\t\tif false {\n\t\t\treturn \"\", &Error{Kind: ErrConflict, Msg: \"the home of this user is a symlink",
+     "go", "./spawnd", "TestPlantedSymlinks"),
+    ("a home that is a symlink refused (both checks off: the symlink's and not-a-directory)", "spawnd/homes.go",
+     ("\t\tif fi.Mode()&fs.ModeSymlink != 0 {", "\t\tif !fi.IsDir() {"), ("\t\tif _ = fi; false {", "\t\tif false {"),
      "go", "./spawnd", "TestPlantedSymlinks"),
     ("homes_root owner and mode checked", "spawnd/homes.go",
      "\tif err := CheckHomesRoot(path, fi); err != nil {", "\tif err := CheckHomesRoot(path, fi); false && err != nil {",
@@ -83,9 +87,11 @@ def main():
         problems = []
         for name, path, code, _, _, _, test in PROTECTIONS:
             with open(os.path.join(root, path)) as f:
-                n = f.read().count(code)
-            if n != 1:
-                problems.append(f"{name}: its code is found {n} times in {path} (want once)")
+                text = f.read()
+            for c in (code if isinstance(code, tuple) else (code,)):
+                n = text.count(c)
+                if n != 1:
+                    problems.append(f"{name}: its code {c.strip()[:40]!r} is found {n} times in {path} (want once)")
             if "`" + test.split(" and ")[0] + "`" not in doc:
                 problems.append(f"{name}: docs/SECURITY.md does not cite {test.split(' and ')[0]}")
         for p in problems:
@@ -112,12 +118,17 @@ def main():
             target = os.path.join(work, path)
             with open(target) as f:
                 original = f.read()
-            if original.count(code) != 1:
-                print(f"prove-security: {name}: the code is not found once in {path}; the protection moved, update scripts/prove_security.py",
-                      file=sys.stderr)
-                return 2
+            codes = code if isinstance(code, tuple) else (code,)
+            insteads = instead if isinstance(instead, tuple) else (instead,)
+            patched = original
+            for c, i in zip(codes, insteads):
+                if patched.count(c) != 1:
+                    print(f"prove-security: {name}: the code {c.strip()[:40]!r} is not found once in {path}; the protection moved, "
+                          "update scripts/prove_security.py", file=sys.stderr)
+                    return 2
+                patched = patched.replace(c, i)
             with open(target, "w") as f:
-                f.write(original.replace(code, instead))
+                f.write(patched)
             if kind == "go":
                 cmd = ["go", "test", "-count=1", "-timeout", "10m", "-run", f"^{test}$", where]
                 cwd = work

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -42,8 +43,10 @@ func TestPlantedSymlinks(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err := h.Ensure("mallory", os.Getuid(), os.Getgid())
-			if !errors.Is(err, ErrConflict) {
-				t.Fatalf("Ensure over a planted symlink: %v, want a conflict", err)
+			if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "is a symlink") {
+				// The symlink is named as such: the admin is told what to
+				// replace (a "not a directory" would send them looking for a file).
+				t.Fatalf("Ensure over a planted symlink: %v, want a conflict that says the home is a symlink", err)
 			}
 			if fi, err := os.Lstat(filepath.Join(root, Escape("mallory"))); err != nil || fi.Mode()&os.ModeSymlink == 0 {
 				t.Fatalf("the planted symlink was replaced or followed: %v", err)
