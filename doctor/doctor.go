@@ -83,6 +83,9 @@ type Input struct {
 	// Unit is spawnd's systemd unit, for the sandbox check ("": the first
 	// of Units that exists; none: skipped).
 	Unit string
+	// Passwd is the host's account database for the home owners check
+	// (default /etc/passwd).
+	Passwd string
 }
 
 // Run runs every check and returns the results in order.
@@ -108,6 +111,7 @@ func Run(ctx context.Context, in Input) []Result {
 	}
 	if in.Config != nil {
 		add(checkHomes(in.Config.HomesRoot, in.MinFreeBytes))
+		add(checkHomeOwners(in.Config.HomesRoot, in.Passwd))
 		add(checkSandbox(in.Unit, in.Config.HomesRoot))
 		add(checkNetwork(ctx, in.Config.Network, in.Engine, engineOK))
 		for _, name := range sortedEnvs(in.Config) {
@@ -300,6 +304,88 @@ func checkHomes(root string, minFree uint64) Result {
 		return Result{"homes_root", OK, fmt.Sprintf("%s: root-owned, mode %#o, %s free", root, fi.Mode().Perm(), human(free)), ""}
 	}
 	return Result{"homes_root", OK, root, ""}
+}
+
+// checkHomeOwners warns when the uid that owns users' homes is a login
+// account of this host: that account can read and change every user's
+// files. Today every home belongs to the env's uid (1000 in the shipped
+// envs), which on a cloud image is the default login user.
+func checkHomeOwners(root, passwd string) Result {
+	const check = "home owners"
+	if passwd == "" {
+		passwd = "/etc/passwd"
+	}
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return Result{check, Skip, "homes_root unreadable: " + oneLine(err), ""}
+	}
+	owners := map[uint32]int{}
+	for _, e := range entries {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue // moved-aside copies and helpers' work are hidden
+		}
+		fi, err := e.Info()
+		if err != nil {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			owners[st.Uid]++
+		}
+	}
+	if len(owners) == 0 {
+		return Result{check, OK, "no homes yet", ""}
+	}
+	accounts := readPasswd(passwd)
+	uids := make([]uint32, 0, len(owners))
+	for u := range owners {
+		uids = append(uids, u)
+	}
+	slices.Sort(uids)
+	var seen []string
+	for _, u := range uids {
+		a, ok := accounts[u]
+		switch {
+		case ok && a.login:
+			return Result{check, Warn,
+				fmt.Sprintf("%d home(s) in %s belong to uid %d, which is the host account %q (shell %s): whoever logs in as %s can read and change every one of them",
+					owners[u], root, u, a.name, a.shell, a.name),
+				fmt.Sprintf("give that account no login (usermod -s /usr/sbin/nologin %s) or another uid; spawnd does not yet give each person a uid of their own", a.name)}
+		case ok:
+			seen = append(seen, fmt.Sprintf("%d home(s) of uid %d (%s, no login)", owners[u], u, a.name))
+		default:
+			seen = append(seen, fmt.Sprintf("%d home(s) of uid %d (no host account)", owners[u], u))
+		}
+	}
+	return Result{check, OK, strings.Join(seen, ", "), ""}
+}
+
+// account is one line of the host's passwd file, as checkHomeOwners needs it.
+type account struct {
+	name, shell string
+	login       bool
+}
+
+// readPasswd reads a passwd file by uid; an unreadable file is empty.
+func readPasswd(path string) map[uint32]account {
+	out := map[uint32]account{}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return out
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) < 7 {
+			continue
+		}
+		uid, err := strconv.ParseUint(f[2], 10, 32)
+		if err != nil {
+			continue
+		}
+		shell := f[6]
+		login := shell != "" && !strings.HasSuffix(shell, "/nologin") && !strings.HasSuffix(shell, "/false") && shell != "/bin/sync"
+		out[uint32(uid)] = account{name: f[0], shell: shell, login: login}
+	}
+	return out
 }
 
 func checkEnv(ctx context.Context, name string, e spawnd.EnvConfig, eng Engine, engineOK bool) Result {

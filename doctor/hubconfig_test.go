@@ -3,12 +3,15 @@ package doctor
 import (
 	"context"
 	"encoding/pem"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spawnd/spawnd/internal/ci"
 )
 
 func TestHubLoginConfigs(t *testing.T) {
@@ -127,6 +130,54 @@ func TestProbeFront(t *testing.T) {
 			}
 			if tc.says == "certificate" && !strings.Contains(r.Fix, "--front-ca") {
 				t.Errorf("the fix does not name --front-ca: %q", r.Fix)
+			}
+		})
+	}
+}
+
+// TestHomeOwners: homes owned by a login account of the host are a
+// warning that names the account and the fix; by an account without a
+// login, or by a uid with no account, they pass and say so. Real
+// directories chowned to each uid (root needed), a passwd file of the
+// test's own.
+func TestHomeOwners(t *testing.T) {
+	if os.Getuid() != 0 {
+		ci.Skip(t, "chown needs root")
+	}
+	passwd := filepath.Join(t.TempDir(), "passwd")
+	if err := os.WriteFile(passwd, []byte("root:x:0:0:root:/root:/bin/bash\n"+
+		"debian:x:41000:100:Debian:/home/debian:/bin/bash\n"+
+		"svc:x:41001:100::/nonexistent:/usr/sbin/nologin\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		uids []int
+		want Status
+		says string
+	}{
+		{"owned by a login account", []int{41000, 41000}, Warn, `2 home(s) in`},
+		{"owned by an account without a login", []int{41001}, OK, "svc, no login"},
+		{"owned by a uid with no account", []int{41002}, OK, "no host account"},
+		{"no homes", nil, OK, "no homes yet"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			for i, uid := range tc.uids {
+				d := filepath.Join(root, fmt.Sprintf("user%d", i))
+				if err := os.Mkdir(d, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chown(d, uid, 100); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := checkHomeOwners(root, passwd)
+			if r.Status != tc.want || !strings.Contains(r.Detail, tc.says) {
+				t.Fatalf("%+v; want %s saying %q", r, tc.want, tc.says)
+			}
+			if tc.want == Warn && (!strings.Contains(r.Detail, `"debian"`) || !strings.Contains(r.Fix, "usermod -s /usr/sbin/nologin debian")) {
+				t.Errorf("the warning does not name the account and its fix: %+v", r)
 			}
 		})
 	}

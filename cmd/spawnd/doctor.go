@@ -21,7 +21,9 @@ func newDoctor() *cobra.Command {
 		Long: `Check what spawnd depends on: the config, the API token, the Docker engine
 (reachable, API version, runc against known container-escape advisories,
 live-restore), homes_root (exists, owned by root, not writable by others,
-free space, writable in spawnd's systemd sandbox: --unit), GPUs (a profile
+free space, writable in spawnd's systemd sandbox: --unit), who owns the
+homes (a warning when their uid is a login account of this host, which
+could then read every user's files), GPUs (a profile
 that asks for them on an engine without the NVIDIA runtime), the user
 network (inter-container traffic on is a warning), each env (lock present
 and current, image present and built from that lock), the hub's login
