@@ -1,12 +1,15 @@
 package testenv
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // A port a test chooses now and a process binds later must come from outside
@@ -43,7 +46,7 @@ func PickPort() (int, error) {
 	}
 	for range 200 {
 		p := portsLow + rand.IntN(high-portsLow)
-		if portFree(p) {
+		if portFree(p) && reserve(p) {
 			return p, nil
 		}
 	}
@@ -73,4 +76,40 @@ func ephemeralLow() int {
 	}
 	n, _ := strconv.Atoi(f[0])
 	return n
+}
+
+// portsDir holds one file per port a test process has handed out, with that
+// process's PID. A port free now is bound later by a process the test
+// starts; without the reservation, a test in the other stream of
+// scripts/test could draw the same port in between (CI-style run of stop
+// 34: the swarm class test's proxy found its port taken, EADDRINUSE). A
+// reservation lasts as long as the process that made it: a file whose PID
+// is gone is stale and taken over.
+var portsDir = filepath.Join(os.TempDir(), "spawnd-test-ports")
+
+// reserve claims port p for this process across every test process on the
+// machine; false when another live process (or this one, earlier) has it.
+func reserve(p int) bool {
+	if err := os.MkdirAll(portsDir, 0o700); err != nil {
+		return true // no reservations possible: fall back to the bind check alone
+	}
+	path := filepath.Join(portsDir, strconv.Itoa(p))
+	for range 2 {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err == nil {
+			_, _ = fmt.Fprintf(f, "%d\n", os.Getpid())
+			_ = f.Close()
+			return true
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return true
+		}
+		b, _ := os.ReadFile(path)
+		pid, perr := strconv.Atoi(strings.TrimSpace(string(b)))
+		if perr == nil && pid > 0 && (pid == os.Getpid() || syscall.Kill(pid, 0) == nil) {
+			return false // held by a live process (this one included)
+		}
+		_ = os.Remove(path) // stale (its process is gone, or half-written): take it over
+	}
+	return false
 }

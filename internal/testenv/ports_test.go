@@ -2,6 +2,9 @@ package testenv
 
 import (
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"testing"
 )
@@ -21,5 +24,35 @@ func TestFreePortOutsideEphemeralRange(t *testing.T) {
 			t.Errorf("portFree(%d) with a listener on it = true", p)
 		}
 		l.Close()
+	}
+}
+
+// TestPortsAreReservedAcrossProcesses: a port handed out is reserved for
+// the process that got it; another live process is refused it, a dead
+// one's reservation is taken over.
+func TestPortsAreReservedAcrossProcesses(t *testing.T) {
+	p := FreePort(t)
+	if reserve(p) {
+		t.Fatalf("port %d was handed out twice to this process", p)
+	}
+	// A reservation of another live process (PID 1 never dies).
+	q := FreePort(t)
+	path := filepath.Join(portsDir, strconv.Itoa(q))
+	if err := os.WriteFile(path, []byte("1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if reserve(q) {
+		t.Fatalf("port %d, reserved by a live process, was handed out", q)
+	}
+	// A dead process's reservation: taken over.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(dead.Process.Pid)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if !reserve(q) {
+		t.Fatalf("port %d, reserved by a process that is gone, was not taken over", q)
 	}
 }
