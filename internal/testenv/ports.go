@@ -80,9 +80,10 @@ func ephemeralLow() int {
 
 // portsDir holds one file per port a test process has handed out, with that
 // process's PID. A port free now is bound later by a process the test
-// starts; without the reservation, a test in the other stream of
-// scripts/test could draw the same port in between (CI-style run of stop
-// 34: the swarm class test's proxy found its port taken, EADDRINUSE). A
+// starts; without the reservation, the same test drawing its next port, or
+// a test in the other stream of scripts/test, could draw the same port in
+// between (CI-style run of stop 34: the swarm class test's proxy found its
+// port taken, EADDRINUSE). A
 // reservation lasts as long as the process that made it: a file whose PID
 // is gone is stale and taken over.
 var portsDir = filepath.Join(os.TempDir(), "spawnd-test-ports")
