@@ -72,10 +72,23 @@ def test_unsafe_set_ups_refuse_to_start(tmp_path, why, extra, want):
     except subprocess.TimeoutExpired:
         p.kill()
         out, _ = p.communicate()
+        kill_proxy(tmp_path)  # a hub killed with -9 leaves its proxy running
         pytest.fail(f"{why}: the hub started instead of refusing:\n{out[-2000:]}")
     assert p.returncode != 0, f"{why}: exit 0\n{out[-2000:]}"
     assert "refusing to start" in out and want in out, out[-2000:]
     assert not (tmp_path / "jupyterhub.sqlite").exists(), "the refused hub made its database"
+
+
+def kill_proxy(state):
+    """End the proxy a hub started (by its PID file), if it still runs."""
+    pid_file = Path(state) / "proxy.pid"
+    try:
+        pid = int(pid_file.read_text())
+        # Only that proxy: a PID the kernel has since given to another process is left alone.
+        if b"configurable-http-proxy" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, 9)
+    except (OSError, ValueError):
+        pass
 
 
 class Browser:
@@ -278,5 +291,6 @@ def test_the_idle_culler_ends_with_a_killed_hub(tmp_path):
             stop_hub(p)
         if proxy and alive(proxy):  # a hub killed with -9 leaves its proxy (by design: routes survive)
             os.kill(proxy, 9)
+        kill_proxy(tmp_path)
         if culler and alive(culler):  # only when the test failed
             os.kill(culler, 9)
