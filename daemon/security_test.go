@@ -20,6 +20,7 @@ import (
 	"github.com/spawnd/spawnd/internal/ci"
 	"github.com/spawnd/spawnd/labels"
 
+	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 
 	"github.com/spawnd/spawnd/api"
@@ -30,21 +31,15 @@ import (
 // ourContainers counts the containers of a daemon instance.
 func ourContainers(t *testing.T, h *harness) []string {
 	t.Helper()
-	f := client.Filters{}
-	f.Add("label", labels.Instance+"="+h.cfg.Instance)
-	res, err := testenv.Client(h.eng).ContainerList(context.Background(), client.ContainerListOptions{All: true, Filters: f})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var names []string
-	for _, c := range res.Items {
+	for _, c := range ourContainerList(t, h) {
 		names = append(names, c.Names[0])
 	}
 	return names
 }
 
-// ourContainerIDs are the IDs of the instance's containers, running or not.
-func ourContainerIDs(t *testing.T, h *harness) []string {
+// ourContainerList lists the instance's containers, running or not.
+func ourContainerList(t *testing.T, h *harness) []container.Summary {
 	t.Helper()
 	f := client.Filters{}
 	f.Add("label", labels.Instance+"="+h.cfg.Instance)
@@ -52,8 +47,14 @@ func ourContainerIDs(t *testing.T, h *harness) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return res.Items
+}
+
+// ourContainerIDs are the IDs of the instance's containers, running or not.
+func ourContainerIDs(t *testing.T, h *harness) []string {
+	t.Helper()
 	var ids []string
-	for _, c := range res.Items {
+	for _, c := range ourContainerList(t, h) {
 		ids = append(ids, c.ID)
 	}
 	return ids
