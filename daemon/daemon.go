@@ -262,6 +262,9 @@ func (c *Config) Validate() error {
 	if err := c.Hub.validate(); err != nil {
 		return err
 	}
+	if o := c.Config.HomeOwner; o != "" && o != spawnd.HomeOwnerEnv && c.Engine.Backend == "swarm" {
+		return fmt.Errorf("home_owner: %s gives each person's home its owner through an idmapped mount on the daemon's host; on Swarm the servers run on other nodes (use home_owner: env with engine.backend: swarm)", o)
+	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return errors.New("tls: set both tls.cert_file and tls.key_file, or neither")
 	}

@@ -3,12 +3,15 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/spawnd"
 )
 
 // TestShippedHubConfigPAM runs deploy/jupyterhub_config.py with its
@@ -35,11 +38,23 @@ func TestShippedHubConfigPAM(t *testing.T) {
 			id := randHex(3)
 			member, admin, outsider := "sptm"+id, "spta"+id, "spto"+id
 			password := "pam-" + randHex(8)
-			systemUser(t, member, password, "jupyterhub-users")
-			systemUser(t, admin, password, "jupyterhub-users,jupyterhub-admins")
-			systemUser(t, outsider, password, "")
+			// Their host homes are in a directory of the test's (root's,
+			// mode 0755, as /home is); spawnd makes each at its first start.
+			accountHomes := t.TempDir()
+			for _, d := range []string{filepath.Dir(accountHomes), accountHomes} {
+				if err := os.Chmod(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			systemUser(t, member, password, "jupyterhub-users", accountHomes)
+			systemUser(t, admin, password, "jupyterhub-users,jupyterhub-admins", accountHomes)
+			systemUser(t, outsider, password, "", accountHomes)
 
 			w := newWorld(t, eng, hubEnvSpec(major), venv)
+			// The host install's homes: each person's own account owns them.
+			w.stopDaemon()
+			w.cfg.HomeOwner, w.cfg.SlotsDir = spawnd.HomeOwnerSystem, testenv.SlotsDir(t)
+			w.startDaemon()
 			w.useShippedConfig("SPAWND_HUB_AUTH=pam", "SPAWND_CULL_IDLE_TIMEOUT=0")
 			w.startHub("")
 			defer w.stopHub()
@@ -76,6 +91,27 @@ func TestShippedHubConfigPAM(t *testing.T) {
 			}
 			resp.Body.Close()
 			w.waitReady(member, "")
+
+			// A file saved through JupyterLab's contents API is the member's
+			// own on the host: stat as that account (runuser) says so, and
+			// the account reads it back.
+			tok := w.userToken(member)
+			body := map[string]any{"type": "file", "format": "text", "content": "saved by " + member + "\n"}
+			if code := w.serverAPI(member, "", tok, "PUT", "/contents/mine.txt", body, nil); code != 200 && code != 201 {
+				t.Fatalf("saving a file through the server: %d\nhub log:\n%s", code, w.logTail())
+			}
+			file := filepath.Join(accountHomes, member, "mine.txt")
+			out, err := exec.Command("runuser", "-u", member, "--", "stat", "-c", "%U:%u %a", file).CombinedOutput()
+			if err != nil || !strings.HasPrefix(string(out), member+":") {
+				t.Fatalf("stat %s as %s: %q %v; want it owned by %s", file, member, out, err, member)
+			}
+			out, err = exec.Command("runuser", "-u", member, "--", "cat", file).CombinedOutput()
+			if err != nil || string(out) != "saved by "+member+"\n" {
+				t.Fatalf("%s cannot read their own file on the host: %q %v", member, out, err)
+			}
+			if fi, err := os.Stat(filepath.Join(accountHomes, admin)); err == nil {
+				t.Fatalf("%s has a home though they never started a server: %v", admin, fi.Mode())
+			}
 		})
 	}
 }
@@ -91,12 +127,13 @@ func ensureGroup(t *testing.T, name string) {
 	t.Cleanup(func() { _ = exec.Command("groupdel", name).Run() })
 }
 
-// systemUser makes a system account with a password and no home directory
-// (spawnd keeps homes under homes_root), in groups (comma-separated, may be
-// empty), and removes it with the test.
-func systemUser(t *testing.T, name, password, groups string) {
+// systemUser makes a system account with a password, in groups
+// (comma-separated, may be empty), whose home directory is homes/<name>,
+// not yet made (spawnd with home_owner system makes it), and removes it
+// with the test.
+func systemUser(t *testing.T, name, password, groups, homes string) {
 	t.Helper()
-	args := []string{"--no-create-home", "--shell", "/usr/sbin/nologin", "--comment", "spawnd test user"}
+	args := []string{"--no-create-home", "--home-dir", filepath.Join(homes, name), "--shell", "/usr/sbin/nologin", "--comment", "spawnd test user"}
 	if groups != "" {
 		args = append(args, "--groups", groups)
 	}

@@ -15,6 +15,7 @@ const (
 	HomeScheme = "io.spawnd.home-scheme"      // the home escaping scheme (spawnd.HomeScheme)
 	Port       = "io.spawnd.port"             // the single-user port in the container, for admins reading `docker ps`
 	HubToken   = "io.spawnd.hub-token-sha256" // SHA-256 of the hub's API token the server was started with
+	HomeSlot   = "io.spawnd.home-slot"        // the slot its home is mounted on (home_owner system, range)
 )
 
 // Labels on user containers and on env images.

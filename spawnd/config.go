@@ -29,6 +29,27 @@ type Config struct {
 	Instance string `mapstructure:"instance"`
 	// HomesRoot is the absolute host path that holds every user's home.
 	HomesRoot string `mapstructure:"homes_root"`
+	// HomeOwner is who owns each person's home on the host (docs/HOMES.md):
+	//   - "env" (the default): the env image's user (uid 1000), the same uid
+	//     for every person, under homes_root.
+	//   - "system": the person's own host account (a PAM login, as TLJH
+	//     has it): the home is that account's home directory from the
+	//     passwd database, e.g. /home/alice, owned by it.
+	//   - "range": a uid spawnd gives each person from uid_range, recorded
+	//     as the owner of the home under homes_root.
+	// With system and range, a server still runs as the env image's user
+	// and sees its home through an idmapped mount; on the host every file
+	// stays its person's.
+	HomeOwner string `mapstructure:"home_owner"`
+	// UIDRange is the uids home_owner range gives out, "first-last" (e.g.
+	// 2000000-2099999); no host account or group may have one of them.
+	UIDRange string `mapstructure:"uid_range"`
+	// MinSystemUID is the lowest uid of an account home_owner system serves
+	// (below it are system accounts, never a person's). Default 1000.
+	MinSystemUID int `mapstructure:"min_system_uid"`
+	// SlotsDir holds the mount points through which servers get their homes
+	// with home_owner system or range. Default /run/spawnd/slots/<instance>.
+	SlotsDir string `mapstructure:"slots_dir"`
 	// Network is how user containers are networked.
 	Network NetworkConfig `mapstructure:"network"`
 	// MaxConcurrentStarts caps the servers booting at once, each from its
@@ -343,6 +364,15 @@ func (c *Config) defaults() {
 	if c.ReapGrace == 0 {
 		c.ReapGrace = 2 * time.Minute
 	}
+	if c.HomeOwner == "" {
+		c.HomeOwner = HomeOwnerEnv
+	}
+	if c.MinSystemUID == 0 {
+		c.MinSystemUID = 1000
+	}
+	if c.SlotsDir == "" && c.HomeOwner != HomeOwnerEnv {
+		c.SlotsDir = filepath.Join("/run/spawnd/slots", c.Instance)
+	}
 	c.Network.defaults()
 	if len(c.Profiles) == 0 {
 		c.Profiles = map[string]ProfileConfig{"default": {Memory: "2g", CPUs: 1, Pids: 1024}}
@@ -367,6 +397,9 @@ func (c *Config) validateTop() error {
 		return fmt.Errorf("homes_root: %q is not an absolute path", c.HomesRoot)
 	}
 	c.HomesRoot = filepath.Clean(c.HomesRoot)
+	if err := c.validateOwner(); err != nil {
+		return err
+	}
 	if c.MaxConcurrentStarts < 0 {
 		return fmt.Errorf("max_concurrent_starts: %d must be positive", c.MaxConcurrentStarts)
 	}

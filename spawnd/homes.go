@@ -214,3 +214,35 @@ func adminStoreErr(err error) error {
 	}
 	return err
 }
+
+// stat returns the owner and mode of user's home without following a
+// symlink in its place.
+func (h *Homes) stat(user string) (*syscall.Stat_t, error) {
+	root, err := os.OpenRoot(h.root)
+	if err != nil {
+		return nil, homeErr("opening homes_root %s: %v", h.root, err)
+	}
+	defer root.Close()
+	fi, err := root.Lstat(Escape(user))
+	if err != nil {
+		return nil, err
+	}
+	return fi.Sys().(*syscall.Stat_t), nil
+}
+
+// owners returns the uids that own a home under the root.
+func (h *Homes) owners() (map[int]bool, error) {
+	entries, err := os.ReadDir(h.root)
+	if err != nil {
+		return nil, homeErr("reading homes_root %s: %v", h.root, err)
+	}
+	used := make(map[int]bool, len(entries))
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil {
+			continue // removed meanwhile
+		}
+		used[int(fi.Sys().(*syscall.Stat_t).Uid)] = true
+	}
+	return used, nil
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd/backend"
 	"github.com/spawnd/spawnd/spawnd/egress"
+	"github.com/spawnd/spawnd/spawnd/idmap"
 )
 
 // Manager runs the lifecycle of user servers on one backend.Runtime. Its
@@ -54,7 +55,8 @@ type Manager struct {
 	synced   chan struct{}
 	syncOnce sync.Once
 	metrics  *metrics
-	fence    Fence // nil: no egress rules
+	fence    Fence  // nil: no egress rules
+	slots    *slots // home_owner system or range: the idmapped homes' mount points
 }
 
 // Fence keeps the host's egress rules for the user network (spawnd/egress
@@ -101,9 +103,37 @@ func NewManager(cfg Config, rt backend.Runtime, log *slog.Logger, reg prometheus
 		synced:     make(chan struct{}),
 		envs:       newEnvTable(cfg.Envs, log),
 	}
+	if cfg.HomeOwner != HomeOwnerEnv {
+		if err := m.useOwnedHomes(homes); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
 	m.pol.Store(choicesOf(&cfg))
 	m.metrics = newMetrics(m, reg)
 	return m, nil
+}
+
+// useOwnedHomes gives each person's home its own owner on the host
+// (home_owner system or range), and checks once that idmapped mounts work
+// here.
+func (m *Manager) useOwnedHomes(homes *Homes) error {
+	o, err := newOwnedHomes(&m.cfg, homes)
+	if err != nil {
+		return err
+	}
+	if m.slots, err = newSlots(m.cfg.SlotsDir, m.log); err != nil {
+		return err
+	}
+	probe := idmap.Mapping{HostUID: 65533, HostGID: 65533, InUID: 1000, InGID: 100}
+	if o.mode == HomeOwnerRange {
+		probe.HostUID, probe.HostGID = o.uids.First, o.uids.First
+	}
+	if err := m.slots.probe(m.cfg.HomesRoot, probe); err != nil {
+		return fmt.Errorf("home_owner %s needs idmapped mounts, and this host cannot make one of homes_root %s: %w; use home_owner: env, or a kernel (5.12+) and file system that can", o.mode, m.cfg.HomesRoot, err)
+	}
+	m.homes = o
+	return nil
 }
 
 // Config returns the validated config, with the policy (profiles, teams,

@@ -21,6 +21,10 @@ import (
 // reaper and the env locks' watcher run alongside.
 func (m *Manager) Run(ctx context.Context) error {
 	go m.reapLoop(ctx)
+	if m.slots != nil {
+		go m.slots.run(ctx, time.Minute, func(ctx context.Context) ([]backend.Container, error) { return m.rt.List(ctx, m.selector()) })
+		m.slots.wake()
+	}
 	go m.envs.watch(ctx, m.rt.CheckImage)
 	backoff := 100 * time.Millisecond
 	var down time.Time
@@ -165,6 +169,9 @@ func (m *Manager) adoptLocked(c backend.Container) {
 
 // gone forgets a container that the engine no longer has.
 func (m *Manager) gone(id string) {
+	if m.slots != nil {
+		m.slots.wake() // its home's slot, if it had one, is free
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for k, rec := range m.servers {

@@ -191,6 +191,20 @@ func (m *Manager) doStart(ctx context.Context, p startPlan, rec *record, oldID s
 		}
 	}
 	spec := containerSpec(&m.cfg, p, home)
+	if home.Owner != nil {
+		// The person's home, owned by them on the host, reaches the server
+		// (the image's user) through an idmapped mount on a slot of its own.
+		slot, err := m.slots.attach(home, p.env.User.UID, p.env.User.GID, spec.Name)
+		if err != nil {
+			return Server{}, err
+		}
+		defer func() {
+			m.slots.settled(slot)
+			m.slots.wake() // a failed start leaves a slot no container names
+		}()
+		spec.Mounts[0].Source = m.slots.path(slot)
+		spec.Labels[labels.HomeSlot] = slot
+	}
 	spec.Waiting = func(msg string) {
 		prog.add(ProgressEvent{Progress: 40, Step: StepPlacing, Message: msg})
 	}

@@ -50,6 +50,9 @@ func (m *Manager) Stop(ctx context.Context, user, server string) (Server, error)
 			m.log.Error("stop failed", "user", bound(user), "server", bound(server), "err", err)
 		} else {
 			delete(m.servers, k)
+			if m.slots != nil {
+				m.slots.wake()
+			}
 			srv.State, srv.Ready, srv.Reason = StateStopped, false, "stopped"
 			m.metrics.stops.Inc()
 			m.log.Info("server stopped", "user", bound(user), "server", bound(server))

@@ -105,12 +105,19 @@ type HomeSpec struct {
 	Labels    map[string]string // the daemon's labels, for what the store creates
 }
 
+// Owner is who owns a home on the host when it is not the env image's
+// user: the server, which runs as the image's user, gets the home through
+// an idmapped mount that shows Owner's files as its own.
+type Owner struct{ UID, GID int }
+
 // Home is where a server finds its home: the path on the machine that runs
 // it, and the constraints that put the server on that machine (none when
 // the home is on every machine).
 type Home struct {
 	Source    string
 	Placement []string
+	// Owner, when set, owns the home on the host; nil: the image's user does.
+	Owner *Owner
 }
 
 // HomeMove is what moving a home to another node did.

@@ -1,0 +1,26 @@
+package testenv
+
+import (
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+// SlotsDir returns a slots_dir for a daemon of the test (home_owner system
+// or range), whose leftover mounts (a server the test left running still
+// holds its slot) are detached when the test ends, before the directory is
+// removed.
+func SlotsDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if err := syscall.Unmount(filepath.Join(dir, e.Name()), syscall.MNT_DETACH); err == nil {
+				t.Logf("detached a home slot the test left mounted: %s", e.Name())
+			}
+		}
+	})
+	return dir
+}
