@@ -228,6 +228,14 @@ func (c *Client) MoveHome(ctx context.Context, user, node string) (HomeMove, err
 	return mv, err
 }
 
+// MigrateHome gives a user's home, made under home_owner env, to the user's
+// own uid (an admin action; refused while a server of the user exists).
+func (c *Client) MigrateHome(ctx context.Context, user string) (HomeMigration, error) {
+	var mg HomeMigration
+	err := c.do(ctx, http.MethodPost, "/"+Version+"/users/"+PathEscape(user)+"/home/migrate", nil, &mg)
+	return mg, err
+}
+
 // Progress calls fn for each progress event of the server's current start,
 // from the first, until the stream ends (ready or failed).
 func (c *Client) Progress(ctx context.Context, user, server string, fn func(ProgressEvent) error) error {

@@ -276,6 +276,15 @@ type HomeMove struct {
 	OldCopy string `json:"old_copy"` // the name the home keeps on the node it left
 }
 
+// HomeMigration is what POST /v1/users/{user}/home/migrate did: the home
+// made under home_owner env now belongs to its person's uid.
+type HomeMigration struct {
+	FromUID  int  `json:"from_uid"`
+	ToUID    int  `json:"to_uid"`
+	Files    int  `json:"files"`    // files and directories given to to_uid
+	Migrated bool `json:"migrated"` // false: it already belonged to its person
+}
+
 // EnvReport is the answer of GET /v1/envs: each env's current lock, and
 // the servers on each lock (who still runs an older one).
 type EnvReport struct {

@@ -167,3 +167,79 @@ func slotCount(t *testing.T, dir string) int {
 	}
 	return n
 }
+
+// TestMigrateHomeToItsPerson: a home made under home_owner env (owned by
+// 1000) is refused by a start under home_owner range and left as it was;
+// `home migrate` (the API call) refuses while the user has a server, then
+// gives every file to a uid of the range; the next start serves the same
+// files; a second migration has nothing to do.
+func TestMigrateHomeToItsPerson(t *testing.T) {
+	eng := testenv.Engine(t)
+	cfg := testConfig(t, eng)
+	h := startDaemon(t, eng, cfg)
+	ctx := context.Background()
+	write := `echo kept > $HOME/note; mkdir -p $HOME/work/deep; echo x > $HOME/work/deep/f; exec httpd -f -p 8888 -h $HOME`
+	if _, err := h.client.Start(ctx, "dave", "", api.StartRequest{Cmd: []string{"/bin/sh", "-c", write}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.client.WaitReady(ctx, "dave", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.client.MigrateHome(ctx, "dave"); err == nil || !strings.Contains(err.Error(), "home_owner is env") {
+		t.Fatalf("migrate under home_owner env: %v", err)
+	}
+	if _, err := h.client.Stop(ctx, "dave", ""); err != nil {
+		t.Fatal(err)
+	}
+	h.stop()
+	home := filepath.Join(cfg.HomesRoot, spawnd.Escape("dave"))
+	if u, _ := ownerOf(t, filepath.Join(home, "note")); u != 1000 {
+		t.Fatalf("home_owner env wrote as %d", u)
+	}
+
+	cfg.HomeOwner, cfg.UIDRange, cfg.SlotsDir = spawnd.HomeOwnerRange, "3101000-3101999", testenv.SlotsDir(t)
+	h = startDaemon(t, eng, cfg)
+	serve := []string{"/bin/sh", "-c", "exec httpd -f -p 8888 -h $HOME"}
+	_, err := h.client.Start(ctx, "dave", "", api.StartRequest{Cmd: serve})
+	if err == nil {
+		_, err = h.client.WaitReady(ctx, "dave", "")
+	}
+	if err == nil || !strings.Contains(err.Error(), "spawnd home migrate") {
+		t.Fatalf("a start of a home of uid 1000 under home_owner range: %v", err)
+	}
+	if u, _ := ownerOf(t, home); u != 1000 {
+		t.Fatalf("the refused start changed the home's owner to %d", u)
+	}
+	if _, err := h.client.Start(ctx, "dave", "busy", api.StartRequest{Cmd: serve}); err == nil {
+		t.Fatal("a named server started on a home the default one was refused")
+	}
+	mg, err := h.client.MigrateHome(ctx, "dave")
+	if err != nil || !mg.Migrated || mg.FromUID != 1000 || mg.ToUID != 3101000 || mg.Files != 5 {
+		t.Fatalf("migrate: %+v %v; want 1000 → 3101000, 5 files (home, note, work, deep, f)", mg, err)
+	}
+	for _, p := range []string{"", "note", "work/deep/f"} {
+		if u, g := ownerOf(t, filepath.Join(home, p)); u != 3101000 || g != 3101000 {
+			t.Fatalf("%s is %d:%d after the migration", p, u, g)
+		}
+	}
+	if mg, err := h.client.MigrateHome(ctx, "dave"); err != nil || mg.Migrated {
+		t.Fatalf("a second migrate: %+v %v", mg, err)
+	}
+	if _, err := h.client.Start(ctx, "dave", "", api.StartRequest{Cmd: serve}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := h.client.WaitReady(ctx, "dave", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := httpGet(t, s, "note"); got != "kept\n" {
+		t.Fatalf("after the migration the server serves %q", got)
+	}
+	if _, err := h.client.MigrateHome(ctx, "dave"); err == nil || !strings.Contains(err.Error(), "stop it before the home is migrated") {
+		t.Fatalf("migrate with a server running: %v", err)
+	}
+	if _, err := h.client.Stop(ctx, "dave", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitSlots(t, cfg.SlotsDir, 0)
+}

@@ -109,8 +109,14 @@ func TestShippedHubConfigPAM(t *testing.T) {
 			if err != nil || string(out) != "saved by "+member+"\n" {
 				t.Fatalf("%s cannot read their own file on the host: %q %v", member, out, err)
 			}
-			if fi, err := os.Stat(filepath.Join(accountHomes, admin)); err == nil {
-				t.Fatalf("%s has a home though they never started a server: %v", admin, fi.Mode())
+			// The admin's login spawned a server too: a second home, the
+			// admin's own, which the member's account cannot read.
+			out, err = exec.Command("runuser", "-u", admin, "--", "stat", "-c", "%U", filepath.Join(accountHomes, admin)).CombinedOutput()
+			if err != nil || strings.TrimSpace(string(out)) != admin {
+				t.Fatalf("%s's home: %q %v; want it owned by %s", admin, out, err, admin)
+			}
+			if out, err := exec.Command("runuser", "-u", member, "--", "ls", filepath.Join(accountHomes, admin)).CombinedOutput(); err == nil {
+				t.Fatalf("%s listed %s's home on the host: %q", member, admin, out)
 			}
 		})
 	}

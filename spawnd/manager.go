@@ -55,8 +55,9 @@ type Manager struct {
 	synced   chan struct{}
 	syncOnce sync.Once
 	metrics  *metrics
-	fence    Fence  // nil: no egress rules
-	slots    *slots // home_owner system or range: the idmapped homes' mount points
+	fence    Fence       // nil: no egress rules
+	slots    *slots      // home_owner system or range: the idmapped homes' mount points
+	owned    *ownedHomes // home_owner system or range: who owns each home
 }
 
 // Fence keeps the host's egress rules for the user network (spawnd/egress
@@ -132,7 +133,7 @@ func (m *Manager) useOwnedHomes(homes *Homes) error {
 	if err := m.slots.probe(m.cfg.HomesRoot, probe); err != nil {
 		return fmt.Errorf("home_owner %s needs idmapped mounts, and this host cannot make one of homes_root %s: %w; use home_owner: env, or a kernel (5.12+) and file system that can", o.mode, m.cfg.HomesRoot, err)
 	}
-	m.homes = o
+	m.homes, m.owned = o, o
 	return nil
 }
 

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
@@ -312,4 +314,122 @@ func ensureAccountHome(a account) error {
 			Cause: fmt.Errorf("%s's home %s is owned by uid %d, not by %s (%d); fix it: chown -R %s: %s, or spawnd home migrate %s", a.name, a.home, st.Uid, a.name, a.uid, a.name, a.home, a.name)}
 	}
 	return nil
+}
+
+// HomeMigration is what migrating a home to its person's own uid did.
+type HomeMigration struct {
+	FromUID, ToUID int
+	Files          int  // files and directories given to ToUID
+	Migrated       bool // false: the home already belonged to its person
+}
+
+// migrate gives the home of h.User, made by home_owner env (owned by the
+// image's user, from:fromGID), to its person: under range, a uid of the
+// range, in place; under system, the account's own home, into which the old
+// home's files are moved (same file system; refused if any name is in both).
+// Nothing is ever deleted: the emptied old directory goes, its files stay.
+func (o *ownedHomes) migrate(h backend.HomeSpec) (HomeMigration, error) {
+	old := filepath.Join(o.homes.Root(), Escape(h.User))
+	st, err := o.homes.stat(h.User)
+	if errors.Is(err, fs.ErrNotExist) {
+		return HomeMigration{}, errorf(ErrNotFound, "there is no home of this user under homes_root to migrate")
+	}
+	if err != nil {
+		return HomeMigration{}, err
+	}
+	if fi, _ := os.Lstat(old); fi == nil || !fi.IsDir() {
+		return HomeMigration{}, errorf(ErrConflict, "the home of this user under homes_root is not a directory; an admin must fix it by hand")
+	}
+	from, fromGID := int(st.Uid), int(st.Gid)
+	if o.mode == HomeOwnerRange {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		if o.uids.Contains(from) {
+			return HomeMigration{FromUID: from, ToUID: from}, nil
+		}
+		to, err := o.allocate()
+		if err != nil {
+			return HomeMigration{}, err
+		}
+		n, err := chownTree(old, from, fromGID, to, to)
+		if err != nil {
+			return HomeMigration{}, homeErr("giving %s to uid %d: %v (after %d files; run the migration again to finish)", old, to, err, n)
+		}
+		return HomeMigration{FromUID: from, ToUID: to, Files: n, Migrated: true}, nil
+	}
+
+	acct, err := o.account(h.User)
+	if err != nil {
+		return HomeMigration{}, err
+	}
+	if err := ensureAccountHome(acct); err != nil {
+		return HomeMigration{}, err
+	}
+	var dst unix.Stat_t
+	if err := unix.Lstat(acct.home, &dst); err != nil {
+		return HomeMigration{}, homeErr("checking %s: %v", acct.home, err)
+	}
+	if uint64(st.Dev) != uint64(dst.Dev) {
+		return HomeMigration{}, errorf(ErrConflict, "the old home (homes_root) and the account's home %s are on different file systems; copy it by hand (rsync -a --chown=%s: OLD/ %s/), then remove the old one", acct.home, h.User, acct.home)
+	}
+	entries, err := os.ReadDir(old)
+	if err != nil {
+		return HomeMigration{}, homeErr("reading %s: %v", old, err)
+	}
+	var clash []string
+	for _, e := range entries {
+		if _, err := os.Lstat(filepath.Join(acct.home, e.Name())); err == nil {
+			clash = append(clash, e.Name())
+		}
+	}
+	if len(clash) > 0 {
+		return HomeMigration{}, errorf(ErrConflict, "both the old home and the account's home %s hold %s; move or rename those in one of them, then migrate again (nothing was moved)", acct.home, strings.Join(clash, ", "))
+	}
+	n := 0
+	for _, e := range entries {
+		src, dst := filepath.Join(old, e.Name()), filepath.Join(acct.home, e.Name())
+		c, err := chownTree(src, from, fromGID, acct.uid, acct.gid)
+		n += c
+		if err == nil {
+			err = os.Rename(src, dst)
+		}
+		if err != nil {
+			return HomeMigration{}, homeErr("moving %s into %s: %v (after %d files; run the migration again to finish)", src, acct.home, err, n)
+		}
+	}
+	if err := os.Remove(old); err != nil {
+		return HomeMigration{}, homeErr("removing the emptied old home %s: %v", old, err)
+	}
+	return HomeMigration{FromUID: from, ToUID: acct.uid, Files: n, Migrated: true}, nil
+}
+
+// chownTree gives every file of the tree at root (symlinks themselves,
+// never what they point to) owned by fromUID to toUID, and of group
+// fromGID to toGID; others keep their owners. It returns how many it
+// changed.
+func chownTree(root string, fromUID, fromGID, toUID, toGID int) (int, error) {
+	n := 0
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		uid, gid := -1, -1
+		if int(st.Uid) == fromUID {
+			uid = toUID
+		}
+		if int(st.Gid) == fromGID {
+			gid = toGID
+		}
+		if uid == -1 && gid == -1 {
+			return nil
+		}
+		n++
+		return os.Lchown(p, uid, gid)
+	})
+	return n, err
 }

@@ -79,6 +79,32 @@ func (m *Manager) DeleteHome(ctx context.Context, user string) error {
 	return nil
 }
 
+// MigrateHome gives a home made under home_owner env (owned by the env's
+// user) to its person, as home_owner system or range has it: the explicit
+// admin action, never done by a start. It is refused while any server of
+// the user exists.
+func (m *Manager) MigrateHome(ctx context.Context, user string) (HomeMigration, error) {
+	if m.owned == nil {
+		if _, err := m.lookup(user, ""); err != nil {
+			return HomeMigration{}, err
+		}
+		return HomeMigration{}, errorf(ErrConflict, "home_owner is env: every home belongs to the env's user, so there is nothing to migrate to; set home_owner: system or range first")
+	}
+	spec, done, err := m.holdHome(user, "migrated")
+	if err != nil {
+		return HomeMigration{}, err
+	}
+	defer done()
+	mg, err := m.owned.migrate(spec)
+	if err != nil {
+		return HomeMigration{}, adminStoreErr(err)
+	}
+	if mg.Migrated {
+		m.log.Warn("home migrated by admin request", "user", bound(user), "from_uid", mg.FromUID, "to_uid", mg.ToUID, "files", mg.Files)
+	}
+	return mg, nil
+}
+
 // MoveHome moves a user's node-pinned home to another node (the explicit
 // admin action; the next start runs there). It is refused while any server
 // of the user exists, and when homes are not node-pinned.

@@ -43,6 +43,7 @@ type Core interface {
 	Progress(ctx context.Context, user, server string, fn func(spawnd.ProgressEvent) error) error
 	DeleteHome(ctx context.Context, user string) error
 	MoveHome(ctx context.Context, user, node string) (backend.HomeMove, error)
+	MigrateHome(ctx context.Context, user string) (spawnd.HomeMigration, error)
 	Drift() ([]spawnd.EnvDrift, error)
 	Logs(ctx context.Context, user, server string, tail int) (string, error)
 	FollowLogs(ctx context.Context, user, server string, tail int, w io.Writer) error
@@ -185,6 +186,7 @@ func (h *handler) routes() []route {
 		route{pattern: "POST /v1/envs/{env}/rollout", auth: true, fn: h.rollout},
 		route{pattern: "DELETE /v1/users/{user}/home", auth: true, fn: h.deleteHome, query: []string{"confirm"}},
 		route{pattern: "POST /v1/users/{user}/home/move", auth: true, fn: h.moveHome},
+		route{pattern: "POST /v1/users/{user}/home/migrate", auth: true, fn: h.migrateHome},
 		route{pattern: "GET /metrics", auth: true, fn: h.metrics, metrics: true},
 		route{pattern: "/", auth: true, fn: func(http.ResponseWriter, *http.Request) error {
 			return api.Errorf(api.CodeNotFound, "no such endpoint; see api/openapi.yaml")
@@ -652,6 +654,22 @@ func (h *handler) moveHome(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, api.HomeMove(mv))
+}
+
+func (h *handler) migrateHome(w http.ResponseWriter, r *http.Request) error {
+	var req struct{} // no options: an empty object or no body
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	user, _, err := names(r)
+	if err != nil {
+		return err
+	}
+	mg, err := h.core.MigrateHome(r.Context(), user)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, api.HomeMigration(mg))
 }
 
 // build runs an env build and streams its events as Server-Sent Events.

@@ -85,6 +85,11 @@ func (c *recordingCore) MoveHome(_ context.Context, user, node string) (backend.
 	return backend.HomeMove{From: "a", To: node}, nil
 }
 
+func (c *recordingCore) MigrateHome(_ context.Context, user string) (spawnd.HomeMigration, error) {
+	c.record("migratehome " + user)
+	return spawnd.HomeMigration{FromUID: 1000, ToUID: 2000000, Files: 3, Migrated: true}, nil
+}
+
 func (c *recordingCore) Drift() ([]spawnd.EnvDrift, error) {
 	c.record("drift")
 	return []spawnd.EnvDrift{{Env: "team", Image: "spawnd/team:new", LockDigest: "sha256:new", Configured: true, Locks: []spawnd.LockServers{

@@ -394,6 +394,51 @@ the user exists: stop them first.`,
 	cf.register(move)
 	move.Flags().StringVar(&to, "to", "", "the node to move the home to (host name or node ID)")
 	move.Flags().DurationVar(&timeout, "timeout", 30*time.Minute, "give up after this long")
-	home.AddCommand(del, move)
+	migrate := &cobra.Command{
+		Use:   "migrate USER...",
+		Short: "Give homes made under home_owner env (uid 1000 for everyone) to their people's own uids",
+		Long: `With home_owner: system or range, each person's home belongs to their own uid
+on the host. Homes made before (home_owner: env) belong to the env's user
+(uid 1000), and a start refuses them rather than change them silently; this
+command migrates them, one user at a time, while the user has no server:
+
+  range   the home stays under homes_root and gets a uid of uid_range
+          (every file of the env's user and group is given to it)
+  system  the home's files move into the account's own home directory
+          (e.g. /home/alice; same file system, refused if a name is in
+          both) and become the account's; the emptied old directory goes
+
+Nothing is deleted. spawnd doctor lists the homes still to migrate.`,
+		Example: "  spawnd home migrate alice bob",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client()
+			if err != nil {
+				return err
+			}
+			var failed []string
+			for _, u := range args {
+				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+				mg, err := c.MigrateHome(ctx, u)
+				cancel()
+				switch {
+				case err != nil:
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %v\n", u, err)
+					failed = append(failed, u)
+				case !mg.Migrated:
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: already owned by uid %d; nothing to do\n", u, mg.ToUID)
+				default:
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: migrated from uid %d to uid %d (%d files)\n", u, mg.FromUID, mg.ToUID, mg.Files)
+				}
+			}
+			if len(failed) > 0 {
+				return fmt.Errorf("%d of %d homes not migrated: %s", len(failed), len(args), strings.Join(failed, " "))
+			}
+			return nil
+		},
+	}
+	cf.register(migrate)
+	migrate.Flags().DurationVar(&timeout, "timeout", 30*time.Minute, "give up on one home after this long")
+	home.AddCommand(del, move, migrate)
 	return home
 }
