@@ -123,6 +123,9 @@ func (m *Manager) useOwnedHomes(homes *Homes) error {
 	if err != nil {
 		return err
 	}
+	if err := sameMountNamespace(); err != nil {
+		return fmt.Errorf("home_owner %s: %w", o.mode, err)
+	}
 	if m.slots, err = newSlots(m.cfg.SlotsDir, m.log); err != nil {
 		return err
 	}

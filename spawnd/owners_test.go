@@ -217,3 +217,18 @@ func errCause(err error) error {
 	}
 	return nil
 }
+
+// TestOwnedHomesNeedTheHostsMountNamespace: a daemon in a mount namespace
+// of its own is refused (the engine would never see its mounts).
+func TestOwnedHomesNeedTheHostsMountNamespace(t *testing.T) {
+	old := hostMountNS
+	t.Cleanup(func() { hostMountNS = old })
+	hostMountNS = "/proc/self/ns/mnt"
+	if err := sameMountNamespace(); err != nil {
+		t.Fatalf("the same namespace: %v", err)
+	}
+	hostMountNS = "/proc/self/ns/net" // a different namespace's link, readable here
+	if err := sameMountNamespace(); err == nil || !strings.Contains(err.Error(), "mount namespace of its own") {
+		t.Fatalf("another namespace: %v", err)
+	}
+}

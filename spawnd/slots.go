@@ -195,3 +195,26 @@ func openNoFollow(path string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// hostMountNS is the mount namespace the engine is taken to run in.
+var hostMountNS = "/proc/1/ns/mnt"
+
+// sameMountNamespace refuses a daemon whose mount namespace is not the
+// host's: the engine would never see the homes it mounts on slots, and
+// every server would find an empty slot it cannot write to.
+func sameMountNamespace() error {
+	self, err1 := os.Readlink("/proc/self/ns/mnt")
+	host, err2 := os.Readlink(hostMountNS)
+	if errors.Is(err2, fs.ErrPermission) {
+		// PID 1 is not ours to read (a sandbox that hides it): nothing to
+		// compare with; a server whose home did not arrive fails to start.
+		return nil
+	}
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("cannot compare this daemon's mount namespace with the host's (%v, %v); run spawnd as root on the host", err1, err2)
+	}
+	if self != host {
+		return fmt.Errorf("spawnd runs in a mount namespace of its own (%s, the host's is %s), so the engine would not see the homes it mounts: run it on the host without mount sandboxing (the shipped systemd unit has none; in a container, use home_owner: env)", self, host)
+	}
+	return nil
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -65,6 +66,11 @@ func installSystemd(out io.Writer, root, binary, hubAuth string) error {
 		data, err := deploy.Files.ReadFile(f.src)
 		if err != nil {
 			return err
+		}
+		if f.src == "spawnd.yaml" && hubAuth == "github" {
+			// GitHub logins have no host accounts: each person gets a uid
+			// of a range of their own (clear of the host's accounts).
+			data = bytes.Replace(data, []byte("home_owner: system\n"), []byte("home_owner: range\nuid_range: 2000000-2099999\n"), 1)
 		}
 		if err := put(f.dst, data, f.mode, f.keep); err != nil {
 			return err

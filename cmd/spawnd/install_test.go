@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +29,21 @@ func TestInstallSystemdKeepsConfigs(t *testing.T) {
 	for _, f := range []string{"usr/local/bin/spawnd", "etc/systemd/system/spawnd.service", "etc/systemd/system/jupyterhub.service", "etc/spawnd/spawnd.yaml", "etc/jupyterhub/jupyterhub_config.py"} {
 		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
 			t.Fatalf("%s not installed: %v", f, err)
+		}
+	}
+	// Each login gets its default owner of homes: PAM the accounts' own,
+	// GitHub a uid range; both configs load.
+	for auth, want := range map[string]string{"pam": "home_owner: system\n", "github": "home_owner: range\nuid_range: 2000000-2099999\n"} {
+		r := root
+		if auth == "github" {
+			r = t.TempDir()
+			if err := installSystemd(io.Discard, r, self, auth); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b, err := os.ReadFile(filepath.Join(r, "etc/spawnd/spawnd.yaml"))
+		if err != nil || !strings.Contains(string(b), want) {
+			t.Fatalf("--hub-auth %s: spawnd.yaml lacks %q", auth, want)
 		}
 	}
 	// A second install keeps the admin's config and token.
