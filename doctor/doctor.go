@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"path/filepath"
 	"net/http"
 	"os"
 	"regexp"
@@ -111,7 +112,7 @@ func Run(ctx context.Context, in Input) []Result {
 	}
 	if in.Config != nil {
 		add(checkHomes(in.Config.HomesRoot, in.MinFreeBytes))
-		add(checkHomeOwners(in.Config.HomesRoot, in.Passwd))
+		add(checkHomeOwners(*in.Config, in.Passwd))
 		add(checkSandbox(in.Unit, in.Config.HomesRoot))
 		add(checkNetwork(ctx, in.Config.Network, in.Engine, engineOK))
 		for _, name := range sortedEnvs(in.Config) {
@@ -306,20 +307,24 @@ func checkHomes(root string, minFree uint64) Result {
 	return Result{"homes_root", OK, root, ""}
 }
 
-// checkHomeOwners warns when the uid that owns users' homes is a login
-// account of this host: that account can read and change every user's
-// files. Today every home belongs to the env's uid (1000 in the shipped
-// envs), which on a cloud image is the default login user.
-func checkHomeOwners(root, passwd string) Result {
+// checkHomeOwners checks who owns the homes under homes_root against
+// home_owner. With env, one uid owns every home: a warning when that uid
+// is a login account of this host (it can read and change every person's
+// files). With range, every home must belong to its own uid of the range
+// (a home outside it waits for spawnd home migrate; two homes on one uid
+// fail), and the range must be clear of the host's accounts. With system,
+// homes left under homes_root from env wait for spawnd home migrate.
+func checkHomeOwners(cfg spawnd.Config, passwd string) Result {
 	const check = "home owners"
 	if passwd == "" {
 		passwd = "/etc/passwd"
 	}
+	root := cfg.HomesRoot
 	entries, err := os.ReadDir(root)
 	if err != nil {
 		return Result{check, Skip, "homes_root unreadable: " + oneLine(err), ""}
 	}
-	owners := map[uint32]int{}
+	owners := map[uint32][]string{}
 	for _, e := range entries {
 		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 			continue // moved-aside copies and helpers' work are hidden
@@ -329,31 +334,71 @@ func checkHomeOwners(root, passwd string) Result {
 			continue
 		}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			owners[st.Uid]++
+			owners[st.Uid] = append(owners[st.Uid], e.Name())
 		}
+	}
+	uids := slices.Sorted(maps.Keys(owners))
+	switch cfg.HomeOwner {
+	case spawnd.HomeOwnerRange:
+		r, err := spawnd.ParseUIDRange(cfg.UIDRange)
+		if err != nil {
+			return Result{check, Fail, "uid_range: " + oneLine(err), "fix uid_range"}
+		}
+		if pw, err := os.Open(passwd); err == nil {
+			defer pw.Close()
+			gr, err := os.Open(filepath.Join(filepath.Dir(passwd), "group"))
+			if err == nil {
+				defer gr.Close()
+				if err := spawnd.CheckUIDRange(r, pw, gr); err != nil {
+					return Result{check, Fail, oneLine(err), "choose a uid_range clear of the host's accounts and groups"}
+				}
+			}
+		}
+		var stray []string
+		for _, u := range uids {
+			switch {
+			case !r.Contains(int(u)):
+				stray = append(stray, owners[u]...)
+			case len(owners[u]) > 1:
+				return Result{check, Fail, fmt.Sprintf("homes %s share uid %d: each can read and change the others' files", strings.Join(owners[u], ", "), u),
+					"give all but one of them to a free uid of uid_range by hand (chown -R), or move them away"}
+			}
+		}
+		if len(stray) > 0 {
+			return Result{check, Warn, fmt.Sprintf("%d home(s) in %s belong to a uid outside uid_range %s (made under home_owner env?); their servers are refused until migrated", len(stray), root, r),
+				"spawnd home migrate " + strings.Join(stray, " ")}
+		}
+		return Result{check, OK, fmt.Sprintf("%d home(s), each its own uid of %s", len(entries), r), ""}
+	case spawnd.HomeOwnerSystem:
+		var left []string
+		for _, u := range uids {
+			left = append(left, owners[u]...)
+		}
+		if len(left) > 0 {
+			slices.Sort(left)
+			return Result{check, Warn, fmt.Sprintf("%d home(s) in %s from home_owner env remain; with home_owner system each person's home is their host account's", len(left), root),
+				"move them into the accounts' homes: spawnd home migrate " + strings.Join(left, " ")}
+		}
+		return Result{check, OK, "home_owner system: every home is its host account's own", ""}
 	}
 	if len(owners) == 0 {
 		return Result{check, OK, "no homes yet", ""}
 	}
 	accounts := readPasswd(passwd)
-	uids := make([]uint32, 0, len(owners))
-	for u := range owners {
-		uids = append(uids, u)
-	}
-	slices.Sort(uids)
 	var seen []string
 	for _, u := range uids {
 		a, ok := accounts[u]
+		n := len(owners[u])
 		switch {
 		case ok && a.login:
 			return Result{check, Warn,
 				fmt.Sprintf("%d home(s) in %s belong to uid %d, which is the host account %q (shell %s): whoever logs in as %s can read and change every one of them",
-					owners[u], root, u, a.name, a.shell, a.name),
-				fmt.Sprintf("give that account no login (usermod -s /usr/sbin/nologin %s) or another uid; spawnd does not yet give each person a uid of their own", a.name)}
+					n, root, u, a.name, a.shell, a.name),
+				fmt.Sprintf("give each person a uid of their own: home_owner: system (PAM) or range in the config, then spawnd home migrate; or at least give that account no login (usermod -s /usr/sbin/nologin %s)", a.name)}
 		case ok:
-			seen = append(seen, fmt.Sprintf("%d home(s) of uid %d (%s, no login)", owners[u], u, a.name))
+			seen = append(seen, fmt.Sprintf("%d home(s) of uid %d (%s, no login)", n, u, a.name))
 		default:
-			seen = append(seen, fmt.Sprintf("%d home(s) of uid %d (no host account)", owners[u], u))
+			seen = append(seen, fmt.Sprintf("%d home(s) of uid %d (no host account)", n, u))
 		}
 	}
 	return Result{check, OK, strings.Join(seen, ", "), ""}

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/spawnd/spawnd/internal/ci"
+	"github.com/spawnd/spawnd/spawnd"
 )
 
 func TestHubLoginConfigs(t *testing.T) {
@@ -172,12 +173,61 @@ func TestHomeOwners(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			r := checkHomeOwners(root, passwd)
+			r := checkHomeOwners(spawnd.Config{HomesRoot: root, HomeOwner: spawnd.HomeOwnerEnv}, passwd)
 			if r.Status != tc.want || !strings.Contains(r.Detail, tc.says) {
 				t.Fatalf("%+v; want %s saying %q", r, tc.want, tc.says)
 			}
-			if tc.want == Warn && (!strings.Contains(r.Detail, `"debian"`) || !strings.Contains(r.Fix, "usermod -s /usr/sbin/nologin debian")) {
+			if tc.want == Warn && (!strings.Contains(r.Detail, `"debian"`) || !strings.Contains(r.Fix, "usermod -s /usr/sbin/nologin debian") || !strings.Contains(r.Fix, "home_owner: system")) {
 				t.Errorf("the warning does not name the account and its fix: %+v", r)
+			}
+		})
+	}
+}
+
+// TestHomeOwnersByMode: under home_owner range, homes outside the range
+// wait for migrate (named), two homes on one uid fail, a range that holds
+// a host account fails; under system, homes left in homes_root wait for
+// migrate.
+func TestHomeOwnersByMode(t *testing.T) {
+	if os.Getuid() != 0 {
+		ci.Skip(t, "chown needs root")
+	}
+	etc := t.TempDir()
+	passwd := filepath.Join(etc, "passwd")
+	if err := os.WriteFile(passwd, []byte("root:x:0:0:root:/root:/bin/bash\ndebian:x:1000:100::/home/debian:/bin/bash\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(etc, "group"), []byte("root:x:0:\nusers:x:100:\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		mode, rg string
+		homes    map[string]int
+		want     Status
+		says     string
+	}{
+		{"range, each its own", "range", "4300000-4300999", map[string]int{"alice": 4300000, "bob": 4300001}, OK, "each its own uid"},
+		{"range, one left from env", "range", "4300000-4300999", map[string]int{"alice": 4300000, "dave": 1000}, Warn, "spawnd home migrate dave"},
+		{"range, two on one uid", "range", "4300000-4300999", map[string]int{"alice": 4300000, "bob": 4300000}, Fail, "share uid 4300000"},
+		{"range over an account", "range", "1000-1999", nil, Fail, `"debian"`},
+		{"system, one left", "system", "", map[string]int{"carol": 1000}, Warn, "spawnd home migrate carol"},
+		{"system, none left", "system", "", nil, OK, "host account's own"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			for name, uid := range tc.homes {
+				d := filepath.Join(root, name)
+				if err := os.Mkdir(d, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chown(d, uid, uid); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := checkHomeOwners(spawnd.Config{HomesRoot: root, HomeOwner: tc.mode, UIDRange: tc.rg}, passwd)
+			if r.Status != tc.want || !strings.Contains(r.Detail+" "+r.Fix, tc.says) {
+				t.Fatalf("%+v; want %s saying %q", r, tc.want, tc.says)
 			}
 		})
 	}

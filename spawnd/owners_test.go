@@ -117,7 +117,9 @@ func TestRangeHomesGetTheirOwnUIDs(t *testing.T) {
 	}
 	o := &ownedHomes{mode: HomeOwnerRange, homes: homes, uids: UIDRange{4100000, 4100001}}
 	ctx := context.Background()
-	ensure := func(u string) (backend.Home, error) { return o.Ensure(ctx, backend.HomeSpec{User: u, UID: 1000, GID: 100}) }
+	ensure := func(u string) (backend.Home, error) {
+		return o.Ensure(ctx, backend.HomeSpec{User: u, UID: 1000, GID: 100})
+	}
 	a, err := ensure("alice")
 	if err != nil || a.Owner == nil || *a.Owner != (backend.Owner{UID: 4100000, GID: 4100000}) || statOwner(t, a.Source) != 4100000 {
 		t.Fatalf("alice: %+v %v", a, err)
