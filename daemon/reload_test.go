@@ -80,6 +80,8 @@ func TestReloadKeepsServers(t *testing.T) {
 	moved.Profiles = map[string]spawnd.ProfileConfig{"default": cfg.Profiles["default"], "big": grown.Profiles["big"], "huge": {Memory: "1g", CPUs: 1, Pids: 128}}
 	relisten := grown
 	relisten.Listen = "127.0.0.1:1"
+	reowned := grown
+	reowned.HomeOwner, reowned.SlotsDir = spawnd.HomeOwnerSystem, t.TempDir()
 	for _, tc := range []struct {
 		name string
 		load func() (daemon.Config, error)
@@ -88,6 +90,7 @@ func TestReloadKeepsServers(t *testing.T) {
 		{"broken yaml", broken, "did not find expected key"},
 		{"homes_root changed", load(moved), "homes_root changed, which takes a restart"},
 		{"listen changed", load(relisten), "listen changed, which takes a restart"},
+		{"home_owner changed", load(reowned), "home_owner, slots_dir changed, which takes a restart"},
 	} {
 		err := h.d.Reload(tc.load)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -29,7 +29,7 @@ type Config struct {
 	Instance string `mapstructure:"instance"`
 	// HomesRoot is the absolute host path that holds every user's home.
 	HomesRoot string `mapstructure:"homes_root"`
-	// HomeOwner is who owns each person's home on the host (docs/HOMES.md):
+	// HomeOwner is who owns each person's home on the host (docs/INSTALL.md, "Each person's files are their own"):
 	//   - "env" (the default): the env image's user (uid 1000), the same uid
 	//     for every person, under homes_root.
 	//   - "system": the person's own host account (a PAM login, as TLJH

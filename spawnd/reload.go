@@ -51,6 +51,10 @@ func restartKeys(old, now *Config) []string {
 	}
 	add(old.Instance != now.Instance, "instance")
 	add(old.HomesRoot != now.HomesRoot, "homes_root")
+	add(old.HomeOwner != now.HomeOwner, "home_owner")
+	add(old.UIDRange != now.UIDRange, "uid_range")
+	add(old.MinSystemUID != now.MinSystemUID, "min_system_uid")
+	add(old.SlotsDir != now.SlotsDir, "slots_dir")
 	add(!reflect.DeepEqual(old.Network, now.Network), "network")
 	add(old.StartTimeout != now.StartTimeout, "start_timeout")
 	add(old.StopGrace != now.StopGrace, "stop_grace")
