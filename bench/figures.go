@@ -546,13 +546,13 @@ func (b *bench) stop() {
 
 // countingEngine counts engine builds.
 type countingEngine struct {
-	images.Engine
+	images.Builder
 	builds atomic.Int32
 }
 
 func (c *countingEngine) Build(ctx context.Context, s backend.BuildSpec, f func(backend.BuildLine)) (string, error) {
 	c.builds.Add(1)
-	return c.Engine.Build(ctx, s, f)
+	return c.Builder.Build(ctx, s, f)
 }
 
 // noopBuild: spawnd build of an unchanged lock whose image exists.
@@ -573,7 +573,7 @@ func (b *bench) noopBuild() {
 		b.add(row{figure: "build: no-op (unchanged lock, image present)", spawnd: "-", raw: "-", ratio: "-", target: "0 builds, ≤ 50 ms", note: "team env did not build: " + err.Error()})
 		return
 	}
-	ce := &countingEngine{Engine: b.eng}
+	ce := &countingEngine{Builder: b.eng}
 	var ds []time.Duration
 	for range 10 {
 		began := time.Now()

@@ -406,12 +406,13 @@ func (b *bench) hubFigures() {
 	}
 
 	var cpuHub []time.Duration
-	var hubErrs int
+	var hubErrs, rawErrs int
 	sp, rw := b.interleaveN(rounds, func(i int) time.Duration {
 		d, err := w.spawnViaHub(users[i], 5*time.Minute)
 		if err != nil {
 			log.Printf("  %v", err)
 			hubErrs++
+			d = failed // a failure is counted, never a time
 		}
 		if s, err := w.d.client.Status(b.ctx, users[i], ""); err == nil {
 			cpuHub = append(cpuHub, w.bootCPU(s.ContainerID))
@@ -422,16 +423,22 @@ func (b *bench) hubFigures() {
 		d, id, err := w.rawStart(users[i])
 		if err != nil {
 			log.Printf("  raw: %v", err)
+			rawErrs++
+			d = failed
 		}
 		w.rawStop([]string{id})
 		return d
 	})
+	sp, rw = succeeded(sp), succeeded(rw)
+	if len(sp) == 0 || len(rw) == 0 {
+		log.Fatalf("hub: sequential spawn: every sample failed (%d hub, %d raw errors); see %s", hubErrs, rawErrs, w.hubLog.Name())
+	}
 	sm, s95 := stats(sp)
 	rm, r95 := stats(rw)
 	b.add(row{figure: fmt.Sprintf("hub: sequential spawn, POST → /user/NAME/api through the proxy (p50, p95; n=%d each, interleaved)", rounds),
 		spawnd: ms(sm) + ", " + ms(s95), raw: ms(rm) + ", " + ms(r95) + " (engine create+start → /api)",
 		ratio: fmt.Sprintf("%.2f×", ratio(sm, rm)), target: "p50 ≤ 1.10×, 0 errors", pass: ratio(sm, rm) <= 1.10 && hubErrs == 0,
-		note: fmt.Sprintf("%d hub errors", hubErrs)})
+		note: fmt.Sprintf("%d hub errors, %d raw errors (failed samples are not times)", hubErrs, rawErrs)})
 	if len(cpuHub) > 0 {
 		cm, c95 := stats(cpuHub)
 		b.add(row{figure: fmt.Sprintf("hub: boot CPU per single-user server, cgroup CPU time when /api first answers (p50, p95; n=%d)", len(cpuHub)),
@@ -561,6 +568,20 @@ func (b *bench) hubClass(w *hubWorld, n int) {
 }
 
 // interleaveN is interleave with an explicit round count.
+// failed marks a sample whose operation failed; succeeded drops them, so
+// a failure is never a time (it is counted on its own).
+const failed = time.Duration(-1)
+
+func succeeded(ds []time.Duration) []time.Duration {
+	out := ds[:0:0]
+	for _, d := range ds {
+		if d != failed {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 func (b *bench) interleaveN(n int, sp, raw func(i int) time.Duration) ([]time.Duration, []time.Duration) {
 	saved := b.rounds
 	b.rounds = n

@@ -23,7 +23,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -213,18 +213,18 @@ func (b *bench) rawSpec(w *world, name string) backend.ContainerSpec {
 	}
 }
 
-// stats returns the median and the tail of a sample: the nearest-rank p95
-// with 20 or more samples, else the maximum (tailName says which).
+// stats returns the median and the tail of a sample, both nearest-rank
+// (the smallest value with at least p% of the sample at or below it): the
+// p50, and the p95 with 20 or more samples, else the maximum (tailName says
+// which). With n = 2 the median is the smaller sample, never the maximum.
 func stats(ds []time.Duration) (median, tail time.Duration) {
 	if len(ds) == 0 {
 		return 0, 0
 	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	if len(s) < 20 {
-		return s[len(s)/2], s[len(s)-1]
+	if len(ds) < 20 {
+		return nearestRank(ds, 50), nearestRank(ds, 100)
 	}
-	return s[len(s)/2], s[min(len(s)-1, (len(s)*95+99)/100-1)]
+	return nearestRank(ds, 50), nearestRank(ds, 95)
 }
 
 // tailName is what stats' second value is for n samples.
@@ -235,12 +235,16 @@ func tailName(n int) string {
 	return "p95"
 }
 
-func pct(ds []time.Duration, p float64) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := int(float64(len(s))*p+0.999999) - 1
-	return s[max(0, min(len(s)-1, i))]
+// nearestRank is the nearest-rank p-th percentile (0 < p ≤ 100): the
+// value at rank ⌈p·n/100⌉ of the sorted sample.
+func nearestRank(ds []time.Duration, p int) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	rank := (p*len(s) + 99) / 100
+	return s[max(0, min(len(s)-1, rank-1))]
 }
+
+func pct(ds []time.Duration, p float64) time.Duration { return nearestRank(ds, int(p*100+0.5)) }
 
 func ms(d time.Duration) string {
 	switch {
