@@ -28,7 +28,7 @@ func heapPerServer(n int) float64 {
 		cfg.Envs["team"] = spawnd.EnvConfig{Image: "img:1", User: spawnd.EnvUser{Name: "jovyan", UID: 1000, GID: 100}}
 	}
 	rt := fakebackend.New() // the fake the core's unit tests use
-	m, err := spawnd.NewManager(cfg, rt, nil, nil)
+	m, err := spawnd.NewManager(cfg, backend.Set{Runtime: rt}, nil, nil)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -311,7 +311,7 @@ func (b *bench) reconcile() {
 	// A manager of its own on a runtime that counts inspects; it does not
 	// follow events, so nothing but the reconcile talks to the engine.
 	rt := &countingInspects{Runtime: b.eng}
-	mgr, err := spawnd.NewManager(w.cfg.Config, rt, nil, nil)
+	mgr, err := spawnd.NewManager(w.cfg.Config, backend.Set{Runtime: rt}, nil, nil)
 	if err != nil {
 		log.Fatal(err)
 	}

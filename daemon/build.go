@@ -19,7 +19,7 @@ type envBuilder struct {
 	envs func() map[string]spawnd.EnvConfig // the config's, as last (re)loaded
 	// seconds observes each build's duration by status (success, failure).
 	seconds *prometheus.HistogramVec
-	eng     images.Engine
+	eng     images.Builder
 	log     *slog.Logger
 
 	// caCerts are extra CA certificates for locking and fetching, from
@@ -37,6 +37,9 @@ func (b *envBuilder) BuildEnv(ctx context.Context, env string, relock bool, fn f
 	}
 	if e.Spec == "" {
 		return api.Errorf(api.CodeConflict, "env %q runs a fixed image (envs.%s.image), not a spec; there is nothing to build", env, env)
+	}
+	if b.eng == nil {
+		return api.Errorf(api.CodeConflict, "this engine backend cannot build envs; build with spawnd build on a Docker engine (and spawnd image push for a swarm)")
 	}
 	b.mu.Lock()
 	if b.running[env] {

@@ -15,7 +15,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -26,8 +25,9 @@ import (
 	"github.com/spawnd/spawnd/api/server"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/spawnd"
+	"github.com/spawnd/spawnd/spawnd/backend"
+	"github.com/spawnd/spawnd/spawnd/backends"
 	"github.com/spawnd/spawnd/spawnd/egress"
-	"github.com/spawnd/spawnd/spawnd/swarm"
 )
 
 // Version is the daemon's version, set at build time with
@@ -142,89 +142,9 @@ func (h *HubConfig) validate() error {
 	return nil
 }
 
-// EngineConfig says which backend runs the containers, and where its engine is.
-type EngineConfig struct {
-	// Backend is the backend that runs user containers: docker (one Docker
-	// engine) or swarm (a service per server on a Docker Swarm; Host is a
-	// manager; docs/SWARM.md). Default docker.
-	Backend string `mapstructure:"backend"`
-	// Host is the engine address (unix:///var/run/docker.sock, tcp://...). Default: DOCKER_HOST or the local socket.
-	Host string `mapstructure:"host"`
-	// Registry (swarm) is the registry every node pulls env images from,
-	// host[:port]; push them with spawnd image push ENV REGISTRY. Servers
-	// run the image by digest.
-	Registry string `mapstructure:"registry"`
-	// InsecureRegistry (swarm) reaches the registry over plain HTTP (a
-	// private network; each node's dockerd lists it in insecure-registries).
-	InsecureRegistry bool `mapstructure:"insecure_registry"`
-	// PendingTimeout (swarm) is how long a server may wait for a node that
-	// can take it before its start fails with Swarm's reason. Default 60s.
-	PendingTimeout time.Duration `mapstructure:"pending_timeout"`
-	// Ports (swarm) is the range of host ports servers are published on,
-	// FIRST-LAST, one port per server across the swarm (the hub reaches a
-	// server at its node's address and this port; open it between the
-	// hub and the nodes). Default 30000-32767.
-	Ports string `mapstructure:"ports"`
-	// Homes is where users' homes live: shared (homes_root on the daemon's
-	// host; on Swarm, a file system every node mounts at that path) or node
-	// (swarm: each home on the local disk of one node, at homes_root there;
-	// the user's servers run on that node; spawnd home move USER --to NODE
-	// moves it). Default shared.
-	Homes string `mapstructure:"homes"`
-}
-
-func (e *EngineConfig) defaults() {
-	if e.Backend == "" {
-		e.Backend = "docker"
-	}
-	if e.Homes == "" {
-		e.Homes = "shared"
-	}
-}
-
-func (e *EngineConfig) validate() error {
-	if _, ok := backends[e.Backend]; !ok {
-		return fmt.Errorf("engine.backend: %q is not one of %v", e.Backend, backendNames())
-	}
-	if e.Backend != "swarm" && (e.Registry != "" || e.InsecureRegistry || e.PendingTimeout != 0 || e.Ports != "") {
-		return fmt.Errorf("engine: registry, insecure_registry, pending_timeout and ports are for engine.backend: swarm (this one is %s)", e.Backend)
-	}
-	if _, err := e.portRange(); err != nil {
-		return err
-	}
-	switch {
-	case e.Homes != "shared" && e.Homes != "node":
-		return fmt.Errorf("engine.homes: %q is not shared or node", e.Homes)
-	case e.Homes == "node" && e.Backend != "swarm":
-		return fmt.Errorf("engine.homes: node pins homes to swarm nodes; one engine has one disk (use shared, or engine.backend: swarm)")
-	}
-	if e.PendingTimeout < 0 {
-		return fmt.Errorf("engine.pending_timeout: %s is negative", e.PendingTimeout)
-	}
-	if e.Backend == "swarm" && e.Registry == "" {
-		return errors.New("engine.registry: swarm nodes pull env images from a registry; name it (host:port) and push envs there with spawnd image push ENV REGISTRY")
-	}
-	return nil
-}
-
-// portRange is engine.ports parsed; the zero range if unset.
-func (e *EngineConfig) portRange() (swarm.PortRange, error) {
-	if e.Ports == "" {
-		return swarm.PortRange{}, nil
-	}
-	var r swarm.PortRange
-	a, b, ok := strings.Cut(e.Ports, "-")
-	first, err1 := strconv.Atoi(strings.TrimSpace(a))
-	last, err2 := strconv.Atoi(strings.TrimSpace(b))
-	if !ok || err1 != nil || err2 != nil {
-		return r, fmt.Errorf("engine.ports: %q is not FIRST-LAST, like 30000-32767", e.Ports)
-	}
-	r = swarm.PortRange{First: first, Last: last}
-	if err := r.Validate(); err != nil {
-		return r, fmt.Errorf("engine.ports: %w", err)
-	}
-	return r, nil
-}
+// EngineConfig says which backend runs the containers, and where its
+// engine is (spawnd/backends, the one place that picks a backend).
+type EngineConfig = backends.Config
 
 // validateSwarm checks what one host allows and a swarm does not.
 func (c *Config) validateSwarm() error {
@@ -246,7 +166,7 @@ func (c *Config) validateSwarm() error {
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Profiles)) {
 		if c.Profiles[name].GPURequest() != nil {
-			return fmt.Errorf("profiles.%s.gpus: %w (docs/SWARM.md)", name, swarm.ErrNoGPUs)
+			return fmt.Errorf("profiles.%s.gpus: %w (docs/SWARM.md)", name, backends.ErrNoGPUs)
 		}
 	}
 	return nil
@@ -256,7 +176,7 @@ func (c *Config) validateSwarm() error {
 // naming the key of the first mistake.
 func (c *Config) Validate() error {
 	c.defaults()
-	if err := c.Engine.validate(); err != nil {
+	if err := c.Engine.Validate(); err != nil {
 		return err
 	}
 	if err := c.Hub.validate(); err != nil {
@@ -333,7 +253,7 @@ func (c *Config) defaults() {
 	if c.LogFormat == "" {
 		c.LogFormat = "text"
 	}
-	c.Engine.defaults()
+	c.Engine.Defaults()
 }
 
 // Logger makes the logger the config asks for, writing to stderr.
@@ -351,7 +271,7 @@ func (c *Config) Logger() *slog.Logger {
 type Daemon struct {
 	cfg     Config
 	log     *slog.Logger
-	engine  engine
+	engine  backend.Set
 	manager *spawnd.Manager
 	ln      net.Listener
 	reg     *prometheus.Registry
@@ -368,7 +288,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if log == nil {
 		log = cfg.Logger()
 	}
-	eng, err := backends[cfg.Engine.Backend](&cfg)
+	set, err := backends.Open(cfg.Engine, cfg.StopGrace)
 	if err != nil {
 		return nil, err
 	}
@@ -382,38 +302,53 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	buildSeconds.WithLabelValues("success")
 	buildSeconds.WithLabelValues("failure")
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo, buildSeconds)
-	mgr, err := spawnd.NewManager(cfg.Config, eng, log, reg)
-	if err != nil {
-		eng.Close()
-		return nil, err
-	}
-	if cfg.Hub.URL != "" {
-		mgr.UseActivity(&hubActivity{url: cfg.Hub.URL, token: cfg.Hub.Token})
-	}
 	caCerts, err := images.ReadCACerts(images.CAFilesFromEnv())
 	if err != nil {
-		eng.Close()
+		set.Close()
 		return nil, fmt.Errorf("%s: %w", images.CACertsEnv, err)
 	}
-	builder := &envBuilder{envs: func() map[string]spawnd.EnvConfig { return mgr.Config().Envs }, seconds: buildSeconds, eng: eng, log: log, running: map[string]bool{}, caCerts: caCerts}
-	if cfg.Engine.Backend == "docker" {
-		// A start whose env has no image builds it and waits. (On Swarm the
-		// image must reach the registry: spawnd build, then spawnd image push.)
-		mgr.UseBuilds(builder.forStart, 0)
+
+	var mgr *spawnd.Manager
+	builder := &envBuilder{envs: func() map[string]spawnd.EnvConfig { return mgr.Config().Envs }, seconds: buildSeconds, log: log, running: map[string]bool{}, caCerts: caCerts}
+	var opts []spawnd.Option
+	if set.Builder != nil && set.Images != nil {
+		builder.eng = buildEngine{set.Builder, set.Images}
+		if set.BuildsInPlace {
+			// A start whose env has no image builds it and waits. (On Swarm the
+			// image must reach the registry: spawnd build, then spawnd image push.)
+			opts = append(opts, spawnd.WithBuilds(builder.forStart, 0))
+		}
+	}
+	if cfg.Hub.URL != "" {
+		opts = append(opts, spawnd.WithActivity(&hubActivity{url: cfg.Hub.URL, token: cfg.Hub.Token}))
 	}
 	if cfg.Engine.Homes == "node" {
-		mgr.UseHomes(eng.(*swarm.Swarm).NodeHomes(cfg.HomesRoot, cfg.Network.Name))
+		if set.NodeHomes == nil {
+			set.Close()
+			return nil, fmt.Errorf("engine.homes: node, but the %s backend cannot pin homes to nodes", set.Name)
+		}
+		opts = append(opts, spawnd.WithHomes(set.NodeHomes(cfg.HomesRoot, cfg.Network.Name)))
 	}
-	if err := fence(mgr, cfg, log); err != nil {
-		eng.Close()
+	f, err := fence(cfg, log)
+	if err != nil {
+		set.Close()
+		return nil, err
+	}
+	if f != nil {
+		opts = append(opts, spawnd.WithFence(f))
+	}
+	mgr, err = spawnd.NewManager(cfg.Config, set, log, reg, opts...)
+	if err != nil {
+		set.Close()
 		return nil, err
 	}
 	ln, err := server.Listen(cfg.Listen)
 	if err != nil {
-		eng.Close()
+		mgr.Close()
+		set.Close()
 		return nil, err
 	}
-	return &Daemon{cfg: cfg, log: log, engine: eng, manager: mgr, ln: ln, reg: reg, builder: builder}, nil
+	return &Daemon{cfg: cfg, log: log, engine: set, manager: mgr, ln: ln, reg: reg, builder: builder}, nil
 }
 
 // Addr is the address the API listens on.
@@ -442,11 +377,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	info := api.VersionInfo{Version: Version, APIVersion: api.Version}
 	vctx, vcancel := context.WithTimeout(ctx, 2*time.Second)
-	if ei, err := d.engine.Info(vctx); err == nil {
+	if ei, err := d.engine.Runtime.Info(vctx); err == nil {
 		info.EngineVersion, info.EngineAPI = ei.Version, ei.APIVersion
 	}
 	vcancel()
-	h, err := server.New(mgr, server.Options{Token: d.cfg.Token, MetricsToken: d.cfg.MetricsToken, Version: info, Registry: reg, Logger: d.log, Builder: d.builder, Images: d.engine})
+	h, err := server.New(mgr, server.Options{Token: d.cfg.Token, MetricsToken: d.cfg.MetricsToken, Version: info, Registry: reg, Logger: d.log, Builder: d.builder, Images: d.engine.Builder})
 	if err != nil {
 		return err
 	}
@@ -478,9 +413,16 @@ func (d *Daemon) Close() error {
 	return d.engine.Close()
 }
 
-// fence puts the egress rules under the manager, or removes this instance's
-// rules when the config turns them off.
-func fence(mgr *spawnd.Manager, cfg Config, log *slog.Logger) error {
+// buildEngine is a backend's Builder with its image store: what a build
+// through the daemon needs (every build is normalized through the store).
+type buildEngine struct {
+	backend.Builder
+	backend.ImageStore
+}
+
+// fence is the egress rules for the manager (nil when the config turns
+// them off, after removing this instance's old rules).
+func fence(cfg Config, log *slog.Logger) (spawnd.Fence, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	table := egress.Table(cfg.Instance)
@@ -488,15 +430,14 @@ func fence(mgr *spawnd.Manager, cfg Config, log *slog.Logger) error {
 		if err := egress.Remove(ctx, table); err != nil {
 			log.Debug("egress rules off; could not look for an old table", "table", table, "err", err)
 		}
-		return nil
+		return nil, nil
 	}
 	if err := egress.Check(ctx); err != nil {
-		return fmt.Errorf("network.egress: %w; run spawnd as root (or with CAP_NET_ADMIN; in a container, cap_add: [NET_ADMIN] and host networking), "+
+		return nil, fmt.Errorf("network.egress: %w; run spawnd as root (or with CAP_NET_ADMIN; in a container, cap_add: [NET_ADMIN] and host networking), "+
 			"or set network.egress.enabled: false", err)
 	}
-	mgr.UseFence(egress.New(cfg.Instance))
 	log.Info("egress rules on", "table", "inet "+table, "blocked", len(cfg.Network.Egress.Blocked()), "host_ports", cfg.Network.Egress.HostPorts)
-	return nil
+	return egress.New(cfg.Instance), nil
 }
 
 // readSecret reads a one-line secret from the file a config key names.

@@ -36,6 +36,10 @@ type swarmClass struct {
 	inst    string
 	homes   string // homes_root as the config says it
 	tokFile string // the daemon's API token, for the CLI
+	// tiny is an env of nothing but the base, built on this machine's
+	// one engine before the daemon starts (tinyTag, tinyID), whose lock a
+	// build through the daemon on the swarm must reproduce exactly.
+	tiny, tinyTag, tinyID, base string
 }
 
 // newSwarmClass stands a swarmClass up on 198.19.<net>.0/24; engineExtra is
@@ -43,7 +47,7 @@ type swarmClass struct {
 func newSwarmClass(t *testing.T, net byte, engineExtra string) *swarmClass {
 	venv := testenv.HubVenv(t, 6)
 	eng := testenv.Engine(t)
-	testenv.EnsureDebianBase(t, eng)
+	base := testenv.EnsureDebianBase(t, eng)
 	dir := t.TempDir()
 	spec := filepath.Join(dir, "jh6.yaml")
 	if err := os.WriteFile(spec, []byte(hubEnvSpec(6)), 0o644); err != nil {
@@ -57,7 +61,18 @@ func newSwarmClass(t *testing.T, net byte, engineExtra string) *swarmClass {
 	}
 	sw := testenv.NewSwarm(t, 3, net)
 	sw.Push(t, eng, built.Tag, built.Tag)
-	s := &swarmClass{t: t, ctx: ctx, sw: sw, mgr: testenv.Client(sw.Manager(t)), inst: testenv.Instance(t, eng)}
+	s := &swarmClass{t: t, ctx: ctx, sw: sw, mgr: testenv.Client(sw.Manager(t)), inst: testenv.Instance(t, eng), base: base}
+	s.tiny = "tiny" + s.inst
+	tinySpec := filepath.Join(dir, s.tiny+".yaml")
+	if err := os.WriteFile(tinySpec, []byte("name: "+s.tiny+"\ndescription: built again on the swarm\nbase: "+base+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { testenv.RemoveImages(eng, labels.Env, s.tiny) })
+	tb, err := images.Build(ctx, eng, tinySpec, images.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.tinyTag, s.tinyID = tb.Tag, tb.ImageID
 
 	w, tokFile := newProcessWorld(t, eng, venv, dir)
 	s.w, s.homes, s.tokFile = w, w.homes, tokFile
@@ -83,7 +98,9 @@ profiles:
   small: {memory: 512m, pids: 256}
 envs:
   jh6: {spec: %s}
-`, w.spawndAddr, tokFile, s.inst, s.homes, sw.Nodes[0].Host, sw.Registry, engineExtra, s.inst, spec)), 0o600); err != nil {
+  %s: {spec: %s}
+default_env: jh6
+`, w.spawndAddr, tokFile, s.inst, s.homes, sw.Nodes[0].Host, sw.Registry, engineExtra, s.inst, spec, s.tiny, tinySpec)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	s.c, _ = api.NewClient(w.spawndAddr, w.cfg.Token)
@@ -107,6 +124,38 @@ envs:
 	w.startHub(gw)
 	t.Cleanup(w.stopHub)
 	return s
+}
+
+// buildIsNormalized builds the tiny env through the daemon's API on the
+// swarm (on the manager's engine, given the lock's base) and checks that
+// the image is the one the one-engine build made of the same lock: same
+// ID, so normalization ran (without it, the build's timestamps differ).
+func (s *swarmClass) buildIsNormalized() {
+	t := s.t
+	s.sw.LoadImage(t, testenv.Engine(t), s.base)
+	if _, err := s.mgr.ImageInspect(s.ctx, s.tinyTag); err == nil {
+		t.Fatalf("the manager has %s before the build; the test would prove nothing", s.tinyTag)
+	}
+	var last api.BuildEvent
+	steps := map[string]bool{}
+	err := s.c.BuildEnv(s.ctx, s.tiny, false, func(ev api.BuildEvent) error {
+		last, steps[ev.Step] = ev, true
+		return nil
+	})
+	if err != nil || !last.Done || last.Error != "" || !last.Built || last.Tag != s.tinyTag {
+		t.Fatalf("building %s through the daemon on the swarm: %v, last event %+v", s.tiny, err, last)
+	}
+	if !steps["normalize"] {
+		t.Fatalf("the swarm build reported no normalize step: %v", steps)
+	}
+	got, err := s.mgr.ImageInspect(s.ctx, s.tinyTag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != s.tinyID {
+		t.Fatalf("same lock, different image: the swarm's build of %s is %s, this machine's one-engine build %s", s.tinyTag, got.ID, s.tinyID)
+	}
+	t.Logf("the swarm's build of %s is the one-engine image %s", s.tinyTag, got.ID)
 }
 
 // cli runs the spawnd CLI against the daemon and returns its output
@@ -203,6 +252,7 @@ func (s *swarmClass) nodeOf() map[string]int {
 func TestSwarmClassThroughJupyterHub(t *testing.T) {
 	const n = 30
 	s := newSwarmClass(t, 44, "")
+	s.buildIsNormalized()
 	w, sw, c, ctx, homes := s.w, s.sw, s.c, s.ctx, s.homes
 	start, ready, nodeOf := s.start, s.ready, s.nodeOf
 	users := classUsers("sw", n)

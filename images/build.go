@@ -20,9 +20,19 @@ import (
 	"github.com/spawnd/spawnd/spawnd/backend"
 )
 
-// Engine is what locking and building need from a container engine (the
-// Docker backend, spawnd/docker, implements it).
+// Engine is what locking needs from a container engine (the Docker
+// backend, spawnd/docker, implements it).
 type Engine = backend.Builder
+
+// Builder is what building an image needs: an Engine, and the engine's
+// image store, through which every build is normalized (same lock, same
+// digest). It is a required part, not an optional one found by a type
+// assertion: a backend without a store cannot build, rather than build
+// images that differ from the same lock's elsewhere.
+type Builder interface {
+	Engine
+	Store
+}
 
 // Options configure locking and building.
 type Options struct {
@@ -341,7 +351,7 @@ type Result struct {
 // the engine. An image that already carries the lock's digest is returned
 // without any build. A failed build leaves the previous image and lock as
 // they were.
-func Build(ctx context.Context, eng Engine, specPath string, opts Options) (Result, error) {
+func Build(ctx context.Context, eng Builder, specPath string, opts Options) (Result, error) {
 	unlock, err := lockBuilds(false) // no prune while this builds
 	if err != nil {
 		return Result{}, err
@@ -405,7 +415,7 @@ func BuildFromBundle(ctx context.Context, eng BundleEngine, specPath, src string
 
 // build makes the image of a lock; a fresh lock (locked) is written next to
 // the spec once the image exists.
-func build(ctx context.Context, eng Engine, specPath string, l *envs.Lock, locked bool, opts Options, began time.Time) (Result, error) {
+func build(ctx context.Context, eng Builder, specPath string, l *envs.Lock, locked bool, opts Options, began time.Time) (Result, error) {
 	res := Result{Tag: l.Tag(), Lock: l, Locked: locked}
 	if img, err := eng.ImageInspect(ctx, res.Tag); err == nil && img.Labels[labels.LockDigest] == l.Digest {
 		res.ImageID = img.ID
@@ -444,12 +454,10 @@ func build(ctx context.Context, eng Engine, specPath string, l *envs.Lock, locke
 		// hash mismatch, apt's missing dependency) is in the lines before it.
 		return Result{}, fmt.Errorf("building %s: %w%s", res.Tag, err, tail.String())
 	}
-	if st, ok := eng.(Store); ok {
-		// Same lock, same image: normalize what the build left (Normalize).
-		opts.emit(began, api.BuildEvent{Phase: "build", Step: "normalize", Message: "normalizing the image (same lock, same digest)"})
-		if id, err = Normalize(ctx, st, res.Tag, l.Created, baseInfo.Layers); err != nil {
-			return Result{}, err
-		}
+	// Same lock, same image: normalize what the build left (Normalize).
+	opts.emit(began, api.BuildEvent{Phase: "build", Step: "normalize", Message: "normalizing the image (same lock, same digest)"})
+	if id, err = Normalize(ctx, eng, res.Tag, l.Created, baseInfo.Layers); err != nil {
+		return Result{}, err
 	}
 	if locked {
 		if err := envs.WriteLock(envs.LockPath(specPath), l); err != nil {
@@ -481,7 +489,7 @@ func remember(specPath string, l *envs.Lock, opts Options) error {
 // them); then the lock and the spec it was made from are put back, the lock
 // first. A running daemon switches to it within a second; servers of the
 // lock rolled back from show as outdated until they restart.
-func Rollback(ctx context.Context, eng Engine, specPath, to string, opts Options) (Result, error) {
+func Rollback(ctx context.Context, eng Builder, specPath, to string, opts Options) (Result, error) {
 	unlock, err := lockBuilds(false) // no prune while this builds
 	if err != nil {
 		return Result{}, err

@@ -47,11 +47,8 @@ const (
 )
 
 // BundleEngine is what bundling needs of an engine: building, and reading
-// an image out of it and loading one into it.
-type BundleEngine interface {
-	Engine
-	Store
-}
+// an image out of it and loading one into it (a Builder).
+type BundleEngine = Builder
 
 // bundleParts are the two images of a bundle: the lock's base, from the
 // engine, and the artifact of its packages, from the cache, which names the

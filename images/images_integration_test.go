@@ -34,7 +34,7 @@ import (
 
 // countingEngine counts the engine builds that a build asked for.
 type countingEngine struct {
-	images.Engine
+	images.Builder
 	builds atomic.Int32
 	// lockPath, when set, is watched: sawLock is set if an engine build
 	// began while the file existed.
@@ -49,7 +49,7 @@ func (c *countingEngine) Build(ctx context.Context, spec backend.BuildSpec, onLi
 			c.sawLock.Store(true)
 		}
 	}
-	return c.Engine.Build(ctx, spec, onLine)
+	return c.Builder.Build(ctx, spec, onLine)
 }
 
 type eventLog struct {
@@ -131,7 +131,7 @@ func TestLockBuildRelockPushSaveLoad(t *testing.T) {
 	dir := t.TempDir()
 	spec := filepath.Join(dir, env+".yaml")
 	writeSpec(t, spec, env, base, ix.URL, "spawndtesta")
-	ce := &countingEngine{Engine: eng, lockPath: envs.LockPath(spec)}
+	ce := &countingEngine{Builder: eng, lockPath: envs.LockPath(spec)}
 
 	// First build: locks (apt and pip, resolved by the real tools), then
 	// builds; the lock file appears only once the image exists, so a daemon

@@ -15,7 +15,7 @@ func benchManager(b *testing.B, rt *fakebackend.Runtime) *Manager {
 	b.Helper()
 	cfg := Config{Instance: "bench", HomesRoot: b.TempDir(),
 		Envs: map[string]EnvConfig{"team": {Image: "img:1", User: EnvUser{Name: "jovyan", UID: testUID(), GID: 100}}}, ReapGrace: time.Hour}
-	m, err := NewManager(cfg, rt, nil, nil)
+	m, err := NewManager(cfg, backend.Set{Runtime: rt}, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/containerd/errdefs"
 )
@@ -12,18 +11,6 @@ import (
 // EnvBuild builds an env's current lock into its image (the daemon wires
 // images.Build); progress hears what the build does, in words.
 type EnvBuild func(ctx context.Context, env string, progress func(msg string)) error
-
-// UseBuilds lets a start whose env (built from a spec) has no image yet
-// build it and wait, instead of failing with "build it first": one build
-// per env at a time, shared by every start that waits for it, each of
-// which shows the build's progress on its spawn page. A build gets at most
-// limit (default 1h). Call before Run.
-func (m *Manager) UseBuilds(b EnvBuild, limit time.Duration) {
-	if limit <= 0 {
-		limit = time.Hour
-	}
-	m.build, m.buildLimit = b, limit
-}
 
 // buildFlight is one build of an env that starts wait for.
 type buildFlight struct {

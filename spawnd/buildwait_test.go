@@ -17,15 +17,9 @@ import (
 // build fails every waiting start with its reason.
 func TestStartsShareOneBuild(t *testing.T) {
 	rt := fakebackend.New()
-	m := newTestManager(t, testConfig(t), rt)
-	m.envs.mu.Lock()
-	e := m.envs.envs["team"]
-	e.Spec, e.Image = "/nonexistent/team.yaml", "img:built"
-	m.envs.envs["team"] = e
-	m.envs.mu.Unlock()
 	var builds atomic.Int32
 	release := make(chan error)
-	m.UseBuilds(func(ctx context.Context, env string, progress func(string)) error {
+	build := func(ctx context.Context, env string, progress func(string)) error {
 		builds.Add(1)
 		progress("layer 1/3")
 		err := <-release
@@ -33,7 +27,13 @@ func TestStartsShareOneBuild(t *testing.T) {
 			rt.SetImage("img:built", "sha256:built")
 		}
 		return err
-	}, time.Minute)
+	}
+	m := newTestManager(t, testConfig(t), rt, WithBuilds(build, time.Minute))
+	m.envs.mu.Lock()
+	e := m.envs.envs["team"]
+	e.Spec, e.Image = "/nonexistent/team.yaml", "img:built"
+	m.envs.envs["team"] = e
+	m.envs.mu.Unlock()
 	ctx := context.Background()
 
 	var wg sync.WaitGroup

@@ -155,19 +155,19 @@ func homeErr(format string, args ...any) error {
 // HomeStore keeps users' homes where their servers run. Homes, a directory
 // on the daemon's host (on Swarm: a file system every node mounts at the
 // same path), is the default; the swarm backend's node-pinned homes are the
-// other (the daemon wires it with Manager.UseHomes).
+// other (the daemon gives it with WithHomes).
 type HomeStore interface {
 	// Ensure makes the home exist and says where a server finds it.
 	Ensure(ctx context.Context, h backend.HomeSpec) (backend.Home, error)
 	// Delete removes the home and everything in it; NotFound if there is none.
 	Delete(ctx context.Context, h backend.HomeSpec) error
-}
-
-// HomeMover is a HomeStore whose homes each live on one node and can move
-// to another.
-type HomeMover interface {
+	// Move moves a node-pinned home to another node; a store whose homes
+	// are on every machine answers a conflict that says so.
 	Move(ctx context.Context, h backend.HomeSpec, node string) (backend.HomeMove, error)
 }
+
+// errNotPinned is Move's answer where homes are not pinned to nodes.
+var errNotPinned = errorf(ErrConflict, "homes here are not pinned to nodes (engine.homes: node, on Swarm): every server mounts the same home, so there is nothing to move")
 
 // hostHomes is Homes as a HomeStore: every server mounts the home from the
 // same host path, wherever it runs.
@@ -179,6 +179,10 @@ func (s hostHomes) Ensure(_ context.Context, h backend.HomeSpec) (backend.Home, 
 }
 
 func (s hostHomes) Delete(_ context.Context, h backend.HomeSpec) error { return s.h.Delete(h.User) }
+
+func (hostHomes) Move(context.Context, backend.HomeSpec, string) (backend.HomeMove, error) {
+	return backend.HomeMove{}, errNotPinned
+}
 
 // storeErr classifies a failure of a home store on the nodes: its own
 // kinds (errdefs) become the core's, with its message, which names nodes

@@ -9,16 +9,12 @@ import (
 )
 
 // logFollower is a backend that streams a container's log as it grows.
-type logFollower interface {
-	FollowLogs(ctx context.Context, id string, tail int, w io.Writer) error
-}
-
 // FollowLogs writes the last tail lines of a server's log to w, then each
 // line as the server writes it, until ctx ends or the container does:
 // every line bounded, secrets and token-like strings replaced, as Logs.
 func (m *Manager) FollowLogs(ctx context.Context, user, server string, tail int, w io.Writer) error {
-	f, ok := m.rt.(logFollower)
-	if !ok {
+	f := m.follower
+	if f == nil {
 		return errorf(ErrInvalid, "this engine backend cannot follow a log; leave out --follow")
 	}
 	id, secrets, err := m.logSource(user, server)

@@ -26,12 +26,16 @@ import (
 // reconcile.go keeps the view in step with the engine, resolve.go turns a
 // request into a plan; this file holds the view and answers from it.
 type Manager struct {
-	cfg   Config                  // as started; its policy part is pol's (reload.go)
-	pol   atomic.Pointer[choices] // envs' defaults, profiles and teams: what a reload changes
-	rt    backend.Runtime
-	homes HomeStore
-	log   *slog.Logger
-	admit chan struct{}
+	cfg Config                  // as started; its policy part is pol's (reload.go)
+	pol atomic.Pointer[choices] // envs' defaults, profiles and teams: what a reload changes
+	rt  backend.Runtime
+	// The backend's optional capabilities (backend.Set); nil: it lacks one.
+	puller   backend.Puller
+	follower backend.LogFollower
+	homes    HomeStore
+	pinned   bool // homes are a node-pinned store (WithHomes), not homes_root
+	log      *slog.Logger
+	admit    chan struct{}
 	// Dial checks that a server's port accepts connections; tests may replace it.
 	Dial func(ctx context.Context, addr string) error
 
@@ -66,17 +70,43 @@ type Fence interface {
 	Apply(ctx context.Context, r egress.Rules) error
 }
 
-// UseFence makes every sync put the egress rules the config asks for
-// (network.egress) in place before any server starts. Call before Run.
-func (m *Manager) UseFence(f Fence) { m.fence = f }
+// Option is something of the daemon's that a Manager uses besides its
+// backend, given to NewManager.
+type Option func(*Manager)
 
-// UseHomes keeps users' homes in s instead of under homes_root on the
-// daemon's host (the swarm backend's node-pinned homes). Call before Run.
-func (m *Manager) UseHomes(s HomeStore) { m.homes = s }
+// WithFence makes every sync put the egress rules the config asks for
+// (network.egress) in place before any server starts.
+func WithFence(f Fence) Option { return func(m *Manager) { m.fence = f } }
+
+// WithHomes keeps users' homes in s instead of under homes_root on the
+// daemon's host (the swarm backend's node-pinned homes).
+func WithHomes(s HomeStore) Option { return func(m *Manager) { m.homes, m.pinned = s, true } }
+
+// WithActivity lets rollouts move idle servers only.
+func WithActivity(a ActivitySource) Option { return func(m *Manager) { m.activity = a } }
+
+// WithBuilds lets a start whose env (built from a spec) has no image yet
+// build it and wait, instead of failing with "build it first": one build
+// per env at a time, shared by every start that waits for it, each of
+// which shows the build's progress on its spawn page. A build gets at most
+// limit (default 1h).
+func WithBuilds(b EnvBuild, limit time.Duration) Option {
+	return func(m *Manager) {
+		if limit <= 0 {
+			limit = time.Hour
+		}
+		m.build, m.buildLimit = b, limit
+	}
+}
 
 // NewManager returns a Manager for a config (defaults filled, then
-// validated). reg may be nil.
-func NewManager(cfg Config, rt backend.Runtime, log *slog.Logger, reg prometheus.Registerer) (*Manager, error) {
+// validated) on a backend: its Runtime, and the optional capabilities it
+// has (a start pulls only with a Puller, a log is followed only with a
+// LogFollower). reg may be nil.
+func NewManager(cfg Config, b backend.Set, log *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Manager, error) {
+	if b.Runtime == nil {
+		return nil, errors.New("spawnd: a backend without a Runtime")
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -90,7 +120,9 @@ func NewManager(cfg Config, rt backend.Runtime, log *slog.Logger, reg prometheus
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
 		cfg:        cfg,
-		rt:         rt,
+		rt:         b.Runtime,
+		puller:     b.Puller,
+		follower:   b.Logs,
 		homes:      hostHomes{homes},
 		log:        log,
 		admit:      make(chan struct{}, cfg.MaxConcurrentStarts),
@@ -104,7 +136,14 @@ func NewManager(cfg Config, rt backend.Runtime, log *slog.Logger, reg prometheus
 		synced:     make(chan struct{}),
 		envs:       newEnvTable(cfg.Envs, log),
 	}
+	for _, o := range opts {
+		o(m)
+	}
 	if cfg.HomeOwner != HomeOwnerEnv {
+		if m.pinned {
+			cancel()
+			return nil, fmt.Errorf("home_owner: %s gives homes their owners on the daemon's host; node-pinned homes cannot have them (use home_owner: env)", cfg.HomeOwner)
+		}
 		if err := m.useOwnedHomes(homes); err != nil {
 			cancel()
 			return nil, err

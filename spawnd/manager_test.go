@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -40,9 +41,9 @@ func testConfig(t *testing.T) Config {
 
 // newTestManager returns a running manager on a fake engine; the readiness
 // probe always succeeds.
-func newTestManager(t *testing.T, cfg Config, rt *fakebackend.Runtime) *Manager {
+func newTestManager(t *testing.T, cfg Config, rt *fakebackend.Runtime, opts ...Option) *Manager {
 	t.Helper()
-	return newTestManagerWith(t, cfg, rt, nil, func(context.Context, string) error { return nil })
+	return newTestManagerWith(t, cfg, rt, nil, func(context.Context, string) error { return nil }, opts...)
 }
 
 // refuse is a Dial for servers that never open their port.
@@ -50,9 +51,9 @@ func refuse(context.Context, string) error { return errors.New("connection refus
 
 // newTestManagerWith runs a manager with a logger and a Dial of the test's,
 // until the test ends.
-func newTestManagerWith(t *testing.T, cfg Config, rt *fakebackend.Runtime, log *slog.Logger, dial func(context.Context, string) error) *Manager {
+func newTestManagerWith(t *testing.T, cfg Config, rt *fakebackend.Runtime, log *slog.Logger, dial func(context.Context, string) error, opts ...Option) *Manager {
 	t.Helper()
-	m, err := NewManager(cfg, rt, log, nil)
+	m, err := NewManager(cfg, backend.Set{Name: "fake", Runtime: rt}, log, nil, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -833,7 +834,7 @@ func TestRedactTail(t *testing.T) {
 // read or change answers "unavailable" (503), never "not found", so a hub
 // never forgets a running server because the daemon just restarted.
 func TestUnavailableUntilFirstSync(t *testing.T) {
-	m, err := NewManager(testConfig(t), fakebackend.New(), nil, nil)
+	m, err := NewManager(testConfig(t), backend.Set{Runtime: fakebackend.New()}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1025,9 +1026,8 @@ func TestMoveHome(t *testing.T) {
 	}
 
 	frt := fakebackend.New()
-	m := newTestManager(t, testConfig(t), frt)
 	store := &pinnedHomes{node: map[string]string{}, moving: make(chan struct{}), entered: make(chan struct{})}
-	m.UseHomes(store)
+	m := newTestManager(t, testConfig(t), frt, WithHomes(store))
 	if _, err := m.Start(ctx, "dan", "", StartRequest{}); err != nil {
 		t.Fatal(err)
 	}
@@ -1066,5 +1066,34 @@ func TestMoveHome(t *testing.T) {
 	srv, _ = m.Status("dan", "")
 	if p := frt.Spec(srv.ContainerID).Placement; !slices.Contains(p, "node.id==node-b") {
 		t.Fatalf("after the move the server's placement is %v; want node-b's", p)
+	}
+}
+
+// TestMissingCapabilitiesAnswer: a backend that declares no LogFollower,
+// no Puller and no node-pinned homes gets an answer that says so for each,
+// never a different path: a follow is refused naming --follow, a start of
+// an image that is not there names where to put it, a home move says
+// homes are not pinned.
+func TestMissingCapabilitiesAnswer(t *testing.T) {
+	rt := fakebackend.New()
+	cfg := testConfig(t)
+	e := cfg.Envs["other"]
+	e.Pull = PullIfNotPresent
+	cfg.Envs["other"] = e
+	m := newTestManager(t, cfg, rt) // backend.Set{Runtime: rt}: nothing else declared
+	ctx := context.Background()
+	if _, err := m.Start(ctx, "ann", "", StartRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	err := m.FollowLogs(ctx, "ann", "", 10, io.Discard)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "cannot follow a log; leave out --follow") {
+		t.Fatalf("follow without a LogFollower: %v", err)
+	}
+	_, err = m.Start(ctx, "bob", "", StartRequest{Env: "other", Groups: []string{"staff"}})
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "is not where this engine runs it from") {
+		t.Fatalf("a start of a missing image without a Puller: %v", err)
+	}
+	if _, err := m.MoveHome(ctx, "ann", "node-b"); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "not pinned to nodes") {
+		t.Fatalf("a move without node-pinned homes: %v", err)
 	}
 }

@@ -206,6 +206,10 @@ func (o *ownedHomes) Delete(_ context.Context, h backend.HomeSpec) error {
 	return o.homes.Delete(h.User)
 }
 
+func (o *ownedHomes) Move(context.Context, backend.HomeSpec, string) (backend.HomeMove, error) {
+	return backend.HomeMove{}, errNotPinned
+}
+
 // rangeOwner returns the uid that owns user's home under homes_root, -1
 // if there is no home yet; a home owned outside the range is refused.
 func (o *ownedHomes) rangeOwner(name string) (int, error) {

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/spawnd/spawnd/spawnd/backend"
+	"github.com/spawnd/spawnd/spawnd/backend/fakebackend"
 )
 
 func TestParseUIDRange(t *testing.T) {
@@ -232,5 +233,30 @@ func TestOwnedHomesNeedTheHostsMountNamespace(t *testing.T) {
 	hostMountNS = "/proc/self/ns/net" // a different namespace's link, readable here
 	if err := sameMountNamespace(); err == nil || !strings.Contains(err.Error(), "mount namespace of its own") {
 		t.Fatalf("another namespace: %v", err)
+	}
+}
+
+// TestRangeOverHostAccountsRefusedAtStart: a daemon whose uid_range holds
+// a host account does not start, and names the account.
+func TestRangeOverHostAccountsRefusedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	pw, gr := filepath.Join(dir, "passwd"), filepath.Join(dir, "group")
+	if err := os.WriteFile(pw, []byte("root:x:0:0::/root:/bin/sh\nlab:x:2000050:100::/home/lab:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(gr, []byte("root:x:0:\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	oldPw, oldGr := passwdFile, groupFile
+	t.Cleanup(func() { passwdFile, groupFile = oldPw, oldGr })
+	passwdFile, groupFile = pw, gr
+	cfg := testConfig(t)
+	cfg.HomeOwner, cfg.UIDRange, cfg.SlotsDir = HomeOwnerRange, "2000000-2000999", filepath.Join(dir, "slots")
+	_, err := NewManager(cfg, backend.Set{Runtime: fakebackend.New()}, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), `holds 2000050, the id of the host account "lab"`) {
+		t.Fatalf("NewManager with a range over an account: %v", err)
+	}
+	if _, err := os.Stat(cfg.SlotsDir); err == nil {
+		t.Fatal("the refused daemon made its slots_dir")
 	}
 }

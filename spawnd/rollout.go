@@ -19,9 +19,6 @@ type ActivitySource interface {
 // ActivityKey is the key of a server in an ActivitySource's answer.
 func ActivityKey(user, server string) string { return user + "/" + server }
 
-// UseActivity lets rollouts move idle servers only. Call before Run.
-func (m *Manager) UseActivity(a ActivitySource) { m.activity = a }
-
 // RolloutRequest says which servers of an env on an older lock a rollout
 // moves onto the current one.
 type RolloutRequest struct {

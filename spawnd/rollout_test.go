@@ -20,7 +20,9 @@ func (a fixedActivity) Activity(context.Context) (map[string]time.Time, error) {
 func TestRollout(t *testing.T) {
 	rt := fakebackend.New()
 	rt.SetImage("img:2", "sha256:img2")
-	m := newTestManager(t, testConfig(t), rt)
+	now := time.Now()
+	m := newTestManager(t, testConfig(t), rt, WithActivity(fixedActivity{"ann/": now.Add(-2 * time.Hour), "bob/": now.Add(-time.Minute), "dee/": now.Add(-5 * time.Hour)}))
+	bare := newTestManager(t, testConfig(t), fakebackend.New()) // no hub activity
 	ctx := context.Background()
 	for _, u := range []string{"ann", "bob", "cy", "dee"} {
 		if _, err := m.Start(ctx, u, "", StartRequest{}); err != nil {
@@ -40,14 +42,12 @@ func TestRollout(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if _, err := m.Rollout(ctx, "team", RolloutRequest{}); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "hub.url") {
+	if _, err := bare.Rollout(ctx, "team", RolloutRequest{}); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "hub.url") {
 		t.Fatalf("an idle rollout without the hub's activity: %v; want a conflict naming hub.url", err)
 	}
 	if _, err := m.Rollout(ctx, "nope", RolloutRequest{All: true}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("an unknown env: %v", err)
 	}
-	now := time.Now()
-	m.UseActivity(fixedActivity{"ann/": now.Add(-2 * time.Hour), "bob/": now.Add(-time.Minute), "dee/": now.Add(-5 * time.Hour)})
 	running := func() map[string]bool {
 		out := map[string]bool{}
 		list, _ := m.List()

@@ -451,8 +451,8 @@ func secretValues(env []string) []string {
 // pulled as the env's pull policy says (with its progress on the spawn
 // page), or the start fails saying what to do.
 func (m *Manager) ensureImage(ctx context.Context, p startPlan, prog *progressLog) error {
-	puller, canPull := m.rt.(backend.Puller)
-	pull := canPull && p.env.Pull != PullNever && p.env.Spec == ""
+	puller := m.puller
+	pull := puller != nil && p.env.Pull != PullNever && p.env.Spec == ""
 	err := m.rt.CheckImage(ctx, p.env.Image)
 	switch {
 	case err == nil && !(pull && p.env.Pull == PullAlways):

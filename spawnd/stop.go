@@ -109,19 +109,18 @@ func (m *Manager) MigrateHome(ctx context.Context, user string) (HomeMigration, 
 // admin action; the next start runs there). It is refused while any server
 // of the user exists, and when homes are not node-pinned.
 func (m *Manager) MoveHome(ctx context.Context, user, node string) (backend.HomeMove, error) {
-	mover, ok := m.homes.(HomeMover)
-	if !ok {
+	if !m.pinned {
 		if _, err := m.lookup(user, ""); err != nil {
 			return backend.HomeMove{}, err
 		}
-		return backend.HomeMove{}, errorf(ErrConflict, "homes here are not pinned to nodes (engine.homes: node, on Swarm): every server mounts the same home, so there is nothing to move")
+		return backend.HomeMove{}, errNotPinned
 	}
 	spec, done, err := m.holdHome(user, "moved")
 	if err != nil {
 		return backend.HomeMove{}, err
 	}
 	defer done()
-	mv, err := mover.Move(ctx, spec, node)
+	mv, err := m.homes.Move(ctx, spec, node)
 	if err != nil {
 		return backend.HomeMove{}, adminStoreErr(err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
+	"github.com/spawnd/spawnd/spawnd/backends"
 	"github.com/spawnd/spawnd/spawnd/docker"
 )
 
@@ -46,7 +47,7 @@ func (b *buildFlags) options(cmd *cobra.Command) (images.Options, error) {
 }
 
 func (b *buildFlags) connect(ctx context.Context) (*docker.Engine, error) {
-	eng, err := docker.New(b.engine)
+	eng, _, err := backends.Local(b.engine)
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/spawnd/spawnd/doctor"
-	"github.com/spawnd/spawnd/spawnd/docker"
+	"github.com/spawnd/spawnd/spawnd/backends"
 )
 
 func newDoctor() *cobra.Command {
@@ -55,7 +55,7 @@ Exits 1 when any check fails; warnings do not fail.`,
 						in.Token = strings.TrimSpace(string(b))
 					}
 				}
-				if eng, err := docker.New(cfg.Engine.Host); err != nil {
+				if eng, _, err := backends.Local(cfg.Engine.Host); err != nil {
 					in.EngineErr = err
 				} else {
 					defer eng.Close()

@@ -13,7 +13,7 @@ import (
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
-	"github.com/spawnd/spawnd/spawnd/docker"
+	"github.com/spawnd/spawnd/spawnd/backends"
 )
 
 func newEnvs() *cobra.Command {
@@ -79,7 +79,7 @@ rollback to a lock without one rebuilds it).`,
 			}
 			cur, _ := envs.ReadLock(envs.LockPath(path))
 			rows := make([]historyRow, 0, len(hist))
-			eng, err := docker.New("")
+			eng, _, err := backends.Local("")
 			for _, e := range hist {
 				r := historyRow{LockDigest: e.Lock.Digest, Created: e.Lock.Created.UTC().Format(time.RFC3339), Description: e.Lock.Description,
 					Image: e.Lock.Tag(), Current: cur != nil && cur.Digest == e.Lock.Digest}

@@ -16,7 +16,8 @@ import (
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/labels"
-	"github.com/spawnd/spawnd/spawnd/swarm"
+	"github.com/spawnd/spawnd/spawnd/backend"
+	"github.com/spawnd/spawnd/spawnd/backends"
 )
 
 // lockedTag finds the image tag of an env from its lock.
@@ -173,15 +174,18 @@ failed, naming it and why.`,
 			if pp.registry == "" {
 				return errors.New("--registry: name the registry the nodes pull from (engine.registry in spawnd.yaml)")
 			}
-			sw, err := swarm.New(swarm.Options{Host: bf.engine, Registry: pp.registry, Insecure: pp.insecure})
+			sw, err := backends.Open(backends.Config{Backend: "swarm", Host: bf.engine, Registry: pp.registry, InsecureRegistry: pp.insecure}, 0)
 			if err != nil {
 				return err
 			}
 			defer sw.Close()
+			if sw.Prepull == nil {
+				return fmt.Errorf("the %s backend cannot prepull images", sw.Name)
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), pp.timeout)
 			defer cancel()
 			began := time.Now()
-			ref, err := sw.Prepull(ctx, l.Tag(), map[string]string{labels.Env: l.Env}, func(ev swarm.PrepullEvent) {
+			ref, err := sw.Prepull.Prepull(ctx, l.Tag(), map[string]string{labels.Env: l.Env}, func(ev backend.PrepullEvent) {
 				line := fmt.Sprintf("[%6.1fs] %-8s %s  (%d/%d nodes ready)", time.Since(began).Seconds(), ev.State, ev.Node, ev.Ready, ev.Nodes)
 				if ev.Err != "" {
 					line += ": " + ev.Err

@@ -42,6 +42,10 @@ var rules = []rule{
 	{module + "/doctor", engineClients, false, "doctor reads an engine through a small interface"},
 	{module + "/daemon", engineClients, false, "the daemon picks a backend from config (daemon/backends.go), it does not drive an engine"},
 	{module + "/cmd/...", engineClients, false, "cmd/ is thin; engines are reached through a backend"},
+	{module + "/cmd/...", []string{module + "/spawnd/swarm"}, false, "cmd/ gets backends from spawnd/backends, the one place that picks one"},
+	{module + "/daemon", []string{module + "/spawnd/docker", module + "/spawnd/swarm"}, false, "the daemon gets its backend from spawnd/backends, the one place that picks one"},
+	{module + "/spawnd", []string{module + "/spawnd/backends", module + "/spawnd/swarm"}, true, "the core takes a backend.Set; it never picks or knows a backend"},
+	{module + "/images", []string{module + "/spawnd/backends", module + "/spawnd/docker", module + "/spawnd/swarm"}, false, "the builder takes its engine and store as arguments"},
 	{module + "/api/server", engineClients, false, "the edge never reaches an engine"},
 }
 

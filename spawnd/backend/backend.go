@@ -340,3 +340,69 @@ type ImageStore interface {
 	// WriteImage stores img in the engine under tag.
 	WriteImage(ctx context.Context, tag string, img v1.Image) error
 }
+
+// LogFollower streams a container's log as it is written.
+type LogFollower interface {
+	// FollowLogs writes the last tail lines of id's log, then each new
+	// line, until ctx ends or the container does.
+	FollowLogs(ctx context.Context, id string, tail int, w io.Writer) error
+}
+
+// HomeStore keeps users' homes on the machines that run their servers
+// (Swarm's node-pinned homes): where a home is, making and deleting it,
+// and moving it to another machine.
+type HomeStore interface {
+	Ensure(ctx context.Context, h HomeSpec) (Home, error)
+	Delete(ctx context.Context, h HomeSpec) error
+	Move(ctx context.Context, h HomeSpec, node string) (HomeMove, error)
+}
+
+// Prepuller puts an image on every machine that can run servers before
+// any start needs it.
+type Prepuller interface {
+	// Prepull returns the reference servers run the image by (a digest);
+	// progress hears each machine's changes.
+	Prepull(ctx context.Context, ref string, labels map[string]string, progress func(PrepullEvent)) (string, error)
+}
+
+// PrepullEvent is one machine's progress in a Prepull.
+type PrepullEvent struct {
+	Node  string // the machine's host name and address
+	State string // "pulling", "ready" or "failed"
+	Err   string // why it failed
+	Ready int    // machines that have the image so far
+	Nodes int    // machines that will have it
+}
+
+// Set is one backend as its factory (spawnd/backends) made it: the Runtime
+// every backend is, and each optional capability, nil (or false) when the
+// backend lacks it. What a backend can do is declared here once: callers
+// take the capabilities they need from the Set, and a nil one is an
+// explicit answer ("this backend cannot …"), never a different path found
+// by a type assertion.
+type Set struct {
+	Name    string  // the backend's name in engine.backend
+	Runtime Runtime // the servers' lifecycle
+	// Builder and Images build envs and move their images; every build is
+	// normalized through Images (same lock, same digest). Both or neither.
+	Builder Builder
+	Images  ImageStore
+	// BuildsInPlace: an image Builder makes is where servers run from, so a
+	// start may build the image it needs (one engine). On Swarm an image
+	// must reach the registry first.
+	BuildsInPlace bool
+	// Puller pulls an env's image for a start (pull policies). nil: a start
+	// never pulls; the image must be where the backend runs it from.
+	Puller Puller
+	// Logs follows a server's log (spawnd logs --follow). nil: a log can
+	// be read, not followed.
+	Logs LogFollower
+	// Prepull puts an image on every machine (spawnd image prepull).
+	Prepull Prepuller
+	// NodeHomes keeps homes on the machines that run the servers
+	// (engine.homes: node), at root there, with helpers on network. nil:
+	// homes live under homes_root on the daemon's host.
+	NodeHomes func(root, network string) HomeStore
+	// Close releases the backend's clients.
+	Close func() error
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/spawnd/backend"
 	"github.com/spawnd/spawnd/spawnd/backend/backendtest"
+	"github.com/spawnd/spawnd/spawnd/backends"
 	"github.com/spawnd/spawnd/spawnd/docker"
 )
 
@@ -37,12 +38,15 @@ func TestConformance(t *testing.T) {
 			t.Cleanup(func() { restarted.Close() })
 			return eng, restarted
 		},
-		Image:    img,
-		Port:     8888,
-		Network:  netName,
-		Serve:    []string{"httpd", "-f", "-p", "8888"},
-		ExitWith: func(code int) []string { return []string{"sh", "-c", fmt.Sprintf("sleep 1; exit %d", code)} },
-		Labels:   map[string]string{"io.spawnd.instance": inst, testenv.TestLabel: "1"},
+		Image:      img,
+		Port:       8888,
+		Network:    netName,
+		Serve:      []string{"httpd", "-f", "-p", "8888"},
+		ExitWith:   func(code int) []string { return []string{"sh", "-c", fmt.Sprintf("sleep 1; exit %d", code)} },
+		Labels:     map[string]string{"io.spawnd.instance": inst, testenv.TestLabel: "1"},
+		Declares:   declared(t, eng.Host()),
+		Print:      printLines,
+		LocalImage: img,
 		MakeHalf: func(t *testing.T, spec backend.ContainerSpec) string {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -57,4 +61,23 @@ func TestConformance(t *testing.T) {
 			return res.ID
 		},
 	})
+}
+
+// declared is the Set the factory makes for the Docker backend at host.
+func declared(t *testing.T, host string) backend.Set {
+	_, set, err := backends.Local(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { set.Close() })
+	return set
+}
+
+// printLines prints each line a second apart, then keeps running.
+func printLines(lines ...string) []string {
+	script := ""
+	for _, l := range lines {
+		script += fmt.Sprintf("echo %q; sleep 1; ", l)
+	}
+	return []string{"sh", "-c", script + "exec sleep 60"}
 }

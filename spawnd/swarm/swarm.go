@@ -27,6 +27,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/moby/moby/api/pkg/stdcopy"
@@ -139,6 +140,18 @@ func (s *Swarm) RunCapture(ctx context.Context, spec backend.RunSpec) (backend.R
 // built there and pushed to the registry for the nodes (spawnd image push).
 func (s *Swarm) Build(ctx context.Context, spec backend.BuildSpec, onLine func(backend.BuildLine)) (string, error) {
 	return s.eng.Build(ctx, spec, onLine)
+}
+
+// Image implements backend.ImageStore on the manager's engine, where
+// envs are built: a build through the daemon is normalized there as on one
+// engine (same lock, same digest), then pushed for the nodes.
+func (s *Swarm) Image(ctx context.Context, tag string) (v1.Image, error) {
+	return s.eng.Image(ctx, tag)
+}
+
+// WriteImage implements backend.ImageStore on the manager's engine.
+func (s *Swarm) WriteImage(ctx context.Context, tag string, img v1.Image) error {
+	return s.eng.WriteImage(ctx, tag, img)
 }
 
 // Info implements backend.Runtime.
@@ -793,13 +806,7 @@ func diff(last, now map[string]backend.Container) []backend.ContainerEvent {
 }
 
 // PrepullEvent is one node's progress in Prepull.
-type PrepullEvent struct {
-	Node  string // the node's host name and address
-	State string // "pulling", "ready" or "failed"
-	Err   string // why it failed
-	Ready int    // nodes that have the image so far
-	Nodes int    // nodes that will have it
-}
+type PrepullEvent = backend.PrepullEvent
 
 // Prepull puts an env image on every node that can run servers, so that no
 // start waits for a pull: a global job of the image (one task per active

@@ -25,6 +25,7 @@ import (
 	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/spawnd/backend"
 	"github.com/spawnd/spawnd/spawnd/backend/backendtest"
+	"github.com/spawnd/spawnd/spawnd/backends"
 	"github.com/spawnd/spawnd/spawnd/docker"
 	spawndswarm "github.com/spawnd/spawnd/spawnd/swarm"
 )
@@ -39,6 +40,7 @@ func TestSwarm(t *testing.T) {
 	busybox := testenv.EnsureBusybox(t, eng)
 	sw := testenv.NewSwarm(t, 3, 42)
 	image := sw.Push(t, eng, busybox, "spawnd-test/busybox:1")
+	sw.LoadImage(t, eng, busybox) // for the manager's builder and store
 	mgr := sw.Manager(t)
 	inst := testenv.Instance(t, eng)
 	lbl := map[string]string{"io.spawnd.instance": inst, testenv.TestLabel: "1"}
@@ -55,8 +57,11 @@ func TestSwarm(t *testing.T) {
 				return rt, newSwarm(t, opts)
 			},
 			Image: image, Port: 8888, Network: netName, Labels: lbl,
-			Serve:    []string{"httpd", "-f", "-p", "8888"},
-			ExitWith: func(code int) []string { return []string{"sh", "-c", fmt.Sprintf("sleep 1; exit %d", code)} },
+			Declares:   swarmDeclared(t, mgr.Host(), sw.Registry),
+			Print:      func(lines ...string) []string { return printLines(lines...) },
+			LocalImage: busybox,
+			Serve:      []string{"httpd", "-f", "-p", "8888"},
+			ExitWith:   func(code int) []string { return []string{"sh", "-c", fmt.Sprintf("sleep 1; exit %d", code)} },
 			MakeHalf: func(t *testing.T, spec backend.ContainerSpec) string {
 				// What a crash leaves: a service whose task was never made.
 				zero := uint64(0)
@@ -557,4 +562,23 @@ func serverSpec(t *testing.T, image, netName string, lbl map[string]string) back
 		Name: fmt.Sprintf("spawnd-test-%d-%d", time.Now().UnixNano()%1e9, specN), Image: image, Labels: l,
 		Cmd: []string{"httpd", "-f", "-p", "8888"}, Port: 8888, Network: netName, Memory: 64 << 20, PidsLimit: 64,
 	}
+}
+
+// swarmDeclared is the Set the factory makes for the swarm backend.
+func swarmDeclared(t *testing.T, host, registry string) backend.Set {
+	set, err := backends.Open(backends.Config{Backend: "swarm", Host: host, Registry: registry, InsecureRegistry: true}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { set.Close() })
+	return set
+}
+
+// printLines prints each line a second apart, then keeps running.
+func printLines(lines ...string) []string {
+	script := ""
+	for _, l := range lines {
+		script += fmt.Sprintf("echo %q; sleep 1; ", l)
+	}
+	return []string{"sh", "-c", script + "exec sleep 60"}
 }

@@ -12,6 +12,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -45,6 +47,17 @@ type Harness struct {
 	// MakeHalf makes a container of spec that exists and was never
 	// started (a run cut off by a crash), and returns its id.
 	MakeHalf func(t *testing.T, spec backend.ContainerSpec) string
+
+	// Declares is the backend's Set as its factory makes it; the suite
+	// tests each capability it declares (a nil one is not tested: the
+	// backend says it lacks it). Its Runtime is not used.
+	Declares backend.Set
+	// Print(lines...) is a command that prints each line, a second apart,
+	// then keeps running (for Logs).
+	Print func(lines ...string) []string
+	// LocalImage is an image on the engine that Builder and Images work
+	// on (for Images).
+	LocalImage string
 }
 
 // Run runs the contract against h.
@@ -59,6 +72,74 @@ func Run(t *testing.T, h Harness) {
 	t.Run("RemoveIsIdempotent", s.remove)
 	t.Run("AdoptAfterRestart", s.adopt)
 	t.Run("HalfMadeIsCreated", s.halfMade)
+	if h.Declares.Logs != nil {
+		t.Run("FollowLogs", s.followLogs)
+	}
+	if (h.Declares.Builder == nil) != (h.Declares.Images == nil) {
+		t.Errorf("%s declares a Builder without an ImageStore or the reverse: every build is normalized through the store, so both or neither", h.Declares.Name)
+	} else if h.Declares.Images != nil {
+		t.Run("ImageStore", s.imageStore)
+	}
+}
+
+// followLogs: FollowLogs writes the lines as the container prints them,
+// in order, and returns once the reader leaves.
+func (s *suite) followLogs(t *testing.T) {
+	rt, _ := s.h.New(t)
+	c := s.run(t, rt, s.spec(t, s.h.Print("first line", "second line")))
+	ctx, cancel := context.WithTimeout(s.ctx(t), 40*time.Second)
+	defer cancel()
+	w := &untilWriter{want: "second line", done: cancel}
+	err := s.h.Declares.Logs.FollowLogs(ctx, c.ID, 10, w)
+	got := w.String()
+	if !strings.Contains(got, "first line\nsecond line") {
+		t.Fatalf("FollowLogs wrote %q (err %v); want both lines, in order", got, err)
+	}
+}
+
+// untilWriter keeps what is written and calls done once want appears.
+type untilWriter struct {
+	mu   sync.Mutex
+	b    strings.Builder
+	want string
+	done func()
+}
+
+func (u *untilWriter) Write(p []byte) (int, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.b.Write(p)
+	if strings.Contains(u.b.String(), u.want) {
+		u.done()
+	}
+	return len(p), nil
+}
+
+func (u *untilWriter) String() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.b.String()
+}
+
+// imageStore: the store reads the image the builder sees, by its config
+// digest (the image ID the builder reports).
+func (s *suite) imageStore(t *testing.T) {
+	ctx := s.ctx(t)
+	info, err := s.h.Declares.Builder.ImageInspect(ctx, s.h.LocalImage)
+	if err != nil {
+		t.Fatalf("Builder.ImageInspect(%s): %v", s.h.LocalImage, err)
+	}
+	img, err := s.h.Declares.Images.Image(ctx, s.h.LocalImage)
+	if err != nil {
+		t.Fatalf("Images.Image(%s): %v", s.h.LocalImage, err)
+	}
+	cfg, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.String() != info.ID {
+		t.Fatalf("the store's %s has config %s, the builder's ID is %s", s.h.LocalImage, cfg, info.ID)
+	}
 }
 
 type suite struct{ h Harness }
