@@ -56,7 +56,7 @@ func (b *envBuilder) BuildEnv(ctx context.Context, env string, relock bool, fn f
 
 	began := time.Now()
 	fn(api.BuildEvent{Time: began, Phase: "build", Step: "accepted", Message: "build of env " + env + " accepted"})
-	res, err := images.Build(ctx, b.eng, e.Spec, images.Options{Relock: relock, Progress: fn, CACerts: b.caCerts})
+	res, err := images.Build(ctx, b.eng, e.Spec, images.Options{Relock: relock, Progress: func(ev images.Event) { fn(api.BuildEvent(ev)) }, CACerts: b.caCerts})
 	last := api.BuildEvent{Time: time.Now(), Phase: "build", Step: "result", Done: true, ElapsedMS: time.Since(began).Milliseconds()}
 	status := "success"
 	if err != nil {

@@ -14,7 +14,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd/backend"
@@ -45,7 +44,7 @@ type Options struct {
 	// cache (spawnd build --from-bundle fills it first).
 	Offline bool
 	// Progress receives events; nil discards them.
-	Progress func(api.BuildEvent)
+	Progress func(Event)
 	// Relock makes a new lock even when the lock is current.
 	Relock bool
 	// NoCache rebuilds every layer, ignoring the engine's build cache.
@@ -66,7 +65,7 @@ type Options struct {
 	rollback bool // a Rollback's build: the history is not written
 }
 
-func (o *Options) emit(began time.Time, ev api.BuildEvent) {
+func (o *Options) emit(began time.Time, ev Event) {
 	if o.Progress == nil {
 		return
 	}
@@ -167,7 +166,7 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 		Env: s.Name, Description: s.Description, SpecChecksum: s.Checksum(), Created: opts.now(),
 		Kernels: s.Jupyter.Kernels, Cmd: s.Jupyter.Cmd, User: *s.User,
 	}
-	opts.emit(began, api.BuildEvent{Phase: "lock", Step: "base", Message: "resolving base image " + s.Base})
+	opts.emit(began, Event{Phase: "lock", Step: "base", Message: "resolving base image " + s.Base})
 	base, err := eng.ImageInspect(ctx, s.Base)
 	if errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("%s: base image %s does not exist on the engine; load it, or make a Debian base offline with scripts/make-base", s.PosOf("base"), s.Base)
@@ -181,7 +180,7 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 	}
 
 	if len(s.Apt) > 0 {
-		opts.emit(began, api.BuildEvent{Phase: "lock", Step: "apt", Message: fmt.Sprintf("resolving %d apt packages with apt-get", len(s.Apt))})
+		opts.emit(began, Event{Phase: "lock", Step: "apt", Message: fmt.Sprintf("resolving %d apt packages with apt-get", len(s.Apt))})
 		script := aptLockScript
 		res, err := eng.RunCapture(ctx, backend.RunSpec{Image: base.ID, Cmd: append([]string{"/bin/sh", "-c", script, "apt-lock"}, s.Apt...),
 			Network: opts.Network, Labels: map[string]string{labels.Lock: s.Name}})
@@ -203,7 +202,7 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 	}
 
 	if s.Pip != nil {
-		opts.emit(began, api.BuildEvent{Phase: "lock", Step: "pip", Message: "building the apt and conda layers to resolve pip packages in"})
+		opts.emit(began, Event{Phase: "lock", Step: "pip", Message: "building the apt and conda layers to resolve pip packages in"})
 		if err := download(ctx, opts.cache().Missing(Files(l)), opts.cache(), &opts, began); err != nil {
 			return nil, err
 		}
@@ -214,7 +213,7 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 		if err != nil {
 			return nil, fmt.Errorf("building the apt layer for pip: %w", err)
 		}
-		opts.emit(began, api.BuildEvent{Phase: "lock", Step: "pip", Message: fmt.Sprintf("resolving %d pip packages with pip", len(s.Pip.Packages))})
+		opts.emit(began, Event{Phase: "lock", Step: "pip", Message: fmt.Sprintf("resolving %d pip packages with pip", len(s.Pip.Packages))})
 		pip := []string{"python3", "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-", "--break-system-packages",
 			"--disable-pip-version-check", "--no-input", "--no-cache-dir", "--retries", "1", "--timeout", "15"}
 		if s.Pip.IndexURL != "" {
@@ -241,7 +240,7 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 		l.Pip = &envs.PipLock{IndexURL: s.Pip.IndexURL, Packages: pkgs}
 	}
 	l.Seal()
-	opts.emit(began, api.BuildEvent{Phase: "lock", Step: "done", Message: fmt.Sprintf("locked %s: %d apt, %d conda, %d pip packages", l.Digest[:19], len(l.Apt), condaCount(l), pipCount(l)), Done: true})
+	opts.emit(began, Event{Phase: "lock", Step: "done", Message: fmt.Sprintf("locked %s: %d apt, %d conda, %d pip packages", l.Digest[:19], len(l.Apt), condaCount(l), pipCount(l)), Done: true})
 	return l, nil
 }
 
@@ -427,7 +426,7 @@ func build(ctx context.Context, eng Builder, specPath string, l *envs.Lock, lock
 		if err := remember(specPath, l, opts); err != nil {
 			return Result{}, err
 		}
-		opts.emit(began, api.BuildEvent{Phase: "build", Step: "done", Message: "image " + res.Tag + " is up to date; nothing to build", Done: true, Cached: true})
+		opts.emit(began, Event{Phase: "build", Step: "done", Message: "image " + res.Tag + " is up to date; nothing to build", Done: true, Cached: true})
 		return res, nil
 	} else if err != nil && !errdefs.IsNotFound(err) {
 		return Result{}, fmt.Errorf("inspecting %s: %w", res.Tag, err)
@@ -445,7 +444,7 @@ func build(ctx context.Context, eng Builder, specPath string, l *envs.Lock, lock
 	if err != nil {
 		return Result{}, err
 	}
-	opts.emit(began, api.BuildEvent{Phase: "build", Step: "start", Message: "building " + res.Tag + " (no network: every package comes from the cache)"})
+	opts.emit(began, Event{Phase: "build", Step: "start", Message: "building " + res.Tag + " (no network: every package comes from the cache)"})
 	lines, tail := buildLines(&opts, began, "build"), newLineTail(12)
 	id, err := eng.Build(ctx, backend.BuildSpec{Context: plan, Tags: []string{res.Tag}, Network: noNetwork, NoCache: opts.NoCache},
 		func(bl backend.BuildLine) { tail.add(bl.Stream); lines(bl) })
@@ -455,7 +454,7 @@ func build(ctx context.Context, eng Builder, specPath string, l *envs.Lock, lock
 		return Result{}, fmt.Errorf("building %s: %w%s", res.Tag, err, tail.String())
 	}
 	// Same lock, same image: normalize what the build left (Normalize).
-	opts.emit(began, api.BuildEvent{Phase: "build", Step: "normalize", Message: "normalizing the image (same lock, same digest)"})
+	opts.emit(began, Event{Phase: "build", Step: "normalize", Message: "normalizing the image (same lock, same digest)"})
 	if id, err = Normalize(ctx, eng, res.Tag, l.Created, baseInfo.Layers); err != nil {
 		return Result{}, err
 	}
@@ -468,7 +467,7 @@ func build(ctx context.Context, eng Builder, specPath string, l *envs.Lock, lock
 		return Result{}, err
 	}
 	res.ImageID, res.Built = id, true
-	opts.emit(began, api.BuildEvent{Phase: "build", Step: "done", Message: "built " + res.Tag, Done: true})
+	opts.emit(began, Event{Phase: "build", Step: "done", Message: "built " + res.Tag, Done: true})
 	return res, nil
 }
 
@@ -530,7 +529,7 @@ func Rollback(ctx context.Context, eng Builder, specPath, to string, opts Option
 		return Result{}, fmt.Errorf("%s: the history has lock %s but not the spec it was made from; put it back by hand", specPath, target.Lock.ShortDigest())
 	}
 	opts.rollback = true
-	opts.emit(began, api.BuildEvent{Phase: "rollback", Step: "target", Message: fmt.Sprintf("rolling %s back from lock %s to %s (made %s)",
+	opts.emit(began, Event{Phase: "rollback", Step: "target", Message: fmt.Sprintf("rolling %s back from lock %s to %s (made %s)",
 		cur.Env, cur.ShortDigest(), target.Lock.ShortDigest(), target.Lock.Created.UTC().Format(time.RFC3339))})
 	res, err := build(ctx, eng, specPath, target.Lock, false, opts, began)
 	if err != nil {
@@ -560,15 +559,15 @@ func buildLines(opts *Options, began time.Time, phase string) func(backend.Build
 			if len(msg) > 100 {
 				msg = msg[:100] + "…"
 			}
-			opts.emit(began, api.BuildEvent{Phase: phase, Step: step, Message: msg})
+			opts.emit(began, Event{Phase: phase, Step: step, Message: msg})
 			return
 		}
 		if line == "---> Using cache" {
-			opts.emit(began, api.BuildEvent{Phase: phase, Step: step, Message: "cached", Cached: true})
+			opts.emit(began, Event{Phase: phase, Step: step, Message: "cached", Cached: true})
 			return
 		}
 		if bl.Bytes > 0 {
-			opts.emit(began, api.BuildEvent{Phase: phase, Step: step, Message: "transferring", Bytes: bl.Bytes})
+			opts.emit(began, Event{Phase: phase, Step: step, Message: "transferring", Bytes: bl.Bytes})
 		}
 	}
 }
@@ -704,4 +703,24 @@ func packageDifferences(lock, here []string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Event is one step of a lock or build, as it happens. The daemon's API
+// sends it as api.BuildEvent (the same fields); the builder does not speak
+// the wire.
+type Event struct {
+	Time      time.Time
+	Phase     string // "lock", "fetch", "build"
+	Step      string
+	Message   string
+	ElapsedMS int64
+	Bytes     int64
+	Cached    bool
+	// Done is set on the last event; Tag, ImageID and Built report the
+	// result, Error a failure.
+	Done    bool
+	Tag     string
+	ImageID string
+	Built   bool
+	Error   string
 }

@@ -20,7 +20,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/envs"
 )
 
@@ -271,7 +270,7 @@ func (b *Bundle) openLayout(dir string) error {
 // checking each one's bytes against the lock, and loads the base image into
 // the engine when the engine does not have it. A file the bundle lacks or
 // holds with other bytes is an error that names the package.
-func (b *Bundle) Import(ctx context.Context, st BundleEngine, cache Cache, progress func(api.BuildEvent)) error {
+func (b *Bundle) Import(ctx context.Context, st BundleEngine, cache Cache, progress func(Event)) error {
 	byTitle := map[string]v1.Descriptor{}
 	for _, d := range b.man.Layers {
 		byTitle[d.Annotations[ocispec.AnnotationTitle]] = d
@@ -306,7 +305,7 @@ func (b *Bundle) Import(ctx context.Context, st BundleEngine, cache Cache, progr
 		}
 	}
 	if progress != nil {
-		progress(api.BuildEvent{Time: time.Now(), Phase: "bundle", Step: "packages", Message: fmt.Sprintf("%d package files from the bundle are in the cache, checked", len(fs))})
+		progress(Event{Time: time.Now(), Phase: "bundle", Step: "packages", Message: fmt.Sprintf("%d package files from the bundle are in the cache, checked", len(fs))})
 	}
 	info, err := st.ImageInspect(ctx, b.Lock.Base.Ref)
 	if err == nil && info.ID == b.Lock.Base.Digest {
@@ -326,7 +325,7 @@ func (b *Bundle) Import(ctx context.Context, st BundleEngine, cache Cache, progr
 		return fmt.Errorf("loading the base image %s from the bundle: %w", b.Lock.Base.Ref, err)
 	}
 	if progress != nil {
-		progress(api.BuildEvent{Time: time.Now(), Phase: "bundle", Step: "base", Message: "loaded the base image " + b.Lock.Base.Ref + " (" + b.Lock.Base.Digest[:19] + ") from the bundle"})
+		progress(Event{Time: time.Now(), Phase: "bundle", Step: "base", Message: "loaded the base image " + b.Lock.Base.Ref + " (" + b.Lock.Base.Digest[:19] + ") from the bundle"})
 	}
 	return nil
 }

@@ -19,7 +19,6 @@ import (
 
 	"crypto/sha256"
 
-	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/envs"
 )
 
@@ -198,7 +197,7 @@ func lockConda(ctx context.Context, s *envs.Spec, basePkgs []string, opts *Optio
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s.PosOf("conda"), err)
 	}
-	opts.emit(began, api.BuildEvent{Phase: "lock", Step: "conda", Message: fmt.Sprintf("solving %d conda packages with py-rattler (%s, channels %s)", len(s.Conda.Packages), subdir, strings.Join(s.Conda.Channels, ", "))})
+	opts.emit(began, Event{Phase: "lock", Step: "conda", Message: fmt.Sprintf("solving %d conda packages with py-rattler (%s, channels %s)", len(s.Conda.Packages), subdir, strings.Join(s.Conda.Channels, ", "))})
 	req := map[string]any{
 		"op": "solve", "channels": s.Conda.Channels, "specs": s.Conda.Packages, "platform": subdir,
 		"virtual": condaVirtual(basePkgs), "cache_dir": filepath.Join(opts.cache().Dir, "conda-repodata"),
@@ -296,7 +295,7 @@ func ensureCondaTree(ctx context.Context, l *envs.Lock, c Cache, opts *Options, 
 	if missing := c.Missing(filesOf(l, "conda")); len(missing) > 0 {
 		return fmt.Errorf("installing conda packages: %s is not in the package cache %s", missing[0], c.Dir)
 	}
-	opts.emit(began, api.BuildEvent{Phase: "fetch", Step: "conda", Message: fmt.Sprintf("installing %d conda packages into %s with py-rattler (no network)", len(l.Conda.Packages), CondaPrefix)})
+	opts.emit(began, Event{Phase: "fetch", Step: "conda", Message: fmt.Sprintf("installing %d conda packages into %s with py-rattler (no network)", len(l.Conda.Packages), CondaPrefix)})
 	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
 		return fmt.Errorf("package cache: %w", err)
 	}
@@ -340,6 +339,6 @@ func ensureCondaTree(ctx context.Context, l *envs.Lock, c Cache, opts *Options, 
 	if err := os.Rename(prefix, final); err != nil {
 		return fmt.Errorf("package cache: %w", err)
 	}
-	opts.emit(began, api.BuildEvent{Phase: "fetch", Step: "conda", Message: fmt.Sprintf("%d conda packages installed (tree %s)", ans.Installed, filepath.Base(final)[:12])})
+	opts.emit(began, Event{Phase: "fetch", Step: "conda", Message: fmt.Sprintf("%d conda packages installed (tree %s)", ans.Installed, filepath.Base(final)[:12])})
 	return nil
 }

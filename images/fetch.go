@@ -20,7 +20,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd/backend"
@@ -209,13 +208,13 @@ func fetch(ctx context.Context, eng Engine, l *envs.Lock, kind, image string, ca
 	var cmd []string
 	switch kind {
 	case "apt":
-		opts.emit(began, api.BuildEvent{Phase: "fetch", Step: "apt", Message: fmt.Sprintf("downloading %d apt packages", len(missing))})
+		opts.emit(began, Event{Phase: "fetch", Step: "apt", Message: fmt.Sprintf("downloading %d apt packages", len(missing))})
 		cmd = []string{"/bin/sh", "-c", aptFetchScript, "apt-fetch"}
 		for _, f := range missing {
 			cmd = append(cmd, f.Name+"="+f.Version)
 		}
 	case "pip":
-		opts.emit(began, api.BuildEvent{Phase: "fetch", Step: "pip", Message: fmt.Sprintf("downloading %d pip packages", len(missing))})
+		opts.emit(began, Event{Phase: "fetch", Step: "pip", Message: fmt.Sprintf("downloading %d pip packages", len(missing))})
 		pip := []string{pythonOf(l), "-m", "pip", "download", "--no-deps", "--require-hashes", "--only-binary", ":all:", "--dest", "/out",
 			"--disable-pip-version-check", "--no-input", "--no-cache-dir", "--retries", "1", "--timeout", "30", "-r", "/tmp/spawnd-req.txt"}
 		if l.Pip.IndexURL != "" {
@@ -247,7 +246,7 @@ func fetch(ctx context.Context, eng Engine, l *envs.Lock, kind, image string, ca
 	if len(still) > 0 {
 		return fmt.Errorf("fetching %s packages: %s was not among the downloaded files", kind, still[0])
 	}
-	opts.emit(began, api.BuildEvent{Phase: "fetch", Step: kind, Message: fmt.Sprintf("%d %s packages fetched and checked", len(missing), kind)})
+	opts.emit(began, Event{Phase: "fetch", Step: kind, Message: fmt.Sprintf("%d %s packages fetched and checked", len(missing), kind)})
 	return nil
 }
 
@@ -306,7 +305,7 @@ func download(ctx context.Context, fs []File, c Cache, opts *Options, began time
 	for _, f := range fs {
 		total += f.Size
 	}
-	opts.emit(began, api.BuildEvent{Phase: "fetch", Step: "download", Message: fmt.Sprintf("downloading %d package files", len(fs))})
+	opts.emit(began, Event{Phase: "fetch", Step: "download", Message: fmt.Sprintf("downloading %d package files", len(fs))})
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	jobs := make(chan File)
@@ -327,7 +326,7 @@ func download(ctx context.Context, fs []File, c Cache, opts *Options, began time
 				k := done.Add(1)
 				b := got.Add(n)
 				if k%10 == 0 || int(k) == len(fs) {
-					opts.emit(began, api.BuildEvent{Phase: "fetch", Step: "download", Message: fmt.Sprintf("%d/%d package files", k, len(fs)), Bytes: b})
+					opts.emit(began, Event{Phase: "fetch", Step: "download", Message: fmt.Sprintf("%d/%d package files", k, len(fs)), Bytes: b})
 				}
 			}
 		}()

@@ -23,7 +23,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/moby/moby/client"
 
-	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
@@ -54,10 +53,10 @@ func (c *countingEngine) Build(ctx context.Context, spec backend.BuildSpec, onLi
 
 type eventLog struct {
 	mu     sync.Mutex
-	events []api.BuildEvent
+	events []images.Event
 }
 
-func (l *eventLog) add(ev api.BuildEvent) {
+func (l *eventLog) add(ev images.Event) {
 	l.mu.Lock()
 	l.events = append(l.events, ev)
 	l.mu.Unlock()

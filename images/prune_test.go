@@ -13,7 +13,6 @@ import (
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 
-	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/testenv"
 	"github.com/spawnd/spawnd/labels"
@@ -122,7 +121,7 @@ func TestPruneKeepsWhatIsNeeded(t *testing.T) {
 	var once bool
 	done := make(chan error, 1)
 	go func() {
-		_, err := images.Build(ctx, eng, spec, images.Options{Relock: true, Progress: func(ev api.BuildEvent) {
+		_, err := images.Build(ctx, eng, spec, images.Options{Relock: true, Progress: func(ev images.Event) {
 			if !once {
 				once = true
 				close(started)

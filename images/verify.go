@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/spawnd/backend"
 )
@@ -60,7 +59,7 @@ func Verify(ctx context.Context, eng, in VerifyEngine, specPath string, opts Opt
 	}
 	res.ImageID = hid.String()
 	if _, err := in.ImageInspect(ctx, l.Base.Digest); errdefs.IsNotFound(err) {
-		opts.emit(began, api.BuildEvent{Phase: "verify", Step: "base", Message: "copying the base image " + l.Base.Ref + " into the engine that rebuilds"})
+		opts.emit(began, Event{Phase: "verify", Step: "base", Message: "copying the base image " + l.Base.Ref + " into the engine that rebuilds"})
 		info, err := eng.ImageInspect(ctx, l.Base.Ref)
 		if err != nil || info.ID != l.Base.Digest {
 			return res, baseMismatch(ctx, eng, l, &opts)
@@ -83,7 +82,7 @@ func Verify(ctx context.Context, eng, in VerifyEngine, specPath string, opts Opt
 		defer cancel()
 		_ = in.RemoveImage(rctx, scratch)
 	}()
-	opts.emit(began, api.BuildEvent{Phase: "verify", Step: "start", Message: "rebuilding " + res.Tag + " without the build cache as " + scratch})
+	opts.emit(began, Event{Phase: "verify", Step: "start", Message: "rebuilding " + res.Tag + " without the build cache as " + scratch})
 	lines, tail := buildLines(&opts, began, "verify"), newLineTail(12)
 	if err := prepare(ctx, eng, l, &opts, began); err != nil {
 		return res, err
@@ -96,13 +95,13 @@ func Verify(ctx context.Context, eng, in VerifyEngine, specPath string, opts Opt
 		func(bl backend.BuildLine) { tail.add(bl.Stream); lines(bl) }); err != nil {
 		return res, fmt.Errorf("rebuilding %s: %w%s", res.Tag, err, tail.String())
 	}
-	opts.emit(began, api.BuildEvent{Phase: "verify", Step: "normalize", Message: "normalizing the rebuilt image"})
+	opts.emit(began, Event{Phase: "verify", Step: "normalize", Message: "normalizing the rebuilt image"})
 	if res.RebuiltID, err = Normalize(ctx, in, scratch, l.Created, base.Layers); err != nil {
 		return res, err
 	}
 	if res.RebuiltID == res.ImageID {
 		res.Identical = true
-		opts.emit(began, api.BuildEvent{Phase: "verify", Step: "done", Message: "identical: " + res.ImageID, Done: true})
+		opts.emit(began, Event{Phase: "verify", Step: "done", Message: "identical: " + res.ImageID, Done: true})
 		return res, nil
 	}
 	got, err := in.Image(ctx, scratch)
@@ -112,7 +111,7 @@ func Verify(ctx context.Context, eng, in VerifyEngine, specPath string, opts Opt
 	if res.Differences, err = Differences(have, got); err != nil {
 		return res, fmt.Errorf("comparing the images: %w", err)
 	}
-	opts.emit(began, api.BuildEvent{Phase: "verify", Step: "done", Message: fmt.Sprintf("different: %d differences", len(res.Differences)), Done: true})
+	opts.emit(began, Event{Phase: "verify", Step: "done", Message: fmt.Sprintf("different: %d differences", len(res.Differences)), Done: true})
 	return res, nil
 }
 

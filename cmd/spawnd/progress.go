@@ -9,18 +9,19 @@ import (
 	"sync"
 
 	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/images"
 )
 
 // progressSink renders build events: a live line on a terminal, plain lines
 // otherwise, JSON lines with --json.
-func progressSink(w io.Writer, asJSON bool) func(api.BuildEvent) {
+func progressSink(w io.Writer, asJSON bool) func(images.Event) {
 	if asJSON {
 		enc := json.NewEncoder(w)
 		var mu sync.Mutex
-		return func(ev api.BuildEvent) {
+		return func(ev images.Event) {
 			mu.Lock()
 			defer mu.Unlock()
-			_ = enc.Encode(ev)
+			_ = enc.Encode(api.BuildEvent(ev)) // the API's shape: one format for --json everywhere
 		}
 	}
 	tty := false
@@ -31,7 +32,7 @@ func progressSink(w io.Writer, asJSON bool) func(api.BuildEvent) {
 	}
 	var mu sync.Mutex
 	lastStep := ""
-	return func(ev api.BuildEvent) {
+	return func(ev images.Event) {
 		mu.Lock()
 		defer mu.Unlock()
 		line := fmt.Sprintf("[%6.1fs] %-5s %-11s %s", float64(ev.ElapsedMS)/1000, ev.Phase, ev.Step, ev.Message)

@@ -45,6 +45,7 @@ var rules = []rule{
 	{module + "/cmd/...", []string{module + "/spawnd/swarm"}, false, "cmd/ gets backends from spawnd/backends, the one place that picks one"},
 	{module + "/daemon", []string{module + "/spawnd/docker", module + "/spawnd/swarm"}, false, "the daemon gets its backend from spawnd/backends, the one place that picks one"},
 	{module + "/spawnd", []string{module + "/spawnd/backends", module + "/spawnd/swarm"}, true, "the core takes a backend.Set; it never picks or knows a backend"},
+	{module + "/images", []string{module + "/api/..."}, true, "the builder speaks its own events (images.Event); the edge makes the wire type"},
 	{module + "/images", []string{module + "/spawnd/backends", module + "/spawnd/docker", module + "/spawnd/swarm"}, false, "the builder takes its engine and store as arguments"},
 	{module + "/api/server", engineClients, false, "the edge never reaches an engine"},
 }
