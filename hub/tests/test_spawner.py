@@ -163,6 +163,29 @@ def test_api_url_is_checked():
             _parse_api_url(bad)
 
 
+def test_a_bad_api_url_fails_when_the_config_is_applied():
+    # Not at the first request: the trait refuses it, naming the setting.
+    from traitlets import TraitError
+    from traitlets.config import Config
+
+    c = Config()
+    c.SpawndSpawner.api_url = "ftp://spawnd:8765"
+    with pytest.raises(TraitError, match=r"c\.SpawndSpawner\.api_url 'ftp://spawnd:8765' must be"):
+        SpawndSpawner(config=c)
+    assert SpawndSpawner(config=Config()).api_url == "http://127.0.0.1:8765"
+
+
+async def test_one_retry_helper_keeps_its_bounds():
+    from spawnd_spawner.client import attempts
+
+    assert [n async for n in attempts(first=0.001, tries=3)] == [0, 1, 2]
+    loop = asyncio.get_running_loop()
+    # A deadline ends it before a wait that would pass it: one that is
+    # already here allows the one try; a far one leaves tries in charge.
+    assert [n async for n in attempts(first=0.001, deadline=loop.time())] == [0]
+    assert [n async for n in attempts(first=0.001, deadline=loop.time() + 3600, tries=2)] == [0, 1]
+
+
 async def test_options_form_offers_names_only(daemon, world):
     sp = world.spawner(daemon.url)
     form = await sp.get_options_form()
