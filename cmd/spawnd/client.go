@@ -29,6 +29,10 @@ type clientFlags struct {
 // address and token when no flag or variable gives them.
 const defaultDaemonConfig = "/etc/spawnd/spawnd.yaml"
 
+// daemonConfigPath is defaultDaemonConfig; tests point it elsewhere, so
+// what they check never depends on the machine's own /etc.
+var daemonConfigPath = defaultDaemonConfig
+
 func (c *clientFlags) register(cmd *cobra.Command) {
 	c.cmd = cmd
 	cmd.Flags().StringVar(&c.addr, "addr", "127.0.0.1:8765", "daemon address: host:port, http(s)://host:port or unix:///path.sock (env SPAWND_ADDR; default: the daemon config's listen)")
@@ -52,8 +56,8 @@ func (c *clientFlags) settings() (addr, token string, err error) {
 	envAddr := os.Getenv("SPAWND_ADDR")
 	explicitToken := c.tokenFile != "" || os.Getenv("SPAWND_TOKEN") != "" || os.Getenv("SPAWND_TOKEN_FILE") != ""
 	path := c.config
-	if path == "" && fileExists(defaultDaemonConfig) {
-		path = defaultDaemonConfig
+	if path == "" && fileExists(daemonConfigPath) {
+		path = daemonConfigPath
 	}
 	var cfg daemon.Config
 	where := ""

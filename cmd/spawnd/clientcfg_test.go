@@ -13,6 +13,10 @@ import (
 // from flags, then SPAWND_* variables, then the daemon's own config.
 func TestClientSettings(t *testing.T) {
 	dir := t.TempDir()
+	// No daemon config in the default place, whatever this machine's /etc holds.
+	old := daemonConfigPath
+	t.Cleanup(func() { daemonConfigPath = old })
+	daemonConfigPath = filepath.Join(dir, "no-such-spawnd.yaml")
 	tok := filepath.Join(dir, "token")
 	if err := os.WriteFile(tok, []byte("from-the-config-token-0123\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -59,9 +63,6 @@ func TestClientSettings(t *testing.T) {
 			cf.register(cmd)
 			if err := cmd.ParseFlags(tc.args); err != nil {
 				t.Fatal(err)
-			}
-			if tc.args == nil && fileExists(defaultDaemonConfig) {
-				t.Skipf("%s exists on this machine: a client with no flags reads it", defaultDaemonConfig)
 			}
 			addr, tok, err := cf.settings()
 			if tc.err != "" {
