@@ -144,7 +144,7 @@ func (h *HubConfig) validate() error {
 
 // EngineConfig says which backend runs the containers, and where its
 // engine is (spawnd/backends, the one place that picks a backend).
-type EngineConfig = backends.Config
+type EngineConfig = backends.EngineConfig
 
 // validateSwarm checks what one host allows and a swarm does not.
 func (c *Config) validateSwarm() error {

@@ -174,7 +174,7 @@ failed, naming it and why.`,
 			if pp.registry == "" {
 				return errors.New("--registry: name the registry the nodes pull from (engine.registry in spawnd.yaml)")
 			}
-			sw, err := backends.Open(backends.Config{Backend: "swarm", Host: bf.engine, Registry: pp.registry, InsecureRegistry: pp.insecure}, 0)
+			sw, err := backends.Open(backends.EngineConfig{Backend: "swarm", Host: bf.engine, Registry: pp.registry, InsecureRegistry: pp.insecure}, 0)
 			if err != nil {
 				return err
 			}

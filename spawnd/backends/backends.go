@@ -23,15 +23,15 @@ import (
 var ErrNoGPUs = swarm.ErrNoGPUs
 
 // table makes the backend engine.backend names.
-var table = map[string]func(c *Config, stopGrace time.Duration) (backend.Set, error){
-	"docker": func(c *Config, _ time.Duration) (backend.Set, error) {
+var table = map[string]func(c *EngineConfig, stopGrace time.Duration) (backend.Set, error){
+	"docker": func(c *EngineConfig, _ time.Duration) (backend.Set, error) {
 		e, err := docker.New(c.Host)
 		if err != nil {
 			return backend.Set{}, err
 		}
 		return dockerSet(e), nil
 	},
-	"swarm": func(c *Config, stopGrace time.Duration) (backend.Set, error) {
+	"swarm": func(c *EngineConfig, stopGrace time.Duration) (backend.Set, error) {
 		ports, err := c.portRange()
 		if err != nil {
 			return backend.Set{}, err
@@ -56,7 +56,7 @@ func dockerSet(e *docker.Engine) backend.Set {
 // Open makes the backend c names (defaults filled); stopGrace is how long
 // a stopping server has between SIGTERM and SIGKILL where the backend
 // takes it at creation (Swarm).
-func Open(c Config, stopGrace time.Duration) (backend.Set, error) {
+func Open(c EngineConfig, stopGrace time.Duration) (backend.Set, error) {
 	c.Defaults()
 	if err := c.Validate(); err != nil {
 		return backend.Set{}, err
@@ -85,9 +85,9 @@ func Names() []string {
 	return slices.Clip(names)
 }
 
-// Config is the config's engine section: which backend runs the
+// EngineConfig is the config's engine section: which backend runs the
 // containers, and where its engine is.
-type Config struct {
+type EngineConfig struct {
 	// Backend is the backend that runs user containers: docker (one Docker
 	// engine) or swarm (a service per server on a Docker Swarm; Host is a
 	// manager; docs/SWARM.md). Default docker.
@@ -118,7 +118,7 @@ type Config struct {
 }
 
 // Defaults fills the section's defaults.
-func (e *Config) Defaults() {
+func (e *EngineConfig) Defaults() {
 	if e.Backend == "" {
 		e.Backend = "docker"
 	}
@@ -128,7 +128,7 @@ func (e *Config) Defaults() {
 }
 
 // Validate checks the section, naming the key of the first mistake.
-func (e *Config) Validate() error {
+func (e *EngineConfig) Validate() error {
 	if _, ok := table[e.Backend]; !ok {
 		return fmt.Errorf("engine.backend: %q is not one of %v", e.Backend, Names())
 	}
@@ -154,7 +154,7 @@ func (e *Config) Validate() error {
 }
 
 // portRange is engine.ports parsed; the zero range if unset.
-func (e *Config) portRange() (swarm.PortRange, error) {
+func (e *EngineConfig) portRange() (swarm.PortRange, error) {
 	if e.Ports == "" {
 		return swarm.PortRange{}, nil
 	}

@@ -566,7 +566,7 @@ func serverSpec(t *testing.T, image, netName string, lbl map[string]string) back
 
 // swarmDeclared is the Set the factory makes for the swarm backend.
 func swarmDeclared(t *testing.T, host, registry string) backend.Set {
-	set, err := backends.Open(backends.Config{Backend: "swarm", Host: host, Registry: registry, InsecureRegistry: true}, time.Second)
+	set, err := backends.Open(backends.EngineConfig{Backend: "swarm", Host: host, Registry: registry, InsecureRegistry: true}, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
