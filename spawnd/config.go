@@ -223,7 +223,8 @@ type ProfileConfig struct {
 	Memory string `mapstructure:"memory"`
 	// CPUs limit, e.g. 1.5. 0 = unlimited.
 	CPUs float64 `mapstructure:"cpus"`
-	// Pids limit. Default 1024; 0 is not allowed (unlimited forks).
+	// Pids limit. Default (and when 0 or unset) 1024; at least 16. A
+	// profile cannot ask for unlimited forks.
 	Pids int64 `mapstructure:"pids"`
 	// Placement constrains the nodes the profile's servers may run on, as
 	// Swarm constraints (node.labels.gpu==true, node.hostname!=db1);
