@@ -294,8 +294,11 @@ async def test_a_failed_stop_is_retried_until_the_daemon_answers(daemon, world, 
     assert "spawnd will be asked again" in caplog.text and "home is kept" in caplog.text
     assert daemon.servers, "nothing is deleted while spawnd cannot answer"
     daemon.mode = "ok"
+    # The fake daemon forgets the server before it answers, and the spawner
+    # logs once the answer arrives: wait for both (a check of the log right
+    # after the server went raced the answer).
     for _ in range(100):
-        if not daemon.servers:
+        if not daemon.servers and "after spawnd came back" in caplog.text:
             break
         await asyncio.sleep(0.1)
     assert not daemon.servers, "the deferred stop never reached spawnd"
@@ -309,13 +312,17 @@ async def test_a_new_start_cancels_a_deferred_stop(daemon, world):
     with pytest.raises(SpawndError):
         await sp.stop()
     daemon.mode = "ok"
+    from spawnd_spawner import stops
+
     before = len(deletes(daemon))
+    (task,) = stops._deferred_stops.values()  # the stop being retried
     again = world.spawner(daemon.url, stop_retries=1, stop_retry_for=60)
     await again.start()  # the user clicks start before the retry: it must not stop the new server
-    started_at = len(daemon.calls)
-    await asyncio.sleep(2.5)  # past the first retry's delay
-    assert [i for i in deletes(daemon) if i >= started_at] == [], "a deferred stop hit the new server"
-    assert len(deletes(daemon)) == before
+    # Not a wait past the retry's delay: the start has cancelled the retry
+    # and waited for it to end, so no DELETE can come from it any more.
+    assert task.cancelled(), "the new start left the deferred stop running"
+    assert not stops._deferred_stops
+    assert len(deletes(daemon)) == before, "a deferred stop hit the new server"
     assert daemon.servers
 
 

@@ -162,6 +162,7 @@ func (s *StandIn) DialContext(ctx context.Context, network, addr string) (net.Co
 // NetnsPrefix, removed with the test (scripts/sweep removes it after a
 // kill), and returns its name.
 func NewNetns(t testing.TB) string {
+	Full(t, "network namespaces of its own")
 	t.Helper()
 	if os.Getuid() != 0 {
 		ci.Skip(t, "network namespaces need root")

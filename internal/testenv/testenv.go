@@ -43,6 +43,7 @@ const BusyboxImage = "spawnd-test/busybox:1"
 // fails when CI=true.
 func Engine(t testing.TB) *docker.Engine {
 	t.Helper()
+	Full(t, "a Docker engine")
 	eng, err := docker.New("")
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -265,6 +266,7 @@ func HostCACerts(t testing.TB) []byte {
 // HubVenv returns the virtualenv of JupyterHub major version v that
 // scripts/hub-venvs makes ($HUB_VENVS/jh<v>), with the spawner installed.
 func HubVenv(t testing.TB, v int) string {
+	Full(t, "a real JupyterHub")
 	t.Helper()
 	root := os.Getenv("HUB_VENVS")
 	if root == "" {
@@ -307,4 +309,15 @@ func Schemathesis(t testing.TB) string {
 		ci.Skip(t, "no schemathesis at %s (run scripts/hub-venvs)", st)
 	}
 	return st
+}
+
+// Full skips a test under go test -short (scripts/test quick, the
+// edit-test loop, which runs no engine and builds no image) when it needs
+// what: the full run (scripts/test, CI) never passes -short, so there it
+// always runs.
+func Full(t testing.TB, what string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("needs %s: left to the full run (go test -short is the quick tier)", what)
+	}
 }
