@@ -38,6 +38,7 @@ import (
 
 // row is one line of the results table.
 type row struct {
+	group   string // the figure's identity: its -only name (spawn, hub, …)
 	figure  string
 	spawnd  string
 	raw     string
@@ -54,6 +55,8 @@ type bench struct {
 	image   string
 	dir     string
 	rows    []row
+	group   string   // the figure group running now
+	groups  []string // every group, in order, run or not
 	rounds  int
 	repo    string
 	binPath string
@@ -117,10 +120,12 @@ func main() {
 		{"swarm", b.swarmFigures},
 	}
 	for _, f := range figures {
+		b.groups = append(b.groups, f.name)
 		if len(want) > 0 && !want[f.name] {
 			continue
 		}
 		log.Printf("bench: %s…", f.name)
+		b.group = f.name
 		f.fn()
 	}
 	table := b.table()
@@ -258,6 +263,7 @@ func ms(d time.Duration) string {
 }
 
 func (b *bench) add(r row) {
+	r.group = b.group
 	b.rows = append(b.rows, r)
 	mark := "PASS"
 	if !r.pass {
@@ -266,47 +272,34 @@ func (b *bench) add(r row) {
 	log.Printf("  %-44s spawnd %-18s raw %-18s %-8s target %-12s %s %s", r.figure, r.spawnd, r.raw, r.ratio, r.target, mark, r.note)
 }
 
+// table is the whole results table of this run, in the figures' order:
+// every figure group this run measured with its rows, and every other one
+// as "not run in this sitting", never with an older number. One run, one
+// page.
 func (b *bench) table() string {
 	var sb strings.Builder
 	sb.WriteString("| figure | spawnd | raw engine | ratio | target | result |\n| --- | --- | --- | --- | --- | --- |\n")
-	for _, r := range b.rows {
-		res := "pass"
-		if !r.pass {
-			res = "**miss**"
+	for _, g := range b.groups {
+		n := 0
+		for _, r := range b.rows {
+			if r.group != g {
+				continue
+			}
+			n++
+			res := "pass"
+			if !r.pass {
+				res = "**miss**"
+			}
+			if r.note != "" {
+				res += " (" + r.note + ")"
+			}
+			fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s |\n", r.figure, r.spawnd, r.raw, r.ratio, r.target, res)
 		}
-		if r.note != "" {
-			res += " (" + r.note + ")"
+		if n == 0 {
+			fmt.Fprintf(&sb, "| %s: not run in this sitting (go run ./bench -only %s) | - | - | - | - | - |\n", g, g)
 		}
-		fmt.Fprintf(&sb, "| %s | %s | %s | %s | %s | %s |\n", r.figure, r.spawnd, r.raw, r.ratio, r.target, res)
 	}
 	return sb.String()
-}
-
-// mergeRows keeps the rows of an earlier run for figures this run did not
-// measure (bench -only), in their place.
-func mergeRows(old []string, table string) string {
-	lines := strings.Split(strings.TrimSpace(table), "\n")
-	fresh := map[string]string{}
-	for _, l := range lines[2:] {
-		fresh[strings.SplitN(l, " | ", 2)[0]] = l
-	}
-	var out []string
-	used := map[string]bool{}
-	for _, l := range old {
-		k := strings.SplitN(l, " | ", 2)[0]
-		if f, ok := fresh[k]; ok {
-			out = append(out, f)
-			used[k] = true
-		} else {
-			out = append(out, l)
-		}
-	}
-	for _, l := range lines[2:] {
-		if !used[strings.SplitN(l, " | ", 2)[0]] {
-			out = append(out, l)
-		}
-	}
-	return lines[0] + "\n" + lines[1] + "\n" + strings.Join(out, "\n") + "\n"
 }
 
 func writeMarkdown(path, table string, eng *docker.Engine) error {
@@ -326,22 +319,15 @@ func writeMarkdown(path, table string, eng *docker.Engine) error {
 		}
 	}
 	head, tailPart := "", ""
-	var oldRows []string
 	if old, err := os.ReadFile(path); err == nil {
 		s := string(old)
 		if i := strings.Index(s, "<!-- bench:begin -->"); i >= 0 {
 			head = s[:i]
 			if j := strings.Index(s, "<!-- bench:end -->"); j >= 0 {
 				tailPart = s[j+len("<!-- bench:end -->"):]
-				for _, l := range strings.Split(s[i:j], "\n") {
-					if strings.HasPrefix(l, "| ") && !strings.HasPrefix(l, "| figure") && !strings.HasPrefix(l, "| ---") {
-						oldRows = append(oldRows, l)
-					}
-				}
 			}
 		}
 	}
-	table = mergeRows(oldRows, table)
 	if head == "" {
 		head = "# Performance\n\n"
 	}

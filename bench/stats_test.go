@@ -33,3 +33,19 @@ func TestNearestRank(t *testing.T) {
 		t.Errorf("p99 of 10 = %v", got)
 	}
 }
+
+// TestTableIsOneSitting: the table has every figure group in order; a
+// group this run did not measure says so and carries no number.
+func TestTableIsOneSitting(t *testing.T) {
+	b := &bench{groups: []string{"spawn", "status", "hub"}}
+	b.group = "status"
+	b.add(row{figure: "status: p50", spawnd: "1 ms", raw: "1 ms", ratio: "1.00×", target: "≤ 1.1×", pass: true})
+	got := b.table()
+	want := "| figure | spawnd | raw engine | ratio | target | result |\n| --- | --- | --- | --- | --- | --- |\n" +
+		"| spawn: not run in this sitting (go run ./bench -only spawn) | - | - | - | - | - |\n" +
+		"| status: p50 | 1 ms | 1 ms | 1.00× | ≤ 1.1× | pass |\n" +
+		"| hub: not run in this sitting (go run ./bench -only hub) | - | - | - | - | - |\n"
+	if got != want {
+		t.Fatalf("table:\n%s\nwant:\n%s", got, want)
+	}
+}
