@@ -323,7 +323,7 @@ func (w *hubWorld) rawStart(user string) (time.Duration, string, error) {
 	pids := prof.Pids
 	hc := &container.HostConfig{NetworkMode: container.NetworkMode(w.network), Init: &init,
 		CapDrop: []string{"ALL"}, SecurityOpt: []string{"no-new-privileges:true"},
-		Resources: container.Resources{PidsLimit: &pids, Memory: prof.MemoryBytes(), NanoCPUs: int64(prof.CPUs * 1e9)},
+		Resources:    container.Resources{PidsLimit: &pids, Memory: prof.MemoryBytes(), NanoCPUs: int64(prof.CPUs * 1e9)},
 		Mounts:       []mount.Mount{{Type: mount.TypeBind, Source: home, Target: "/home/jovyan"}},
 		PortBindings: network.PortMap{port: {{HostIP: netip.MustParseAddr("127.0.0.1")}}}}
 	cli := testenv.Client(w.b.eng)
