@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"regexp"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -297,12 +294,6 @@ func (e *exitError) Is(target error) bool { return target == ErrServerFailed }
 // Unwrap gives the message to Message: the person on the spawn page reads it.
 func (e *exitError) Unwrap() error { return &Error{Kind: ErrServerFailed, Msg: e.msg} }
 
-// logTailLines bounds the container log a failed start reports.
-const (
-	logTailLines = 20
-	logLineMax   = 300
-)
-
 // waitListening waits until the server in container id accepts connections
 // on its port, and fails as soon as the container ends first, with its exit
 // code and the last lines of its log (secrets removed).
@@ -368,85 +359,6 @@ func (m *Manager) settleKill(ctx context.Context, rec *record, id string, srv Se
 	return srv
 }
 
-// logTail is the end of a container's log, bounded in lines and bytes, with
-// every secret value replaced and control characters dropped. It is written
-// for the person on the spawn page; an error reading it yields "".
-func (m *Manager) logTail(ctx context.Context, id string, secrets []string) string {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	out, err := m.rt.Logs(ctx, id, logTailLines)
-	if err != nil {
-		m.log.Warn("reading the log of a failed server", "container_id", short(id), "err", err)
-		return ""
-	}
-	return redactTail(out, secrets)
-}
-
-// redactTail bounds and cleans a log tail; see logTail.
-func redactTail(out string, secrets []string) string { return redactLog(out, secrets, logTailLines) }
-
-// tokenLike is what a log line must not show even when the secret is not
-// known (an adopted server): long hex strings (JupyterHub's tokens) and
-// token= parameters.
-var tokenLike = regexp.MustCompile(`(?i)(token=)[^&\s"']+|\b[0-9a-f]{32,}\b`)
-
-// redactLog bounds a log to its last maxLines lines of at most logLineMax
-// bytes, with every secret value and anything token-like replaced and
-// control characters dropped.
-func redactLog(out string, secrets []string, maxLines int) string {
-	for _, s := range secrets {
-		out = strings.ReplaceAll(out, s, "[redacted]")
-	}
-	out = tokenLike.ReplaceAllStringFunc(out, func(m string) string {
-		if strings.HasPrefix(strings.ToLower(m), "token=") {
-			return m[:len("token=")] + "[redacted]"
-		}
-		return "[redacted]"
-	})
-	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-	if len(lines) > maxLines {
-		lines = lines[len(lines)-maxLines:]
-	}
-	for i, l := range lines {
-		l = strings.Map(func(r rune) rune {
-			if r == '\t' {
-				return ' '
-			}
-			if r < 0x20 || r == 0x7f {
-				return -1
-			}
-			return r
-		}, strings.ToValidUTF8(l, "?"))
-		if len(l) > logLineMax {
-			l = strings.ToValidUTF8(l[:logLineMax], "") + "…"
-		}
-		lines[i] = l
-	}
-	return strings.TrimSpace(strings.Join(lines, "\n"))
-}
-
-// secretValues are the values of a container's environment that must never
-// be shown: tokens, secrets, passwords, keys.
-func secretValues(env []string) []string {
-	var out []string
-	for _, kv := range env {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || len(v) < 6 {
-			continue
-		}
-		uk := strings.ToUpper(k)
-		for _, w := range []string{"TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL"} {
-			if strings.Contains(uk, w) {
-				out = append(out, v)
-				break
-			}
-		}
-	}
-	// Longest first, so a secret that contains another is replaced whole.
-	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
-	return out
-}
-
 // ensureImage makes sure the env's image is on the engine: present, or
 // pulled as the env's pull policy says (with its progress on the spawn
 // page), or the start fails saying what to do.
@@ -501,26 +413,4 @@ func (m *Manager) ensureImage(ctx context.Context, p startPlan, prog *progressLo
 		return &Error{Kind: ErrUnavailable, Msg: fmt.Sprintf("the registry of env %q is not reachable; try again later", p.envName), Cause: perr}
 	}
 	return internal(perr, "pulling the image of env %q failed; see the daemon's log", p.envName)
-}
-
-// maxLogLines bounds what Logs returns.
-const maxLogLines = 2000
-
-// Logs returns the last lines (at most tail, at most maxLogLines) of a
-// server's container log, bounded and with secrets and token-like strings
-// replaced: for an admin finding out why a server died.
-func (m *Manager) Logs(ctx context.Context, user, server string, tail int) (string, error) {
-	id, secrets, err := m.logSource(user, server)
-	if err != nil {
-		return "", err
-	}
-	tail = boundTail(tail)
-	out, err := m.rt.Logs(ctx, id, tail)
-	if err != nil {
-		if errdefs.IsNotFound(err) {
-			return "", errorf(ErrNotFound, "the server's container is gone")
-		}
-		return "", m.engineErr("reading the log", err)
-	}
-	return redactLog(out, secrets, tail), nil
 }
