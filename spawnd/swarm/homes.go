@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	_ "embed"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -485,19 +486,14 @@ func randomSuffix() string {
 
 // makeScript makes the home ($1, owned by $2) under /homes unless it is
 // there; it checks homes_root as the daemon does on one host.
-const makeScript = `
-[ "$(stat -c %u .)" = 0 ] || exit 20
-[ -z "$(find . -maxdepth 0 -perm /022)" ] || exit 21
-if [ -L "$1" ]; then exit 22; fi
-if [ -e "$1" ] && [ ! -d "$1" ]; then exit 23; fi
-if [ ! -d "$1" ]; then mkdir -m 0700 "$1"; chown "$2" "$1"; fi
-`
+//
+//go:embed helpers/make.sh
+var makeScript string
 
 // deleteScript removes the home $1 under /homes (a symlink: the link only).
-const deleteScript = `
-[ -e "$1" ] || [ -L "$1" ] || exit 24
-rm -rf -- "$1"
-`
+//
+//go:embed helpers/delete.sh
+var deleteScript string
 
 // The move's wire, sender to receiver: the move's key, then the home as a
 // tar stream in frames (a 4-byte big-endian length, then that many bytes; a
@@ -513,130 +509,14 @@ rm -rf -- "$1"
 // unpacked under a hidden name and put in place only when the sender, told
 // the SHA-256 and size of what arrived, commits. Other connections are
 // dropped unread.
-const receiveScript = `
-import hashlib, hmac, os, shutil, socket, struct, subprocess, sys, time
-name, port = sys.argv[1], int(sys.argv[2])
-key = os.environ['SPAWND_MOVE_KEY'].encode()
-if os.path.lexists(name):
-    sys.exit(30)
-tmp = '.' + name + '.incoming'
-shutil.rmtree(tmp, ignore_errors=True)
-os.mkdir(tmp, 0o700)
-def give_up(code):
-    shutil.rmtree(tmp, ignore_errors=True)
-    sys.exit(code)
-def read_exactly(c, n):
-    got = b''
-    while len(got) < n:
-        b = c.recv(n - len(got))
-        if not b:
-            break
-        got += b
-    return got
-srv = socket.create_server(('', port))
-deadline = time.time() + 120
-conn = None
-while conn is None:
-    srv.settimeout(max(deadline - time.time(), 0.1))
-    try:
-        c, _ = srv.accept()
-    except socket.timeout:
-        give_up(32)
-    c.settimeout(10)
-    try:
-        got = read_exactly(c, len(key))
-    except OSError:
-        got = b''
-    if hmac.compare_digest(got, key):
-        conn = c
-    else:
-        c.close()
-conn.settimeout(600)
-tar = subprocess.Popen(['tar', '-x', '-p', '--numeric-owner', '-C', tmp, '-f', '-'], stdin=subprocess.PIPE)
-h, n, whole = hashlib.sha256(), 0, False
-try:
-    while True:
-        head = read_exactly(conn, 4)
-        if len(head) != 4:
-            break
-        size = struct.unpack('>I', head)[0]
-        if size == 0:
-            whole = True
-            break
-        b = read_exactly(conn, size)
-        h.update(b)
-        n += len(b)
-        tar.stdin.write(b)
-        if len(b) != size:
-            break
-except (OSError, BrokenPipeError):
-    pass
-try:
-    tar.stdin.close()
-except BrokenPipeError:
-    pass
-if tar.wait() != 0 or not whole:
-    try:
-        conn.sendall(b'FAIL\n')
-    except OSError:
-        pass
-    give_up(31 if whole else 32)
-conn.sendall(('GOT %s %d\n' % (h.hexdigest(), n)).encode())
-if conn.makefile('rb').readline() != b'COMMIT\n':
-    give_up(33)
-if os.path.lexists(name):
-    give_up(30)
-os.rename(tmp, name)
-conn.sendall(b'DONE\n')
-conn.close()
-`
+//
+//go:embed helpers/receive.py
+var receiveScript string
 
 // sendScript streams the home (argv: name, host, port, old name) in frames,
 // compares what the receiver says arrived with what was sent, commits or
 // aborts, and renames the home here to the old name once the receiver has
 // put its copy in place. It prints "OK <sha256> <bytes>".
-const sendScript = `
-import hashlib, os, socket, struct, subprocess, sys, time
-name, host, port, old = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-if os.path.islink(name) or not os.path.isdir(name):
-    sys.exit(40)
-deadline = time.time() + 60
-while True:
-    try:
-        conn = socket.create_connection((host, port), timeout=10)
-        break
-    except OSError:
-        if time.time() > deadline:
-            sys.exit(41)
-        time.sleep(0.2)
-conn.settimeout(600)
-conn.sendall(os.environ['SPAWND_MOVE_KEY'].encode())
-tar = subprocess.Popen(['tar', '-c', '--numeric-owner', '-C', name, '-f', '-', '.'], stdout=subprocess.PIPE)
-h, n = hashlib.sha256(), 0
-while True:
-    b = tar.stdout.read(1 << 16)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-    conn.sendall(struct.pack('>I', len(b)) + b)
-if tar.wait() != 0:
-    sys.exit(42)
-conn.sendall(struct.pack('>I', 0))
-replies = conn.makefile('rb')
-want = 'GOT %s %d\n' % (h.hexdigest(), n)
-if replies.readline().decode(errors='replace') != want:
-    try:
-        conn.sendall(b'ABORT\n')
-    except OSError:
-        pass
-    sys.exit(43)
-conn.sendall(b'COMMIT\n')
-if replies.readline() != b'DONE\n':
-    sys.exit(45)
-try:
-    os.rename(name, old)
-except OSError:
-    sys.exit(44)
-print('OK %s %d' % (h.hexdigest(), n), flush=True)
-`
+//
+//go:embed helpers/send.py
+var sendScript string
