@@ -245,6 +245,13 @@ func (w *world) logLinesOf(user string) string {
 	return strings.Join(out, "\n")
 }
 
+// countInLog counts the lines of the hub's log (the daemon's too) that
+// contain s.
+func (w *world) countInLog(s string) int {
+	b, _ := os.ReadFile(w.hubLog.Name())
+	return strings.Count(string(b), s)
+}
+
 // hubAPI calls the Hub's REST API with the admin service token.
 func (w *world) hubAPI(method, path string, body any, out any) int {
 	w.t.Helper()
@@ -539,10 +546,18 @@ func hubScenario(t *testing.T, eng *docker.Engine, specText, venv string) {
 
 	// Restart spawnd while servers run (the hub polls every second): the
 	// hub keeps them, and the containers were never restarted.
+	polls := w.countInLog("Cannot poll alice")
 	w.stopDaemon()
-	time.Sleep(3 * time.Second)
+	// Wait for the hub to poll alice's server while spawnd is down (an
+	// unknown answer, which must not count as stopped), not for a time.
+	deadline := time.Now().Add(30 * time.Second)
+	for w.countInLog("Cannot poll alice") == polls {
+		if time.Now().After(deadline) {
+			t.Fatalf("the hub did not poll alice's server within 30 s of spawnd stopping\n%s", w.logTail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	w.startDaemon()
-	time.Sleep(2 * time.Second)
 	w.waitReady("alice", "")
 	if code := w.serverAPI("alice", "", tok, "GET", "/contents/note.txt", nil, nil); code != 200 {
 		t.Fatalf("after a spawnd restart: %d\n%s", code, w.logTail())

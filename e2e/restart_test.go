@@ -223,9 +223,36 @@ envs:
 		return asked
 	}
 
+	// inFlight counts the starts spawnd has in flight (pending, or running
+	// and not yet listening); waitInFlight waits (a minute at most) until
+	// there is one, so that a restart "while the class starts" is one.
+	inFlightNow := func() int {
+		n := 0
+		if servers, err := c.List(ctx); err == nil {
+			for _, s := range servers {
+				if s.State == api.StatePending || (s.State == api.StateRunning && !s.Ready) {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	waitInFlight := func(what string) int {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			if n := inFlightNow(); n > 0 {
+				return n
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no start was in flight within a minute of the class start", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
 	// 1. The hub restarts while the class starts.
 	startAll()
-	time.Sleep(2 * time.Second)
+	t.Logf("restarting the hub with %d starts in flight", waitInFlight("the hub restart"))
 	w.stopHub()
 	w.startHub(opts.Network.Gateway)
 	// The restarted hub adopts every server spawnd was starting, at the
@@ -259,26 +286,9 @@ envs:
 	// kill -9 while starts are in flight: some servers still boot behind
 	// the admission limit (the daemon must have starts in flight, or the
 	// test would prove nothing).
-	inFlight := 0
-	deadline := time.Now().Add(time.Minute)
-	for inFlight == 0 && time.Now().Before(deadline) {
-		if servers, err := c.List(ctx); err == nil {
-			for _, s := range servers {
-				if s.State == api.StatePending || (s.State == api.StateRunning && !s.Ready) {
-					inFlight++
-				}
-			}
-		}
-		if inFlight == 0 {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	inFlight := waitInFlight("the spawnd kill")
 	kill9()
-	if inFlight == 0 {
-		t.Fatal("no start was in flight when spawnd was killed")
-	}
 	t.Logf("killed spawnd with %d starts in flight", inFlight)
-	time.Sleep(time.Second)
 	startProc()
 	// The hub's spawner asks again for a start spawnd did not answer
 	// (SpawndSpawner._post_start): a spawnd restart costs nobody a click.
