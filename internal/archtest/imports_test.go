@@ -40,7 +40,7 @@ var rules = []rule{
 	{module + "/images", []string{module + "/spawnd", module + "/daemon"}, false, "the builder reaches an engine only through backend.Builder and backend.ImageStore"},
 	{module + "/images", engineClients, false, "the builder reaches an engine only through backend.Builder and backend.ImageStore"},
 	{module + "/doctor", engineClients, false, "doctor reads an engine through a small interface"},
-	{module + "/daemon", engineClients, false, "the daemon picks a backend from config (daemon/backends.go), it does not drive an engine"},
+	{module + "/daemon", engineClients, false, "the daemon gets its backend from spawnd/backends, it does not drive an engine"},
 	{module + "/cmd/...", engineClients, false, "cmd/ is thin; engines are reached through a backend"},
 	{module + "/cmd/...", []string{module + "/spawnd/swarm"}, false, "cmd/ gets backends from spawnd/backends, the one place that picks one"},
 	{module + "/daemon", []string{module + "/spawnd/docker", module + "/spawnd/swarm"}, false, "the daemon gets its backend from spawnd/backends, the one place that picks one"},

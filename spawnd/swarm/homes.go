@@ -154,7 +154,7 @@ func (n *NodeHomes) Delete(ctx context.Context, h backend.HomeSpec) error {
 	return nil
 }
 
-// Move implements the core's HomeMover: the home is copied to node (a host
+// Move implements backend.HomeStore's Move: the home is copied to node (a host
 // name or node ID), checked, and the user pinned there; the home keeps a
 // renamed copy on the node it left (OldCopy), which only an admin removes.
 func (n *NodeHomes) Move(ctx context.Context, h backend.HomeSpec, node string) (backend.HomeMove, error) {
