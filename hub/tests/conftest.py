@@ -139,12 +139,59 @@ class FakeDaemon:
         ])
 
 
+# One file per port a test process has handed out, with its PID: the same
+# directory and rule as the Go tests' (internal/testenv/ports.go), so that
+# scripts/test can run these tests beside the Go packages without the two
+# drawing one port (a port free now is bound later by a process the test
+# starts). A file whose process is gone is stale and taken over.
+_PORTS_DIR = os.path.join(tempfile.gettempdir(), "spawnd-test-ports")
+
+
+def _reserve(port):
+    try:
+        os.makedirs(_PORTS_DIR, mode=0o700, exist_ok=True)
+    except OSError:
+        return True  # no reservations possible: the bind check alone
+    path = os.path.join(_PORTS_DIR, str(port))
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    pid = int(f.read().strip() or "0")
+            except (OSError, ValueError):
+                pid = 0
+            if pid > 0:
+                if pid == os.getpid():
+                    return False
+                try:
+                    os.kill(pid, 0)
+                    return False  # held by a live process
+                except ProcessLookupError:
+                    pass
+                except PermissionError:
+                    return False
+            try:
+                os.remove(path)  # stale: take it over
+            except OSError:
+                pass
+            continue
+        except OSError:
+            return True
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return True
+    return False
+
+
 def free_port():
     """A TCP port for a process the test starts later.
 
     It comes from 20000-29999, below the kernel's ephemeral range, which any
     outgoing connection may take a port from before the later bind (the same
-    rule as the Go tests' testenv.FreePort).
+    rule as the Go tests' testenv.FreePort), and is reserved across test
+    processes as theirs are.
     """
     for _ in range(200):
         port = random.randrange(20000, 30000)
@@ -155,7 +202,8 @@ def free_port():
             continue
         finally:
             s.close()
-        return port
+        if _reserve(port):
+            return port
     raise RuntimeError("no free TCP port in 20000-29999")
 
 
