@@ -157,13 +157,22 @@ def wait_for_hub(p, port):
             time.sleep(0.3)
 
 
-def stop_hub(p):
+def stop_hub(p, state=None):
+    """Stop the hub and, when state (its directory) is given, the proxy it
+    started if the hub could not end it.
+
+    Its output is read while it stops (communicate, not wait): a hub whose
+    log filled the pipe nobody read blocked in a write and never exited,
+    was killed after 20 s, and left its proxy running with parent 1 (seen
+    after CI runs on JupyterHub 6, five proxies a run)."""
     p.terminate()
     try:
-        p.wait(20)
+        p.communicate(timeout=20)
     except subprocess.TimeoutExpired:
         p.kill()
-        p.wait()
+        p.communicate()
+    if state is not None:
+        kill_proxy(state)
 
 
 def test_the_laptop_set_up_refuses_wrong_passwords(tmp_path):
@@ -175,7 +184,7 @@ def test_the_laptop_set_up_refuses_wrong_passwords(tmp_path):
         assert not login(port, "mallory", ""), "an empty password logged in"
         assert login(port, "admin", "correct-horse-battery"), "the right password was refused"
     finally:
-        stop_hub(p)
+        stop_hub(p, tmp_path)
 
 
 @pytest.mark.parametrize("headers", [
@@ -197,7 +206,7 @@ def test_the_shared_password_never_works_from_another_machine(tmp_path, headers)
         assert not login(port, "alice", "correct-horse-battery", headers), f"the shared password worked through {headers}"
         assert not login(port, "admin", "correct-horse-battery", headers), f"admin logged in through {headers}"
     finally:
-        stop_hub(p)
+        stop_hub(p, tmp_path)
 
 
 def test_native_sign_up_waits_for_the_admin(tmp_path):
@@ -230,7 +239,7 @@ def test_native_sign_up_waits_for_the_admin(tmp_path):
         assert Browser(port).login("dana", "danas-long-password"), "the authorised user was refused"
         assert not login(port, "dana", "a-wrong-password-1"), "a wrong password logged in"
     finally:
-        stop_hub(p)
+        stop_hub(p, tmp_path)
 
 
 def children(pid):
@@ -288,7 +297,7 @@ def test_the_idle_culler_ends_with_a_killed_hub(tmp_path):
         assert not alive(culler), f"the idle-culler ({culler}) outlived the hub killed with -9"
     finally:
         if p.poll() is None:
-            stop_hub(p)
+            stop_hub(p, tmp_path)
         if proxy and alive(proxy):  # a hub killed with -9 leaves its proxy (by design: routes survive)
             os.kill(proxy, 9)
         kill_proxy(tmp_path)
