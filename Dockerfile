@@ -23,8 +23,12 @@ ENV GOFLAGS=${GOFLAGS}
 COPY go.mod go.sum ./
 RUN if [ ! -d vendor ] && [ -z "$GOFLAGS" ]; then go mod download; fi
 COPY . .
+# The context has no .git (.dockerignore): the version, commit and whether
+# the tree was modified come in as arguments (scripts/build-image sets them).
 ARG VERSION=dev
-RUN go build -trimpath -ldflags "-s -w -X github.com/spawnd/spawnd/daemon.Version=${VERSION}" -o /out/spawnd ./cmd/spawnd \
+ARG REVISION=""
+ARG MODIFIED=false
+RUN go build -trimpath -ldflags "-s -w -X github.com/spawnd/spawnd/daemon.Version=${VERSION} -X github.com/spawnd/spawnd/daemon.Revision=${REVISION} -X github.com/spawnd/spawnd/daemon.Modified=${MODIFIED}" -o /out/spawnd ./cmd/spawnd \
  && /out/spawnd --version
 
 FROM ${BASE_IMAGE}

@@ -142,6 +142,13 @@ func (c *Client) List(ctx context.Context) ([]Server, error) {
 	return l.Servers, err
 }
 
+// Pools reports the pools of warm servers.
+func (c *Client) Pools(ctx context.Context) ([]Pool, error) {
+	var l PoolList
+	err := c.do(ctx, http.MethodGet, "/"+Version+"/pools", nil, &l)
+	return l.Pools, err
+}
+
 // Options returns the envs and profiles a user with these groups may choose.
 func (c *Client) Options(ctx context.Context, groups ...string) (Options, error) {
 	var o Options

@@ -77,6 +77,32 @@ type Server struct {
 	StartedAt   time.Time `json:"started_at,omitzero"`
 	// Outdated is true when the server's lock digest is no longer its env's.
 	Outdated bool `json:"outdated,omitempty"`
+	// Warm is true when the server began as a warm server of a pool (as
+	// this daemon saw its start; a daemon restart forgets it).
+	Warm bool `json:"warm,omitempty"`
+}
+
+// Pool is one pool of warm servers (spawnd.yaml pools).
+type Pool struct {
+	Name    string `json:"name"` // env/profile
+	Env     string `json:"env"`
+	Profile string `json:"profile"`
+	// Want is how many warm servers it keeps now (its size, or its window's).
+	Want int `json:"want"`
+	// Ready are warm and waiting; Warming are booting.
+	Ready   int `json:"ready"`
+	Warming int `json:"warming"`
+	// Taken and Missed count this daemon's starts of the pool's env and
+	// profile that took a warm server, and that found none ready.
+	Taken  int `json:"taken"`
+	Missed int `json:"missed"`
+	// Cold says why the env cannot be pre-warmed (its starts boot cold).
+	Cold string `json:"cold,omitempty"`
+}
+
+// PoolList is the answer of the pools call.
+type PoolList struct {
+	Pools []Pool `json:"pools"`
 }
 
 // ServerList is the answer of the list call.
@@ -168,6 +194,9 @@ type NetworkInfo struct {
 // VersionInfo is the answer of the version call.
 type VersionInfo struct {
 	Version       string `json:"version"`
+	Revision      string `json:"revision,omitempty"` // the commit the daemon was built from
+	Modified      bool   `json:"modified,omitempty"` // built from a tree with uncommitted changes
+	GoVersion     string `json:"go_version,omitempty"`
 	APIVersion    string `json:"api_version"`
 	EngineVersion string `json:"engine_version,omitempty"`
 	EngineAPI     string `json:"engine_api_version,omitempty"`

@@ -81,7 +81,7 @@ func hubVenv(repo string) (string, string) {
 	return venv, version
 }
 
-func (b *bench) newHubWorld() *hubWorld {
+func (b *bench) newHubWorld(mods ...func(*daemon.Config)) *hubWorld {
 	venv, version := hubVenv(b.repo)
 	// The team env, built as the README does (a scratch copy keeps the lock out of the tree).
 	spec := filepath.Join(b.dir, "team.yaml")
@@ -100,6 +100,9 @@ func (b *bench) newHubWorld() *hubWorld {
 		c.Envs = map[string]spawnd.EnvConfig{"team": {Spec: spec}}
 		c.Profiles = nil
 		c.StartTimeout = 10 * time.Minute
+		for _, m := range mods {
+			m(c)
+		}
 	})
 	w.network = w.d.cfg.Network.Name
 	opts, err := w.d.client.Options(b.ctx)

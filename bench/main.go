@@ -117,6 +117,7 @@ func main() {
 		{"fullbuild", b.fullBuild},
 		{"auth", b.authTiming},
 		{"hub", b.hubFigures},
+		{"pool", b.poolFigures},
 		{"swarm", b.swarmFigures},
 	}
 	for _, f := range figures {
@@ -140,11 +141,12 @@ func main() {
 
 // world is an in-process daemon with its own instance, homes and network.
 type world struct {
-	d      *daemon.Daemon
-	client *api.Client
-	cfg    daemon.Config
-	cancel context.CancelFunc
-	done   chan error
+	d       *daemon.Daemon
+	client  *api.Client
+	cfg     daemon.Config
+	cancel  context.CancelFunc
+	done    chan error
+	answers *startTimes // when the daemon's starts answered, per user
 }
 
 func (b *bench) newWorld(mod func(*daemon.Config)) *world {
@@ -169,12 +171,13 @@ func (b *bench) newWorld(mod func(*daemon.Config)) *world {
 	if mod != nil {
 		mod(&cfg)
 	}
-	d, err := daemon.New(cfg, slog.New(slog.DiscardHandler))
+	answers := &startTimes{at: map[string]time.Time{}}
+	d, err := daemon.New(cfg, slog.New(startLog{times: answers}))
 	if err != nil {
 		log.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(b.ctx)
-	w := &world{d: d, cfg: cfg, cancel: cancel, done: make(chan error, 1)}
+	w := &world{d: d, cfg: cfg, cancel: cancel, done: make(chan error, 1), answers: answers}
 	go func() { w.done <- d.Run(ctx); d.Close() }()
 	w.client, _ = api.NewClient(d.Addr().String(), cfg.Token)
 	deadline := time.Now().Add(10 * time.Second)

@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -29,48 +28,6 @@ import (
 	"github.com/spawnd/spawnd/spawnd/backends"
 	"github.com/spawnd/spawnd/spawnd/egress"
 )
-
-// Version is the daemon's version, set at build time with
-// -ldflags "-X github.com/spawnd/spawnd/daemon.Version=..." (scripts/release
-// does). Unset, it comes from the build info: the module's version (go
-// install …@v1.2.3) or the commit it was built from.
-var Version = "dev"
-
-func init() {
-	if Version == "dev" {
-		Version = buildVersion(debug.ReadBuildInfo())
-	}
-}
-
-// buildVersion is the version a build's info gives: the main module's
-// version, else "dev+" and the VCS revision (with "-dirty" for uncommitted
-// changes), else "dev".
-func buildVersion(bi *debug.BuildInfo, ok bool) string {
-	if !ok {
-		return "dev"
-	}
-	if v := bi.Main.Version; v != "" && v != "(devel)" {
-		return strings.TrimPrefix(v, "v")
-	}
-	var rev string
-	dirty := false
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			dirty = s.Value == "true"
-		}
-	}
-	if rev == "" {
-		return "dev"
-	}
-	v := "dev+" + rev[:min(12, len(rev))]
-	if dirty {
-		v += "-dirty"
-	}
-	return v
-}
 
 // Config is everything `spawnd serve` reads from spawnd.yaml, SPAWND_* env
 // and flags.
@@ -295,7 +252,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	reg := prometheus.NewRegistry()
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "spawnd_build_info",
 		Help: "1, labelled with spawnd's version, the Go it was built with, and the engine backend."}, []string{"version", "goversion", "backend"})
-	buildInfo.WithLabelValues(Version, runtime.Version(), cfg.Engine.Backend).Set(1)
+	buildInfo.WithLabelValues(Build().Version, runtime.Version(), cfg.Engine.Backend).Set(1)
 	buildSeconds := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "spawnd_build_duration_seconds",
 		Help:    "Env image builds through the daemon (the API, and starts that wait for an image), by status (success, failure).",
 		Buckets: []float64{1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800}}, []string{"status"})
@@ -375,7 +332,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	case <-ctx.Done():
 	}
-	info := api.VersionInfo{Version: Version, APIVersion: api.Version}
+	b := Build()
+	info := api.VersionInfo{Version: b.Version, Revision: b.Revision, Modified: b.Modified, GoVersion: b.Go, APIVersion: api.Version}
 	vctx, vcancel := context.WithTimeout(ctx, 2*time.Second)
 	if ei, err := d.engine.Runtime.Info(vctx); err == nil {
 		info.EngineVersion, info.EngineAPI = ei.Version, ei.APIVersion

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/spawnd"
 )
 
 // TestMetricsAndDashboard scrapes a real daemon with its read-only metrics
@@ -24,9 +25,29 @@ func TestMetricsAndDashboard(t *testing.T) {
 	eng := testenv.Engine(t)
 	cfg := testConfig(t, eng)
 	cfg.MetricsToken = token()
+	// A pool of an env that cannot be pre-warmed (busybox's httpd is no
+	// Python console script): its warm server says so and exits, the pool
+	// reports it cold, and its starts boot cold.
+	team := cfg.Envs["team"]
+	team.Cmd = []string{"httpd", "-f", "-p", "8888", "-h", "/tmp"}
+	cfg.Envs = map[string]spawnd.EnvConfig{"team": team}
+	cfg.SlotsDir = testenv.SlotsDir(t)
+	cfg.Pools = []spawnd.PoolConfig{{Env: "team", Size: 1}}
 	h := startDaemon(t, eng, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		ps, err := h.client.Pools(ctx)
+		if err == nil && len(ps) == 1 && ps[0].Cold != "" {
+			if !strings.Contains(ps[0].Cold, "is not a Python console script") {
+				t.Fatalf("the pool's cold reason: %q; want it to say why", ps[0].Cold)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the pool of an env that cannot be pre-warmed: %+v %v; want it cold, saying why", ps, err)
+		}
+	}
 	if _, err := h.client.Start(ctx, "mo", "", api.StartRequest{Cmd: []string{"httpd", "-f", "-p", "8888", "-h", "/tmp"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -64,6 +85,10 @@ func TestMetricsAndDashboard(t *testing.T) {
 		`spawnd_engine_up 1`,
 		`spawnd_build_duration_seconds_count{status="success"} 0`,
 		`spawnd_image_pull_duration_seconds_count{status="failure"} 0`,
+		`spawnd_pool_cold{pool="team/default"} 1`,
+		`spawnd_pool_ready{pool="team/default"} 0`,
+		`spawnd_pool_starts_total{how="cold",pool="team/default"} 1`,
+		`spawnd_pool_starts_total{how="warm",pool="team/default"} 0`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)

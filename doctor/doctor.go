@@ -66,6 +66,7 @@ type Engine interface {
 
 // Input is what to check. Engine may be nil when no client could be made.
 type Input struct {
+	Build     string         // this binary's version and commit (daemon.Build), for bug reports
 	Config    *spawnd.Config // nil when the config did not load
 	ConfigErr error
 	Token     string
@@ -87,12 +88,19 @@ type Input struct {
 	// Passwd is the host's account database for the home owners check
 	// (default /etc/passwd).
 	Passwd string
+	// BootCost measures what importing an env's server costs every start
+	// (images.BootCost through the engine): a line for people, and whether
+	// the env cannot be pre-warmed. Nil: not measured.
+	BootCost func(ctx context.Context, image string, cmd []string) (summary string, cold bool, err error)
 }
 
 // Run runs every check and returns the results in order.
 func Run(ctx context.Context, in Input) []Result {
 	var rs []Result
 	add := func(r Result) { rs = append(rs, r) }
+	if in.Build != "" {
+		add(Result{"spawnd", OK, in.Build, ""})
+	}
 	if in.ConfigErr != nil {
 		add(Result{"config", Fail, in.ConfigErr.Error(), "fix the key it names (docs/CONFIG.md)"})
 	} else if in.Config != nil {
@@ -116,7 +124,11 @@ func Run(ctx context.Context, in Input) []Result {
 		add(checkSandbox(in.Unit, in.Config.HomesRoot))
 		add(checkNetwork(ctx, in.Config.Network, in.Engine, engineOK))
 		for _, name := range sortedEnvs(in.Config) {
-			add(checkEnv(ctx, name, in.Config.Envs[name], in.Engine, engineOK))
+			r := checkEnv(ctx, name, in.Config.Envs[name], in.Engine, engineOK)
+			add(r)
+			if r.Status != Fail && engineOK && in.BootCost != nil {
+				add(checkBootCost(ctx, name, in.Config, in.BootCost))
+			}
 		}
 	}
 	add(checkHubConfig(in.HubConfig))
@@ -544,4 +556,29 @@ func checkNetwork(ctx context.Context, n spawnd.NetworkConfig, eng Engine, engin
 			"set network.icc: false, the default (on Swarm it cannot be off: docs/SWARM.md)"}
 	}
 	return Result{check, OK, n.Name + ": spawnd's own bridge (or made at start), inter-container traffic off", ""}
+}
+
+// checkBootCost reports what importing the env's server costs every start,
+// so its authors see what each package costs every student; an env with a
+// pool that cannot be pre-warmed warns (its starts boot cold).
+func checkBootCost(ctx context.Context, name string, cfg *spawnd.Config, cost func(context.Context, string, []string) (string, bool, error)) Result {
+	check := "boot cost " + name
+	e := cfg.Envs[name]
+	if len(e.Cmd) == 0 {
+		return Result{check, Skip, "the env names no command (the image's own runs); not measured", ""}
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	summary, cold, err := cost(cctx, e.Image, e.Cmd)
+	if err != nil {
+		return Result{check, Warn, "not measured: " + oneLine(err), "run the env's image by hand to see why its server does not import"}
+	}
+	pooled := false
+	for _, p := range cfg.Pools {
+		pooled = pooled || p.Env == name
+	}
+	if cold && pooled {
+		return Result{check, Warn, summary + "; its pool's starts boot cold", "make the env's command a Python console script (e.g. jupyterhub-singleuser), or remove its pool"}
+	}
+	return Result{check, OK, summary, ""}
 }

@@ -281,3 +281,37 @@ func TestHubVersionCheck(t *testing.T) {
 		})
 	}
 }
+
+func TestBootCostCheck(t *testing.T) {
+	cfg := &spawnd.Config{Envs: map[string]spawnd.EnvConfig{"team": {Image: "img:1", Cmd: []string{"jupyterhub-singleuser"}}, "bare": {Image: "img:2"}}}
+	tests := []struct {
+		name    string
+		env     string
+		pooled  bool
+		summary string
+		cold    bool
+		err     error
+		want    Status
+		says    string
+	}{
+		{"measured", "team", false, "2.10 CPU-s to import x", false, nil, OK, "2.10 CPU-s"},
+		{"cold without a pool", "team", false, "cannot be pre-warmed: not python", true, nil, OK, "cannot be pre-warmed"},
+		{"cold with a pool", "team", true, "cannot be pre-warmed: not python", true, nil, Warn, "its pool's starts boot cold"},
+		{"no command", "bare", false, "", false, nil, Skip, "names no command"},
+		{"the launcher failed", "team", false, "", false, errors.New("exit 1"), Warn, "not measured: exit 1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := *cfg
+			if tt.pooled {
+				c.Pools = []spawnd.PoolConfig{{Env: "team"}}
+			}
+			r := checkBootCost(context.Background(), tt.env, &c, func(context.Context, string, []string) (string, bool, error) {
+				return tt.summary, tt.cold, tt.err
+			})
+			if r.Status != tt.want || !strings.Contains(r.Detail, tt.says) {
+				t.Fatalf("checkBootCost = %+v; want %s saying %q", r, tt.want, tt.says)
+			}
+		})
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spawnd/spawnd/api"
+	"github.com/spawnd/spawnd/daemon"
 	"github.com/spawnd/spawnd/envs"
 	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/internal/ci"
@@ -60,7 +61,14 @@ func TestBrowserFirstDay(t *testing.T) {
 		t.Fatal(err)
 	}
 	pandas := lockedVersion(t, lock, "pandas")
-	w := newLockedWorld(t, eng, string(specText), lock, venv)
+	// Carmen's server is a warm one (pools, docs/POOLS.md): the whole first
+	// day in the browser runs on a server that booted before she came.
+	w := newLockedWorld(t, eng, string(specText), lock, venv, func(c *daemon.Config) {
+		c.Pools = []spawnd.PoolConfig{{Env: "team", Size: 1}}
+		c.SlotsDir = testenv.SlotsDir(t)
+	})
+	pc, _ := api.NewClient(w.spawndAddr, w.cfg.Token)
+	waitPool(t, pc, 1, 5*time.Minute)
 
 	password := randHex(12)
 	w.useShippedConfig("SPAWND_HUB_AUTH=dummy", "SPAWND_HUB_PASSWORD="+password)
@@ -100,6 +108,9 @@ func TestBrowserFirstDay(t *testing.T) {
 		if s.User == "carmen" {
 			t.Fatalf("stopped from the control panel, but spawnd still runs it: %+v", s)
 		}
+	}
+	if ps, err := c.Pools(ctx); err != nil || len(ps) != 1 || ps[0].Taken != 1 || ps[0].Missed != 0 {
+		t.Fatalf("pools after the first day: %+v %v; want carmen's one start to have taken the warm server", ps, err)
 	}
 	nbs, _ := filepath.Glob(filepath.Join(w.homes, spawnd.Escape("carmen"), "*.ipynb"))
 	if len(nbs) == 0 {

@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -229,8 +230,9 @@ func (w *world) logTail() string {
 	return string(b)
 }
 
-// logLinesOf is every line of the hub's log that names user (at most the
-// last 80): what a failure about one user needs.
+// logLinesOf is every line of the hub's log (the daemon's too) that names
+// user, or holds any string (at most the last 80): what a failure about one
+// user needs.
 func (w *world) logLinesOf(user string) string {
 	b, _ := os.ReadFile(w.hubLog.Name())
 	var out []string
@@ -369,15 +371,35 @@ func newWorld(t *testing.T, eng *docker.Engine, specText, venv string) *world {
 	return newLockedWorld(t, eng, specText, nil, venv)
 }
 
-// newLockedWorld is newWorld with the spec's lock given (nil: locked anew).
+// runLocks are the locks tests of this run made, by spec text, so that a
+// later test of the same spec reuses the lock and its image.
+var runLocks sync.Map
+
+func lockedThisRun(specText string) ([]byte, bool) {
+	if v, ok := runLocks.Load(specText); ok {
+		return v.([]byte), true
+	}
+	return nil, false
+}
+
+func keepLock(specText string, lock []byte) { runLocks.Store(specText, lock) }
+
+// newLockedWorld is newWorld with the spec's lock given (nil: the lock a
+// test of this run made of the same spec, else locked anew).
 // A locked env's image is kept after the test (it is a shipped env's, as
 // envs/team.yaml's, which other tests and the quickstart reuse).
-func newLockedWorld(t *testing.T, eng *docker.Engine, specText string, lock []byte, venv string) *world {
+func newLockedWorld(t *testing.T, eng *docker.Engine, specText string, lock []byte, venv string, mutate ...func(*daemon.Config)) *world {
 	t.Helper()
 	dir := t.TempDir()
 	spec := filepath.Join(dir, "team.yaml")
 	if err := os.WriteFile(spec, []byte(specText), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	fresh := lock == nil
+	if fresh {
+		// A spec another test of this run has locked keeps that lock (and
+		// its image): locking and building it again would only repeat them.
+		lock, _ = lockedThisRun(specText)
 	}
 	if lock != nil {
 		if err := os.WriteFile(envs.LockPath(spec), lock, 0o644); err != nil {
@@ -395,11 +417,14 @@ func newLockedWorld(t *testing.T, eng *docker.Engine, specText string, lock []by
 		t.Fatal(err)
 	}
 	t.Logf("team image %s (built: %v)", res.Tag, res.Built)
-	t.Cleanup(func() {
-		if res.Built && lock == nil {
-			_, _ = testenv.Client(eng).ImageRemove(context.Background(), res.Tag, imageRemoveOpts())
+	if fresh {
+		// Its image stays for the later tests of the run; the sweep after
+		// the suite removes test envs' images.
+		if b, err := os.ReadFile(envs.LockPath(spec)); err == nil {
+			keepLock(specText, b)
 		}
-	})
+	}
+
 	homes := filepath.Join(dir, "homes")
 	shared := filepath.Join(dir, "physics-shared")
 	for _, d := range []string{homes, shared} {
@@ -430,6 +455,9 @@ func newLockedWorld(t *testing.T, eng *docker.Engine, specText string, lock []by
 			},
 			StartTimeout: 2 * time.Minute,
 		},
+	}
+	for _, f := range mutate {
+		f(&w.cfg)
 	}
 	w.startDaemon()
 	t.Cleanup(w.stopDaemon)

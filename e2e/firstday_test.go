@@ -21,6 +21,7 @@ import (
 	"github.com/spawnd/spawnd/api"
 	"github.com/spawnd/spawnd/doctor"
 	"github.com/spawnd/spawnd/internal/testenv"
+	"github.com/spawnd/spawnd/labels"
 	"github.com/spawnd/spawnd/spawnd"
 )
 
@@ -324,7 +325,10 @@ func TestShippedHubConfig(t *testing.T) {
 	bobRuns := func() bool {
 		t.Helper()
 		f := client.Filters{}
-		f.Add("label", "io.spawnd.instance="+w.cfg.Instance)
+		f.Add("label", labels.Instance+"="+w.cfg.Instance)
+		// bob's alone: alice's login took her to a server of her own, which
+		// the culler ends on its own schedule (CI once saw hers still up).
+		f.Add("label", labels.User+"=bob")
 		res, err := testenv.Client(w.eng).ContainerList(ctx, client.ContainerListOptions{Filters: f})
 		if err != nil {
 			t.Fatal(err)

@@ -15,7 +15,14 @@ const (
 	HomeScheme = "io.spawnd.home-scheme"      // the home escaping scheme (spawnd.HomeScheme)
 	Port       = "io.spawnd.port"             // the single-user port in the container, for admins reading `docker ps`
 	HubToken   = "io.spawnd.hub-token-sha256" // SHA-256 of the hub's API token the server was started with
-	HomeSlot   = "io.spawnd.home-slot"        // the slot its home is mounted on (home_owner system, range)
+	HomeSlot   = "io.spawnd.home-slot"        // the slot its home is mounted on (home_owner system, range; every warm server)
+	// Pool marks a warm server of a pool (its name). A warm server has no
+	// User or Server label: labels cannot change, so whose it became is in
+	// its slot's claim file (spawnd/pool.go), never here.
+	Pool = "io.spawnd.pool"
+	// PoolCmd is the command a warm server pre-imported (its base name): a
+	// start whose command differs boots cold.
+	PoolCmd = "io.spawnd.pool-cmd"
 )
 
 // Labels on user containers and on env images.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/containerd/errdefs"
 )
@@ -19,15 +20,42 @@ type buildFlight struct {
 	err  error
 }
 
-// buildFor joins the env's build in flight, or starts one.
-func (m *Manager) buildFor(env string) *buildFlight {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if f := m.builds[env]; f != nil {
-		return f
+// buildTable is the builds in flight, by env; its lock is its own (a
+// build never changes the view).
+type buildTable struct {
+	mu sync.Mutex
+	m  map[string]*buildFlight
+}
+
+// join returns the env's build in flight (false) or a new one (true),
+// recorded until done.
+func (t *buildTable) join(env string) (*buildFlight, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if f := t.m[env]; f != nil {
+		return f, false
+	}
+	if t.m == nil {
+		t.m = make(map[string]*buildFlight)
 	}
 	f := &buildFlight{log: newProgressLog(), done: make(chan struct{})}
-	m.builds[env] = f
+	t.m[env] = f
+	return f, true
+}
+
+// done forgets the env's build.
+func (t *buildTable) done(env string) {
+	t.mu.Lock()
+	delete(t.m, env)
+	t.mu.Unlock()
+}
+
+// buildFor joins the env's build in flight, or starts one.
+func (m *Manager) buildFor(env string) *buildFlight {
+	f, started := m.builds.join(env)
+	if !started {
+		return f
+	}
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
@@ -39,9 +67,7 @@ func (m *Manager) buildFor(env string) *buildFlight {
 			m.log.Error("the build that starts wait for failed", "env", env, "err", f.err)
 		}
 		f.log.add(ProgressEvent{Step: StepImage, Message: "build ended", Ready: true})
-		m.mu.Lock()
-		delete(m.builds, env)
-		m.mu.Unlock()
+		m.builds.done(env)
 		close(f.done)
 	}()
 	return f

@@ -48,7 +48,8 @@ type Config struct {
 	// (below it are system accounts, never a person's). Default 1000.
 	MinSystemUID int `mapstructure:"min_system_uid"`
 	// SlotsDir holds the mount points through which servers get their homes
-	// with home_owner system or range. Default /run/spawnd/slots/<instance>.
+	// with home_owner system or range, and warm servers theirs when they are
+	// taken (pools). Default /run/spawnd/slots/<instance>.
 	SlotsDir string `mapstructure:"slots_dir"`
 	// Network is how user containers are networked.
 	Network NetworkConfig `mapstructure:"network"`
@@ -77,6 +78,10 @@ type Config struct {
 	// choose and the shared folders mounted for them. A user in no team gets
 	// the default env and profile only.
 	Teams map[string]TeamConfig `mapstructure:"teams"`
+	// Pools keep warm servers of an env and profile ready, so that a class
+	// start does not pay every server's boot when the students click
+	// (docs/POOLS.md). Each warm server is taken by one start, never reused.
+	Pools []PoolConfig `mapstructure:"pools"`
 }
 
 // TeamConfig is one team: who is in it (JupyterHub groups) and what they get.
@@ -306,6 +311,7 @@ func (c *Config) Validate() error {
 	c.Envs = maps.Clone(c.Envs)
 	c.Profiles = maps.Clone(c.Profiles)
 	c.Teams = maps.Clone(c.Teams)
+	c.Pools = slices.Clone(c.Pools)
 	for k, t := range c.Teams {
 		t.Shared = slices.Clone(t.Shared)
 		c.Teams[k] = t
@@ -345,7 +351,7 @@ func (c *Config) Validate() error {
 			return err
 		}
 	}
-	return nil
+	return c.validatePools()
 }
 
 // defaults fills every default that needs nothing but the config itself.
@@ -371,7 +377,7 @@ func (c *Config) defaults() {
 	if c.MinSystemUID == 0 {
 		c.MinSystemUID = 1000
 	}
-	if c.SlotsDir == "" && c.HomeOwner != HomeOwnerEnv {
+	if c.SlotsDir == "" && (c.HomeOwner != HomeOwnerEnv || len(c.Pools) > 0) {
 		c.SlotsDir = filepath.Join("/run/spawnd/slots", c.Instance)
 	}
 	c.Network.defaults()

@@ -45,11 +45,11 @@ func (m *Manager) logSource(user, server string) (id string, secrets []string, e
 	if err != nil {
 		return "", nil, err
 	}
-	m.mu.Lock()
-	if rec := m.servers[k]; rec != nil {
+	m.view.mu.Lock()
+	if rec := m.view.servers[k]; rec != nil {
 		id, secrets = rec.containerID, rec.secrets
 	}
-	m.mu.Unlock()
+	m.view.mu.Unlock()
 	if id == "" {
 		return "", nil, errorf(ErrNotFound, "the user has no server (of that name) with a container; spawnd ps lists them")
 	}

@@ -36,6 +36,7 @@ type Manager struct {
 	pinned   bool // homes are a node-pinned store (WithHomes), not homes_root
 	log      *slog.Logger
 	admit    chan struct{}
+	finish   *turns // warm servers finishing their boot, in turn (pool.go: startWarm)
 	// Dial checks that a server's port accepts connections; tests may replace it.
 	Dial func(ctx context.Context, addr string) error
 
@@ -43,15 +44,13 @@ type Manager struct {
 	cancelBase context.CancelFunc
 	bg         sync.WaitGroup
 
-	mu       sync.Mutex
-	servers  map[key]*record
-	homeBusy map[string]string // users whose home is being "deleted" or "moved"
-	notices  map[key]string    // what a server's next start tells its user (a rollout moved it)
-	activity ActivitySource    // the hub's activity, for rollouts of idle servers
+	view     view           // the servers and the homes in use (view.go)
+	notices  noticeBoard    // what a server's next start tells its user (a rollout moved it)
+	activity ActivitySource // the hub's activity, for rollouts of idle servers
 
-	build      EnvBuild                // nil: a start of an env without an image fails
-	buildLimit time.Duration           // how long one such build may run
-	builds     map[string]*buildFlight // env -> its build that starts wait for
+	build      EnvBuild      // nil: a start of an env without an image fails
+	buildLimit time.Duration // how long one such build may run
+	builds     buildTable    // env -> its build that starts wait for
 
 	engineUp atomic.Bool
 	envs     *envTable
@@ -59,9 +58,11 @@ type Manager struct {
 	synced   chan struct{}
 	syncOnce sync.Once
 	metrics  *metrics
-	fence    Fence       // nil: no egress rules
-	slots    *slots      // home_owner system or range: the idmapped homes' mount points
-	owned    *ownedHomes // home_owner system or range: who owns each home
+	fence    Fence                                                                  // nil: no egress rules
+	slots    *slots                                                                 // home_owner system or range, or pools: the homes' mount points
+	pool     *pool                                                                  // pools: the warm servers (pool.go)
+	promote  func(ctx context.Context, id string, spec backend.ContainerSpec) error // nil: the backend gives no CPU weight
+	owned    *ownedHomes                                                            // home_owner system or range: who owns each home
 }
 
 // Fence keeps the host's egress rules for the user network (spawnd/egress
@@ -126,13 +127,11 @@ func NewManager(cfg Config, b backend.Set, log *slog.Logger, reg prometheus.Regi
 		homes:      hostHomes{homes},
 		log:        log,
 		admit:      make(chan struct{}, cfg.MaxConcurrentStarts),
+		finish:     newTurns(cfg.MaxConcurrentStarts),
 		Dial:       dialTCP,
 		baseCtx:    ctx,
 		cancelBase: cancel,
-		servers:    make(map[key]*record),
-		homeBusy:   make(map[string]string),
-		notices:    make(map[key]string),
-		builds:     make(map[string]*buildFlight),
+		view:       newView(),
 		synced:     make(chan struct{}),
 		envs:       newEnvTable(cfg.Envs, log),
 	}
@@ -148,6 +147,11 @@ func NewManager(cfg Config, b backend.Set, log *slog.Logger, reg prometheus.Regi
 			cancel()
 			return nil, err
 		}
+	}
+	m.promote = b.Promote
+	if err := m.usePools(b); err != nil {
+		cancel()
+		return nil, err
 	}
 	m.pol.Store(choicesOf(&cfg))
 	m.metrics = newMetrics(m, reg)
@@ -249,6 +253,7 @@ func isConnErr(err error) bool {
 // observeLocked updates rec from what the engine says of its container.
 // m.mu must be held.
 func (m *Manager) observeLocked(rec *record, c backend.Container) {
+	c, _ = m.withClaim(c)
 	if rec.containerID != c.ID {
 		rec.stopProbe()
 	}
@@ -332,8 +337,8 @@ func (m *Manager) explainExitLocked(rec *record, id, msg string) {
 	go func() {
 		defer m.bg.Done()
 		tail := m.logTail(m.baseCtx, id, secrets)
-		m.mu.Lock()
-		defer m.mu.Unlock()
+		m.view.mu.Lock()
+		defer m.view.mu.Unlock()
 		if rec.containerID == id && rec.srv.State == StateFailed {
 			rec.srv.LogTail = tail
 		}
@@ -391,7 +396,7 @@ func (m *Manager) probeLocked(rec *record) {
 						Message: fmt.Sprintf("The server did not open its port within %s", m.cfg.StartTimeout)})
 					// Failed, not "running, not ready" for ever: the hub's poll
 					// ends the spawn, and a WaitReady returns.
-					m.mu.Lock()
+					m.view.mu.Lock()
 					if rec.containerID == id && rec.srv.State == StateRunning && !rec.srv.Ready {
 						rec.srv.State = StateFailed
 						rec.srv.Reason = fmt.Sprintf("did not listen on its port within start_timeout (%s)", m.cfg.StartTimeout)
@@ -399,14 +404,14 @@ func (m *Manager) probeLocked(rec *record) {
 					if rec.probe == pr {
 						rec.probe = nil
 					}
-					m.mu.Unlock()
+					m.view.mu.Unlock()
 				}
 				return
 			case <-time.After(wait):
 			}
 		}
-		m.mu.Lock()
-		defer m.mu.Unlock()
+		m.view.mu.Lock()
+		defer m.view.mu.Unlock()
 		if rec.probe == pr {
 			rec.probe = nil
 		}
@@ -433,9 +438,9 @@ func (m *Manager) Status(user, server string) (Server, error) {
 	if err != nil {
 		return Server{}, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	rec := m.servers[k]
+	m.view.mu.Lock()
+	defer m.view.mu.Unlock()
+	rec := m.view.servers[k]
 	if rec == nil {
 		return Server{}, errNoServer
 	}
@@ -458,12 +463,12 @@ func (m *Manager) List() ([]Server, error) {
 	default:
 		return nil, errNotSynced
 	}
-	m.mu.Lock()
-	out := make([]Server, 0, len(m.servers))
-	for _, rec := range m.servers {
+	m.view.mu.Lock()
+	out := make([]Server, 0, len(m.view.servers))
+	for _, rec := range m.view.servers {
 		out = append(out, rec.srv)
 	}
-	m.mu.Unlock()
+	m.view.mu.Unlock()
 	for i := range out {
 		out[i] = m.withOutdated(out[i])
 	}
@@ -483,8 +488,8 @@ func (m *Manager) Progress(ctx context.Context, user, server string, fn func(Pro
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
-	rec := m.servers[k]
+	m.view.mu.Lock()
+	rec := m.view.servers[k]
 	var log *progressLog
 	if rec != nil {
 		log = rec.progress
@@ -493,7 +498,7 @@ func (m *Manager) Progress(ctx context.Context, user, server string, fn func(Pro
 			log = closedLog(ProgressEvent{Progress: 100, Step: Step(s.State), Message: "Server is " + string(s.State), Ready: s.Ready, Failed: s.State == StateFailed})
 		}
 	}
-	m.mu.Unlock()
+	m.view.mu.Unlock()
 	if log == nil {
 		return errNoServer
 	}

@@ -809,9 +809,9 @@ func TestStartSeesAnExitReportedBeforeTheEngineAnswered(t *testing.T) {
 	rt.AfterRun = func(id string) {
 		deadline := time.Now().Add(30 * time.Second)
 		for time.Now().Before(deadline) {
-			m.mu.Lock()
-			_, seen := m.servers[key{"mona", ""}].ended[id]
-			m.mu.Unlock()
+			m.view.mu.Lock()
+			_, seen := m.view.servers[key{"mona", ""}].ended[id]
+			m.view.mu.Unlock()
 			if seen && rt.PendingEvents() == 0 {
 				time.Sleep(20 * time.Millisecond) // the last event's inspect
 				return

@@ -20,6 +20,7 @@ type metrics struct {
 	reconciles   prometheus.Counter
 	queued       prometheus.Gauge
 	booting      prometheus.GaugeFunc
+	poolStarts   *prometheus.CounterVec // pool, how: warm (took a warm server) or cold (found none)
 }
 
 // Start statuses.
@@ -58,6 +59,14 @@ func newMetrics(m *Manager, reg prometheus.Registerer) *metrics {
 		reaped:     prometheus.NewCounter(prometheus.CounterOpts{Name: "spawnd_reaped_total", Help: "Half-made containers removed by the reaper."}),
 		reconciles: prometheus.NewCounter(prometheus.CounterOpts{Name: "spawnd_reconciles_total", Help: "Full reconciles with the engine."}),
 		queued:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "spawnd_starts_queued", Help: "Starts waiting for their turn behind max_concurrent_starts."}),
+		poolStarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "spawnd_pool_starts_total",
+			Help: "Starts of a pool's env and profile, by how they began: warm (took a warm server) or cold (found none ready).",
+		}, []string{"pool", "how"}),
+	}
+	for _, pc := range m.cfg.Pools {
+		mt.poolStarts.WithLabelValues(pc.Name(), "warm")
+		mt.poolStarts.WithLabelValues(pc.Name(), "cold")
 	}
 	mt.booting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "spawnd_starts_booting", Help: "Servers admitted and booting (created, not yet listening)."}, func() float64 {
 		return float64(len(m.admit))
@@ -84,7 +93,7 @@ func newMetrics(m *Manager, reg prometheus.Registerer) *metrics {
 		return 0
 	})
 	reg.MustRegister(mt.starts, mt.failures, mt.startSeconds, mt.pullSeconds, mt.stops, mt.reaped, mt.reconciles, mt.queued, mt.booting,
-		engine, serversCollector{m}, newDriftCollector(m))
+		mt.poolStarts, engine, serversCollector{m}, newDriftCollector(m), poolCollector{m})
 	return mt
 }
 
@@ -136,5 +145,35 @@ func (c serversCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for key, n := range counts {
 		ch <- prometheus.MustNewConstMetric(serversDesc, prometheus.GaugeValue, float64(n), key.state, key.env, key.profile, key.outdated)
+	}
+}
+
+var (
+	poolReadyDesc   = prometheus.NewDesc("spawnd_pool_ready", "Warm servers ready to be taken, by pool (env/profile).", []string{"pool"}, nil)
+	poolWarmingDesc = prometheus.NewDesc("spawnd_pool_warming", "Warm servers booting, by pool.", []string{"pool"}, nil)
+	poolWantDesc    = prometheus.NewDesc("spawnd_pool_wanted", "Warm servers the pool keeps at this time (its size or its window's).", []string{"pool"}, nil)
+	poolColdDesc    = prometheus.NewDesc("spawnd_pool_cold", "1 when the pool's env cannot be pre-warmed (spawnd ps says why).", []string{"pool"}, nil)
+)
+
+// poolCollector reports each pool as it is at the scrape.
+type poolCollector struct{ m *Manager }
+
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- poolReadyDesc
+	ch <- poolWarmingDesc
+	ch <- poolWantDesc
+	ch <- poolColdDesc
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range c.m.Pools() {
+		cold := 0.0
+		if p.Cold != "" {
+			cold = 1
+		}
+		ch <- prometheus.MustNewConstMetric(poolReadyDesc, prometheus.GaugeValue, float64(p.Ready), p.Name)
+		ch <- prometheus.MustNewConstMetric(poolWarmingDesc, prometheus.GaugeValue, float64(p.Warming), p.Name)
+		ch <- prometheus.MustNewConstMetric(poolWantDesc, prometheus.GaugeValue, float64(p.Want), p.Name)
+		ch <- prometheus.MustNewConstMetric(poolColdDesc, prometheus.GaugeValue, cold, p.Name)
 	}
 }

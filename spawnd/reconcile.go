@@ -26,6 +26,9 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.slots.wake()
 	}
 	go m.envs.watch(ctx, m.rt.CheckImage)
+	if m.pool != nil {
+		go m.poolLoop(ctx)
+	}
 	backoff := 100 * time.Millisecond
 	var down time.Time
 	for {
@@ -129,9 +132,12 @@ func (m *Manager) applyEvent(ctx context.Context, ev backend.ContainerEvent) {
 		m.log.Warn("inspecting a container after an event", "container_id", short(ev.ID), "action", ev.Action, "err", err)
 		return
 	}
-	m.mu.Lock()
+	m.view.mu.Lock()
 	m.adoptLocked(c)
-	m.mu.Unlock()
+	m.view.mu.Unlock()
+	if m.slots != nil && c.Labels[labels.HomeSlot] != "" && (c.State == backend.Exited || c.State == backend.Dead) {
+		m.slots.wake() // the server ended: its home's mount goes
+	}
 }
 
 // adoptLocked applies an observed container to the view. m.mu must be held.
@@ -139,16 +145,23 @@ func (m *Manager) adoptLocked(c backend.Container) {
 	if c.Labels[labels.Managed] != "true" || c.Labels[labels.Instance] != m.cfg.Instance {
 		return
 	}
+	c, claimed := m.withClaim(c)
+	if !claimed {
+		if m.pool != nil {
+			m.observeWarm(c) // a warm server nobody took
+		}
+		return
+	}
 	user := c.Labels[labels.User]
 	if ValidateUser(user) != nil {
 		return
 	}
 	k := key{user, c.Labels[labels.Server]}
-	rec := m.servers[k]
+	rec := m.view.servers[k]
 	switch {
 	case rec == nil:
 		rec = &record{}
-		m.servers[k] = rec
+		m.view.servers[k] = rec
 	case rec.containerID == c.ID:
 	case rec.flight != nil:
 		// The operation in flight owns the key: this is a container it
@@ -172,9 +185,12 @@ func (m *Manager) gone(id string) {
 	if m.slots != nil {
 		m.slots.wake() // its home's slot, if it had one, is free
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for k, rec := range m.servers {
+	if m.pool != nil {
+		m.pool.forget(id)
+	}
+	m.view.mu.Lock()
+	defer m.view.mu.Unlock()
+	for k, rec := range m.view.servers {
 		if rec.containerID != id {
 			continue
 		}
@@ -198,8 +214,8 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	}
 	seen := make(map[string]bool, len(cs))
 	var partial []string
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.view.mu.Lock()
+	defer m.view.mu.Unlock()
 	for _, c := range cs {
 		seen[c.ID] = true
 		m.adoptLocked(c)
@@ -207,7 +223,7 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 			partial = append(partial, c.ID)
 		}
 	}
-	for k, rec := range m.servers {
+	for k, rec := range m.view.servers {
 		if rec.flight != nil || rec.containerID == "" || seen[rec.containerID] {
 			continue
 		}
@@ -245,9 +261,9 @@ func (m *Manager) complete(ids []string) {
 				}
 				return
 			}
-			m.mu.Lock()
+			m.view.mu.Lock()
 			m.adoptLocked(c)
-			m.mu.Unlock()
+			m.view.mu.Unlock()
 		}()
 	}
 	wg.Wait()
@@ -281,13 +297,13 @@ func (m *Manager) Reap(ctx context.Context) int {
 		id string
 	}
 	var victims []victim
-	m.mu.Lock()
-	for k, rec := range m.servers {
+	m.view.mu.Lock()
+	for k, rec := range m.view.servers {
 		if rec.flight == nil && rec.engineState == string(backend.Created) && rec.containerID != "" && time.Since(rec.created) > m.cfg.ReapGrace {
 			victims = append(victims, victim{k, rec.containerID})
 		}
 	}
-	m.mu.Unlock()
+	m.view.mu.Unlock()
 	n := 0
 	for _, v := range victims {
 		if m.reapOne(ctx, v.k, v.id) {
@@ -298,15 +314,15 @@ func (m *Manager) Reap(ctx context.Context) int {
 }
 
 func (m *Manager) reapOne(ctx context.Context, k key, id string) bool {
-	m.mu.Lock()
-	rec := m.servers[k]
+	m.view.mu.Lock()
+	rec := m.view.servers[k]
 	if rec == nil || rec.flight != nil || rec.containerID != id || rec.engineState != string(backend.Created) {
-		m.mu.Unlock()
+		m.view.mu.Unlock()
 		return false
 	}
 	f := &flight{kind: opStop, done: make(chan struct{})}
 	rec.flight = f
-	m.mu.Unlock()
+	m.view.mu.Unlock()
 
 	removed := false
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -329,7 +345,7 @@ func (m *Manager) reapOne(ctx context.Context, k key, id string) bool {
 		}
 	}
 
-	m.mu.Lock()
+	m.view.mu.Lock()
 	rec.end()
 	if err == nil && !removed {
 		m.observeLocked(rec, c)
@@ -338,6 +354,6 @@ func (m *Manager) reapOne(ctx context.Context, k key, id string) bool {
 		m.forgetLocked(k, rec)
 	}
 	f.land(rec.srv, nil)
-	m.mu.Unlock()
+	m.view.mu.Unlock()
 	return removed
 }

@@ -109,7 +109,7 @@ var progressGone = ProgressEvent{Progress: 100, Step: StepFailed, Message: "Serv
 // forgetLocked drops a server whose container is gone. m.mu must be held.
 func (m *Manager) forgetLocked(k key, rec *record) {
 	rec.gone()
-	if m.servers[k] == rec {
-		delete(m.servers, k)
+	if m.view.servers[k] == rec {
+		delete(m.view.servers, k)
 	}
 }

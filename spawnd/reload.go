@@ -60,6 +60,7 @@ func restartKeys(old, now *Config) []string {
 	add(old.StopGrace != now.StopGrace, "stop_grace")
 	add(old.ReapGrace != now.ReapGrace, "reap_grace")
 	add(old.MaxConcurrentStarts != now.MaxConcurrentStarts, "max_concurrent_starts")
+	add(!reflect.DeepEqual(poolKeys(old.Pools), poolKeys(now.Pools)), "pools")
 	return keys
 }
 
@@ -70,4 +71,13 @@ func (t *envTable) reset(cfg map[string]EnvConfig) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.envs, t.seen, t.waiting = fresh.envs, fresh.seen, fresh.waiting
+}
+
+// poolKeys are the pools as the config gives them (the parsed parts left out).
+func poolKeys(ps []PoolConfig) []PoolConfig {
+	out := make([]PoolConfig, len(ps))
+	for i, p := range ps {
+		out[i] = PoolConfig{Env: p.Env, Profile: p.Profile, Size: p.Size, Windows: p.Windows, Memory: p.Memory}
+	}
+	return out
 }

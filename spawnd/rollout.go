@@ -133,10 +133,8 @@ func (m *Manager) Rollout(ctx context.Context, env string, req RolloutRequest) (
 			defer wg.Done()
 			defer func() { <-sem }()
 			// The notice first: a start racing the stop still tells the user.
-			m.mu.Lock()
-			m.notices[key{it.User, it.Server}] = fmt.Sprintf("Your env %s was updated while you were away (lock %s → %s); your files are as you left them.",
-				env, short(strings.TrimPrefix(it.From, "sha256:")), short(strings.TrimPrefix(e.LockDigest, "sha256:")))
-			m.mu.Unlock()
+			m.notices.post(key{it.User, it.Server}, fmt.Sprintf("Your env %s was updated while you were away (lock %s → %s); your files are as you left them.",
+				env, short(strings.TrimPrefix(it.From, "sha256:")), short(strings.TrimPrefix(e.LockDigest, "sha256:"))))
 			if _, err := m.Stop(ctx, it.User, it.Server); err != nil {
 				it.Why = "not moved: " + Message(err)
 				return
@@ -150,10 +148,28 @@ func (m *Manager) Rollout(ctx context.Context, env string, req RolloutRequest) (
 }
 
 // takeNotice returns (and forgets) what the next start of k tells the user.
-func (m *Manager) takeNotice(k key) string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	n := m.notices[k]
-	delete(m.notices, k)
+func (m *Manager) takeNotice(k key) string { return m.notices.take(k) }
+
+// noticeBoard is what each server's next start tells its user; its lock
+// is its own (a notice changes nothing else).
+type noticeBoard struct {
+	mu sync.Mutex
+	m  map[key]string
+}
+
+func (b *noticeBoard) post(k key, msg string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil {
+		b.m = make(map[key]string)
+	}
+	b.m[k] = msg
+}
+
+func (b *noticeBoard) take(k key) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := b.m[k]
+	delete(b.m, k)
 	return n
 }

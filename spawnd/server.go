@@ -46,6 +46,7 @@ type Server struct {
 	ContainerID string
 	StartedAt   time.Time
 	Outdated    bool // its lock digest is no longer its env's
+	Warm        bool // it began as a warm server of a pool (this daemon's view: a restart forgets it)
 }
 
 // Step is one step of a start, in order.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -104,6 +105,13 @@ func (s *slots) attach(home backend.Home, uid, gid int, container string) (strin
 	return name, nil
 }
 
+// hold marks a slot pending (a warm server's, made before its container).
+func (s *slots) hold(name string) {
+	s.mu.Lock()
+	s.pending[name] = true
+	s.mu.Unlock()
+}
+
 // path is where the slot name is on the host.
 func (s *slots) path(name string) string { return filepath.Join(s.dir, name) }
 
@@ -123,8 +131,8 @@ func (s *slots) wake() {
 	}
 }
 
-// sweep unmounts and removes every slot no container of list names and no
-// start holds. The order makes it safe against starts in flight: the slots
+// sweep unmounts and removes every slot no live container of list names
+// (created or running; an ended one's slot goes) and no start holds. The order makes it safe against starts in flight: the slots
 // are read first, then the pending ones, then the containers; a slot read
 // in the first step was pending before it, so it is either still pending
 // or its container (if its start succeeded) is in the listing.
@@ -145,21 +153,40 @@ func (s *slots) sweep(ctx context.Context, list func(context.Context) ([]backend
 		return // the engine is away: sweep next time
 	}
 	for _, c := range cs {
-		if n := c.Labels[labels.HomeSlot]; n != "" {
+		// A server that ended holds its home no longer: its slot's mount
+		// goes now, not when the container is removed (spawnd never starts
+		// an ended container again; its next start makes a new one).
+		if n := c.Labels[labels.HomeSlot]; n != "" && c.State != backend.Exited && c.State != backend.Dead {
 			keep[n] = true
 		}
 	}
 	for _, e := range entries {
-		if keep[e.Name()] || !e.IsDir() {
+		name := e.Name()
+		if name == launcherDir {
 			continue
 		}
-		p := filepath.Join(s.dir, e.Name())
-		if err := idmap.Unmount(p); err != nil {
-			s.log.Warn("unmounting a home slot no server uses", "slot", e.Name(), "err", err)
+		// A slot's claim and hand-off directory go with it.
+		if slot, ok := slotOf(name); ok {
+			if !keep[slot] && !fileExists(filepath.Join(s.dir, slot)) {
+				if err := removeSlotFiles(filepath.Join(s.dir, slot)); err != nil {
+					s.log.Warn("removing what a removed home slot left", "slot", slot, "err", err)
+				}
+			}
 			continue
+		}
+		if keep[name] || !e.IsDir() {
+			continue
+		}
+		p := filepath.Join(s.dir, name)
+		if err := idmap.Unmount(p); err != nil {
+			s.log.Warn("unmounting a home slot no server uses", "slot", name, "err", err)
+			continue
+		}
+		if err := removeSlotFiles(p); err != nil {
+			s.log.Warn("removing a home slot's claim and hand-off", "slot", name, "err", err)
 		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			s.log.Warn("removing a home slot no server uses", "slot", e.Name(), "err", err)
+			s.log.Warn("removing a home slot no server uses", "slot", name, "err", err)
 		}
 	}
 }
@@ -179,6 +206,16 @@ func (s *slots) run(ctx context.Context, interval time.Duration, list func(conte
 		s.sweep(sctx, list)
 		cancel()
 	}
+}
+
+// slotOf is the slot a claim file or hand-off directory belongs to.
+func slotOf(name string) (string, bool) {
+	for _, suf := range []string{claimSuffix, handoffSuffix, claimSuffix + ".tmp"} {
+		if s, ok := strings.CutSuffix(name, suf); ok {
+			return s, true
+		}
+	}
+	return "", false
 }
 
 // openNoFollow opens the directory path without following a symlink at its

@@ -26,15 +26,15 @@ func (m *Manager) Start(ctx context.Context, user, server string, req StartReque
 		return Server{}, err
 	}
 	for {
-		m.mu.Lock()
-		if doing := m.homeBusy[user]; doing != "" {
-			m.mu.Unlock()
+		m.view.mu.Lock()
+		if doing := m.view.homeBusy[user]; doing != "" {
+			m.view.mu.Unlock()
 			return Server{}, errorf(ErrConflict, "the home of this user is being %s; try again when that has finished", doing)
 		}
-		rec := m.servers[p.key]
+		rec := m.view.servers[p.key]
 		if rec != nil && rec.flight != nil {
 			f := rec.flight
-			m.mu.Unlock()
+			m.view.mu.Unlock()
 			srv, err := f.wait(ctx)
 			if f.kind == opStart {
 				m.metrics.starts.WithLabelValues(startJoined).Inc()
@@ -47,7 +47,7 @@ func (m *Manager) Start(ctx context.Context, user, server string, req StartReque
 		}
 		if rec != nil && rec.srv.State == StateRunning && (p.tokenHash == "" || p.tokenHash == rec.tokenHash) {
 			srv, id := rec.srv, rec.containerID
-			m.mu.Unlock()
+			m.view.mu.Unlock()
 			m.metrics.starts.WithLabelValues(startRunning).Inc()
 			if srv.Ready {
 				return srv, nil
@@ -67,7 +67,7 @@ func (m *Manager) Start(ctx context.Context, user, server string, req StartReque
 		// replaced: never hand back a server whose token the hub no longer honours.
 		if rec == nil {
 			rec = &record{}
-			m.servers[p.key] = rec
+			m.view.servers[p.key] = rec
 		}
 		f := rec.begin(opStart)
 		oldID := rec.containerID
@@ -76,7 +76,7 @@ func (m *Manager) Start(ctx context.Context, user, server string, req StartReque
 			User: user, Server: server, State: StatePending,
 			Env: p.envName, Profile: p.profileName, LockDigest: p.env.LockDigest, Image: p.env.Image,
 		}
-		m.mu.Unlock()
+		m.view.mu.Unlock()
 
 		m.bg.Add(1)
 		go func() {
@@ -96,8 +96,8 @@ func (m *Manager) runStart(p startPlan, rec *record, f *flight, oldID string) {
 	log := m.log.With("user", bound(p.key.user), "server", bound(p.key.server), "env", p.envName)
 	srv, err := m.doStart(ctx, p, rec, oldID, log)
 
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.view.mu.Lock()
+	defer m.view.mu.Unlock()
 	rec.end()
 	if err != nil {
 		msg := Message(err)
@@ -147,25 +147,31 @@ func (m *Manager) doStart(ctx context.Context, p startPlan, rec *record, oldID s
 		return Server{}, err
 	}
 
-	// Admission: at most max_concurrent_starts servers boot at once, each
-	// from the engine's create until its port listens (or it fails). Booting
-	// a single-user server is CPU-bound; letting a whole class boot at once
-	// makes every one of them slow.
-	qctx, qcancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
-	m.metrics.queued.Inc()
-	select {
-	case m.admit <- struct{}{}:
-		m.metrics.queued.Dec()
-		qcancel()
-	case <-qctx.Done():
-		m.metrics.queued.Dec()
-		qcancel()
-		if ctx.Err() == nil {
-			return Server{}, errorf(ErrUnavailable, "%d servers are booting and this start waited %s for its turn; try again shortly (max_concurrent_starts)", m.cfg.MaxConcurrentStarts, m.cfg.StartTimeout)
-		}
-		return Server{}, ctx.Err()
+	// A warm server of the start's pool, if one is ready, boots in a tenth
+	// of a cold boot's CPU: it does not queue for admission.
+	if m.pool != nil {
+		m.pool.booting.Add(1)
+		defer func() {
+			m.pool.booting.Add(-1)
+			m.pool.wake() // refills may begin
+		}()
 	}
-	defer func() { <-m.admit }()
+	w := m.takeWarm(p)
+	release := func() {}
+	defer func() { release() }()
+	if w == nil {
+		rel, err := m.admission(ctx)
+		if err != nil {
+			return Server{}, err
+		}
+		release = rel
+	} else {
+		defer func() {
+			if w != nil { // not handed over: nobody's, and never back in the pool
+				m.discardWarm(ctx, rec, w)
+			}
+		}()
+	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
 	defer cancel()
 
@@ -186,6 +192,22 @@ func (m *Manager) doStart(ctx context.Context, p startPlan, rec *record, oldID s
 		if err := m.rt.Remove(ctx, oldID, 0); err != nil {
 			return Server{}, m.engineErr("removing the previous container", err)
 		}
+	}
+	if w != nil {
+		srv, err := m.startWarm(ctx, p, rec, w, home)
+		if err == nil {
+			w = nil
+			return srv, nil
+		}
+		log.Warn("the warm server could not take the start; booting a fresh one", "container_id", short(w.id), "err", err)
+		prog.add(ProgressEvent{Progress: 35, Step: StepHome, Message: "The warm server could not take over; starting a fresh server"})
+		m.discardWarm(ctx, rec, w)
+		w = nil
+		rel, err := m.admission(ctx)
+		if err != nil {
+			return Server{}, err
+		}
+		release = rel
 	}
 	spec := containerSpec(&m.cfg, p, home)
 	if home.Owner != nil {
@@ -209,11 +231,11 @@ func (m *Manager) doStart(ctx context.Context, p startPlan, rec *record, oldID s
 	if err != nil {
 		return Server{}, err
 	}
-	m.mu.Lock()
+	m.view.mu.Lock()
 	rec.containerID, rec.created = c.ID, time.Now()
 	rec.srv.ContainerID = c.ID
 	rec.secrets = secretValues(spec.Env)
-	m.mu.Unlock()
+	m.view.mu.Unlock()
 	prog.add(ProgressEvent{Progress: 50, Step: StepCreated, Message: "Container created"})
 
 	if adopted {
@@ -223,7 +245,7 @@ func (m *Manager) doStart(ctx context.Context, p startPlan, rec *record, oldID s
 		}
 	}
 	prog.add(ProgressEvent{Progress: 70, Step: StepStarted, Message: "Container started; waiting for the server to listen"})
-	m.mu.Lock()
+	m.view.mu.Lock()
 	m.observeLocked(rec, c)
 	if e, ok := rec.ended[c.ID]; ok {
 		m.observeLocked(rec, e) // it ended before the engine answered the start
@@ -231,7 +253,7 @@ func (m *Manager) doStart(ctx context.Context, p startPlan, rec *record, oldID s
 	if rec.srv.State == StateRunning && !rec.srv.Ready && rec.probe == nil {
 		m.probeLocked(rec)
 	}
-	m.mu.Unlock()
+	m.view.mu.Unlock()
 	if err := m.waitListening(ctx, rec, c.ID, secretValues(spec.Env)); err != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
@@ -240,9 +262,34 @@ func (m *Manager) doStart(ctx context.Context, p startPlan, rec *record, oldID s
 		}
 		return Server{}, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.view.mu.Lock()
+	defer m.view.mu.Unlock()
 	return rec.srv, nil
+}
+
+// admission waits for the start's turn: at most max_concurrent_starts
+// servers boot at once, each from the engine's create until its port
+// listens (or it fails). Booting a single-user server is CPU-bound;
+// letting a whole class boot at once makes every one of them slow. A pool's
+// refill waits while any start does.
+func (m *Manager) admission(ctx context.Context) (release func(), err error) {
+	qctx, qcancel := context.WithTimeout(ctx, m.cfg.StartTimeout)
+	defer qcancel()
+	m.metrics.queued.Inc()
+	defer m.metrics.queued.Dec()
+	if m.pool != nil {
+		m.pool.waiting.Add(1)
+		defer m.pool.waiting.Add(-1)
+	}
+	select {
+	case m.admit <- struct{}{}:
+		return func() { <-m.admit }, nil
+	case <-qctx.Done():
+		if ctx.Err() == nil {
+			return nil, errorf(ErrUnavailable, "%d servers are booting and this start waited %s for its turn; try again shortly (max_concurrent_starts)", m.cfg.MaxConcurrentStarts, m.cfg.StartTimeout)
+		}
+		return nil, ctx.Err()
+	}
 }
 
 // run runs the container, handling a name that is already taken: a stale
@@ -301,9 +348,9 @@ func (m *Manager) waitListening(ctx context.Context, rec *record, id string, sec
 	tick := time.NewTicker(5 * time.Millisecond) // reads memory only; the answer comes within 5 ms of the probe
 	defer tick.Stop()
 	for {
-		m.mu.Lock()
+		m.view.mu.Lock()
 		srv, cur := rec.srv, rec.containerID
-		m.mu.Unlock()
+		m.view.mu.Unlock()
 		switch {
 		case cur != id:
 			return errorf(ErrConflict, "the server's container was replaced during its start")
@@ -349,12 +396,12 @@ func (m *Manager) settleKill(ctx context.Context, rec *record, id string, srv Se
 		if err != nil {
 			return srv
 		}
-		m.mu.Lock()
+		m.view.mu.Lock()
 		if rec.containerID == id {
 			m.observeLocked(rec, c)
 			srv = rec.srv
 		}
-		m.mu.Unlock()
+		m.view.mu.Unlock()
 	}
 	return srv
 }

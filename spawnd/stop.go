@@ -15,14 +15,14 @@ func (m *Manager) Stop(ctx context.Context, user, server string) (Server, error)
 		return Server{}, err
 	}
 	for {
-		m.mu.Lock()
-		rec := m.servers[k]
+		m.view.mu.Lock()
+		rec := m.view.servers[k]
 		if rec == nil {
-			m.mu.Unlock()
+			m.view.mu.Unlock()
 			return Server{}, errNoServer
 		}
 		if f := rec.flight; f != nil {
-			m.mu.Unlock()
+			m.view.mu.Unlock()
 			srv, err := f.wait(ctx)
 			if f.kind == opStop {
 				return srv, err
@@ -34,7 +34,7 @@ func (m *Manager) Stop(ctx context.Context, user, server string) (Server, error)
 		}
 		f := rec.begin(opStop)
 		id := rec.containerID
-		m.mu.Unlock()
+		m.view.mu.Unlock()
 
 		var err error
 		if id != "" {
@@ -42,14 +42,14 @@ func (m *Manager) Stop(ctx context.Context, user, server string) (Server, error)
 			err = m.rt.Remove(rctx, id, m.cfg.StopGrace)
 			cancel()
 		}
-		m.mu.Lock()
+		m.view.mu.Lock()
 		rec.end()
 		srv := rec.srv
 		if err != nil {
 			err = m.engineErr("removing the container", err)
 			m.log.Error("stop failed", "user", bound(user), "server", bound(server), "err", err)
 		} else {
-			delete(m.servers, k)
+			delete(m.view.servers, k)
 			if m.slots != nil {
 				m.slots.wake()
 			}
@@ -58,7 +58,7 @@ func (m *Manager) Stop(ctx context.Context, user, server string) (Server, error)
 			m.log.Info("server stopped", "user", bound(user), "server", bound(server))
 		}
 		f.land(srv, err)
-		m.mu.Unlock()
+		m.view.mu.Unlock()
 		return srv, err
 	}
 }
@@ -136,9 +136,9 @@ func (m *Manager) holdHome(user, doing string) (spec backend.HomeSpec, done func
 	if _, err := m.lookup(user, ""); err != nil {
 		return spec, nil, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for k, rec := range m.servers {
+	m.view.mu.Lock()
+	defer m.view.mu.Unlock()
+	for k, rec := range m.view.servers {
 		if k.user == user && (rec.containerID != "" || rec.flight != nil) {
 			name := k.server
 			if name == "" {
@@ -147,17 +147,17 @@ func (m *Manager) holdHome(user, doing string) (spec backend.HomeSpec, done func
 			return spec, nil, errorf(ErrConflict, "the user has a server (%s, %s); stop it before the home is %s", bound(name), rec.srv.State, doing)
 		}
 	}
-	if busy := m.homeBusy[user]; busy != "" {
+	if busy := m.view.homeBusy[user]; busy != "" {
 		return spec, nil, errorf(ErrConflict, "the home is already being %s", busy)
 	}
-	m.homeBusy[user] = doing
+	m.view.homeBusy[user] = doing
 	spec = backend.HomeSpec{User: user, Dir: Escape(user), Labels: m.selector()}
 	if env, ok := m.envs.current()[m.config().DefaultEnv]; ok {
 		spec.Image, spec.UID, spec.GID = env.Image, env.User.UID, env.User.GID
 	}
 	return spec, func() {
-		m.mu.Lock()
-		delete(m.homeBusy, user)
-		m.mu.Unlock()
+		m.view.mu.Lock()
+		delete(m.view.homeBusy, user)
+		m.view.mu.Unlock()
 	}, nil
 }

@@ -49,6 +49,7 @@ type Core interface {
 	FollowLogs(ctx context.Context, user, server string, tail int, w io.Writer) error
 	Rollout(ctx context.Context, env string, req spawnd.RolloutRequest) (spawnd.RolloutResult, error)
 	Offer(groups []string) spawnd.Offer
+	Pools() []spawnd.PoolStatus
 	EngineUp() bool
 }
 
@@ -171,6 +172,7 @@ func (h *handler) routes() []route {
 		{pattern: "GET /v1/version", auth: true, fn: h.version},
 		{pattern: "GET /v1/options", auth: true, fn: h.options, query: []string{"group"}},
 		{pattern: "GET /v1/servers", auth: true, fn: h.list},
+		{pattern: "GET /v1/pools", auth: true, fn: h.pools},
 	}
 	for _, p := range []string{"/v1/users/{user}/server", "/v1/users/{user}/servers/{server}"} {
 		rs = append(rs,
@@ -192,6 +194,14 @@ func (h *handler) routes() []route {
 			return api.Errorf(api.CodeNotFound, "no such endpoint; see api/openapi.yaml")
 		}})
 	return rs
+}
+
+func (h *handler) pools(w http.ResponseWriter, r *http.Request) error {
+	l := api.PoolList{Pools: []api.Pool{}}
+	for _, p := range h.core.Pools() {
+		l.Pools = append(l.Pools, api.Pool(p))
+	}
+	return writeJSON(w, http.StatusOK, l)
 }
 
 func (h *handler) metrics(w http.ResponseWriter, r *http.Request) error {

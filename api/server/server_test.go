@@ -116,6 +116,7 @@ func (c *recordingCore) FollowLogs(_ context.Context, user, server string, tail 
 
 func (c *recordingCore) Offer([]string) spawnd.Offer { return spawnd.Offer{} }
 func (c *recordingCore) EngineUp() bool              { return true }
+func (c *recordingCore) Pools() []spawnd.PoolStatus  { return nil }
 
 func newTestServer(t *testing.T, logs io.Writer) (*httptest.Server, *recordingCore) {
 	t.Helper()

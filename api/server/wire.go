@@ -36,7 +36,7 @@ func wireServer(s spawnd.Server) api.Server {
 	return api.Server{
 		User: s.User, Server: s.Server, State: api.State(s.State), Ready: s.Ready, ExitCode: s.ExitCode, Reason: s.Reason, LogTail: s.LogTail,
 		Host: s.Host, Port: s.Port, Env: s.Env, Profile: s.Profile, LockDigest: s.LockDigest, Image: s.Image,
-		ImageID: s.ImageID, ContainerID: s.ContainerID, StartedAt: s.StartedAt, Outdated: s.Outdated,
+		ImageID: s.ImageID, ContainerID: s.ContainerID, StartedAt: s.StartedAt, Outdated: s.Outdated, Warm: s.Warm,
 	}
 }
 

@@ -151,7 +151,12 @@ is fetched: the lock rebuilds to the same image after its mirror and index
 have moved on.
 
 Layers run base -> apt -> conda -> pip -> kernels -> user, so a pip change
-reuses the apt layer.`,
+reuses the apt layer.
+
+After the build, the env's boot cost goes to stderr: the CPU seconds its
+server spends importing itself and its extensions on every start, and the
+five packages that cost most (spawnd doctor reports it too). Every student
+pays it at every start; a warm pool pays it before they come (docs/POOLS.md).`,
 		Example: `  spawnd build envs/team.yaml
   spawnd build team --relock
   spawnd build envs/team.yaml --from-bundle /srv/bundles/team-1a2b3c4d5e6f
@@ -181,6 +186,14 @@ reuses the apt layer.`,
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", res.Tag, res.ImageID)
+			if res.Lock != nil && !bf.asJSON {
+				// What the env's authors should see: every student pays it on every start.
+				if c, err := images.BootCost(cmd.Context(), eng, res.Tag, res.Lock.Cmd); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "boot cost: not measured: %v\n", err)
+				} else {
+					fmt.Fprintf(cmd.ErrOrStderr(), "boot cost: %s\n", c)
+				}
+			}
 			return nil
 		},
 	}

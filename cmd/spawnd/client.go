@@ -144,8 +144,9 @@ func newPs() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ps",
 		Short: "List the servers the daemon runs",
-		Long:  "List every server: user, server name, state, env (OUTDATED when its lock is not the env's current one), image, age.",
-		Args:  cobra.NoArgs,
+		Long: "List every server: user, server name, state, env (OUTDATED when its lock is not the env's current one), image, age; " +
+			"then each pool of warm servers (spawnd.yaml pools): how many it keeps now, how many are ready and booting, and how many starts took one or found none.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := cf.client()
 			if err != nil {
@@ -158,12 +159,37 @@ func newPs() *cobra.Command {
 			if asJSON {
 				return writeJSONOut(cmd.OutOrStdout(), servers)
 			}
-			return printServers(cmd.OutOrStdout(), servers, time.Now())
+			if err := printServers(cmd.OutOrStdout(), servers, time.Now()); err != nil {
+				return err
+			}
+			pools, err := c.Pools(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return printPools(cmd.OutOrStdout(), pools)
 		},
 	}
 	cf.register(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// printPools prints the pools of warm servers, if there are any.
+func printPools(out io.Writer, pools []api.Pool) error {
+	if len(pools) == 0 {
+		return nil
+	}
+	fmt.Fprintln(out)
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "POOL	WANT	READY	WARMING	TAKEN	MISSED	NOTE")
+	for _, p := range pools {
+		note := ""
+		if p.Cold != "" {
+			note = "starts cold: " + p.Cold
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\n", p.Name, p.Want, p.Ready, p.Warming, p.Taken, p.Missed, note)
+	}
+	return tw.Flush()
 }
 
 func printServers(out io.Writer, servers []api.Server, now time.Time) error {

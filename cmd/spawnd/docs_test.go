@@ -111,7 +111,7 @@ func fieldComments(t *testing.T, files ...string) map[string]string {
 }
 
 func configReference(t *testing.T) []byte {
-	docs := fieldComments(t, "../../daemon/daemon.go", "../../spawnd/config.go", "../../spawnd/backends/backends.go")
+	docs := fieldComments(t, "../../daemon/daemon.go", "../../spawnd/config.go", "../../spawnd/poolconfig.go", "../../spawnd/backends/backends.go")
 	var b bytes.Buffer
 	b.WriteString("# Configuration reference\n\nGenerated from the config structs by `go test ./cmd/spawnd -run Docs -update`; do not edit.\n\n")
 	b.WriteString("`spawnd serve` reads `spawnd.yaml` (`--config`, else `./spawnd.yaml`, else `/etc/spawnd/spawnd.yaml`), then `SPAWND_*` variables, then flags. Unknown keys are errors that name the key. Durations are Go durations (`90s`, `2m`).\n\n")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -8,7 +9,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/spawnd/spawnd/daemon"
 	"github.com/spawnd/spawnd/doctor"
+	"github.com/spawnd/spawnd/images"
 	"github.com/spawnd/spawnd/spawnd/backends"
 )
 
@@ -40,7 +43,7 @@ Exits 1 when any check fails; warnings do not fail.`,
 			"  spawnd doctor --hub-url http://127.0.0.1:8000 --front-url https://hub.example.org/",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			in := doctor.Input{HubURL: hubURL, FrontURL: frontURL, FrontCA: frontCA, Unit: unit, HubConfig: doctor.HubConfig{
+			in := doctor.Input{Build: daemon.Build().String(), HubURL: hubURL, FrontURL: frontURL, FrontCA: frontCA, Unit: unit, HubConfig: doctor.HubConfig{
 				Path: hubConfig, EnvPath: hubEnv, Explicit: cmd.Flags().Changed("hub-config"),
 			}}
 			cfg, _, err := decodeConfig(configPath, cmd.Flags())
@@ -60,6 +63,10 @@ Exits 1 when any check fails; warnings do not fail.`,
 				} else {
 					defer eng.Close()
 					in.Engine = eng
+					in.BootCost = func(ctx context.Context, image string, cmd []string) (string, bool, error) {
+						c, err := images.BootCost(ctx, eng, image, cmd)
+						return c.String(), c.Cold != "", err
+					}
 				}
 			}
 			results := doctor.Run(cmd.Context(), in)

@@ -44,7 +44,11 @@ The same report is GET /v1/envs, and spawnd_env_servers in /metrics.`,
 			if output == "json" {
 				return writeJSONOut(cmd.OutOrStdout(), rep)
 			}
-			return printEnvs(cmd.OutOrStdout(), rep)
+			pools, err := c.Pools(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return printEnvs(cmd.OutOrStdout(), rep, pools)
 		},
 	}
 	cf.register(cmd)
@@ -164,9 +168,20 @@ changing nothing.`,
 
 // printEnvs writes the drift report as a table, each older lock on a line
 // of its own under its env with the servers that run it.
-func printEnvs(out io.Writer, rep api.EnvReport) error {
+func printEnvs(out io.Writer, rep api.EnvReport, pools []api.Pool) error {
+	warm := map[string]string{} // env -> "ready/wanted" of its pools
+	for _, p := range pools {
+		w := fmt.Sprintf("%d/%d", p.Ready, p.Want)
+		if p.Cold != "" {
+			w = "cold"
+		}
+		if warm[p.Env] != "" {
+			w = warm[p.Env] + ", " + w
+		}
+		warm[p.Env] = w
+	}
 	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ENV\tLOCK\tIMAGE\tSIZE\tBUILT\tCURRENT\tOLDER")
+	fmt.Fprintln(tw, "ENV\tLOCK\tIMAGE\tSIZE\tBUILT\tCURRENT\tOLDER\tWARM")
 	for _, e := range rep.Envs {
 		name, size, built := e.Env, "-", "-"
 		if !e.Configured {
@@ -178,7 +193,7 @@ func printEnvs(out io.Writer, rep api.EnvReport) error {
 		if e.Built != "" {
 			built = e.Built
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", name, shortLock(e.LockDigest), orDash(e.Image), size, built, e.Current, e.Older)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", name, shortLock(e.LockDigest), orDash(e.Image), size, built, e.Current, e.Older, orDash(warm[e.Env]))
 		for _, l := range e.Locks {
 			if l.Current {
 				continue

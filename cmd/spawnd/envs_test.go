@@ -17,14 +17,15 @@ func TestPrintEnvs(t *testing.T) {
 		{Env: "gone", LockDigest: "", Older: 1, Locks: []api.LockServers{{LockDigest: "sha256:cccccccccccc", Servers: []api.ServerRef{{User: "dee"}}}}},
 	}}
 	var b strings.Builder
-	if err := printEnvs(&b, rep); err != nil {
+	pools := []api.Pool{{Name: "team/default", Env: "team", Profile: "default", Want: 60, Ready: 58}, {Name: "team/big", Env: "team", Profile: "big", Cold: "not python"}}
+	if err := printEnvs(&b, rep, pools); err != nil {
 		t.Fatal(err)
 	}
 	got := b.String()
 	for _, want := range []string{
 		"team  ", "aaaaaaaaaaaa", "800 MiB", "2026-11-01T10:00:00Z",
 		"older", "bbbbbbbbbbbb", "2: bob, cy/gpu",
-		"gone (not configured)", "1: dee",
+		"gone (not configured)", "1: dee", "58/60, cold",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("spawnd envs output lacks %q:\n%s", want, got)

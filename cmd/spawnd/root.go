@@ -24,7 +24,7 @@ env each server runs.
 Client commands find the daemon with --addr (SPAWND_ADDR) and the token with
 --token-file (SPAWND_TOKEN_FILE) or SPAWND_TOKEN; given neither, they read
 both from the daemon's config (--config, default /etc/spawnd/spawnd.yaml).`,
-		Version:       daemon.Version,
+		Version:       daemon.Build().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

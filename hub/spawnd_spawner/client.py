@@ -3,7 +3,9 @@ sockets, path segments, and the one retry helper every loop of the spawner
 uses."""
 
 import asyncio
+import atexit
 import socket
+import weakref
 from urllib.parse import quote, unquote, urlparse
 
 from tornado.netutil import Resolver
@@ -68,3 +70,56 @@ async def attempts(*, first, cap=None, factor=2.0, deadline=None, tries=None):
         delay = delay * factor
         if cap is not None:
             delay = min(delay, cap)
+
+
+class _Clients:
+    """The HTTP clients the spawners of one hub process share: one per
+    event loop, kind ('calls' or 'streams'), daemon socket and size. A
+    client is closed when the last spawner that used it is gone (garbage
+    collected: JupyterHub drops a spawner with its user or named server),
+    and every one left is closed when the process exits."""
+
+    def __init__(self):
+        self._clients = {}  # key -> (client, ids of the spawners holding it, the loop)
+
+    def get(self, owner, key, make, loop):
+        entry = self._clients.get(key)
+        if entry is not None and entry[2]() is not loop:
+            # An id(loop) reused by a new loop: the old client is dead with its loop.
+            self._drop(key)
+            entry = None
+        if entry is None:
+            entry = (make(), set(), weakref.ref(loop))
+            self._clients[key] = entry
+        client, holders, _ = entry
+        if id(owner) not in holders:
+            holders.add(id(owner))
+            weakref.finalize(owner, self._release, key, id(owner))
+        return client
+
+    def _release(self, key, owner_id):
+        entry = self._clients.get(key)
+        if entry is None:
+            return
+        entry[1].discard(owner_id)
+        if not entry[1]:
+            self._drop(key)
+
+    def _drop(self, key):
+        client = self._clients.pop(key)[0]
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 - a client of a closed loop
+            pass
+
+    def open_count(self):
+        """How many clients are open (for tests)."""
+        return len(self._clients)
+
+    def close_all(self):
+        for key in list(self._clients):
+            self._drop(key)
+
+
+CLIENTS = _Clients()
+atexit.register(CLIENTS.close_all)

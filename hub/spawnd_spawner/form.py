@@ -13,10 +13,20 @@ def _pick(items, name):
     return None
 
 
+def _keys(spawner):
+    """The user_options keys of the env and profile (env_option,
+    profile_option; '' = not chosen by the user)."""
+    if spawner is None:
+        return {"env": "env", "profile": "profile"}
+    return {"env": spawner.env_option, "profile": spawner.profile_option}
+
+
 def _names_from_form(formdata, spawner=None):
     """Keep only the names the form offers; the daemon checks them."""
     out = {}
-    for key in ("env", "profile"):
+    for key in _keys(spawner).values():
+        if not key:
+            continue
         val = (formdata.get(key) or [""])[0].strip()
         if val:
             out[key] = val
@@ -31,7 +41,9 @@ async def _render_options_form(spawner):
     except SpawndError as e:
         spawner.log.warning("No options form for %s: %s", spawner._log_name, e)
         return ""
-    envs, profiles = opts.get("envs") or [], opts.get("profiles") or []
+    keys = _keys(spawner)
+    envs = opts.get("envs") or [] if keys["env"] else []
+    profiles = opts.get("profiles") or [] if keys["profile"] else []
     if len(envs) <= 1 and len(profiles) <= 1:
         return ""
 
@@ -63,7 +75,7 @@ async def _render_options_form(spawner):
 
     form = ""
     if len(envs) > 1:
-        form += select("env", "Environment", envs, env_text)
+        form += select(keys["env"], "Environment", envs, env_text)
     if len(profiles) > 1:
-        form += select("profile", "Resources", profiles, profile_text)
+        form += select(keys["profile"], "Resources", profiles, profile_text)
     return form

@@ -11,7 +11,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.ioloop import IOLoop
 from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
 
-from .client import _UnixResolver, _parse_api_url, _segment, attempts
+from .client import CLIENTS, _UnixResolver, _parse_api_url, _segment, attempts
 from .errors import SpawndError, _spawn_error
 from .form import _names_from_form, _pick, _render_options_form
 from .stops import _cancel_deferred_stop, _defer_stop
@@ -42,6 +42,20 @@ class SpawndSpawner(Spawner):
     )
     default_profile = Unicode(
         "", config=True, help="Resource profile to use when the user chooses none ('' = the daemon's default)."
+    )
+    env_option = Unicode(
+        "env",
+        config=True,
+        help="""The key of user_options that names the env. Under a wrapper spawner that owns this key
+        for its own choice (wrapspawner's ProfilesSpawner and KubeSpawner-style profile lists own
+        "profile"), set another key, or '' to always use default_env.""",
+    )
+    profile_option = Unicode(
+        "profile",
+        config=True,
+        help="""The key of user_options that names the resource profile. Under wrapspawner's
+        ProfilesSpawner, which hands its own "profile" choice to its child, set '' (always
+        default_profile, which each wrapper profile can set) or another key.""",
     )
     tls_verify = Bool(True, config=True, help="Verify the daemon's TLS certificate.")
     ca_file = Unicode("", config=True, help="CA bundle to verify the daemon's certificate with.")
@@ -152,24 +166,25 @@ class SpawndSpawner(Spawner):
 
     # --- talking to the daemon -------------------------------------------
 
-    # Clients are shared by every spawner of the hub process, one pair per
-    # event loop and daemon address.
-    _clients = {}
+    # Clients are shared by the spawners of the hub process, one pair per
+    # event loop and daemon address, and closed with the last spawner that
+    # used them (client.CLIENTS).
 
     def _client(self, kind):
         """The spawner's own HTTP client: kind 'calls' for short requests,
         'streams' for progress streams, so that open streams never hold up a
         start, a poll or a stop."""
         base, sock = _parse_api_url(self.api_url)
-        key = (id(IOLoop.current()), kind, sock, self.max_connections)
-        c = SpawndSpawner._clients.get(key)
-        if c is None:
+        loop = IOLoop.current()
+        key = (id(loop), kind, sock, self.max_connections)
+
+        def make():
             kw = {"max_clients": self.max_connections}
             if sock:
                 kw["resolver"] = _UnixResolver(path=sock)
-            c = AsyncHTTPClient(force_instance=True, **kw)
-            SpawndSpawner._clients[key] = c
-        return base, c
+            return AsyncHTTPClient(force_instance=True, **kw)
+
+        return base, CLIENTS.get(self, key, make, loop)
 
     def _server_path(self, name=None):
         path = "/v1/users/" + _segment(self.user.name)
@@ -254,6 +269,31 @@ class SpawndSpawner(Spawner):
                 self._log_name, api_url,
             )
 
+    def _chosen(self, opts, kind, key, default):
+        """The env or profile name the user chose under user_options[key],
+        else the default. A chosen name the daemon does not offer is refused
+        here, naming the key: under a wrapper that owns the key, the value is
+        the wrapper's, and the fix is a setting."""
+        val = ""
+        if key:
+            val = (self.user_options or {}).get(key) or ""
+        if not val:
+            return default
+        if not isinstance(val, str):
+            raise SpawndError(
+                f"user_options[{key!r}] must be the name of one of spawnd's {kind}s, not {type(val).__name__}",
+                code="invalid", status=400,
+            )
+        names = [it.get("name") for it in opts.get(kind + "s") or []]
+        if names and val not in names:
+            raise SpawndError(
+                f"user_options[{key!r}] is {val!r}, which is not one of spawnd's {kind}s ({', '.join(names)}). "
+                f"If a wrapper spawner owns the {key!r} option for its own choice, set "
+                f"c.SpawndSpawner.{kind}_option to another key, or to '' to use default_{kind}",
+                code="invalid", status=400,
+            )
+        return val
+
     # --- the Spawner API ---------------------------------------------------
 
     async def start(self):
@@ -275,11 +315,16 @@ class SpawndSpawner(Spawner):
         if not self._hub_address_configured() and self.use_gateway and net.get("mode") == "publish" and net.get("gateway"):
             api = urlparse(self.hub.api_url)
             self.hub_connect_url = self._gateway_connect_url = f"{api.scheme}://{net['gateway']}:{api.port or 80}"
-        choice = self.user_options or {}
-        env = choice.get("env") or self.default_env
-        profile = choice.get("profile") or self.default_profile
+        env = self._chosen(opts, "env", self.env_option, self.default_env)
+        profile = self._chosen(opts, "profile", self.profile_option, self.default_profile)
         env_info = _pick(opts.get("envs"), env)
         prof_info = _pick(opts.get("profiles"), profile)
+        # The server listens on every address of its container, on the
+        # env's port: spawnd routes that, and nothing else reaches it. Set
+        # here, not only as defaults: a wrapper spawner (ProfilesSpawner)
+        # links its own ip (127.0.0.1) and port (a random one) into its
+        # child, and the server then listened where spawnd never looks.
+        self.ip = "0.0.0.0"
         if env_info and env_info.get("port"):
             self.port = int(env_info["port"])
         if prof_info:

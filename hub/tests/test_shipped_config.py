@@ -71,8 +71,8 @@ def test_unsafe_set_ups_refuse_to_start(tmp_path, why, extra, want):
         out, _ = p.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         p.kill()
-        out, _ = p.communicate()
-        kill_proxy(tmp_path)  # a hub killed with -9 leaves its proxy running
+        kill_proxy(tmp_path)  # a hub killed with -9 leaves its proxy running, holding the hub's output pipe
+        out, _ = p.communicate(timeout=10)
         pytest.fail(f"{why}: the hub started instead of refusing:\n{out[-2000:]}")
     assert p.returncode != 0, f"{why}: exit 0\n{out[-2000:]}"
     assert "refusing to start" in out and want in out, out[-2000:]
@@ -166,11 +166,28 @@ def stop_hub(p, state=None):
     was killed after 20 s, and left its proxy running with parent 1 (seen
     after CI runs on JupyterHub 6, five proxies a run)."""
     p.terminate()
-    try:
-        p.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.communicate()
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            p.communicate(timeout=1)  # retried: no output is lost
+            break
+        except subprocess.TimeoutExpired:
+            if p.poll() is None and time.monotonic() < deadline:
+                continue
+            # The hub ended and the proxy it left holds the hub's output
+            # pipe open (it inherited it), so reading to the end never
+            # finishes; or the hub did not end. End both, then read the
+            # rest with a deadline (a CI run once waited 18 minutes here
+            # on JupyterHub 6: the hub had exited, its proxy had not).
+            p.kill()
+            if state is not None:
+                kill_proxy(state)
+            try:
+                p.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.stdout.close()
+                p.wait(timeout=10)
+            break
     if state is not None:
         kill_proxy(state)
 

@@ -202,6 +202,36 @@ async def test_options_from_form_is_configurable(daemon, world):
     assert sp.run_options_from_form({"env": ["gpu"]}) == {"profile": "big"}
 
 
+async def test_user_options_keys_are_configurable(daemon, world):
+    # Under wrapspawner's ProfilesSpawner, user_options["profile"] is the
+    # wrapper's choice ("spawnd"), handed on to its child unchanged.
+    sp = world.spawner(daemon.url, profile_option="", env_option="course")
+    sp.user_options = {"profile": "spawnd", "course": "gpu"}
+    # What a wrapper links into its child: its own address and a random port.
+    sp.ip, sp.port = "127.0.0.1", 54321
+    await sp.start()
+    [req] = posts(daemon)
+    assert req["env"] == "gpu" and "profile" not in req
+    # The server listens where spawnd routes: every address, the env's port.
+    assert req["environment"]["JUPYTERHUB_SERVICE_URL"].startswith("http://0.0.0.0:8888/"), req["environment"]
+    form = await sp.get_options_form()
+    assert 'name="course"' in form and 'name="env"' not in form
+    assert sp.run_options_from_form({"course": ["gpu"], "env": ["team"], "profile": ["x"]}) == {"course": "gpu"}
+
+
+@pytest.mark.parametrize("key,value", [("profile", "spawnd"), ("env", "nope"), ("env", ["gpu"])])
+async def test_an_unknown_choice_names_its_key_and_starts_nothing(daemon, world, key, value):
+    sp = world.spawner(daemon.url)
+    sp.user_options = {key: value}
+    with pytest.raises(Exception) as e:
+        await sp.start()
+    msg = str(e.value)
+    assert f"user_options[{key!r}]" in msg, msg
+    if isinstance(value, str):
+        assert f"c.SpawndSpawner.{key}_option" in msg and repr(value) in msg, msg
+    assert posts(daemon) == []
+
+
 @pytest.mark.skipif(JH < (5, 3), reason="apply_user_options is JupyterHub 5.3+")
 async def test_apply_user_options_sets_names(daemon, world):
     sp = world.spawner(daemon.url, apply_user_options={"course": "default_env"})
@@ -395,3 +425,23 @@ async def test_get_url_is_spawnds_after_a_hub_restart(daemon, world):
     assert sp.get_state()["container_id"] == "c7"
     daemon.servers.clear()
     assert await sp.get_url() == placeholder
+
+
+async def test_http_clients_close_with_the_last_spawner(daemon, world):
+    import gc
+
+    from spawnd_spawner.client import CLIENTS
+
+    one, two = world.spawner(daemon.url, user="ada"), world.spawner(daemon.url, user="bob")
+    await one.poll()
+    await two.poll()
+    _, client = one._client("calls")
+    assert two._client("calls")[1] is client, "two spawners of one hub share a client"
+    del one
+    gc.collect()
+    assert not client._closed, "a client another spawner still uses was closed"
+    await two.poll()
+    del two
+    gc.collect()
+    assert client._closed, "the client outlived the last spawner that used it"
+    assert all(c is not client for c, _, _ in CLIENTS._clients.values())

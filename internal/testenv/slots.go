@@ -8,9 +8,9 @@ import (
 )
 
 // SlotsDir returns a slots_dir for a daemon of the test (home_owner system
-// or range), whose leftover mounts (a server the test left running still
-// holds its slot) are detached when the test ends, before the directory is
-// removed.
+// or range, pools), whose leftover mounts (a server the test left running
+// still holds its slot) are detached when the test ends, then the shared
+// mount pools make of the directory itself, before it is removed.
 func SlotsDir(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -21,6 +21,7 @@ func SlotsDir(t testing.TB) string {
 				t.Logf("detached a home slot the test left mounted: %s", e.Name())
 			}
 		}
+		_ = syscall.Unmount(dir, syscall.MNT_DETACH)
 	})
 	return dir
 }

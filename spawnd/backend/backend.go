@@ -88,6 +88,10 @@ type Mount struct {
 	Source   string
 	Target   string
 	ReadOnly bool
+	// Late: a mount made on the host onto Source after the container
+	// started reaches the container (rslave propagation; Source must be on
+	// a shared mount). Only a backend that declares LateMounts takes it.
+	Late bool
 }
 
 // HomeSpec is the home a server needs, as a home store that lives on the
@@ -160,6 +164,10 @@ type ContainerSpec struct {
 	// Placement constrains which nodes may run it (Swarm constraints such
 	// as node.labels.gpu==true); a single-engine backend refuses any.
 	Placement []string
+	// Background runs it at the lowest CPU weight until Set.Promote gives
+	// it the weight of a server (a warm server boots before anyone asks:
+	// under contention, people's servers and the hub come first).
+	Background bool
 	// Waiting, when set, hears what Run waits for, in words for the
 	// person who started the server (Swarm: the node chosen, the image
 	// pull there). It is called from Run's goroutine.
@@ -403,6 +411,14 @@ type Set struct {
 	// (engine.homes: node), at root there, with helpers on network. nil:
 	// homes live under homes_root on the daemon's host.
 	NodeHomes func(root, network string) HomeStore
+	// LateMounts: the backend's containers run on the daemon's own host and
+	// take Mount.Late, so a home mounted on a running server's slot reaches
+	// it (the warm pool, issue #28). false: every mount exists before the
+	// container does.
+	LateMounts bool
+	// Promote gives a Background container the CPU weight spec asks for,
+	// as it runs (a warm server that a start took). nil: none is given.
+	Promote func(ctx context.Context, id string, spec ContainerSpec) error
 	// Close releases the backend's clients.
 	Close func() error
 }

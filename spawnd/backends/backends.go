@@ -41,16 +41,23 @@ var table = map[string]func(c *EngineConfig, stopGrace time.Duration) (backend.S
 		if err != nil {
 			return backend.Set{}, err
 		}
+		// Envs are built, normalized and stored on the manager's own engine,
+		// then pushed to the registry for the nodes.
+		e, err := docker.New(s.Host())
+		if err != nil {
+			s.Close()
+			return backend.Set{}, err
+		}
 		return backend.Set{
-			Name: "swarm", Runtime: s, Builder: s, Images: s, Logs: s, Prepull: s,
+			Name: "swarm", Runtime: s, Builder: e, Images: e, Logs: s, Prepull: s,
 			NodeHomes: func(root, network string) backend.HomeStore { return s.NodeHomes(root, network) },
-			Close:     s.Close,
+			Close:     func() error { return errors.Join(s.Close(), e.Close()) },
 		}, nil
 	},
 }
 
 func dockerSet(e *docker.Engine) backend.Set {
-	return backend.Set{Name: "docker", Runtime: e, Builder: e, Images: e, BuildsInPlace: true, Puller: e, Logs: e, Close: e.Close}
+	return backend.Set{Name: "docker", Runtime: e, Builder: e, Images: e, BuildsInPlace: true, Puller: e, Logs: e, LateMounts: true, Promote: e.Promote, Close: e.Close}
 }
 
 // Open makes the backend c names (defaults filled); stopGrace is how long

@@ -7,9 +7,7 @@
 package docker
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -26,6 +24,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/spawnd/spawnd/spawnd/backend"
+	"github.com/spawnd/spawnd/spawnd/engineapi"
 )
 
 // Engine is the backend on one Docker engine.
@@ -179,11 +178,7 @@ func (e *Engine) create(ctx context.Context, s backend.ContainerSpec) (string, e
 		ShmSize:   s.ShmSize,
 		LogConfig: container.LogConfig{Type: "json-file", Config: map[string]string{"max-size": "10m", "max-file": "2"}},
 	}
-	if s.CPUReservation > 0 {
-		// One engine reserves no CPU; shares weigh CPU time under contention
-		// (1024 = one CPU's worth, the engine's default weight).
-		hc.CPUShares = max(2, s.CPUReservation*1024/1e9)
-	}
+	hc.CPUShares = cpuShares(s)
 	if g := s.GPUs; g != nil {
 		// What docker run --gpus sends: any driver with the gpu capability.
 		hc.DeviceRequests = []container.DeviceRequest{{Count: g.Count, DeviceIDs: g.DeviceIDs, Capabilities: [][]string{{"gpu"}}}}
@@ -195,7 +190,11 @@ func (e *Engine) create(ctx context.Context, s backend.ContainerSpec) (string, e
 		hc.MemorySwap = s.Memory
 	}
 	for _, m := range s.Mounts {
-		hc.Mounts = append(hc.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+		mm := mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly}
+		if m.Late {
+			mm.BindOptions = &mount.BindOptions{Propagation: mount.PropagationRSlave}
+		}
+		hc.Mounts = append(hc.Mounts, mm)
 	}
 	if s.PublishIP != "" {
 		ip, err := netip.ParseAddr(s.PublishIP)
@@ -218,7 +217,7 @@ func (e *Engine) Logs(ctx context.Context, id string, tail int) (string, error) 
 		return "", fmt.Errorf("reading the logs of container %s: %w", id, err)
 	}
 	defer rc.Close()
-	out, err := ReadLogs(rc)
+	out, err := engineapi.ReadLogs(rc)
 	if err != nil {
 		return out, fmt.Errorf("reading the logs of container %s: %w", id, err)
 	}
@@ -237,36 +236,6 @@ func (e *Engine) FollowLogs(ctx context.Context, id string, tail int, w io.Write
 		return fmt.Errorf("following the log of container %s: %w", id, err)
 	}
 	return nil
-}
-
-// ReadLogs reads an engine's multiplexed log stream (stdout and stderr
-// interleaved) into a string of at most 64 KiB; Swarm's service logs are
-// the same stream.
-func ReadLogs(r io.Reader) (string, error) {
-	var buf bytes.Buffer
-	w := &limitWriter{w: &buf, n: 64 << 10}
-	if _, err := stdcopy.StdCopy(w, w, r); err != nil && !errors.Is(err, errLimit) {
-		return buf.String(), err
-	}
-	return buf.String(), nil
-}
-
-var errLimit = errors.New("log limit reached")
-
-// limitWriter keeps at most n bytes.
-type limitWriter struct {
-	w io.Writer
-	n int
-}
-
-func (l *limitWriter) Write(p []byte) (int, error) {
-	if len(p) > l.n {
-		_, _ = l.w.Write(p[:l.n])
-		l.n = 0
-		return 0, errLimit
-	}
-	l.n -= len(p)
-	return l.w.Write(p)
 }
 
 // Inspect implements backend.Runtime.
@@ -471,6 +440,34 @@ func checkNetwork(n backend.NetworkSpec, driver string, opts map[string]string) 
 		return fmt.Errorf("network.icc: the network %q exists with inter-container traffic %s, but network.icc says %s; "+
 			"remove it once its servers are stopped (docker network rm %s; spawnd recreates it) or set network.icc: %v: %w",
 			n.Name, state[icc], state[n.ICC], n.Name, icc, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// cpuShares is the CPU weight of a container: one engine reserves no CPU;
+// shares weigh CPU time under contention (1024 = one CPU's worth, the
+// engine's default weight; 0 leaves it). A Background container gets the
+// lowest (2) until Promote.
+func cpuShares(s backend.ContainerSpec) int64 {
+	switch {
+	case s.Background:
+		return 2
+	case s.CPUReservation > 0:
+		return max(2, s.CPUReservation*1024/1e9)
+	}
+	return 0
+}
+
+// Promote implements backend.Set.Promote: the running container gets the
+// CPU weight spec asks for (the engine's default when it asks none).
+func (e *Engine) Promote(ctx context.Context, id string, spec backend.ContainerSpec) error {
+	spec.Background = false
+	shares := cpuShares(spec)
+	if shares == 0 {
+		shares = 1024
+	}
+	if _, err := e.cli.ContainerUpdate(ctx, id, client.ContainerUpdateOptions{Resources: &container.Resources{CPUShares: shares}}); err != nil {
+		return fmt.Errorf("giving container %s its CPU weight: %w", id, err)
 	}
 	return nil
 }

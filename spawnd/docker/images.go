@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/daemon"
 
 	"github.com/spawnd/spawnd/spawnd/backend"
+	"github.com/spawnd/spawnd/spawnd/engineapi"
 )
 
 // ImageInspect implements backend.Builder.
@@ -238,18 +239,7 @@ func (e *Engine) WriteImage(ctx context.Context, tag string, img v1.Image) error
 
 // Info implements backend.Runtime.
 func (e *Engine) Info(ctx context.Context) (backend.Info, error) {
-	res, err := e.cli.Info(ctx, client.InfoOptions{})
-	if err != nil {
-		return backend.Info{}, fmt.Errorf("asking the engine for its info: %w", err)
-	}
-	return backend.Info{
-		Backend:     "docker",
-		Version:     res.Info.ServerVersion,
-		APIVersion:  e.cli.ClientVersion(),
-		RuncVersion: res.Info.RuncCommit.ID,
-		LiveRestore: res.Info.LiveRestoreEnabled,
-		GPURuntime:  res.Info.Runtimes["nvidia"].Path != "",
-	}, nil
+	return engineapi.Info(ctx, e.cli, "docker")
 }
 
 func buildArgs(m map[string]string) map[string]*string {

@@ -2,44 +2,17 @@ package docker
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/moby/moby/api/types/registry"
 	"github.com/moby/moby/client"
 
 	"github.com/spawnd/spawnd/spawnd/backend"
+	"github.com/spawnd/spawnd/spawnd/engineapi"
 )
-
-// RegistryAuth is the X-Registry-Auth value the engine wants for ref's
-// registry, from the keychain ("" = anonymous). It carries a secret: never
-// log it.
-func RegistryAuth(ref string, kc authn.Keychain) (string, error) {
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		return "", err
-	}
-	a, err := kc.Resolve(r.Context())
-	if err != nil || a == authn.Anonymous {
-		return "", err
-	}
-	cfg, err := a.Authorization()
-	if err != nil {
-		return "", err
-	}
-	b, err := json.Marshal(registry.AuthConfig{Username: cfg.Username, Password: cfg.Password, Auth: cfg.Auth,
-		IdentityToken: cfg.IdentityToken, RegistryToken: cfg.RegistryToken, ServerAddress: r.Context().RegistryStr()})
-	if err != nil {
-		return "", err
-	}
-	return base64.URLEncoding.EncodeToString(b), nil
-}
 
 var _ backend.Puller = (*Engine)(nil)
 
@@ -47,7 +20,7 @@ var _ backend.Puller = (*Engine)(nil)
 // user's registry credentials (the Docker keychain: ~/.docker/config.json
 // and its credential helpers), and progress hears each layer's.
 func (e *Engine) Pull(ctx context.Context, ref string, progress func(backend.PullProgress)) error {
-	auth, err := RegistryAuth(ref, authn.DefaultKeychain)
+	auth, err := engineapi.RegistryAuth(ref, authn.DefaultKeychain)
 	if err != nil {
 		return fmt.Errorf("registry credentials for %s: %w", ref, err)
 	}

@@ -340,40 +340,42 @@ type helperExit struct {
 }
 
 func (e *helperExit) Error() string {
-	if msg, ok := helperErrors[e.code]; ok {
-		return fmt.Sprintf("%s on %s: %s", e.what, e.node, msg)
+	if x, ok := helperExits[e.code]; ok {
+		return fmt.Sprintf("%s on %s: %s", e.what, e.node, x.words)
 	}
 	return fmt.Sprintf("%s on %s: the helper exited with status %d (docker service logs of the helper, or the node's daemon log, say why)", e.what, e.node, e.code)
 }
 
 // Is classifies a helper's failure for the core.
 func (e *helperExit) Is(target error) bool {
-	switch e.code {
-	case 22, 23, 30:
-		return target == errdefs.ErrConflict
-	case 24, 40:
-		return target == errdefs.ErrNotFound
-	}
-	return false
+	x, ok := helperExits[e.code]
+	return ok && x.kind != nil && target == x.kind
 }
 
-// helperErrors are the helpers' exit statuses, in words.
-var helperErrors = map[int]string{
-	20: "homes_root there is not owned by root; fix it on that node: chown root:root <homes_root>",
-	21: "homes_root there is writable by group or others; fix it on that node: chmod 755 <homes_root>",
-	22: "the home is a symlink there; an admin must replace it with a directory",
-	23: "the home is not a directory there; an admin must move it away",
-	24: "the user has no home there",
-	30: "a home of that name is already on the target node; an admin must move it away first",
-	31: "unpacking the home on the target node failed (is its disk full?); nothing was changed on the home's node",
-	32: "the home never arrived from the sending node (can the two nodes reach each other over the users' overlay network?)",
-	40: "the user has no home on the node the record names; an admin must find it",
-	41: "the sending node could not reach the receiving node over the users' overlay network",
-	42: "reading the home on its node failed; nothing was changed",
-	33: "the sending node refused the copy (what arrived differed from what was sent); the copy was discarded and nothing was changed",
-	43: "the two nodes disagree on what crossed (SHA-256 or size); the copy on the target was discarded and the home stays where it was",
-	44: "the home was copied and checked, but its old copy could not be renamed",
-	45: "the receiving node did not confirm that it put the checked copy in place; the home stays where it was, and a copy may be on the target (look before moving again)",
+// helperExits is the one table of the helpers' exit statuses
+// (helpers/*.sh exit N, helpers/*.py sys.exit(N)): what each means, in
+// words that say what to fix, and its errdefs class for the core (nil:
+// unavailable, the default). TestHelperExitsAreOneTable keeps the scripts
+// and this table the same set.
+var helperExits = map[int]struct {
+	words string
+	kind  error
+}{
+	20: {"homes_root there is not owned by root; fix it on that node: chown root:root <homes_root>", nil},
+	21: {"homes_root there is writable by group or others; fix it on that node: chmod 755 <homes_root>", nil},
+	22: {"the home is a symlink there; an admin must replace it with a directory", errdefs.ErrConflict},
+	23: {"the home is not a directory there; an admin must move it away", errdefs.ErrConflict},
+	24: {"the user has no home there", errdefs.ErrNotFound},
+	30: {"a home of that name is already on the target node; an admin must move it away first", errdefs.ErrConflict},
+	31: {"unpacking the home on the target node failed (is its disk full?); nothing was changed on the home's node", nil},
+	32: {"the home never arrived from the sending node (can the two nodes reach each other over the users' overlay network?)", nil},
+	33: {"the sending node refused the copy (what arrived differed from what was sent); the copy was discarded and nothing was changed", nil},
+	40: {"the user has no home on the node the record names; an admin must find it", errdefs.ErrNotFound},
+	41: {"the sending node could not reach the receiving node over the users' overlay network", nil},
+	42: {"reading the home on its node failed; nothing was changed", nil},
+	43: {"the two nodes disagree on what crossed (SHA-256 or size); the copy on the target was discarded and the home stays where it was", nil},
+	44: {"the home was copied and checked, but its old copy could not be renamed", nil},
+	45: {"the receiving node did not confirm that it put the checked copy in place; the home stays where it was, and a copy may be on the target (look before moving again)", nil},
 }
 
 // helper runs one home helper (a one-task Swarm job, as root from the env's
@@ -430,52 +432,58 @@ func (n *NodeHomes) helper(ctx context.Context, h backend.HomeSpec, job helperJo
 	f := client.Filters{}
 	f.Add("service", res.ID)
 	pendingSince, told := time.Time{}, false
-	for {
+	var last swarm.Task
+	err = until(ctx, every(100*time.Millisecond), func() (bool, error) {
 		tasks, err := n.s.cli.TaskList(ctx, client.TaskListOptions{Filters: f})
 		if err != nil {
-			return swarm.Task{}, fmt.Errorf("following the home helper (%s): %w", what, err)
+			return false, fmt.Errorf("following the home helper (%s): %w", what, err)
 		}
-		if len(tasks.Items) > 0 {
-			t := tasks.Items[0]
-			switch t.Status.State {
-			case swarm.TaskStateComplete:
-				if job.stdout != nil {
-					out, err := n.s.Logs(ctx, res.ID, 50)
-					if err != nil {
-						return t, fmt.Errorf("the home helper (%s) of %s completed, and its output could not be read: %w", what, h.User, err)
-					}
-					*job.stdout = out
+		if len(tasks.Items) == 0 {
+			return false, nil
+		}
+		t := tasks.Items[0]
+		last = t
+		switch t.Status.State {
+		case swarm.TaskStateComplete:
+			if job.stdout != nil {
+				out, err := n.s.Logs(ctx, res.ID, 50)
+				if err != nil {
+					return false, fmt.Errorf("the home helper (%s) of %s completed, and its output could not be read: %w", what, h.User, err)
 				}
-				return t, nil
-			case swarm.TaskStateFailed, swarm.TaskStateRejected, swarm.TaskStateShutdown, swarm.TaskStateOrphaned, swarm.TaskStateRemove:
-				host := t.NodeID
-				if nodes, err := n.s.nodes(ctx); err == nil && nodes[t.NodeID].host != "" {
-					host = nodes[t.NodeID].host
-				}
-				if cs := t.Status.ContainerStatus; cs != nil && cs.ExitCode != 0 {
-					return t, &helperExit{what: "the home helper (" + what + ") of " + h.User, code: cs.ExitCode, node: host}
-				}
-				return t, fmt.Errorf("the home helper (%s) of %s on %s: %s: %w", what, h.User, host, t.Status.Err, classify(t.Status.Err))
-			case swarm.TaskStateRunning:
-				if onRunning != nil && !told {
-					told = true
-					onRunning(t)
-				}
-			case swarm.TaskStatePending, swarm.TaskStateNew, swarm.TaskStateAllocated:
-				if pendingSince.IsZero() {
-					pendingSince = time.Now()
-				} else if time.Since(pendingSince) > n.s.opt.PendingTimeout {
-					return t, &backend.Unplaceable{Reason: explainPending(t.Status.Err, backend.ContainerSpec{Placement: placement}),
-						Err: fmt.Errorf("the home helper (%s) of %s waited %s for a node: %s", what, h.User, n.s.opt.PendingTimeout, t.Status.Err)}
-				}
+				*job.stdout = out
+			}
+			return true, nil
+		case swarm.TaskStateFailed, swarm.TaskStateRejected, swarm.TaskStateShutdown, swarm.TaskStateOrphaned, swarm.TaskStateRemove:
+			host := t.NodeID
+			if nodes, err := n.s.nodes(ctx); err == nil && nodes[t.NodeID].host != "" {
+				host = nodes[t.NodeID].host
+			}
+			if cs := t.Status.ContainerStatus; cs != nil && cs.ExitCode != 0 {
+				return false, &helperExit{what: "the home helper (" + what + ") of " + h.User, code: cs.ExitCode, node: host}
+			}
+			return false, fmt.Errorf("the home helper (%s) of %s on %s: %s: %w", what, h.User, host, t.Status.Err, classify(t.Status.Err))
+		case swarm.TaskStateRunning:
+			if onRunning != nil && !told {
+				told = true
+				onRunning(t)
+			}
+		case swarm.TaskStatePending, swarm.TaskStateNew, swarm.TaskStateAllocated:
+			if pendingSince.IsZero() {
+				pendingSince = time.Now()
+			} else if time.Since(pendingSince) > n.s.opt.PendingTimeout {
+				return false, &backend.Unplaceable{Reason: explainPending(t.Status.Err, backend.ContainerSpec{Placement: placement}),
+					Err: fmt.Errorf("the home helper (%s) of %s waited %s for a node: %s", what, h.User, n.s.opt.PendingTimeout, t.Status.Err)}
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return swarm.Task{}, fmt.Errorf("the home helper (%s) of %s: %w", what, h.User, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
+		return false, nil
+	})
+	switch {
+	case err == nil:
+		return last, nil
+	case err == ctx.Err():
+		return swarm.Task{}, fmt.Errorf("the home helper (%s) of %s: %w", what, h.User, err)
 	}
+	return last, err
 }
 
 func randomSuffix() string {

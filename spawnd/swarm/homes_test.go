@@ -103,7 +103,7 @@ func TestMoveHelpers(t *testing.T) {
 	again := exec.CommandContext(ctx, "python3", "-c", receiveScript, "ann", strconv.Itoa(freePort(t)))
 	again.Dir, again.Env = dst, []string{"SPAWND_MOVE_KEY=" + key}
 	if err := again.Run(); err == nil || again.ProcessState.ExitCode() != 30 {
-		t.Errorf("receiving onto an existing home: %v; want exit 30 (%s)", err, helperErrors[30])
+		t.Errorf("receiving onto an existing home: %v; want exit 30 (%s)", err, helperExits[30].words)
 	}
 }
 
@@ -221,10 +221,10 @@ func TestMoveRefusesACopyCorruptedInFlight(t *testing.T) {
 	send.Dir, send.Env = src, []string{"SPAWND_MOVE_KEY=" + key}
 	out, err := send.CombinedOutput()
 	if code := send.ProcessState.ExitCode(); code != 43 {
-		t.Fatalf("sender over a corrupting link: %v, exit %d; want 43 (%s)\n%s", err, code, helperErrors[43], out)
+		t.Fatalf("sender over a corrupting link: %v, exit %d; want 43 (%s)\n%s", err, code, helperExits[43].words, out)
 	}
 	if err := recv.Wait(); recv.ProcessState.ExitCode() != 33 {
-		t.Fatalf("receiver over a corrupting link: %v; want exit 33 (%s)\n%s", err, helperErrors[33], recvOut.String())
+		t.Fatalf("receiver over a corrupting link: %v; want exit 33 (%s)\n%s", err, helperExits[33].words, recvOut.String())
 	}
 	if !<-flipped {
 		t.Fatal("the relay never flipped a byte: the test proved nothing")

@@ -10,7 +10,7 @@ import (
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/client"
 
-	"github.com/spawnd/spawnd/spawnd/docker"
+	"github.com/spawnd/spawnd/spawnd/engineapi"
 )
 
 // FollowLogs writes a service's last tail log lines to w, then each one
@@ -34,7 +34,7 @@ func (s *Swarm) Logs(ctx context.Context, id string, tail int) (string, error) {
 		return "", fmt.Errorf("reading the logs of service %s: %w", id, err)
 	}
 	defer rc.Close()
-	out, err := docker.ReadLogs(rc)
+	out, err := engineapi.ReadLogs(rc)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return out, fmt.Errorf("reading the logs of service %s: %w", id, err)
 	}

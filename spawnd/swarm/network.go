@@ -35,13 +35,14 @@ func (s *Swarm) EnsureNetwork(ctx context.Context, n backend.NetworkSpec) (backe
 	}
 	// The manager allocates a new network a moment after creating it;
 	// until then it reports no driver and no subnet.
-	for wait := 20 * time.Millisecond; err == nil && res.Network.Driver == ""; wait = min(2*wait, 500*time.Millisecond) {
-		select {
-		case <-ctx.Done():
-			return backend.NetworkInfo{}, fmt.Errorf("network %s: the manager did not allocate it: %w", n.Name, ctx.Err())
-		case <-time.After(wait):
+	if err == nil && res.Network.Driver == "" {
+		werr := until(ctx, backoff(20*time.Millisecond, 500*time.Millisecond), func() (bool, error) {
+			res, err = inspect()
+			return err != nil || res.Network.Driver != "", nil
+		})
+		if werr != nil {
+			return backend.NetworkInfo{}, fmt.Errorf("network %s: the manager did not allocate it: %w", n.Name, werr)
 		}
-		res, err = inspect()
 	}
 	if err != nil {
 		return backend.NetworkInfo{}, fmt.Errorf("inspecting network %s: %w", n.Name, err)

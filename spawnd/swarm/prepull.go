@@ -46,16 +46,18 @@ func (s *Swarm) Prepull(ctx context.Context, ref string, labels map[string]strin
 	f := client.Filters{}
 	f.Add("service", res.ID)
 	seen := map[string]string{} // node ID -> state reported
-	for {
+	ready, nodeCount := 0, 0
+	err = until(ctx, every(250*time.Millisecond), func() (bool, error) {
 		tasks, err := s.cli.TaskList(ctx, client.TaskListOptions{Filters: f})
 		if err != nil {
-			return "", fmt.Errorf("following the prepull of %s: %w", image, err)
+			return false, fmt.Errorf("following the prepull of %s: %w", image, err)
 		}
 		nodes, err := s.nodes(ctx)
 		if err != nil {
-			return "", err
+			return false, err
 		}
-		ready, failed, done := 0, []string{}, 0
+		failed, done := []string{}, 0
+		ready, nodeCount = 0, len(tasks.Items)
 		states := make(map[string]string, len(tasks.Items))
 		for _, t := range tasks.Items {
 			state := "pulling"
@@ -85,16 +87,19 @@ func (s *Swarm) Prepull(ctx context.Context, ref string, labels map[string]strin
 		}
 		if len(tasks.Items) > 0 && done == len(tasks.Items) {
 			if len(failed) > 0 {
-				return image, fmt.Errorf("%s is on %d of %d nodes; it failed on %s", image, ready, len(tasks.Items), strings.Join(failed, "; "))
+				return false, fmt.Errorf("%s is on %d of %d nodes; it failed on %s", image, ready, len(tasks.Items), strings.Join(failed, "; "))
 			}
-			return image, nil
+			return true, nil
 		}
-		select {
-		case <-ctx.Done():
-			return "", fmt.Errorf("prepulling %s: %d of %d nodes ready when the deadline came: %w", image, ready, len(tasks.Items), ctx.Err())
-		case <-time.After(250 * time.Millisecond):
-		}
+		return false, nil
+	})
+	switch {
+	case err == nil:
+		return image, nil
+	case err == ctx.Err():
+		return "", fmt.Errorf("prepulling %s: %d of %d nodes ready when the deadline came: %w", image, ready, nodeCount, err)
 	}
+	return image, err
 }
 
 // prepullLabel marks a prepull job (a sweep may remove one a killed run left).

@@ -12,7 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
-	"github.com/spawnd/spawnd/spawnd/docker"
+	"github.com/spawnd/spawnd/spawnd/engineapi"
 )
 
 // Pin resolves an env image to the reference by digest services run: the
@@ -71,5 +71,5 @@ func (s *Swarm) CheckImage(ctx context.Context, ref string) error {
 
 // registryAuth is the X-Registry-Auth value for ref's registry ("" = anonymous).
 func (s *Swarm) registryAuth(ref string) (string, error) {
-	return docker.RegistryAuth(ref, s.opt.Keychain)
+	return engineapi.RegistryAuth(ref, s.opt.Keychain)
 }

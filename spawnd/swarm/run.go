@@ -45,49 +45,50 @@ func (s *Swarm) Run(ctx context.Context, c backend.ContainerSpec) (backend.Conta
 		return backend.Container{}, fmt.Errorf("creating service %s: %w", c.Name, err)
 	}
 	begun, said := time.Now(), ""
-	for {
-		// The answer is the user's wait: ask every 25 ms while a task
-		// usually starts (a few seconds; three small calls to the
-		// manager each time), then every 250 ms (a pull, a full swarm).
-		wait := 25 * time.Millisecond
-		if time.Since(begun) > 5*time.Second {
-			wait = 250 * time.Millisecond
-		}
-		got, err := s.inspect(ctx, res.ID)
+	var got observed
+	var ran backend.Container
+	// The answer is the user's wait: ask every 25 ms while a task usually
+	// starts (a few seconds; three small calls to the manager each time),
+	// then every 250 ms (a pull, a full swarm).
+	werr := until(ctx, quickThen(25*time.Millisecond, 5*time.Second, 250*time.Millisecond), func() (bool, error) {
+		var err error
+		got, err = s.inspect(ctx, res.ID)
 		switch {
 		case err != nil && ctx.Err() != nil:
-			s.removeQuietly(ctx, res.ID)
-			return backend.Container{}, fmt.Errorf("service %s: %w", c.Name, ctx.Err())
+			return false, fmt.Errorf("service %s: %w", c.Name, ctx.Err())
 		case err != nil:
-			// Keep asking until the deadline: a manager may be busy.
-		case got.State == backend.Running:
-			return got.Container, nil
-		case got.State == backend.Exited && got.taskRan:
-			return got.Container, nil
+			got = observed{} // keep asking until the deadline: a manager may be busy
+			return false, nil
+		case got.State == backend.Running, got.State == backend.Exited && got.taskRan:
+			ran = got.Container
+			return true, nil
 		case got.State == backend.Exited:
-			s.removeQuietly(ctx, res.ID)
-			return backend.Container{}, fmt.Errorf("service %s: no node could start it: %s: %w", c.Name, got.Error, classify(got.Error))
+			return false, fmt.Errorf("service %s: no node could start it: %s: %w", c.Name, got.Error, classify(got.Error))
 		case got.pending && time.Since(begun) > s.opt.PendingTimeout:
-			s.removeQuietly(ctx, res.ID)
-			return backend.Container{}, &backend.Unplaceable{Reason: explainPending(got.Error, c),
+			return false, &backend.Unplaceable{Reason: explainPending(got.Error, c),
 				Err: fmt.Errorf("service %s: no node took it within %s: %s: %w", c.Name, s.opt.PendingTimeout, got.Error, errdefs.ErrUnavailable)}
 		}
-		if err == nil && c.Waiting != nil {
+		if c.Waiting != nil {
 			if msg := waitingFor(got); msg != "" && msg != said {
 				said = msg
 				c.Waiting(msg)
 			}
 		}
-		select {
-		case <-ctx.Done():
-			s.removeQuietly(ctx, res.ID)
-			reason := ""
-			if err == nil && got.Error != "" {
-				reason = " (" + got.Error + ")"
-			}
-			return backend.Container{}, fmt.Errorf("service %s: not running before the deadline%s: %w", c.Name, reason, ctx.Err())
-		case <-time.After(wait):
+		return false, nil
+	})
+	switch {
+	case werr == nil:
+		return ran, nil
+	case werr == ctx.Err():
+		s.removeQuietly(ctx, res.ID)
+		reason := ""
+		if got.Error != "" {
+			reason = " (" + got.Error + ")"
 		}
+		return backend.Container{}, fmt.Errorf("service %s: not running before the deadline%s: %w", c.Name, reason, ctx.Err())
+	default:
+		s.removeQuietly(ctx, res.ID)
+		return backend.Container{}, werr
 	}
 }
 
@@ -150,17 +151,11 @@ func (s *Swarm) Remove(ctx context.Context, id string, grace time.Duration) erro
 	}
 	f := client.Filters{}
 	f.Add("service", id)
-	deadline := time.Now().Add(max(grace, s.opt.StopGrace) + 15*time.Second)
-	for time.Now().Before(deadline) {
-		tasks, err := s.cli.TaskList(ctx, client.TaskListOptions{Filters: f})
-		if err != nil || len(tasks.Items) == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil // removed; the wait is a courtesy
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	wctx, cancel := context.WithTimeout(ctx, max(grace, s.opt.StopGrace)+15*time.Second)
+	defer cancel()
+	_ = until(wctx, every(200*time.Millisecond), func() (bool, error) {
+		tasks, err := s.cli.TaskList(wctx, client.TaskListOptions{Filters: f})
+		return err != nil || len(tasks.Items) == 0, nil
+	}) // removed; the wait for its container to go is a courtesy
 	return nil
 }

@@ -7,24 +7,23 @@
 // A backend.Container is a service: its ID is the service's ID and its state
 // is that of the service's newest task (new … starting are Created, running
 // is Running, the ends are Exited with the task's exit code and error). The
-// engine reports no task events, so Events polls the manager. Builds go to
-// the manager's own engine (spawnd/docker).
+// engine reports no task events, so Events polls the manager. Builds and the
+// image store are the manager's own engine: spawnd/backends pairs this
+// Runtime with a spawnd/docker engine at the same address.
 package swarm
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/authn"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 
 	"github.com/spawnd/spawnd/spawnd/backend"
-	"github.com/spawnd/spawnd/spawnd/docker"
+	"github.com/spawnd/spawnd/spawnd/engineapi"
 )
 
 // Options configure the backend.
@@ -58,15 +57,11 @@ type Options struct {
 // Swarm is the backend on a swarm manager.
 type Swarm struct {
 	cli   *client.Client
-	eng   *docker.Engine // the manager's engine: builds and images
 	opt   Options
 	ports *ports
 }
 
-var (
-	_ backend.Runtime = (*Swarm)(nil)
-	_ backend.Builder = (*Swarm)(nil)
-)
+var _ backend.Runtime = (*Swarm)(nil)
 
 // New connects to a manager. It does not check that it is one: EnsureNetwork
 // (the daemon's first call) does, with an error that says what to fix.
@@ -97,55 +92,18 @@ func New(opt Options) (*Swarm, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating the engine client: %w", err)
 	}
-	eng, err := docker.New(cli.DaemonHost())
-	if err != nil {
-		cli.Close()
-		return nil, err
-	}
-	return &Swarm{cli: cli, eng: eng, opt: opt, ports: &ports{r: opt.Ports}}, nil
+	return &Swarm{cli: cli, opt: opt, ports: &ports{r: opt.Ports}}, nil
 }
 
-// Close releases both clients.
-func (s *Swarm) Close() error {
-	return errors.Join(s.cli.Close(), s.eng.Close())
-}
+// Close releases the client.
+func (s *Swarm) Close() error { return s.cli.Close() }
 
 // Host is the manager's address.
 func (s *Swarm) Host() string { return s.cli.DaemonHost() }
 
-// ImageInspect implements backend.Builder on the manager's engine.
-func (s *Swarm) ImageInspect(ctx context.Context, ref string) (backend.ImageInfo, error) {
-	return s.eng.ImageInspect(ctx, ref)
-}
-
-// RunCapture implements backend.Builder on the manager's engine.
-func (s *Swarm) RunCapture(ctx context.Context, spec backend.RunSpec) (backend.RunResult, error) {
-	return s.eng.RunCapture(ctx, spec)
-}
-
-// Build implements backend.Builder on the manager's engine: an env is
-// built there and pushed to the registry for the nodes (spawnd image push).
-func (s *Swarm) Build(ctx context.Context, spec backend.BuildSpec, onLine func(backend.BuildLine)) (string, error) {
-	return s.eng.Build(ctx, spec, onLine)
-}
-
-// Image implements backend.ImageStore on the manager's engine, where
-// envs are built: a build through the daemon is normalized there as on one
-// engine (same lock, same digest), then pushed for the nodes.
-func (s *Swarm) Image(ctx context.Context, tag string) (v1.Image, error) {
-	return s.eng.Image(ctx, tag)
-}
-
-// WriteImage implements backend.ImageStore on the manager's engine.
-func (s *Swarm) WriteImage(ctx context.Context, tag string, img v1.Image) error {
-	return s.eng.WriteImage(ctx, tag, img)
-}
-
 // Info implements backend.Runtime.
 func (s *Swarm) Info(ctx context.Context) (backend.Info, error) {
-	in, err := s.eng.Info(ctx)
-	in.Backend = "swarm"
-	return in, err
+	return engineapi.Info(ctx, s.cli, "swarm")
 }
 
 // checkManager returns nil when the engine is an active swarm manager.
