@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -62,6 +63,19 @@ func warmClass(t *testing.T, major int, owner string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The hub's token for each server, as the hub hands it to the spawner
+	// (a subclass that writes it down for this test only): the test then
+	// looks for it everywhere a token must never be.
+	tokens := filepath.Join(w.dir, "server-tokens")
+	w.extraHubConfig = fmt.Sprintf(`
+from spawnd_spawner import SpawndSpawner
+class TokenRecordingSpawner(SpawndSpawner):
+    async def start(self):
+        with open(%q, "a") as f:
+            f.write(self.user.name + " " + self.api_token + "\n")
+        return await super().start()
+c.JupyterHub.spawner_class = TokenRecordingSpawner
+`, tokens)
 	w.startHub(opts.Network.Gateway)
 	defer w.stopHub()
 
@@ -254,6 +268,41 @@ func warmClass(t *testing.T, major int, owner string) {
 			t.Fatalf("%s's taken server has CPU weight %d; want a server's (1024)", u, ins.Container.HostConfig.CPUShares)
 		}
 	}
+	// The hub's token for each server reached the server (its API answered
+	// above) and nowhere else: not in docker inspect, not in the server's
+	// output, not in the daemon's or the hub's log, and the hand-off file
+	// that carried it is gone.
+	serverTokens := readServerTokens(t, tokens)
+	daemonAndHubLog, _ := os.ReadFile(w.hubLog.Name())
+	for _, u := range users {
+		tok := serverTokens[u]
+		if len(tok) < 16 {
+			t.Fatalf("the hub's token for %s's server was not recorded (%q)", u, tok)
+		}
+		id := byUser[u].ContainerID
+		ins, err := testenv.Client(eng).ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := json.Marshal(ins.Container)
+		if strings.Contains(string(raw), tok) {
+			t.Fatalf("%s's server token is in docker inspect", u)
+		}
+		out, err := exec.CommandContext(ctx, "docker", "logs", id).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "spawnd-launcher") {
+			t.Fatalf("docker logs of %s's server: %v\n%s", u, err, out)
+		}
+		if strings.Contains(string(out), tok) {
+			t.Fatalf("%s's server token is in the server's output (docker logs)", u)
+		}
+		if strings.Contains(string(daemonAndHubLog), tok) {
+			t.Fatalf("%s's server token is in the daemon's or the hub's log", u)
+		}
+		hand := filepath.Join(w.cfg.SlotsDir, ins.Container.Config.Labels[labels.HomeSlot]+".handoff", "start")
+		if _, err := os.Stat(hand); !os.IsNotExist(err) {
+			t.Fatalf("%s's hand-off file %s is still there after the start (%v)", u, hand, err)
+		}
+	}
 	if owner == spawnd.HomeOwnerEnv {
 		req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://127.0.0.1:%d/user/%s/api", w.proxyPort, configured), nil)
 		req.Header.Set("Authorization", "token "+w.userToken(configured))
@@ -273,6 +322,18 @@ func warmClass(t *testing.T, major int, owner string) {
 			if e.Name() != "mine.txt" && !strings.HasPrefix(e.Name(), ".") {
 				t.Errorf("%s's home holds %s", u, e.Name())
 			}
+		}
+	}
+
+	// The hub restarts mid-class (an upgrade, a crash): it asks spawnd about
+	// each server it had (poll, get_url), and every taken warm server is
+	// still its person's, reached through the new proxy.
+	w.stopHub()
+	w.startHub(opts.Network.Gateway)
+	for _, u := range users {
+		w.waitReady(u, "")
+		if code := w.serverAPI(u, "", w.userToken(u), "GET", "/contents/mine.txt", nil, nil); code != 200 {
+			t.Fatalf("%s's server through the restarted hub's proxy: %d\n%s", u, code, w.logLinesOf(u))
 		}
 	}
 
@@ -312,6 +373,22 @@ func warmClass(t *testing.T, major int, owner string) {
 			t.Fatalf("%s's file after the stop: %v", u, err)
 		}
 	}
+}
+
+// readServerTokens reads "user token" lines (the last line for a user wins).
+func readServerTokens(t *testing.T, path string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("the hub's recorded server tokens: %v", err)
+	}
+	out := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if u, tok, ok := strings.Cut(l, " "); ok {
+			out[u] = tok
+		}
+	}
+	return out
 }
 
 func randomText() string {
