@@ -92,6 +92,10 @@ type Input struct {
 	// (images.BootCost through the engine): a line for people, and whether
 	// the env cannot be pre-warmed. Nil: not measured.
 	BootCost func(ctx context.Context, image string, cmd []string) (summary string, cold bool, err error)
+	// ImagePlan is what this spawnd puts in every image it builds
+	// (images.PlanVersion): an env image of an older plan warns. "": not
+	// checked.
+	ImagePlan string
 }
 
 // Run runs every check and returns the results in order.
@@ -124,7 +128,7 @@ func Run(ctx context.Context, in Input) []Result {
 		add(checkSandbox(in.Unit, in.Config.HomesRoot))
 		add(checkNetwork(ctx, in.Config.Network, in.Engine, engineOK))
 		for _, name := range sortedEnvs(in.Config) {
-			r := checkEnv(ctx, name, in.Config.Envs[name], in.Engine, engineOK)
+			r := checkEnv(ctx, name, in.Config.Envs[name], in.Engine, engineOK, in.ImagePlan)
 			add(r)
 			if r.Status != Fail && engineOK && in.BootCost != nil {
 				add(checkBootCost(ctx, name, in.Config, in.BootCost))
@@ -445,7 +449,7 @@ func readPasswd(path string) map[uint32]account {
 	return out
 }
 
-func checkEnv(ctx context.Context, name string, e spawnd.EnvConfig, eng Engine, engineOK bool) Result {
+func checkEnv(ctx context.Context, name string, e spawnd.EnvConfig, eng Engine, engineOK bool, plan string) Result {
 	check := "env " + name
 	image := e.Image
 	wantDigest := e.LockDigest
@@ -482,6 +486,9 @@ func checkEnv(ctx context.Context, name string, e spawnd.EnvConfig, eng Engine, 
 	}
 	if wantDigest != "" && info.Labels[labels.LockDigest] != "" && info.Labels[labels.LockDigest] != wantDigest {
 		return Result{check, Fail, fmt.Sprintf("image %s was built from lock %s, not %s", image, info.Labels[labels.LockDigest], wantDigest), "spawnd build " + e.Spec}
+	}
+	if plan != "" && e.Spec != "" && info.Labels[labels.LockDigest] != "" && info.Labels[labels.Plan] != plan {
+		return Result{check, Warn, fmt.Sprintf("image %s matches its lock but was built by an older spawnd (plan %q, this one's is %q): it lacks what spawnd now puts in every image", image, info.Labels[labels.Plan], plan), "spawnd build " + e.Spec}
 	}
 	return Result{check, OK, "image " + image + " matches its lock", ""}
 }

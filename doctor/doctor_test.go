@@ -315,3 +315,27 @@ func TestBootCostCheck(t *testing.T) {
 		})
 	}
 }
+
+// TestImageOfAnOlderPlanWarns: an env image that matches its lock but was
+// built by a spawnd whose images held less (images.PlanVersion) warns,
+// naming the build that brings it up to date; the current plan is OK.
+func TestImageOfAnOlderPlanWarns(t *testing.T) {
+	for _, tc := range []struct {
+		label string
+		want  Status
+	}{{"", Warn}, {"1", Warn}, {"2", OK}} {
+		in, spec := setup(t)
+		in.ImagePlan = "2"
+		eng := in.Engine.(*fakeEngine)
+		for ref, img := range eng.images {
+			if tc.label != "" {
+				img.Labels[labels.Plan] = tc.label
+			}
+			eng.images[ref] = img
+		}
+		r := checkEnv(context.Background(), "team", in.Config.Envs["team"], in.Engine, true, in.ImagePlan)
+		if r.Status != tc.want || (tc.want == Warn && (r.Fix != "spawnd build "+spec || !strings.Contains(r.Detail, "older spawnd"))) {
+			t.Fatalf("an image of plan %q: %+v; want %s", tc.label, r, tc.want)
+		}
+	}
+}

@@ -29,10 +29,12 @@ const debianChromium = "/usr/lib/chromium/chromium"
 // against the shipped hub config on JupyterHub 5 and spawnd serving the
 // shipped team env (envs/team.yaml and its lock). The person logs in (after
 // a wrong password is refused), sees the spawn page's progress, lands in
-// JupyterLab, opens a notebook on "Team (Python 3)", runs
+// JupyterLab with exactly the team kernel in the launcher and no news
+// prompt (issue #31), opens a notebook on "Team (Python 3)", runs
 // `import pandas; print(pandas.__version__)` and reads the version the lock
-// pins, and stops the server from the hub's control panel. Screenshots go
-// to a directory the test prints.
+// pins, opens a notebook recorded with "python3" (which the env does not
+// offer) and sees it run on the team kernel, and stops the server from the
+// hub's control panel. Screenshots go to a directory the test prints.
 func TestBrowserFirstDay(t *testing.T) {
 	venv := testenv.HubVenv(t, 5)
 	if err := exec.Command(filepath.Join(venv, "bin", "python"), "-c", "import playwright").Run(); err != nil {
@@ -70,6 +72,26 @@ func TestBrowserFirstDay(t *testing.T) {
 	pc, _ := api.NewClient(w.spawndAddr, w.cfg.Token)
 	waitPool(t, pc, 1, 5*time.Minute)
 
+	// Carmen comes with a notebook recorded elsewhere on "python3", a
+	// kernel the team env does not offer: it must open on the team kernel.
+	home := filepath.Join(w.homes, spawnd.Escape("carmen"))
+	recorded := "recorded-python3.ipynb"
+	nb := `{"cells": [{"cell_type": "code", "execution_count": null, "id": "c1", "metadata": {}, "outputs": [], "source": ["1 + 1"]}],
+ "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+  "language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+`
+	if err := os.MkdirAll(home, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(home, recorded), []byte(nb), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{home, filepath.Join(home, recorded)} {
+		if err := os.Chown(p, 1000, 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	password := randHex(12)
 	w.useShippedConfig("SPAWND_HUB_AUTH=dummy", "SPAWND_HUB_PASSWORD="+password)
 	w.startHub("")
@@ -89,7 +111,7 @@ func TestBrowserFirstDay(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(venv, "bin", "python"), filepath.Join(root, "e2e", "browser", "first_day.py"),
 		"--url", fmt.Sprintf("http://127.0.0.1:%d", w.proxyPort), "--user", "carmen", "--password", password,
-		"--pandas", pandas, "--shots", shots, "--chromium", debianChromium)
+		"--pandas", pandas, "--shots", shots, "--chromium", debianChromium, "--recorded", recorded)
 	cmd.WaitDelay = 10 * time.Second
 	out, err := cmd.CombinedOutput()
 	t.Logf("the browser's run:\n%s", out)
@@ -112,11 +134,17 @@ func TestBrowserFirstDay(t *testing.T) {
 	if ps, err := c.Pools(ctx); err != nil || len(ps) != 1 || ps[0].Taken != 1 || ps[0].Missed != 0 {
 		t.Fatalf("pools after the first day: %+v %v; want carmen's one start to have taken the warm server", ps, err)
 	}
-	nbs, _ := filepath.Glob(filepath.Join(w.homes, spawnd.Escape("carmen"), "*.ipynb"))
-	if len(nbs) == 0 {
-		t.Fatalf("no notebook in carmen's home after the browser made one")
+	nbs, _ := filepath.Glob(filepath.Join(home, "*.ipynb"))
+	var made string
+	for _, p := range nbs {
+		if filepath.Base(p) != recorded {
+			made = p
+		}
 	}
-	b, _ := os.ReadFile(nbs[0])
+	if made == "" {
+		t.Fatalf("no notebook in carmen's home after the browser made one: %v", nbs)
+	}
+	b, _ := os.ReadFile(made)
 	if !strings.Contains(string(b), `"name": "team"`) || !strings.Contains(string(b), pandas) {
 		t.Fatalf("the notebook in carmen's home has no team kernel or no pandas output:\n%.1500s", b)
 	}

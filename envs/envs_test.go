@@ -2,6 +2,7 @@ package envs
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"go/ast"
@@ -61,6 +62,13 @@ func TestParseErrorsNamePlaceAndField(t *testing.T) {
 		{"empty", "", "the file is empty"},
 		{"two documents", minimal + "---\nname: x\n", "a second YAML document"},
 		{"duplicate kernel", strings.Replace(minimal, `[{name: team, display_name: "Team"}]`, `[{name: a}, {name: a}]`, 1), "jupyter.kernels[1].name"},
+		{"settings not a mapping", minimal + "  settings: [a]\n", "team.yaml:8:13: jupyter.settings: must be a mapping"},
+		{"settings of a plugin not a mapping", minimal + "  settings:\n    \"@jupyterlab/notebook-extension:tracker\": 3\n", `team.yaml:9:47: jupyter.settings["@jupyterlab/notebook-extension:tracker"]: must be a mapping`},
+		{"settings not JSON: a timestamp", minimal + "  settings:\n    \"@jupyterlab/a-extension:b\": {since: 2026-01-01}\n", `team.yaml:9:42: jupyter.settings["@jupyterlab/a-extension:b"].since: not valid JSON: "2026-01-01" reads as YAML timestamp; quote it`},
+		{"settings not JSON: NaN", minimal + "  settings:\n    \"@jupyterlab/a-extension:b\": {x: [1, .nan]}\n", `jupyter.settings["@jupyterlab/a-extension:b"].x[1]: not valid JSON: .nan is not a JSON number`},
+		{"settings not JSON: a number as a key", minimal + "  settings:\n    \"@jupyterlab/a-extension:b\": {1: on}\n", `jupyter.settings["@jupyterlab/a-extension:b"].1: not valid JSON: a key must be a string`},
+		{"settings given twice", minimal + "  settings:\n    a:b: {}\n    a:b: {}\n", `team.yaml:10:5: jupyter.settings["a:b"]: given twice`},
+		{"not a plugin ID", minimal + "  settings:\n    \"notebook; rm -rf /\": {}\n", `team.yaml:9:5: jupyter.settings["notebook; rm -rf /"]: "notebook; rm -rf /" is not a JupyterLab plugin ID`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -228,4 +236,40 @@ func FuzzParseLock(f *testing.F) {
 			t.Fatal("accepted a lock that does not match its digest")
 		}
 	})
+}
+
+// TestSettingsAreLockedAsJSON: a spec's JupyterLab settings reach the lock
+// and survive its round trip (the digest still verifies), and change the
+// spec's checksum.
+func TestSettingsAreLockedAsJSON(t *testing.T) {
+	body := minimal + "  settings:\n    \"@jupyterlab/notebook-extension:tracker\": {recordTiming: true, codeCellConfig: {lineNumbers: true, tabSize: 2, rulers: [80, 100], fontFamily: null}}\n"
+	s, err := Parse("team.yaml", []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, _ := Parse("team.yaml", []byte(minimal))
+	if s.Checksum() == plain.Checksum() {
+		t.Fatal("settings did not change the spec's checksum")
+	}
+	if p := s.PosOf(SettingsField("@jupyterlab/notebook-extension:tracker")); p.Line != 9 || p.Column != 5 {
+		t.Fatalf("position of the plugin's settings: %v", p)
+	}
+	l := sampleLock()
+	l.Settings = s.Jupyter.Settings
+	l.Seal()
+	path := filepath.Join(t.TempDir(), "team.lock.json")
+	if err := WriteLock(path, l); err != nil {
+		t.Fatal(err)
+	}
+	back, err := ReadLock(path)
+	if err != nil {
+		t.Fatalf("a lock with settings did not read back: %v", err)
+	}
+	if back.Digest != l.Digest {
+		t.Fatalf("digest %s after the round trip, %s before", back.Digest, l.Digest)
+	}
+	got, _ := json.Marshal(back.Settings)
+	if want := `{"@jupyterlab/notebook-extension:tracker":{"codeCellConfig":{"fontFamily":null,"lineNumbers":true,"rulers":[80,100],"tabSize":2},"recordTiming":true}}`; string(got) != want {
+		t.Fatalf("settings in the lock: %s; want %s", got, want)
+	}
 }

@@ -37,8 +37,10 @@ type Lock struct {
 	Conda   *CondaLock   `json:"conda,omitempty"`
 	Pip     *PipLock     `json:"pip,omitempty"`
 	Kernels []Kernel     `json:"kernels,omitempty"`
-	Cmd     []string     `json:"cmd"`
-	User    User         `json:"user"`
+	// Settings are the spec's JupyterLab settings overrides, by plugin ID.
+	Settings map[string]map[string]any `json:"settings,omitempty"`
+	Cmd      []string                  `json:"cmd"`
+	User     User                      `json:"user"`
 	// Digest is the SHA-256 of this lock's canonical JSON with Digest empty.
 	// A lock whose content no longer matches its digest was edited by hand.
 	Digest string `json:"digest"`

@@ -130,6 +130,32 @@ func check(file string, n *yaml.Node, t reflect.Type, path string, pos positions
 				return err
 			}
 		}
+	case reflect.Map:
+		// jupyter.settings: plugin ID → that plugin's settings, which must
+		// be JSON (JupyterLab reads them as such).
+		if n.Kind != yaml.MappingNode {
+			return &Error{Pos: p, Field: path, Msg: "must be a mapping (plugin ID: its settings)"}
+		}
+		seen := map[string]bool{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			sub := fmt.Sprintf("%s[%q]", path, k.Value)
+			kp := Pos{File: file, Line: k.Line, Column: k.Column}
+			if k.Kind != yaml.ScalarNode || k.Tag != "!!str" {
+				return &Error{Pos: kp, Field: path, Msg: fmt.Sprintf("key %q must be a string (a plugin ID)", k.Value)}
+			}
+			if seen[k.Value] {
+				return &Error{Pos: kp, Field: sub, Msg: "given twice"}
+			}
+			seen[k.Value] = true
+			if v.Kind != yaml.MappingNode {
+				return &Error{Pos: Pos{File: file, Line: v.Line, Column: v.Column}, Field: sub, Msg: "must be a mapping of the plugin's settings"}
+			}
+			if err := checkJSON(file, v, sub); err != nil {
+				return err
+			}
+			pos[sub] = kp
+		}
 	case reflect.String:
 		if n.Kind != yaml.ScalarNode {
 			return &Error{Pos: p, Field: path, Msg: "must be a string"}
@@ -141,6 +167,50 @@ func check(file string, n *yaml.Node, t reflect.Type, path string, pos positions
 	case reflect.Bool:
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
 			return &Error{Pos: p, Field: path, Msg: "must be true or false"}
+		}
+	}
+	return nil
+}
+
+// checkJSON refuses what a YAML value may hold and JSON may not: a key that
+// is not a string, a key given twice, an alias, a timestamp, binary, NaN or
+// an infinity.
+func checkJSON(file string, n *yaml.Node, path string) error {
+	p := Pos{File: file, Line: n.Line, Column: n.Column}
+	switch n.Kind {
+	case yaml.AliasNode:
+		return &Error{Pos: p, Field: path, Msg: "YAML aliases are not allowed in a spec"}
+	case yaml.MappingNode:
+		seen := map[string]bool{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			sub := path + "." + k.Value
+			if k.Kind != yaml.ScalarNode || k.Tag != "!!str" {
+				return &Error{Pos: Pos{File: file, Line: k.Line, Column: k.Column}, Field: sub, Msg: "not valid JSON: a key must be a string (quote it)"}
+			}
+			if seen[k.Value] {
+				return &Error{Pos: Pos{File: file, Line: k.Line, Column: k.Column}, Field: sub, Msg: "given twice"}
+			}
+			seen[k.Value] = true
+			if err := checkJSON(file, v, sub); err != nil {
+				return err
+			}
+		}
+	case yaml.SequenceNode:
+		for i, item := range n.Content {
+			if err := checkJSON(file, item, fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+	case yaml.ScalarNode:
+		switch n.Tag {
+		case "!!str", "!!int", "!!bool", "!!null":
+		case "!!float":
+			if v := strings.ToLower(strings.TrimLeft(n.Value, "+-")); v == ".nan" || v == ".inf" {
+				return &Error{Pos: p, Field: path, Msg: fmt.Sprintf("not valid JSON: %s is not a JSON number", n.Value)}
+			}
+		default:
+			return &Error{Pos: p, Field: path, Msg: fmt.Sprintf("not valid JSON: %q reads as YAML %s; quote it to give a string", n.Value, strings.TrimPrefix(n.Tag, "!!"))}
 		}
 	}
 	return nil

@@ -51,6 +51,9 @@ func schemaOf(t reflect.Type, docs map[string]string) map[string]any {
 		return out
 	case reflect.Slice:
 		return map[string]any{"type": "array", "items": schemaOf(t.Elem(), docs)}
+	case reflect.Map:
+		// jupyter.settings: any JSON object per plugin ID.
+		return map[string]any{"type": "object", "additionalProperties": map[string]any{"type": "object"}}
 	case reflect.Int:
 		return map[string]any{"type": "integer"}
 	case reflect.Bool:

@@ -61,6 +61,12 @@ type Jupyter struct {
 	Kernels []Kernel `yaml:"kernels,omitempty" json:"kernels,omitempty"`
 	// Cmd is the single-user server command. Default ["jupyterhub-singleuser"].
 	Cmd []string `yaml:"cmd,omitempty" json:"cmd,omitempty"`
+	// Settings are JupyterLab settings overrides, by plugin ID
+	// ("@jupyterlab/notebook-extension:tracker"): each a mapping of the
+	// plugin's settings, which become the defaults every user starts from
+	// (a user's own settings still win). Locked with the rest; the build
+	// refuses a plugin the image's JupyterLab does not have.
+	Settings map[string]map[string]any `yaml:"settings,omitempty" json:"settings,omitempty"`
 }
 
 // Kernel is one Jupyter kernel the image registers.
@@ -119,7 +125,14 @@ var (
 	channelRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/:-]*$`)
 	indexURLRE   = regexp.MustCompile(`^https?://[^\s]+$`)
 	pythonPathRE = regexp.MustCompile(`^/[A-Za-z0-9._/-]+$`)
+	// pluginRE is a JupyterLab plugin ID: an npm package name, ':', the
+	// plugin's name (characters that need no quoting in a shell word).
+	pluginRE = regexp.MustCompile(`^(@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*:[A-Za-z0-9][A-Za-z0-9._-]*$`)
 )
+
+// SettingsField is the field path of one plugin's settings in a spec
+// (where PosOf finds it).
+func SettingsField(plugin string) string { return fmt.Sprintf("jupyter.settings[%q]", plugin) }
 
 // positions maps a field path ("apt[2]", "pip.packages[0]") to where it is.
 type positions map[string]Pos
@@ -248,6 +261,11 @@ func (s *Spec) validate(pos positions, file string) error {
 			}
 		} else if !pythonPathRE.MatchString(k.Python) {
 			return bad(f+".python", "%q is not an absolute path", k.Python)
+		}
+	}
+	for id := range s.Jupyter.Settings {
+		if !pluginRE.MatchString(id) {
+			return bad(SettingsField(id), "%q is not a JupyterLab plugin ID (package:plugin, e.g. @jupyterlab/notebook-extension:tracker)", id)
 		}
 	}
 	if s.User == nil {

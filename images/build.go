@@ -235,7 +235,12 @@ func BuildFromBundle(ctx context.Context, eng BundleEngine, specPath, src string
 // the spec once the image exists.
 func build(ctx context.Context, eng Builder, specPath string, l *envs.Lock, locked bool, opts Options, began time.Time) (Result, error) {
 	res := Result{Tag: l.Tag(), Lock: l, Locked: locked}
-	if img, err := eng.ImageInspect(ctx, res.Tag); err == nil && img.Labels[labels.LockDigest] == l.Digest {
+	img, err := eng.ImageInspect(ctx, res.Tag)
+	if err == nil && img.Labels[labels.LockDigest] == l.Digest && img.Labels[labels.Plan] != PlanVersion {
+		// Same lock, but an older spawnd built it: what this spawnd puts
+		// in every image (PlanVersion) is not in it. Built again, same tag.
+		opts.emit(began, Event{Phase: "build", Step: "start", Message: fmt.Sprintf("image %s was built by an older spawnd (plan %q, now %q); building it again", res.Tag, img.Labels[labels.Plan], PlanVersion)})
+	} else if err == nil && img.Labels[labels.LockDigest] == l.Digest {
 		res.ImageID = img.ID
 		if locked {
 			if err := envs.WriteLock(envs.LockPath(specPath), l); err != nil {
@@ -268,6 +273,9 @@ func build(ctx context.Context, eng Builder, specPath string, l *envs.Lock, lock
 	id, err := eng.Build(ctx, backend.BuildSpec{Context: plan, Tags: []string{res.Tag}, Network: noNetwork, NoCache: opts.NoCache},
 		func(bl backend.BuildLine) { tail.add(bl.Stream); lines(bl) })
 	if err != nil {
+		if serr := settingsError(specPath, tail.lines); serr != nil {
+			return Result{}, serr
+		}
 		// The engine's error names only the failed step; the reason (a
 		// hash mismatch, apt's missing dependency) is in the lines before it.
 		return Result{}, fmt.Errorf("building %s: %w%s", res.Tag, err, tail.String())

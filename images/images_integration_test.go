@@ -1,10 +1,12 @@
 package images_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -60,6 +62,18 @@ func (l *eventLog) add(ev images.Event) {
 	l.mu.Lock()
 	l.events = append(l.events, ev)
 	l.mu.Unlock()
+}
+
+// contains reports whether an event's message holds s.
+func (l *eventLog) contains(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, ev := range l.events {
+		if strings.Contains(ev.Message, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // aptLayerCached reports whether the build reused the apt layer.
@@ -192,6 +206,32 @@ func TestLockBuildRelockPushSaveLoad(t *testing.T) {
 	}
 	if res2.Built || ce.builds.Load() != before || res2.ImageID != res.ImageID {
 		t.Fatalf("no-op build ran %d engine builds: %+v", ce.builds.Load()-before, res2)
+	}
+	// The image carries what this spawnd puts in every image: its plan
+	// label, the allow-list of the spec's kernels.
+	run, err = eng.RunCapture(ctx, backend.RunSpec{Image: res.Tag, Cmd: []string{"cat", "/etc/jupyter/jupyter_server_config.json"}})
+	if err != nil || run.ExitCode != 0 || !strings.Contains(string(run.Stdout), `"allowed_kernelspecs": [`) || !strings.Contains(string(run.Stdout), `"`+env+`"`) {
+		t.Fatalf("the kernel allow-list in the image: %v %s %s", err, run.Stdout, run.Stderr)
+	}
+	if info.Labels[labels.Plan] != images.PlanVersion {
+		t.Fatalf("the image's plan label %q; want %q", info.Labels[labels.Plan], images.PlanVersion)
+	}
+	// An image of the same lock that an older spawnd built (its plan label
+	// older): not "up to date", built again under the same tag.
+	old := fromImageContext(t, res.Tag)
+	if _, err := eng.Build(ctx, backend.BuildSpec{Context: old, Tags: []string{res.Tag}, Labels: map[string]string{labels.Plan: "1", labels.Test: "1"}}, func(backend.BuildLine) {}); err != nil {
+		t.Fatal(err)
+	}
+	var logOld eventLog
+	resOld, err := images.Build(ctx, ce, spec, images.Options{Network: "host", Progress: logOld.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := eng.ImageInspect(ctx, res.Tag); !resOld.Built || after.Labels[labels.Plan] != images.PlanVersion || !logOld.contains("built by an older spawnd") {
+		t.Fatalf("an older spawnd's image of the same lock: %+v, plan label now %q", resOld, after.Labels[labels.Plan])
+	}
+	if resOld.ImageID != res.ImageID {
+		t.Fatalf("rebuilt from the same lock: %s; the first build gave %s (same lock, same image)", resOld.ImageID, res.ImageID)
 	}
 
 	// The spec changes: a stale lock is refused, and nothing changes.
@@ -360,4 +400,109 @@ func bigCABundle(t *testing.T) []byte {
 		out = append(append(out, '\n'), b...)
 	}
 	return out
+}
+
+// fromImageContext is a build context of one line: FROM image.
+func fromImageContext(t *testing.T, image string) io.Reader {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	df := []byte("FROM " + image + "\n")
+	if err := tw.WriteHeader(&tar.Header{Name: "Dockerfile", Mode: 0o644, Size: int64(len(df))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(df); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return &buf
+}
+
+// TestJupyterLabSettingsInARealImage: jupyter.settings through a real
+// JupyterLab from PyPI (issue #31). A misspelt plugin ID fails the build
+// with the spec's file, line and field, and leaves no lock and no image;
+// spelt right, JupyterLab's own settings code (jupyterlab_server's
+// overrides reader) sees the env's setting beside spawnd's news and update
+// defaults, and the server's kernel manager, configured from the image's
+// files, lists exactly the spec's kernel.
+func TestJupyterLabSettingsInARealImage(t *testing.T) {
+	eng := testenv.Engine(t)
+	base := testenv.EnsureDebianBase(t, eng)
+	env := testEnvName(t, eng, "labset")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	spec := filepath.Join(t.TempDir(), env+".yaml")
+	write := func(plugin string) {
+		body := fmt.Sprintf(`name: %s
+description: JupyterLab settings test env
+base: %s
+apt: [python3, python3-pip]
+pip:
+  packages: ["jupyterlab==4.6.6", "ipykernel"]
+jupyter:
+  kernels: [{name: lab, display_name: "Lab"}]
+  settings:
+    %q:
+      recordTiming: true
+`, env, base, plugin)
+		if err := os.WriteFile(spec, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("@jupyterlab/notebok-extension:tracker")
+	_, err := images.Build(ctx, eng, spec, images.Options{CACerts: testenv.HostCACerts(t)})
+	want := spec + `:10:5: jupyter.settings["@jupyterlab/notebok-extension:tracker"]: the image's JupyterLab has no plugin`
+	if err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Fatalf("a misspelt plugin: %v; want an error beginning %q", err, want)
+	}
+	if _, err := os.Stat(envs.LockPath(spec)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused build left a lock: %v", err)
+	}
+	f := client.Filters{}
+	f.Add("label", labels.Env+"="+env)
+	imgs, err := testenv.Client(eng).ImageList(ctx, client.ImageListOptions{Filters: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, im := range imgs.Items {
+		if im.Labels[labels.Stage] == "" {
+			t.Fatalf("a refused build left an image of the env: %+v", im)
+		}
+	}
+
+	write("@jupyterlab/notebook-extension:tracker")
+	res, err := images.Build(ctx, eng, spec, images.Options{CACerts: testenv.HostCACerts(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe := `import json, os
+from jupyterlab.commands import get_app_dir
+from jupyterlab_server.settings_utils import _get_overrides
+from jupyter_client.kernelspec import KernelSpecManager
+from traitlets.config.loader import JSONFileConfigLoader
+overrides, err = _get_overrides(os.path.join(get_app_dir(), "settings"))
+conf = JSONFileConfigLoader("jupyter_server_config.json", "/etc/jupyter").load_config()
+print(json.dumps({"overrides": overrides, "error": str(err), "kernels": sorted(KernelSpecManager(config=conf).find_kernel_specs())}))
+`
+	run, err := eng.RunCapture(ctx, backend.RunSpec{Image: res.Tag, Cmd: []string{"python3", "-c", probe}})
+	if err != nil || run.ExitCode != 0 {
+		t.Fatalf("probing the image: %v %s %s", err, run.Stdout, run.Stderr)
+	}
+	var got struct {
+		Overrides map[string]map[string]any `json:"overrides"`
+		Error     string                    `json:"error"`
+		Kernels   []string                  `json:"kernels"`
+	}
+	if err := json.Unmarshal(run.Stdout, &got); err != nil {
+		t.Fatalf("%v: %s", err, run.Stdout)
+	}
+	n := got.Overrides["@jupyterlab/apputils-extension:notification"]
+	if got.Error != "" || got.Overrides["@jupyterlab/notebook-extension:tracker"]["recordTiming"] != true || n["fetchNews"] != "false" || n["checkForUpdates"] != false {
+		t.Fatalf("JupyterLab's overrides in the image: %+v", got)
+	}
+	if strings.Join(got.Kernels, ",") != "lab" {
+		t.Fatalf("the kernels the server lists: %v; want exactly the spec's (lab)", got.Kernels)
+	}
 }

@@ -25,7 +25,7 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 	began := time.Now()
 	l := &envs.Lock{
 		Env: s.Name, Description: s.Description, SpecChecksum: s.Checksum(), Created: opts.now(),
-		Kernels: s.Jupyter.Kernels, Cmd: s.Jupyter.Cmd, User: *s.User,
+		Kernels: s.Jupyter.Kernels, Settings: s.Jupyter.Settings, Cmd: s.Jupyter.Cmd, User: *s.User,
 	}
 	opts.emit(began, Event{Phase: "lock", Step: "base", Message: "resolving base image " + s.Base})
 	base, err := eng.ImageInspect(ctx, s.Base)
@@ -99,6 +99,9 @@ func Lock(ctx context.Context, eng Engine, s *envs.Spec, opts Options) (*envs.Lo
 			return nil, err
 		}
 		l.Pip = &envs.PipLock{IndexURL: s.Pip.IndexURL, Packages: pkgs}
+	}
+	if err := settingsHaveALab(s, l); err != nil {
+		return nil, err
 	}
 	l.Seal()
 	opts.emit(began, Event{Phase: "lock", Step: "done", Message: fmt.Sprintf("locked %s: %d apt, %d conda, %d pip packages", l.Digest[:19], len(l.Apt), condaCount(l), pipCount(l)), Done: true})
@@ -192,4 +195,40 @@ func loadOrLock(ctx context.Context, eng Engine, s *envs.Spec, specPath string, 
 		return nil, false, err
 	}
 	return nl, true, nil
+}
+
+// settingsHaveALab refuses jupyter.settings in an env that installs no
+// JupyterLab: nothing would read them.
+func settingsHaveALab(s *envs.Spec, l *envs.Lock) error {
+	if len(l.Settings) == 0 {
+		return nil
+	}
+	if _, ok := labPrefix(l); ok {
+		return nil
+	}
+	return &envs.Error{Pos: s.PosOf("jupyter.settings"), Field: "jupyter.settings",
+		Msg: "the env installs no JupyterLab to apply these settings to; add jupyterlab to pip.packages (or conda.packages), or remove jupyter.settings"}
+}
+
+// settingsError is the spec's error for a build that failed on a plugin of
+// jupyter.settings the image's JupyterLab lacks (the plan's check prints
+// unknownPluginMark and the ID), at the plugin's line; nil for any other
+// failure.
+func settingsError(specPath string, lines []string) error {
+	for _, line := range lines {
+		// The check's own line, not the build's echo of the step (which
+		// holds the same words inside the script).
+		id, ok := strings.CutPrefix(line, unknownPluginMark)
+		if !ok {
+			continue
+		}
+		id = strings.TrimSpace(id)
+		field := envs.SettingsField(id)
+		pos := envs.Pos{File: specPath}
+		if s, err := envs.Load(specPath); err == nil {
+			pos = s.PosOf(field)
+		}
+		return &envs.Error{Pos: pos, Field: field, Msg: fmt.Sprintf("the image's JupyterLab has no plugin %q (no settings schema for it, core or extension); check the ID (JupyterLab's Settings Editor shows each plugin's) or add the extension that provides it; no image was built", id)}
+	}
+	return nil
 }

@@ -68,6 +68,7 @@ func Labels(l *envs.Lock) map[string]string {
 		labels.LockDigest:                 l.Digest,
 		labels.SpecChecksum:               l.SpecChecksum,
 		labels.BaseDigest:                 l.Base.Digest,
+		labels.Plan:                       PlanVersion,
 	}
 }
 
@@ -145,6 +146,54 @@ func NewBuildPlan(l *envs.Lock, upTo Stage) BuildPlan {
 			p.Files["kernels/"+k.Name+"/kernel.json"] = append(b, '\n')
 		}
 		w("COPY kernels/ /usr/local/share/jupyter/kernels/")
+		// Exactly the kernels the spec names: the server lists only those
+		// (ipykernel's own "python3" would otherwise sit beside the team's
+		// kernel, where a user picks it by accident and notebooks record
+		// it). A notebook recorded with a kernel the env lacks opens on the
+		// env's kernel of the same language (JupyterLab's own fallback).
+		names := make([]string, 0, len(l.Kernels))
+		for _, k := range l.Kernels {
+			names = append(names, k.Name)
+		}
+		sort.Strings(names)
+		conf := map[string]any{"KernelSpecManager": map[string]any{"allowed_kernelspecs": names, "ensure_native_kernel": false}}
+		b, _ := json.MarshalIndent(conf, "", "  ")
+		// jupyter_server_config.json, not a file in jupyter_server_config.d:
+		// traitlets loads the first from every config directory, while the
+		// .d directory is read only for jpserver_extensions (the first
+		// browser run showed both kernels with the file there).
+		p.Files["jupyter/jupyter_server_config.json"] = append(b, '\n')
+		w("COPY jupyter/ /etc/jupyter/")
+	}
+	if prefix, ok := labPrefix(l); ok {
+		// A team hub's users are not asked about Jupyter's news, and
+		// JupyterLab does not look for its own updates: both reach the
+		// internet from every user's browser, and fail on closed networks.
+		// overrides.d is JupyterLab's place for settings a package (here
+		// the image) sets; the user's own settings still win.
+		p.Files["lab/10-spawnd.json"] = []byte(labOverrides)
+		if len(l.Settings) > 0 {
+			// The env's own (jupyter.settings), read after spawnd's: where
+			// both set a key, the env's wins.
+			b, _ := json.MarshalIndent(l.Settings, "", "  ")
+			p.Files["lab/50-env.json"] = append(b, '\n')
+		}
+		w("COPY lab/ %s/share/jupyter/lab/settings/overrides.d/", prefix)
+		if len(l.Settings) > 0 {
+			// Each plugin the env sets must be one this JupyterLab has (its
+			// schema, core or prebuilt extension): a misspelt ID would be
+			// ignored in silence. The build fails naming it (settingsError
+			// turns that into the spec's line).
+			ids := make([]string, 0, len(l.Settings))
+			for id := range l.Settings {
+				ids = append(ids, "'"+id+"'") // envs checks IDs: no quote can be in one
+			}
+			sort.Strings(ids)
+			lab := prefix + "/share/jupyter"
+			w("RUN for id in %s; do pkg=\"${id%%%%:*}\"; plugin=\"${id#*:}\"; \\", strings.Join(ids, " "))
+			w("      [ -f \"%s/lab/schemas/$pkg/$plugin.json\" ] || [ -f \"%s/labextensions/$pkg/schemas/$pkg/$plugin.json\" ] || \\", lab, lab)
+			w("      { echo \"%s$id\" >&2; exit 1; }; done", unknownPluginMark)
+		}
 	}
 	u := l.User
 	w("RUN getent group %d >/dev/null || groupadd -g %d %s; \\", u.GID, u.GID, u.Name)
@@ -157,6 +206,57 @@ func NewBuildPlan(l *envs.Lock, upTo Stage) BuildPlan {
 	w("CMD %s", cmd)
 	return p.finish(&df, l, true)
 }
+
+// labOverrides are the JupyterLab settings every image with JupyterLab
+// carries (JupyterLab 4's notification plugin: no news prompt, no update
+// check).
+const labOverrides = `{
+  "@jupyterlab/apputils-extension:notification": {
+    "checkForUpdates": false,
+    "fetchNews": "false"
+  }
+}
+`
+
+// unknownPluginMark begins the line a build prints for a plugin of
+// jupyter.settings that the image's JupyterLab lacks.
+const unknownPluginMark = "spawnd: no JupyterLab plugin "
+
+// labPrefix is the prefix JupyterLab's application directory is under in
+// the image (<prefix>/share/jupyter/lab), and whether the lock installs
+// JupyterLab at all: conda's prefix when conda installs it, else where
+// pip puts data files for Debian's Python (/usr/local).
+func labPrefix(l *envs.Lock) (string, bool) {
+	if l.Conda != nil {
+		for _, c := range l.Conda.Packages {
+			if c.Name == "jupyterlab" {
+				return CondaPrefix, true
+			}
+		}
+	}
+	if l.Pip != nil {
+		for _, p := range l.Pip.Packages {
+			if p.Name == "jupyterlab" {
+				if pythonOf(l) != "python3" {
+					return CondaPrefix, true // pip into conda's Python
+				}
+				return "/usr/local", true
+			}
+		}
+	}
+	return "", false
+}
+
+// PlanVersion names what NewBuildPlan puts in an image for a lock. It is
+// raised whenever that changes (a file every image gets, a layer), so an
+// image an older spawnd built from the same lock is rebuilt, not kept as
+// "up to date" (the tag follows from the lock alone).
+//
+//	1: apt, conda, pip, kernels, user (unlabelled)
+//	2: + the kernel allow-list (in jupyter_server_config.d, where the
+//	   server does not read it; never landed) and JupyterLab's overrides
+//	3: the allow-list in /etc/jupyter/jupyter_server_config.json (issue #31)
+const PlanVersion = "3"
 
 // finish ends the Dockerfile with one LABEL instruction (the engine's build
 // API would add one step per label).

@@ -3,9 +3,11 @@ package images
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -100,7 +102,7 @@ func TestPlanTarIsDeterministic(t *testing.T) {
 		}
 		names = append(names, h.Name)
 	}
-	if strings.Join(names, ",") != "Dockerfile,apt/,apt/git_1%3a2.39.5-0+deb12u2_amd64.deb,apt/sha256sums.txt,kernels/,kernels/team/,kernels/team/kernel.json,pip/,pip/requests-2.32.3-py3-none-any.whl,pip/requirements.txt" {
+	if strings.Join(names, ",") != "Dockerfile,apt/,apt/git_1%3a2.39.5-0+deb12u2_amd64.deb,apt/sha256sums.txt,jupyter/,jupyter/jupyter_server_config.json,kernels/,kernels/team/,kernels/team/kernel.json,pip/,pip/requests-2.32.3-py3-none-any.whl,pip/requirements.txt" {
 		t.Fatalf("context: %v", names)
 	}
 	// A package file the cache does not hold: no context, an error naming it.
@@ -276,5 +278,160 @@ func TestPackageDifferences(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("the error does not say %q: %v", want, err)
 		}
+	}
+}
+
+// TestPlanShowsWhatTheSpecNames: an image lists exactly the spec's kernels
+// (ipykernel's native python3 hidden), and an image with JupyterLab carries
+// the overrides that turn its news prompt and update check off, under the
+// prefix JupyterLab's application directory is in (issue #31).
+func TestPlanShowsWhatTheSpecNames(t *testing.T) {
+	pipLab := func(l *envs.Lock) {
+		l.Pip.Packages = append(l.Pip.Packages, envs.PipPackage{Name: "jupyterlab", Version: "4.6.6", SHA256: strings.Repeat("3", 64), File: "jupyterlab-4.6.6-py3-none-any.whl"})
+	}
+	condaLab := func(l *envs.Lock) {
+		l.Conda = &envs.CondaLock{Channels: []string{"conda-forge"}, Packages: []envs.CondaPackage{{Name: "python", Version: "3.12.7"}, {Name: "jupyterlab", Version: "4.6.6"}}}
+	}
+	for _, tc := range []struct {
+		name      string
+		change    func(*envs.Lock)
+		allowList string // the kernels the server may list; "" = no allow-list
+		labCopy   string // where the overrides go; "" = none
+	}{
+		{"no JupyterLab", func(*envs.Lock) {}, `"team"`, ""},
+		{"JupyterLab from pip", pipLab, `"team"`, "COPY lab/ /usr/local/share/jupyter/lab/settings/overrides.d/"},
+		{"JupyterLab from conda", condaLab, `"team"`, "COPY lab/ /opt/conda/share/jupyter/lab/settings/overrides.d/"},
+		{"JupyterLab from pip into conda's Python", func(l *envs.Lock) {
+			pipLab(l)
+			l.Conda = &envs.CondaLock{Packages: []envs.CondaPackage{{Name: "python", Version: "3.12.7"}}}
+		}, `"team"`, "COPY lab/ /opt/conda/share/jupyter/lab/settings/overrides.d/"},
+		{"two kernels, sorted", func(l *envs.Lock) {
+			l.Kernels = append(l.Kernels, envs.Kernel{Name: "python3", DisplayName: "Python 3", Python: "/usr/bin/python3"})
+		}, `"python3",` + "\n      " + `"team"`, ""},
+		{"no kernels named: nothing hidden", func(l *envs.Lock) { l.Kernels = nil }, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := testLock("2.32.3")
+			tc.change(l)
+			l.Seal()
+			p := NewBuildPlan(l, StageAll)
+			conf, ok := p.Files["jupyter/jupyter_server_config.json"]
+			if tc.allowList == "" {
+				if ok || strings.Contains(p.Dockerfile, "COPY jupyter/") {
+					t.Fatalf("a spec naming no kernels got an allow-list:\n%s", conf)
+				}
+			} else if !strings.Contains(string(conf), `"allowed_kernelspecs": [`+"\n      "+tc.allowList+"\n    ]") || !strings.Contains(string(conf), `"ensure_native_kernel": false`) ||
+				!strings.Contains(p.Dockerfile, "COPY jupyter/ /etc/jupyter/\n") {
+				t.Fatalf("the kernel allow-list:\n%s\n%s", conf, p.Dockerfile)
+			}
+			lab, ok := p.Files["lab/10-spawnd.json"]
+			if tc.labCopy == "" {
+				if ok || strings.Contains(p.Dockerfile, "COPY lab/") {
+					t.Fatalf("an image without JupyterLab got its overrides:\n%s", p.Dockerfile)
+				}
+				return
+			}
+			if !strings.Contains(p.Dockerfile, tc.labCopy) {
+				t.Fatalf("want %q in:\n%s", tc.labCopy, p.Dockerfile)
+			}
+			var o map[string]map[string]any
+			if err := json.Unmarshal(lab, &o); err != nil {
+				t.Fatal(err)
+			}
+			n := o["@jupyterlab/apputils-extension:notification"]
+			if n["fetchNews"] != "false" || n["checkForUpdates"] != false {
+				t.Fatalf("JupyterLab's overrides: %s", lab)
+			}
+			if p.Labels[labels.Plan] != PlanVersion {
+				t.Fatalf("the image's plan label: %q", p.Labels[labels.Plan])
+			}
+		})
+	}
+}
+
+// TestEnvSettingsAreCheckedAgainstTheImagesJupyterLab: the env's settings
+// go in after spawnd's; the plan's check (run here by /bin/sh on a
+// JupyterLab tree of schemas) passes for a core plugin and one of a
+// prebuilt extension, and fails naming a plugin the tree lacks, which
+// settingsError turns into the spec's line and field.
+func TestEnvSettingsAreCheckedAgainstTheImagesJupyterLab(t *testing.T) {
+	lockWith := func(ids ...string) *envs.Lock {
+		l := testLock("2.32.3")
+		l.Pip.Packages = append(l.Pip.Packages, envs.PipPackage{Name: "jupyterlab", Version: "4.6.6", SHA256: strings.Repeat("3", 64), File: "jupyterlab-4.6.6-py3-none-any.whl"})
+		l.Settings = map[string]map[string]any{}
+		for _, id := range ids {
+			l.Settings[id] = map[string]any{"x": true}
+		}
+		l.Seal()
+		return l
+	}
+	p := NewBuildPlan(lockWith("@jupyterlab/notebook-extension:tracker"), StageAll)
+	if !strings.Contains(string(p.Files["lab/50-env.json"]), `"@jupyterlab/notebook-extension:tracker": {`) || p.Files["lab/10-spawnd.json"] == nil {
+		t.Fatalf("the env's overrides: %s", p.Files["lab/50-env.json"])
+	}
+	if NewBuildPlan(testLock("2.32.3"), StageAll).Files["lab/50-env.json"] != nil {
+		t.Fatal("an env without settings got an overrides file")
+	}
+
+	// A JupyterLab tree: one core schema, one prebuilt extension's.
+	tree := t.TempDir()
+	for _, f := range []string{"lab/schemas/@jupyterlab/notebook-extension/tracker.json", "labextensions/jupyterlab-git/schemas/jupyterlab-git/plugin.json"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(tree, f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(tree, f), []byte("{}"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(l *envs.Lock) (string, error) {
+		df := NewBuildPlan(l, StageAll).Dockerfile
+		i := strings.Index(df, "RUN for id in ")
+		if i < 0 {
+			t.Fatalf("no plugin check in:\n%s", df)
+		}
+		run := df[i+len("RUN ") : i+strings.Index(df[i:], "done\n")+len("done")]
+		run = strings.ReplaceAll(run, "/usr/local/share/jupyter", tree)
+		out, err := exec.Command("/bin/sh", "-eu", "-c", strings.ReplaceAll(run, "\\\n", "\n")).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := check(lockWith("@jupyterlab/notebook-extension:tracker", "jupyterlab-git:plugin")); err != nil {
+		t.Fatalf("known plugins refused: %v %s", err, out)
+	}
+	out, err := check(lockWith("@jupyterlab/notebook-extension:tracker", "@jupyterlab/notebok-extension:tracker"))
+	if err == nil || !strings.Contains(out, unknownPluginMark+"@jupyterlab/notebok-extension:tracker") {
+		t.Fatalf("a misspelt plugin: %v %q; want the check to fail naming it", err, out)
+	}
+
+	spec := filepath.Join(t.TempDir(), "team.yaml")
+	body := "name: team\nbase: debian:bookworm-slim\npip:\n  packages: [jupyterlab]\njupyter:\n  settings:\n    \"@jupyterlab/notebok-extension:tracker\": {recordTiming: true}\n"
+	if err := os.WriteFile(spec, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// What the engine streams: the step echoed (the marker inside its
+	// script), then the check's own line.
+	df := NewBuildPlan(lockWith("@jupyterlab/notebok-extension:tracker"), StageAll).Dockerfile
+	runStep := df[strings.Index(df, "RUN for id"):]
+	runStep = strings.ReplaceAll(runStep[:strings.Index(runStep, "done\n")+len("done")], "\\\n", "")
+	if !strings.Contains(runStep, unknownPluginMark) {
+		t.Fatalf("the echoed step does not hold the marker, so this case tests nothing: %s", runStep)
+	}
+	serr := settingsError(spec, []string{"Step 9/12 : " + runStep, strings.TrimSpace(out)})
+	want := spec + `:7:5: jupyter.settings["@jupyterlab/notebok-extension:tracker"]: the image's JupyterLab has no plugin`
+	if serr == nil || !strings.HasPrefix(serr.Error(), want) || !strings.Contains(serr.Error(), "no image was built") {
+		t.Fatalf("the build's error: %v; want it to begin %q", serr, want)
+	}
+	if settingsError(spec, []string{"E: Unable to locate package"}) != nil {
+		t.Fatal("another build failure was read as a settings error")
+	}
+
+	// Settings in an env with no JupyterLab: refused when locking.
+	s, err := envs.Parse(spec, []byte(strings.Replace(body, "[jupyterlab]", "[requests]", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := testLock("2.32.3")
+	l.Settings = s.Jupyter.Settings
+	if err := settingsHaveALab(s, l); err == nil || !strings.HasPrefix(err.Error(), spec+":6:3: jupyter.settings: the env installs no JupyterLab") {
+		t.Fatalf("settings without JupyterLab: %v", err)
 	}
 }

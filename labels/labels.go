@@ -35,6 +35,7 @@ const (
 const (
 	SpecChecksum = "io.spawnd.spec-checksum" // the checksum of the spec the lock was made from
 	BaseDigest   = "io.spawnd.base-digest"   // the base image's digest
+	Plan         = "io.spawnd.plan"          // images.PlanVersion of the spawnd that built it
 )
 
 // Lock marks the throw-away containers and stage images of locking; Stage

@@ -63,6 +63,7 @@ Exits 1 when any check fails; warnings do not fail.`,
 				} else {
 					defer eng.Close()
 					in.Engine = eng
+					in.ImagePlan = images.PlanVersion
 					in.BootCost = func(ctx context.Context, image string, cmd []string) (string, bool, error) {
 						c, err := images.BootCost(ctx, eng, image, cmd)
 						return c.String(), c.Cold != "", err

@@ -5,9 +5,12 @@ used). Run by e2e.TestBrowserFirstDay, which starts spawnd and JupyterHub.
     python first_day.py --url http://127.0.0.1:8000 --user alice \
         --password ... --pandas 3.1.0 --shots DIR
 
-It logs in, watches the spawn page's progress, lands in JupyterLab, opens a
-notebook on the "Team (Python 3)" kernel, prints pandas' version, and stops
-the server from the hub's control panel. Each step writes a screenshot to
+It logs in, watches the spawn page's progress, lands in JupyterLab (exactly
+the team kernel in the launcher and the server's kernel list, no news prompt
+or update check), opens a notebook on the "Team (Python 3)" kernel, prints
+pandas' version, opens a notebook recorded with "python3" (which the env
+does not offer) and sees it on the team kernel, and stops the server from
+the hub's control panel. Each step writes a screenshot to
 DIR. Exit status 0 means every step did what a person would expect; anything
 else prints what went wrong.
 """
@@ -48,6 +51,21 @@ def step(msg):
     print(f"browser: {msg}", flush=True)
 
 
+API_GET = """
+async (url) => {
+  const m = document.cookie.match(/(?:^|; )_xsrf=([^;]*)/);
+  const r = await fetch(url, {headers: {"X-XSRFToken": m ? decodeURIComponent(m[1]) : ""}});
+  return [r.status, await r.text()];
+}
+"""
+
+
+def api_get(page, url):
+    """GET a server API as the page does (its cookies, its XSRF token)."""
+    status, body = page.evaluate(API_GET, url)
+    return status, body
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
@@ -55,6 +73,8 @@ def main():
     ap.add_argument("--password", required=True)
     ap.add_argument("--pandas", required=True, help="the pandas version the lock pins")
     ap.add_argument("--shots", required=True)
+    ap.add_argument("--recorded", required=True,
+                    help="a notebook in the home recorded with a kernel the env does not have (python3)")
     ap.add_argument("--chromium", default="/usr/lib/chromium/chromium")
     a = ap.parse_args()
     base = a.url.rstrip("/")
@@ -105,6 +125,24 @@ def main():
             card = page.locator('.jp-LauncherCard[data-category="Notebook"][title="Team (Python 3)"]')
             expect(card).to_be_visible(timeout=120_000)
             snap("jupyterlab")
+            # Exactly the team kernel: no "Python 3 (ipykernel)" beside it.
+            cards = page.locator('.jp-LauncherCard[data-category="Notebook"]')
+            expect(cards).to_have_count(1)
+            prefix = "/user/" + a.user
+            status, body = api_get(page, base + prefix + "/api/kernelspecs")
+            specs = json.loads(body) if status == 200 else {}
+            step(f"kernelspecs: {sorted(specs.get('kernelspecs', {}))}, default {specs.get('default')!r}")
+            if sorted(specs.get("kernelspecs", {})) != ["team"] or specs.get("default") != "team":
+                sys.exit(f"browser: the server lists kernels {status} {body[:300]}; want exactly the team kernel")
+            # No news prompt and no update check: the image's overrides are
+            # the defaults JupyterLab applies to the notification settings.
+            status, body = api_get(page, base + prefix + "/lab/api/settings/@jupyterlab/apputils-extension:notification")
+            props = json.loads(body).get("schema", {}).get("properties", {}) if status == 200 else {}
+            news = props.get("fetchNews", {}).get("default")
+            updates = props.get("checkForUpdates", {}).get("default")
+            step(f"notification settings: fetchNews {news!r}, checkForUpdates {updates!r}")
+            if news != "false" or updates is not False:
+                sys.exit(f"browser: JupyterLab would ask about news or check for updates: {status} {body[:400]}")
             card.click()
             panel = page.locator(".jp-NotebookPanel").last
             expect(panel).to_be_visible()
@@ -142,6 +180,32 @@ def main():
                 dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
             expect(dirty).to_have_count(0, timeout=120_000)
             snap("notebook")
+            # By now JupyterLab would have asked (it asks once it is up).
+            expect(page.get_by_text(re.compile("Jupyter news", re.I))).to_have_count(0)
+
+            step("a notebook recorded with python3 opens on the team kernel")
+            page.goto(base + prefix + "/lab/tree/" + a.recorded)
+            # The session JupyterLab starts for that notebook (not the status
+            # bar: the restored first notebook shows the team kernel too).
+            deadline = time.monotonic() + 120
+            kernel = None
+            while kernel is None:
+                status, body = api_get(page, base + prefix + "/api/sessions")
+                for sess in json.loads(body) if status == 200 else []:
+                    if sess.get("path", "").endswith(a.recorded):
+                        kernel = (sess.get("kernel") or {}).get("name")
+                if kernel is None:
+                    if page.locator(".jp-Dialog").count() > 0:
+                        snap("kernel-dialog")
+                        sys.exit("browser: opening a notebook recorded with python3 asked for a kernel")
+                    if time.monotonic() > deadline:
+                        snap("recorded-notebook")
+                        sys.exit(f"browser: no kernel started for {a.recorded} within 120 s")
+                    page.wait_for_timeout(500)
+            step(f"{a.recorded} runs on kernel {kernel!r}")
+            if kernel != "team":
+                sys.exit(f"browser: {a.recorded} (recorded with python3) opened on {kernel!r}, not the team kernel")
+            snap("recorded-notebook")
 
             step("stop the server from the hub's control panel")
             page.goto(base + "/hub/home")
