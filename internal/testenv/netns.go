@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/client"
 	"golang.org/x/sys/unix"
 
@@ -125,7 +127,13 @@ func Exec(ctx context.Context, eng *docker.Engine, id string, cmd []string) (int
 	if err != nil {
 		return 0, "", err
 	}
-	out, _ := io.ReadAll(io.LimitReader(att.Reader, 1<<20))
+	// The engine frames a non-TTY exec's output (stdout and stderr, an
+	// 8-byte header per chunk): demultiplexed here, or a chunk's header
+	// lands inside the text (a test once read "\x01\x00…\x0fnode1" as the
+	// last line of an HTTP answer cat wrote in two reads).
+	var buf bytes.Buffer
+	_, _ = stdcopy.StdCopy(&buf, &buf, io.LimitReader(att.Reader, 1<<20))
+	out := buf.Bytes()
 	att.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
